@@ -1,0 +1,245 @@
+"""The one small interface every storage backend implements.
+
+The S3 front end verifies signatures and checksums *while* a body streams in; a
+backend must therefore commit an object only after the body iterator is exhausted
+without raising. If it raises (bad signature, client gone), the backend leaves
+no trace of the write and re-raises the same exception.
+
+Errors a client should see are raised as `S3Error` (NoSuchBucket, NoSuchKey,
+BucketNotEmpty, NoSuchUpload, InvalidPart, PreconditionFailed, ...). Anything
+else is a backend failure and becomes 500/503 at the front end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+# Headers stored with an object and returned on GET/HEAD, besides Content-Type.
+STORED_HEADERS = (
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "expires",
+)
+
+
+@dataclass
+class ObjectMeta:
+    """What a client sets on an object at write time."""
+
+    content_type: str = "binary/octet-stream"
+    metadata: dict[str, str] = field(default_factory=dict)  # x-amz-meta-*, prefix stripped
+    headers: dict[str, str] = field(default_factory=dict)  # subset of STORED_HEADERS
+    tags: dict[str, str] = field(default_factory=dict)
+    # Checksum values the client supplied or asked for, e.g. {"crc32": "base64=="}.
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ObjectInfo:
+    """What HEAD tells about a stored object (no body)."""
+
+    key: str
+    size: int
+    etag: str  # without quotes: "hex" or "hex-N" for multipart
+    last_modified: datetime  # timezone-aware UTC
+    meta: ObjectMeta = field(default_factory=ObjectMeta)
+    parts_count: int | None = None
+
+
+@dataclass
+class BucketInfo:
+    name: str
+    created: datetime
+
+
+@dataclass
+class ListEntry:
+    """One key of a listing: only what the backend's listing gives cheaply."""
+
+    key: str
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+@dataclass
+class ListPage:
+    entries: list[ListEntry]
+    common_prefixes: list[str]
+    is_truncated: bool
+    # The last key or common prefix returned; the next page starts after it.
+    next_start_after: str | None
+
+
+@dataclass
+class PartInfo:
+    part_number: int
+    etag: str
+    size: int
+    last_modified: datetime
+
+
+@dataclass
+class UploadInfo:
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+@dataclass
+class UploadsPage:
+    uploads: list[UploadInfo]
+    common_prefixes: list[str]
+    is_truncated: bool
+    next_key_marker: str | None
+    next_upload_id_marker: str | None
+
+
+class ObjectBody(Protocol):
+    """A streaming object body; always closed by the reader."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Storage behind the gateway. All methods are coroutines; none blocks the loop."""
+
+    name: str  # for logs, e.g. "file:///data" or "http://127.0.0.1:8333"
+
+    async def start(self) -> None:
+        """Open pools, create directories; called once before serving."""
+
+    async def close(self) -> None:
+        """Release pools and files."""
+
+    # -- buckets ---------------------------------------------------------
+    async def list_buckets(self) -> list[BucketInfo]: ...
+
+    async def create_bucket(self, bucket: str) -> None:
+        """Raises BucketAlreadyOwnedByYou if it exists."""
+
+    async def head_bucket(self, bucket: str) -> BucketInfo:
+        """Raises NoSuchBucket."""
+
+    async def delete_bucket(self, bucket: str) -> None:
+        """Raises NoSuchBucket, BucketNotEmpty (objects or in-progress uploads)."""
+
+    # -- objects ---------------------------------------------------------
+    async def put_object(
+        self,
+        bucket: str,
+        key: str,
+        body: AsyncIterable[bytes],
+        meta: ObjectMeta,
+        *,
+        size: int | None = None,
+        if_match: str | None = None,
+        if_none_match: str | None = None,
+    ) -> ObjectInfo:
+        """Store atomically. `size` is the exact decoded length when known.
+
+        `if_match` (an ETag, unquoted) makes the write conditional on the current
+        object still having that ETag; `if_none_match="*"` on no object existing.
+        Either failing raises PreconditionFailed and leaves the object as it was.
+        The returned ETag is the MD5 hex of the body.
+        """
+
+    async def head_object(self, bucket: str, key: str) -> ObjectInfo:
+        """Raises NoSuchKey / NoSuchBucket."""
+
+    async def get_object(
+        self, bucket: str, key: str, byte_range: tuple[int, int] | None = None
+    ) -> tuple[ObjectInfo, ObjectBody]:
+        """`byte_range` is inclusive (first, last), already validated against size."""
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        """Idempotent: deleting a missing key succeeds. Raises NoSuchBucket."""
+
+    async def copy_object(
+        self,
+        src_bucket: str,
+        src_key: str,
+        dst_bucket: str,
+        dst_key: str,
+        meta: ObjectMeta | None,
+    ) -> ObjectInfo:
+        """Server-side copy; `meta=None` keeps the source's metadata (COPY directive)."""
+
+    async def list_objects(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        delimiter: str | None = None,
+        start_after: str | None = None,
+        max_keys: int = 1000,
+    ) -> ListPage:
+        """Keys > start_after in UTF-8 binary order, rolled up by delimiter."""
+
+    # -- tagging ---------------------------------------------------------
+    async def get_tags(self, bucket: str, key: str) -> dict[str, str]: ...
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None: ...
+
+    # -- multipart -------------------------------------------------------
+    async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta) -> str:
+        """Returns the upload id."""
+
+    async def upload_part(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        part_number: int,
+        body: AsyncIterable[bytes],
+        *,
+        size: int | None = None,
+    ) -> str:
+        """Returns the part's ETag (MD5 hex). Raises NoSuchUpload."""
+
+    async def list_parts(
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        *,
+        part_number_marker: int = 0,
+        max_parts: int = 1000,
+    ) -> tuple[list[PartInfo], bool]:
+        """(parts, is_truncated). Raises NoSuchUpload."""
+
+    async def complete_multipart_upload(
+        self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]
+    ) -> ObjectInfo:
+        """`parts` is [(part_number, etag)], already checked ascending and non-empty.
+
+        Raises InvalidPart when a part is missing or its ETag differs,
+        EntityTooSmall when a part other than the last is under 5 MiB.
+        The ETag is md5(concat(binary part md5s)) + "-N", as S3 computes it.
+        """
+
+    async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        """Raises NoSuchUpload."""
+
+    async def list_multipart_uploads(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        delimiter: str | None = None,
+        key_marker: str | None = None,
+        upload_id_marker: str | None = None,
+        max_uploads: int = 1000,
+    ) -> UploadsPage: ...
+
+
+MIN_PART_SIZE = 5 * 1024 * 1024
+MAX_PART_NUMBER = 10000

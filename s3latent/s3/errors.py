@@ -1,0 +1,133 @@
+"""S3 error codes and the exception that carries one to the HTTP layer.
+
+Every failure a client can see is an `S3Error`; the server turns it into the
+XML body real S3 sends, so SDK retry and error handling behave as against AWS.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+# code -> (HTTP status, default message), as documented for Amazon S3.
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "AccessDenied": (403, "Access Denied"),
+    "AuthorizationHeaderMalformed": (400, "The authorization header is malformed."),
+    "AuthorizationQueryParametersError": (
+        400,
+        "Error parsing the X-Amz-Credential parameter.",
+    ),
+    "BadDigest": (400, "The Content-MD5 you specified did not match what we received."),
+    "BucketAlreadyExists": (409, "The requested bucket name is not available."),
+    "BucketAlreadyOwnedByYou": (
+        409,
+        "Your previous request to create the named bucket succeeded and you already own it.",
+    ),
+    "BucketNotEmpty": (409, "The bucket you tried to delete is not empty"),
+    "EntityTooLarge": (400, "Your proposed upload exceeds the maximum allowed object size."),
+    "EntityTooSmall": (
+        400,
+        "Your proposed upload is smaller than the minimum allowed object size.",
+    ),
+    "ExpiredToken": (400, "The provided token has expired."),
+    "IncompleteBody": (
+        400,
+        "You did not provide the number of bytes specified by the Content-Length HTTP header.",
+    ),
+    "InternalError": (500, "We encountered an internal error. Please try again."),
+    "InvalidAccessKeyId": (
+        403,
+        "The AWS Access Key Id you provided does not exist in our records.",
+    ),
+    "InvalidArgument": (400, "Invalid Argument"),
+    "InvalidBucketName": (400, "The specified bucket is not valid."),
+    "InvalidDigest": (400, "The Content-MD5 you specified is not valid."),
+    "InvalidPart": (
+        400,
+        "One or more of the specified parts could not be found. The part may not have been "
+        "uploaded, or the specified entity tag may not match the part's entity tag.",
+    ),
+    "InvalidPartOrder": (
+        400,
+        "The list of parts was not in ascending order. Parts must be ordered by part number.",
+    ),
+    "InvalidRange": (416, "The requested range is not satisfiable"),
+    "InvalidRequest": (400, "Invalid Request"),
+    "InvalidStorageClass": (400, "The storage class you specified is not valid"),
+    "InvalidTag": (400, "The tag provided was not a valid tag."),
+    "KeyTooLongError": (400, "Your key is too long"),
+    "MalformedXML": (
+        400,
+        "The XML you provided was not well-formed or did not validate against our "
+        "published schema",
+    ),
+    "MethodNotAllowed": (405, "The specified method is not allowed against this resource."),
+    "MissingContentLength": (411, "You must provide the Content-Length HTTP header."),
+    "MissingSecurityHeader": (400, "Your request is missing a required header."),
+    "NoSuchBucket": (404, "The specified bucket does not exist"),
+    "NoSuchKey": (404, "The specified key does not exist."),
+    "NoSuchTagSet": (404, "The TagSet does not exist"),
+    "NoSuchUpload": (
+        404,
+        "The specified upload does not exist. The upload ID may be invalid, or the upload "
+        "may have been aborted or completed.",
+    ),
+    "NotImplemented": (
+        501,
+        "A header you provided implies functionality that is not implemented",
+    ),
+    "NotModified": (304, "Not Modified"),
+    "PreconditionFailed": (
+        412,
+        "At least one of the pre-conditions you specified did not hold",
+    ),
+    "RequestTimeTooSkewed": (
+        403,
+        "The difference between the request time and the server's time is too large.",
+    ),
+    "RequestTimeout": (
+        400,
+        "Your socket connection to the server was not read from or written to within "
+        "the timeout period.",
+    ),
+    "ServiceUnavailable": (503, "Please reduce your request rate."),
+    "SignatureDoesNotMatch": (
+        403,
+        "The request signature we calculated does not match the signature you provided. "
+        "Check your key and signing method.",
+    ),
+    "SlowDown": (503, "Please reduce your request rate."),
+    "XAmzContentSHA256Mismatch": (
+        400,
+        "The provided 'x-amz-content-sha256' header does not match what was computed.",
+    ),
+}
+
+
+class S3Error(Exception):
+    """A failure with an S3 error code; `extra` fields are added to the XML body."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        resource: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: str,
+    ) -> None:
+        default_status, default_message = ERROR_CODES.get(code, (500, code))
+        self.code = code
+        self.message = message or default_message
+        self.status = status or default_status
+        self.resource = resource
+        self.headers = headers or {}
+        self.extra = extra
+        super().__init__(f"{code}: {self.message}")
+
+    @property
+    def reason(self) -> str:
+        try:
+            return HTTPStatus(self.status).phrase
+        except ValueError:
+            return "Error"
