@@ -37,6 +37,8 @@ class ObjectMeta:
     tags: dict[str, str] = field(default_factory=dict)
     # Checksum values the client supplied or asked for, e.g. {"crc32": "base64=="}.
     checksums: dict[str, str] = field(default_factory=dict)
+    # Gateway-private values (latent state, container mirror); never shown to clients.
+    internal: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -29,6 +29,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "Your proposed upload is smaller than the minimum allowed object size.",
     ),
     "ExpiredToken": (400, "The provided token has expired."),
+    "IllegalLocationConstraintException": (
+        400,
+        "The location constraint is incompatible with this endpoint's region.",
+    ),
     "IncompleteBody": (
         400,
         "You did not provide the number of bytes specified by the Content-Length HTTP header.",
@@ -39,6 +43,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "The AWS Access Key Id you provided does not exist in our records.",
     ),
     "InvalidArgument": (400, "Invalid Argument"),
+    "InvalidURI": (400, "Couldn't parse the specified URI."),
     "InvalidBucketName": (400, "The specified bucket is not valid."),
     "InvalidDigest": (400, "The Content-MD5 you specified is not valid."),
     "InvalidPart": (
@@ -50,6 +55,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         400,
         "The list of parts was not in ascending order. Parts must be ordered by part number.",
     ),
+    "InvalidPartNumber": (416, "The requested partnumber is not satisfiable"),
     "InvalidRange": (416, "The requested range is not satisfiable"),
     "InvalidRequest": (400, "Invalid Request"),
     "InvalidStorageClass": (400, "The storage class you specified is not valid"),
@@ -60,11 +66,32 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "The XML you provided was not well-formed or did not validate against our "
         "published schema",
     ),
+    "MetadataTooLarge": (
+        400,
+        "Your metadata headers exceed the maximum allowed metadata size.",
+    ),
     "MethodNotAllowed": (405, "The specified method is not allowed against this resource."),
     "MissingContentLength": (411, "You must provide the Content-Length HTTP header."),
     "MissingSecurityHeader": (400, "Your request is missing a required header."),
     "NoSuchBucket": (404, "The specified bucket does not exist"),
     "NoSuchKey": (404, "The specified key does not exist."),
+    "NoSuchBucketPolicy": (404, "The bucket policy does not exist"),
+    "NoSuchCORSConfiguration": (404, "The CORS configuration does not exist"),
+    "NoSuchLifecycleConfiguration": (404, "The lifecycle configuration does not exist"),
+    "NoSuchWebsiteConfiguration": (404, "The specified bucket does not have a website configuration"),
+    "NoSuchPublicAccessBlockConfiguration": (
+        404,
+        "The public access block configuration was not found",
+    ),
+    "ObjectLockConfigurationNotFoundError": (
+        404,
+        "Object Lock configuration does not exist for this bucket",
+    ),
+    "ServerSideEncryptionConfigurationNotFoundError": (
+        404,
+        "The server side encryption configuration was not found",
+    ),
+    "OwnershipControlsNotFoundError": (404, "The bucket ownership controls were not found"),
     "NoSuchTagSet": (404, "The TagSet does not exist"),
     "NoSuchUpload": (
         404,

@@ -1,0 +1,112 @@
+"""`s3latent` command line: serve, convert, inspect, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+from . import __version__
+from .config import Config, ConfigError, load_config
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in ("request_id", "operation", "status", "ms"):
+            if hasattr(record, key):
+                entry[key] = getattr(record, key)
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+def build_gateway(cfg: Config) -> Any:
+    """Backend + object layer + gateway for a config (shared by serve and tests)."""
+    from .backends.s3 import backend_from_url
+    from .s3.server import Gateway
+
+    backend = backend_from_url(cfg.backend, cfg.backend_access_key, cfg.backend_secret_key,
+                               cfg.region)
+    return Gateway(cfg, backend)
+
+
+async def _serve(cfg: Config) -> None:
+    from aiohttp import web
+
+    from .s3.server import make_app
+
+    gw = build_gateway(cfg)
+    app = make_app(gw)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+    await runner.setup()
+    host, port = cfg.listen_host_port
+    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
+    await site.start()
+    log = logging.getLogger("s3latent")
+    log.info("s3latent %s listening on http://%s:%d, backend %s, %d user(s)",
+             __version__, host, port, gw.backend.name, len(cfg.users))
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="s3latent", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the S3 gateway")
+    serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:9000)")
+    serve.add_argument("--backend", help="file:///path (default ./s3latent-data) or http(s)://")
+    serve.add_argument("--config", help="TOML config file")
+    serve.add_argument("--domain", help="domain for virtual-hosted-style bucket addressing")
+    serve.add_argument("--region", help="region reported to clients (default us-east-1)")
+    serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
+    serve.add_argument("--log-level", default="INFO")
+
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        try:
+            cfg = load_config(args.config, listen=args.listen, backend=args.backend,
+                              domain=args.domain, region=args.region,
+                              log_format=args.log_format)
+        except ConfigError as exc:
+            print(f"s3latent: {exc}", file=sys.stderr)
+            return 2
+        setup_logging(cfg.log_format, args.log_level)
+        try:
+            asyncio.run(_serve(cfg))
+        except KeyboardInterrupt:
+            pass
+        except ValueError as exc:
+            print(f"s3latent: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

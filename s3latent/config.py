@@ -1,0 +1,188 @@
+"""Gateway configuration: command-line flags, environment and the TOML file.
+
+The TOML names in DESIGN.md ("Interfaces") are fixed because tools and docs rely
+on them; everything else has a default so `s3latent serve` runs with no file.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_LISTEN = "127.0.0.1:9000"
+DEFAULT_BACKEND = "file://./s3latent-data"
+DEFAULT_ACCESS_KEY = "s3latent"
+DEFAULT_SECRET_KEY = "s3latent-secret"
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says which setting and why."""
+
+
+def parse_size(value: str | int) -> int:
+    """'2GiB' -> 2147483648; plain integers are bytes."""
+    if isinstance(value, int):
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ConfigError(f"not a size: {value!r} (use e.g. 512MiB, 2GiB, 1000000)")
+    number, unit = float(m.group(1)), (m.group(2) or "B").upper()
+    power = "KMGT".index(unit[0]) + 1 if unit[0] in "KMGT" else 0
+    mult = (1024 if unit.endswith("IB") else 1000) ** power
+    return int(number * mult)
+
+
+@dataclass
+class BucketSettings:
+    """Per-bucket behaviour; `[buckets."*"]` gives defaults, a bucket's table overrides."""
+
+    codec: str = "q8"
+    policy: str = "perceptual"  # or "exact"
+    min_psnr: float = 40.0
+    convert: bool = True
+    sidecar_suffix: str = ".latent.safetensors"
+
+    def validate(self, name: str) -> None:
+        if self.policy not in ("perceptual", "exact"):
+            raise ConfigError(f'buckets."{name}".policy must be "perceptual" or "exact"')
+        if not self.sidecar_suffix.startswith("."):
+            raise ConfigError(f'buckets."{name}".sidecar_suffix must start with "."')
+
+
+@dataclass
+class CacheSettings:
+    memory: int = 2 * 1024**3
+    alpha: float = 0.5
+    adaptive: bool = True
+    promote_after: int = 2
+    policy: str = "default"
+    window: int = 2000
+    alpha_step: float = 0.05
+    alpha_min: float = 0.05
+    alpha_max: float = 0.95
+
+
+@dataclass
+class DecodeSettings:
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:0", ...
+    max_batch: int = 8
+    max_wait_ms: float = 5.0
+    queue_depth: int = 64
+    cpu_threads: int = 0  # 0: torch default
+    compile: bool = False
+
+
+@dataclass
+class Config:
+    listen: str = DEFAULT_LISTEN
+    backend: str = DEFAULT_BACKEND
+    domain: str | None = None
+    region: str = "us-east-1"
+    users: dict[str, str] = field(default_factory=dict)
+    backend_access_key: str | None = None
+    backend_secret_key: str | None = None
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    buckets: dict[str, BucketSettings] = field(default_factory=dict)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    max_skew_s: int = 900
+    log_format: str = "text"  # or "json"
+    conversion_workers: int = 2
+    sweep_interval_s: float = 300.0
+
+    def bucket(self, name: str) -> BucketSettings:
+        """Most specific match wins: exact name, then glob patterns, then "*"."""
+        if name in self.buckets:
+            return self.buckets[name]
+        for pattern, settings in self.buckets.items():
+            if pattern != "*" and fnmatch.fnmatchcase(name, pattern):
+                return settings
+        return self.buckets.get("*", BucketSettings())
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--listen must be HOST:PORT, got {self.listen!r}")
+        return host.strip("[]"), int(port)
+
+
+def _dataclass_from(cls: type, table: dict[str, Any], where: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in [{where}]: {', '.join(sorted(unknown))}")
+    values = dict(table)
+    if "memory" in values:
+        values["memory"] = parse_size(values["memory"])
+    return cls(**values)
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Config:
+    """File, then environment, then explicit overrides (command-line flags)."""
+    env = dict(os.environ) if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+
+    cfg = Config()
+    server = data.get("server", {})
+    for name in ("listen", "backend", "domain", "region", "log_format", "max_skew_s"):
+        if name in server:
+            setattr(cfg, name, server[name])
+    if "conversion_workers" in server:
+        cfg.conversion_workers = int(server["conversion_workers"])
+    if "sweep_interval_s" in server:
+        cfg.sweep_interval_s = float(server["sweep_interval_s"])
+
+    for user in data.get("users", []):
+        try:
+            cfg.users[user["access_key"]] = user["secret_key"]
+        except (KeyError, TypeError) as exc:
+            raise ConfigError("each [[users]] needs access_key and secret_key") from exc
+
+    cfg.models = {str(k): dict(v) for k, v in data.get("models", {}).items()}
+    defaults = data.get("buckets", {}).get("*", {})
+    for name, table in data.get("buckets", {}).items():
+        merged = {**defaults, **table}
+        settings = _dataclass_from(BucketSettings, merged, f'buckets."{name}"')
+        settings.validate(name)
+        cfg.buckets[name] = settings
+    if "cache" in data:
+        cfg.cache = _dataclass_from(CacheSettings, data["cache"], "cache")
+    if "decode" in data:
+        cfg.decode = _dataclass_from(DecodeSettings, data["decode"], "decode")
+
+    access = env.get("S3LATENT_ACCESS_KEY")
+    secret = env.get("S3LATENT_SECRET_KEY")
+    if access and secret:
+        cfg.users[access] = secret
+    elif access or secret:
+        raise ConfigError("set both S3LATENT_ACCESS_KEY and S3LATENT_SECRET_KEY, or neither")
+    if not cfg.users:
+        cfg.users[DEFAULT_ACCESS_KEY] = DEFAULT_SECRET_KEY
+    cfg.backend_access_key = env.get("S3LATENT_BACKEND_ACCESS_KEY", cfg.backend_access_key)
+    cfg.backend_secret_key = env.get("S3LATENT_BACKEND_SECRET_KEY", cfg.backend_secret_key)
+
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(cfg, name, value)
+    cfg.listen_host_port  # noqa: B018 - validates early
+    return cfg

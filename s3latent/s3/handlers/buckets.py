@@ -1,0 +1,233 @@
+"""Service and bucket operations, including object listings."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from .. import xml
+from ..errors import S3Error
+from ..names import check_bucket_name
+from ..request import S3Request
+from .objects import owner, owner_acl
+
+if TYPE_CHECKING:
+    from ..server import Gateway
+
+# Sorts after every valid key character: skipping a rolled-up common prefix.
+_AFTER_PREFIX = "\U0010ffff"
+
+# Bucket configuration GETs that have a truthful "there is none" answer.
+NOT_CONFIGURED = {
+    "policy": "NoSuchBucketPolicy",
+    "cors": "NoSuchCORSConfiguration",
+    "lifecycle": "NoSuchLifecycleConfiguration",
+    "website": "NoSuchWebsiteConfiguration",
+    "tagging": "NoSuchTagSet",
+    "encryption": "ServerSideEncryptionConfigurationNotFoundError",
+    "object-lock": "ObjectLockConfigurationNotFoundError",
+    "publicAccessBlock": "NoSuchPublicAccessBlockConfiguration",
+    "ownershipControls": "OwnershipControlsNotFoundError",
+}
+
+
+def _xml(body: bytes, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/xml",
+                        headers=headers)
+
+
+async def list_buckets(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    buckets = await gw.backend.list_buckets()
+    body = xml.render(
+        "ListAllMyBucketsResult",
+        {
+            "Owner": owner(req),
+            "Buckets": {
+                "Bucket": [{"Name": b.name, "CreationDate": b.created} for b in buckets]
+            }
+            if buckets
+            else "",
+        },
+    )
+    return _xml(body)
+
+
+async def create_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None
+    check_bucket_name(req.bucket)
+    acl = req.header("x-amz-acl")
+    if acl is not None and acl not in ("private", "bucket-owner-full-control"):
+        raise S3Error("NotImplemented", f"Canned ACL {acl!r} is not supported by s3latent.")
+    if req.header("x-amz-bucket-object-lock-enabled", "").lower() == "true":
+        raise S3Error("NotImplemented", "Object Lock is not supported by s3latent.")
+    body = await req.read_small_body()
+    if body.strip():
+        doc = xml.parse(body, "CreateBucketConfiguration")
+        location = xml.text(doc.get("LocationConstraint"))
+        if location and location != gw.config.region:
+            raise S3Error(
+                "IllegalLocationConstraintException",
+                f"The {location} location constraint is incompatible with the region "
+                f"specific endpoint this request was sent to.",
+            )
+    await gw.backend.create_bucket(req.bucket)
+    return web.Response(status=200, headers={"Location": f"/{req.bucket}"})
+
+
+async def head_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None
+    await gw.backend.head_bucket(req.bucket)
+    return web.Response(status=200, headers={"x-amz-bucket-region": gw.config.region})
+
+
+async def delete_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None
+    await gw.backend.delete_bucket(req.bucket)
+    return web.Response(status=204)
+
+
+async def get_bucket_location(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None
+    await gw.backend.head_bucket(req.bucket)
+    region = gw.config.region
+    location = "" if region == "us-east-1" else region
+    return _xml(xml.render("LocationConstraint", {"#text": location}))
+
+
+async def get_bucket_versioning(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    """Versioning is never enabled on s3latent buckets: the empty configuration."""
+    assert req.bucket is not None
+    await gw.backend.head_bucket(req.bucket)
+    return _xml(xml.render("VersioningConfiguration", {}))
+
+
+async def get_bucket_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None
+    await gw.backend.head_bucket(req.bucket)
+    return _xml(owner_acl(req))
+
+
+async def get_bucket_not_configured(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None
+    await gw.backend.head_bucket(req.bucket)
+    for param, code in NOT_CONFIGURED.items():
+        if param in req.query:
+            raise S3Error(code, resource=req.resource, BucketName=req.bucket)
+    raise AssertionError("routed without a known subresource")
+
+
+def _int_param(req: S3Request, name: str, default: int, maximum: int) -> int:
+    raw = req.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise S3Error("InvalidArgument", f"Provided {name} not an integer or within "
+                      "integer range", ArgumentName=name, ArgumentValue=raw) from exc
+    if value < 0:
+        raise S3Error("InvalidArgument", f"Argument {name} must be an integer between 0 and "
+                      "2147483647", ArgumentName=name, ArgumentValue=raw)
+    return min(value, maximum)
+
+
+def encode_token(start_after: str) -> str:
+    return base64.urlsafe_b64encode(start_after.encode()).decode()
+
+
+def decode_token(token: str) -> str:
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
+                      ArgumentName="continuation-token") from exc
+
+
+def _start_after(marker: str | None, delimiter: str | None) -> str | None:
+    """A marker that is a rolled-up prefix skips everything under that prefix."""
+    if marker and delimiter and marker.endswith(delimiter):
+        return marker + _AFTER_PREFIX
+    return marker or None
+
+
+async def list_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None
+    q = req.query
+    v2 = q.get("list-type") == "2"
+    if "list-type" in q and q["list-type"] not in ("1", "2"):
+        raise S3Error("InvalidArgument", "Invalid List Type specified",
+                      ArgumentName="list-type", ArgumentValue=q["list-type"])
+    encoding = q.get("encoding-type")
+    if encoding is not None and encoding.lower() != "url":
+        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request",
+                      ArgumentName="encoding-type", ArgumentValue=encoding)
+    enc = (lambda s: quote(s, safe="/")) if encoding else (lambda s: s)
+    prefix = q.get("prefix", "")
+    delimiter = q.get("delimiter") or None
+    max_keys = _int_param(req, "max-keys", 1000, 1000)
+
+    if v2:
+        token = q.get("continuation-token")
+        if token is not None:
+            if token == "":
+                raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
+                              ArgumentName="continuation-token")
+            start = decode_token(token)
+        else:
+            start = _start_after(q.get("start-after"), delimiter)
+    else:
+        start = _start_after(q.get("marker"), delimiter)
+
+    await gw.backend.head_bucket(req.bucket)
+    if max_keys == 0:
+        entries: list[Any] = []
+        prefixes: list[str] = []
+        truncated, last = False, None
+    else:
+        page = await gw.objects.list(req.bucket, prefix=prefix, delimiter=delimiter,
+                                     start_after=start, max_keys=max_keys)
+        entries, prefixes = page.entries, page.common_prefixes
+        truncated, last = page.is_truncated, page.next_start_after
+
+    contents = []
+    fetch_owner = not v2 or q.get("fetch-owner", "").lower() == "true"
+    for e in entries:
+        item: dict[str, Any] = {
+            "Key": enc(e.key),
+            "LastModified": e.last_modified,
+            "ETag": f'"{e.etag}"',
+            "Size": e.size,
+            "StorageClass": "STANDARD",
+        }
+        if fetch_owner:
+            item["Owner"] = owner(req)
+        contents.append(item)
+    result: dict[str, Any] = {"Name": req.bucket, "Prefix": enc(prefix)}
+    if v2:
+        if "start-after" in q:
+            result["StartAfter"] = enc(q["start-after"])
+        if "continuation-token" in q:
+            result["ContinuationToken"] = q["continuation-token"]
+        result["KeyCount"] = len(contents) + len(prefixes)
+    else:
+        result["Marker"] = enc(q.get("marker", ""))
+    result["MaxKeys"] = max_keys
+    if delimiter:
+        result["Delimiter"] = enc(delimiter)
+    if encoding:
+        result["EncodingType"] = "url"
+    result["IsTruncated"] = truncated
+    if truncated and last is not None:
+        next_start = _start_after(last, delimiter) if last in prefixes else last
+        if v2:
+            result["NextContinuationToken"] = encode_token(next_start or last)
+        else:
+            result["NextMarker"] = enc(last)
+    result["Contents"] = contents or None
+    result["CommonPrefixes"] = [{"Prefix": enc(p)} for p in prefixes] or None
+    root = "ListBucketResult"
+    return _xml(xml.render(root, result))

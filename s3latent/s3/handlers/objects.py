@@ -1,0 +1,394 @@
+"""Object operations: Get/Head/Put/Delete/Copy, DeleteObjects, tagging, ACL reads."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from ...backends.base import ObjectBody, ObjectInfo, ObjectMeta
+from .. import xml
+from ..conditions import check_preconditions, parse_range
+from ..errors import S3Error
+from ..names import check_bucket_name, check_key
+from ..request import (
+    S3Request,
+    check_tags,
+    http_date,
+    meta_from_headers,
+    verified_body,
+)
+
+if TYPE_CHECKING:
+    from ..server import Gateway
+
+log = logging.getLogger(__name__)
+
+RESPONSE_OVERRIDES = {
+    "response-content-type": "Content-Type",
+    "response-content-language": "Content-Language",
+    "response-expires": "Expires",
+    "response-cache-control": "Cache-Control",
+    "response-content-disposition": "Content-Disposition",
+    "response-content-encoding": "Content-Encoding",
+}
+_CANNED_ACLS_ALLOWED = {"private", "bucket-owner-full-control", "bucket-owner-read"}
+_DELETE_CONCURRENCY = 32
+
+
+def object_headers(info: ObjectInfo) -> dict[str, str]:
+    """Headers GET and HEAD share (not the length, which depends on the range)."""
+    meta = info.meta
+    headers = {
+        "ETag": f'"{info.etag}"',
+        "Last-Modified": http_date(info.last_modified),
+        "Content-Type": meta.content_type,
+        "Accept-Ranges": "bytes",
+    }
+    for name, value in meta.headers.items():
+        headers[name.title()] = value
+    for name, value in meta.metadata.items():
+        headers[f"x-amz-meta-{name}"] = value
+    if meta.tags:
+        headers["x-amz-tagging-count"] = str(len(meta.tags))
+    if info.parts_count:
+        headers["x-amz-mp-parts-count"] = str(info.parts_count)
+    return headers
+
+
+def reject_unsupported_write_headers(req: S3Request) -> None:
+    """Headers that ask for something we would silently not do get NotImplemented."""
+    headers = req.headers
+    for name in (
+        "x-amz-server-side-encryption",
+        "x-amz-server-side-encryption-customer-algorithm",
+        "x-amz-object-lock-mode",
+        "x-amz-object-lock-legal-hold",
+        "x-amz-website-redirect-location",
+        "x-amz-grant-read",
+        "x-amz-grant-write",
+        "x-amz-grant-full-control",
+        "x-amz-grant-read-acp",
+        "x-amz-grant-write-acp",
+    ):
+        if name in headers:
+            raise S3Error("NotImplemented", f"The {name} header is not supported by s3latent.")
+    acl = headers.get("x-amz-acl")
+    if acl is not None and acl not in _CANNED_ACLS_ALLOWED:
+        raise S3Error("NotImplemented", f"Canned ACL {acl!r} is not supported by s3latent.")
+    storage_class = headers.get("x-amz-storage-class")
+    if storage_class is not None and storage_class not in (
+        "STANDARD",
+        "REDUCED_REDUNDANCY",
+        "STANDARD_IA",
+        "ONEZONE_IA",
+        "INTELLIGENT_TIERING",
+        "GLACIER",
+        "DEEP_ARCHIVE",
+        "GLACIER_IR",
+        "OUTPOSTS",
+        "SNOW",
+        "EXPRESS_ONEZONE",
+    ):
+        raise S3Error("InvalidStorageClass", StorageClassRequested=storage_class)
+
+
+def _read_headers(req: S3Request, info: ObjectInfo) -> dict[str, str]:
+    headers = object_headers(info)
+    for param, header in RESPONSE_OVERRIDES.items():
+        if param in req.query:
+            headers[header] = req.query[param]
+    return headers
+
+
+def _checksum_headers(req: S3Request, info: ObjectInfo) -> dict[str, str]:
+    if (req.header("x-amz-checksum-mode") or "").upper() != "ENABLED":
+        return {}
+    out = {f"x-amz-checksum-{alg}": value for alg, value in info.meta.checksums.items()}
+    if out:
+        out["x-amz-checksum-type"] = "FULL_OBJECT"
+    return out
+
+
+async def _resolve_read(
+    gw: Gateway, req: S3Request
+) -> tuple[ObjectInfo, tuple[int, int] | None, ObjectBody | None]:
+    """Evaluate conditionals and the range; open the body unless it is a HEAD.
+
+    A plain GET opens the object in one backend call; ranged reads and HEAD need
+    the size (or nothing but the metadata) first.
+    """
+    bucket, key = req.bucket, req.key
+    assert bucket is not None and key is not None
+    range_header = req.header("Range")
+    if "partNumber" in req.query:
+        part = req.query["partNumber"]
+        if not part.isdigit() or not 1 <= int(part) <= 10000:
+            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000")
+        if int(part) != 1:
+            raise S3Error("InvalidPartNumber")
+    if req.method == "GET" and not range_header:
+        info, body = await gw.objects.get(bucket, key)
+        try:
+            check_preconditions(req.headers, info)
+        except BaseException:
+            await body.close()
+            raise
+        return info, None, body
+    info = await gw.objects.head(bucket, key)
+    check_preconditions(req.headers, info)
+    byte_range = parse_range(range_header, info.size)
+    if req.method == "HEAD":
+        return info, byte_range, None
+    info2, body = await gw.objects.get(bucket, key, byte_range)
+    if info2.etag != info.etag:
+        # Replaced between the two calls: evaluate against what we will send.
+        try:
+            check_preconditions(req.headers, info2)
+            if byte_range is not None and byte_range[1] >= info2.size:
+                raise S3Error("InvalidRange", headers={"Content-Range": f"bytes */{info2.size}"})
+        except BaseException:
+            await body.close()
+            raise
+    return info2, byte_range, body
+
+
+async def get_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    info, byte_range, body = await _resolve_read(gw, req)
+    headers = _read_headers(req, info)
+    if byte_range is None:
+        status, length = 200, info.size
+        headers.update(_checksum_headers(req, info))
+    else:
+        status, length = 206, byte_range[1] - byte_range[0] + 1
+        headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{info.size}"
+    if body is None:  # HEAD
+        response = web.Response(status=status, headers=headers)
+        response.content_length = length
+        return response
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_length = length
+    sent = 0
+    try:
+        await response.prepare(req.http)
+        async for chunk in body:
+            sent += len(chunk)
+            await response.write(chunk)
+    except (ConnectionError, asyncio.CancelledError):
+        log.info("client went away after %d/%d bytes of %s", sent, length, req.resource)
+        raise
+    finally:
+        await body.close()
+    if sent != length:
+        # Never pretend a short body is complete: the connection must not be reused.
+        log.error("backend sent %d of %d bytes for %s", sent, length, req.resource)
+        if req.http.transport is not None:
+            req.http.transport.close()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    if "x-amz-copy-source" in req.headers:
+        return await copy_object(gw, req)
+    assert req.bucket is not None and req.key is not None
+    check_key(req.key)
+    reject_unsupported_write_headers(req)
+    meta = meta_from_headers(req)
+    reader = req.payload()
+    gw.objects.invalidate(req.bucket, req.key)
+    info = await gw.objects.put(
+        req.bucket,
+        req.key,
+        verified_body(reader, meta),
+        meta,
+        size=reader.decoded_length,
+        if_match=_unquoted(req.header("If-Match")),
+        if_none_match=req.header("If-None-Match"),
+    )
+    gw.objects.invalidate(req.bucket, req.key)
+    headers = {"ETag": f'"{info.etag}"'}
+    headers.update({f"x-amz-checksum-{a}": v for a, v in reader.checksums.items()})
+    if reader.checksums:
+        headers["x-amz-checksum-type"] = "FULL_OBJECT"
+    return web.Response(status=200, headers=headers)
+
+
+def _unquoted(value: str | None) -> str | None:
+    return value.strip().strip('"') if value else None
+
+
+async def delete_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None and req.key is not None
+    await gw.backend.head_bucket(req.bucket)
+    gw.objects.invalidate(req.bucket, req.key)
+    await gw.objects.delete(req.bucket, req.key)
+    gw.objects.invalidate(req.bucket, req.key)
+    return web.Response(status=204)
+
+
+def parse_copy_source(value: str) -> tuple[str, str]:
+    """'/bucket/key' or 'bucket/key', URL-encoded, optionally '?versionId=...'."""
+    source, _, query = value.partition("?")
+    if query:
+        version = query.removeprefix("versionId=")
+        if version != "null":
+            raise S3Error("NotImplemented", "Versioned copy sources are not supported.")
+    source = unquote(source).lstrip("/")
+    bucket, sep, key = source.partition("/")
+    if not sep or not key or not bucket:
+        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: "
+                      "sourcebucket/sourcekey")
+    check_bucket_name(bucket)
+    check_key(key)
+    return bucket, key
+
+
+async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None and req.key is not None
+    check_key(req.key)
+    reject_unsupported_write_headers(req)
+    src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
+    source = await gw.objects.head(src_bucket, src_key)
+    check_preconditions(req.headers, source, prefix="x-amz-copy-source-")
+    directive = (req.header("x-amz-metadata-directive") or "COPY").upper()
+    tag_directive = (req.header("x-amz-tagging-directive") or "COPY").upper()
+    if directive not in ("COPY", "REPLACE") or tag_directive not in ("COPY", "REPLACE"):
+        raise S3Error("InvalidArgument", "Unknown metadata or tagging directive.")
+    meta: ObjectMeta | None = None
+    if directive == "REPLACE" or tag_directive == "REPLACE":
+        if directive == "REPLACE":
+            meta = meta_from_headers(req)
+        else:
+            meta = ObjectMeta(
+                content_type=source.meta.content_type,
+                metadata=dict(source.meta.metadata),
+                headers=dict(source.meta.headers),
+            )
+        if tag_directive == "REPLACE":
+            meta.tags = meta_from_headers(req).tags
+        else:
+            meta.tags = await gw.backend.get_tags(src_bucket, src_key)
+    elif (src_bucket, src_key) == (req.bucket, req.key) and not req.header("x-amz-storage-class"):
+        raise S3Error(
+            "InvalidRequest",
+            "This copy request is illegal because it is trying to copy an object to itself "
+            "without changing the object's metadata, storage class, website redirect location "
+            "or encryption attributes.",
+        )
+    gw.objects.invalidate(req.bucket, req.key)
+    info = await gw.objects.copy(src_bucket, src_key, req.bucket, req.key, meta)
+    gw.objects.invalidate(req.bucket, req.key)
+    body = xml.render("CopyObjectResult", {"LastModified": info.last_modified,
+                                           "ETag": f'"{info.etag}"'})
+    return web.Response(body=body, content_type="application/xml")
+
+
+async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None
+    doc = xml.parse(await req.read_small_body(), "Delete")
+    objects = xml.as_list(doc.get("Object"))
+    if not objects or len(objects) > 1000:
+        raise S3Error("MalformedXML")
+    quiet = xml.text(doc.get("Quiet")).strip().lower() == "true"
+    await gw.backend.head_bucket(req.bucket)
+    limiter = asyncio.Semaphore(_DELETE_CONCURRENCY)
+
+    async def one(entry: object) -> dict[str, str]:
+        if not isinstance(entry, dict) or "Key" not in entry:
+            raise S3Error("MalformedXML")
+        key = xml.text(entry["Key"])
+        result: dict[str, str] = {"Key": key}
+        version = entry.get("VersionId")
+        if version is not None:
+            result["VersionId"] = xml.text(version)
+        try:
+            check_key(key)
+            if version is not None and xml.text(version) != "null":
+                raise S3Error("NotImplemented", "Versioned deletes are not supported.")
+            async with limiter:
+                gw.objects.invalidate(req.bucket, key)
+                await gw.objects.delete(req.bucket, key)
+                gw.objects.invalidate(req.bucket, key)
+        except S3Error as exc:
+            result.update({"Code": exc.code, "Message": exc.message, "Error": "1"})
+        return result
+
+    results = await asyncio.gather(*(one(entry) for entry in objects))
+    deleted, errors = [], []
+    for result in results:
+        if result.pop("Error", None):
+            errors.append(result)
+        elif not quiet:
+            deleted.append(result)
+    body = xml.render("DeleteResult", {"Deleted": deleted or None, "Error": errors or None})
+    return web.Response(body=body, content_type="application/xml")
+
+
+async def get_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None and req.key is not None
+    await gw.objects.head(req.bucket, req.key)
+    tags = await gw.backend.get_tags(req.bucket, req.key)
+    tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
+    body = xml.render("Tagging", {"TagSet": {"Tag": tag_list} if tag_list else ""})
+    return web.Response(body=body, content_type="application/xml")
+
+
+async def put_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None and req.key is not None
+    doc = xml.parse(await req.read_small_body(), "Tagging")
+    tag_set = doc.get("TagSet") or {}
+    if not isinstance(tag_set, dict):
+        tag_set = {}
+    tags: dict[str, str] = {}
+    for tag in xml.as_list(tag_set.get("Tag")):
+        if not isinstance(tag, dict) or "Key" not in tag:
+            raise S3Error("MalformedXML")
+        key = xml.text(tag["Key"])
+        if key in tags:
+            raise S3Error("InvalidTag", "Cannot provide multiple Tags with the same key")
+        tags[key] = xml.text(tag.get("Value"))
+    check_tags(tags)
+    await gw.objects.head(req.bucket, req.key)
+    await gw.backend.put_tags(req.bucket, req.key, tags)
+    gw.objects.invalidate(req.bucket, req.key)
+    return web.Response(status=200)
+
+
+async def delete_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None and req.key is not None
+    await gw.objects.head(req.bucket, req.key)
+    await gw.backend.put_tags(req.bucket, req.key, {})
+    gw.objects.invalidate(req.bucket, req.key)
+    return web.Response(status=204)
+
+
+async def get_object_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    """There are no ACLs: the owner (any configured user) has full control."""
+    assert req.bucket is not None and req.key is not None
+    await gw.objects.head(req.bucket, req.key)
+    return web.Response(body=owner_acl(req), content_type="application/xml")
+
+
+def owner(req: S3Request) -> dict[str, str]:
+    return {"ID": req.auth.access_key, "DisplayName": req.auth.access_key}
+
+
+def owner_acl(req: S3Request) -> bytes:
+    grantee = {
+        "@xmlns:xsi": "http://www.w3.org/2001/XMLSchema-instance",
+        "@xsi:type": "CanonicalUser",
+        **owner(req),
+    }
+    return xml.render(
+        "AccessControlPolicy",
+        {
+            "Owner": owner(req),
+            "AccessControlList": {"Grant": {"Grantee": grantee, "Permission": "FULL_CONTROL"}},
+        },
+    )
+

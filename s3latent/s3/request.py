@@ -1,0 +1,163 @@
+"""The parsed form of one S3 request, shared by all handlers."""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl, unquote
+
+from aiohttp import web
+from multidict import CIMultiDictProxy, MultiDict
+
+from ..backends.base import STORED_HEADERS, ObjectMeta
+from .auth import AuthContext
+from .errors import S3Error
+from .payload import PayloadReader
+
+MAX_SMALL_BODY = 2 * 1024 * 1024
+MAX_USER_METADATA = 2048
+
+
+@dataclass
+class S3Request:
+    http: web.Request
+    request_id: str
+    bucket: str | None
+    key: str | None
+    query: MultiDict[str]
+    auth: AuthContext
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self.http.headers
+
+    @property
+    def method(self) -> str:
+        return self.http.method
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        return self.http.headers.get(name, default)
+
+    @property
+    def resource(self) -> str:
+        if self.bucket is None:
+            return "/"
+        return f"/{self.bucket}" + (f"/{self.key}" if self.key is not None else "")
+
+    def payload(self) -> PayloadReader:
+        """A verifying reader over the request body (signature, checksums, length)."""
+        return PayloadReader(self.http.content, self.http.headers, self.auth)
+
+    async def read_small_body(self, limit: int = MAX_SMALL_BODY) -> bytes:
+        """Whole body of a small XML request, verified like any payload."""
+        reader = self.payload()
+        if reader.decoded_length is not None and reader.decoded_length > limit:
+            raise S3Error("MalformedXML", "The XML you provided was too large.")
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in reader:
+            size += len(chunk)
+            if size > limit:
+                raise S3Error("MalformedXML", "The XML you provided was too large.")
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+def split_target(
+    raw_path: str, host: str | None, domain: str | None
+) -> tuple[str | None, str | None, str]:
+    """(bucket, key, raw path without query) for path- and virtual-hosted style."""
+    path = raw_path.split("?", 1)[0]
+    bucket: str | None = None
+    if domain and host:
+        hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        hostname = hostname.lower().rstrip(".")
+        suffix = "." + domain.lower()
+        if hostname.endswith(suffix) and len(hostname) > len(suffix):
+            bucket = hostname[: -len(suffix)]
+    decoded = unquote(path, errors="strict")
+    if bucket is not None:
+        key = decoded[1:] if decoded.startswith("/") else decoded
+        return bucket, (key or None), path
+    stripped = decoded[1:] if decoded.startswith("/") else decoded
+    if not stripped:
+        return None, None, path
+    name, sep, key = stripped.partition("/")
+    return name, (key if sep and key else None), path
+
+
+def parse_query(query_string: str) -> MultiDict[str]:
+    return MultiDict(parse_qsl(query_string, keep_blank_values=True))
+
+
+def http_date(value: datetime) -> str:
+    return email.utils.format_datetime(value.astimezone(UTC), usegmt=True)
+
+
+def parse_http_date(value: str) -> datetime | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed is None:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def meta_from_headers(req: S3Request) -> ObjectMeta:
+    """Content type, x-amz-meta-*, stored headers and x-amz-tagging of a write."""
+    meta = ObjectMeta()
+    headers = req.headers
+    meta.content_type = headers.get("Content-Type") or "binary/octet-stream"
+    size = 0
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower.startswith("x-amz-meta-"):
+            user_key = lower[len("x-amz-meta-") :]
+            size += len(user_key) + len(value.encode())
+            if user_key in meta.metadata:
+                meta.metadata[user_key] += "," + value
+            else:
+                meta.metadata[user_key] = value
+        elif lower in STORED_HEADERS:
+            meta.headers[lower] = value
+    if size > MAX_USER_METADATA:
+        raise S3Error(
+            "MetadataTooLarge",
+            Size=str(size),
+            MaxSizeAllowed=str(MAX_USER_METADATA),
+        )
+    tagging = headers.get("x-amz-tagging")
+    if tagging:
+        meta.tags = parse_tag_query(tagging)
+    return meta
+
+
+def parse_tag_query(value: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for k, v in parse_qsl(value, keep_blank_values=True):
+        if k in tags:
+            raise S3Error("InvalidTag", "Cannot provide multiple Tags with the same key")
+        tags[k] = v
+    check_tags(tags)
+    return tags
+
+
+def check_tags(tags: dict[str, str]) -> None:
+    if len(tags) > 10:
+        raise S3Error("InvalidTag", "Object tags cannot be greater than 10")
+    for k, v in tags.items():
+        if not k or len(k) > 128:
+            raise S3Error("InvalidTag", "The TagKey you have provided is invalid")
+        if len(v) > 256:
+            raise S3Error("InvalidTag", "The TagValue you have provided is invalid")
+
+
+async def verified_body(reader: PayloadReader, meta: ObjectMeta | None) -> AsyncIterator[bytes]:
+    """Body chunks; on a clean end the computed checksums are recorded in `meta`."""
+    async for chunk in reader:
+        yield chunk
+    if meta is not None:
+        meta.checksums.update(reader.checksums)

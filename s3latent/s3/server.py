@@ -1,0 +1,265 @@
+"""The aiohttp application: request ids, authentication, dispatch, S3 error bodies.
+
+Dispatch follows S3's REST layout: the method, whether a bucket and key are
+present, and the sub-resource in the query string pick the operation. Anything
+S3 defines that s3latent does not do answers 501 NotImplemented, never a guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from ..backends.base import Backend
+from ..config import Config
+from ..objects.layer import ObjectLayer
+from . import xml
+from .auth import authenticate
+from .errors import S3Error
+from .handlers import buckets, multipart, objects
+from .names import check_bucket_name
+from .request import S3Request, parse_query, split_target
+
+log = logging.getLogger("s3latent.access")
+Handler = Callable[["Gateway", S3Request], Awaitable[web.StreamResponse]]
+
+# Sub-resources S3 defines on buckets and objects that we do not implement.
+_UNSUPPORTED_SUBRESOURCES = (
+    "accelerate", "analytics", "intelligent-tiering", "inventory", "logging", "metrics",
+    "notification", "replication", "requestPayment", "restore", "select", "torrent",
+    "versions", "legal-hold", "retention", "attributes", "renameObject", "session",
+    "metadataTable", "metadataConfiguration",
+)
+
+
+class Gateway:
+    """Everything a handler needs: config, backend, object layer, metrics."""
+
+    def __init__(self, config: Config, backend: Backend, objects: ObjectLayer | None = None,
+                 *, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.backend = backend
+        self.objects = objects or ObjectLayer(backend)
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "s3latent_requests", "S3 requests by operation and status",
+            ["operation", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "s3latent_request_seconds", "S3 request latency by operation",
+            ["operation"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.node_id = base64.b64encode(os.urandom(24)).decode()
+
+
+def route(req: S3Request) -> tuple[str, Handler]:
+    """(operation name, handler) for a request, or S3Error."""
+    q, method = req.query, req.method
+    for sub in _UNSUPPORTED_SUBRESOURCES:
+        if sub in q:
+            raise S3Error("NotImplemented", f"The '{sub}' sub-resource is not supported.")
+    if req.bucket is None:
+        if method == "GET":
+            return "ListBuckets", buckets.list_buckets
+        raise S3Error("MethodNotAllowed", Method=method, ResourceType="SERVICE")
+
+    if req.key is None:
+        if method == "GET":
+            if "location" in q:
+                return "GetBucketLocation", buckets.get_bucket_location
+            if "uploads" in q:
+                return "ListMultipartUploads", multipart.list_multipart_uploads
+            if "versioning" in q:
+                return "GetBucketVersioning", buckets.get_bucket_versioning
+            if "acl" in q:
+                return "GetBucketAcl", buckets.get_bucket_acl
+            for sub in buckets.NOT_CONFIGURED:
+                if sub in q:
+                    return f"GetBucket-{sub}", buckets.get_bucket_not_configured
+            return ("ListObjectsV2" if q.get("list-type") == "2" else "ListObjects",
+                    buckets.list_objects)
+        if method == "PUT":
+            if len(q):
+                raise S3Error("NotImplemented",
+                              "Bucket configuration is not supported by s3latent.")
+            return "CreateBucket", buckets.create_bucket
+        if method == "HEAD":
+            return "HeadBucket", buckets.head_bucket
+        if method == "DELETE":
+            if len(q):
+                raise S3Error("NotImplemented",
+                              "Bucket configuration is not supported by s3latent.")
+            return "DeleteBucket", buckets.delete_bucket
+        if method == "POST":
+            if "delete" in q:
+                return "DeleteObjects", objects.delete_objects
+            raise S3Error("NotImplemented", "POST object uploads are not supported.")
+        raise S3Error("MethodNotAllowed", Method=method, ResourceType="BUCKET")
+
+    if method in ("GET", "HEAD"):
+        if "uploadId" in q and method == "GET":
+            return "ListParts", multipart.list_parts
+        if "tagging" in q and method == "GET":
+            return "GetObjectTagging", objects.get_object_tagging
+        if "acl" in q and method == "GET":
+            return "GetObjectAcl", objects.get_object_acl
+        return ("GetObject" if method == "GET" else "HeadObject"), objects.get_object
+    if method == "PUT":
+        if "tagging" in q:
+            return "PutObjectTagging", objects.put_object_tagging
+        if "acl" in q:
+            raise S3Error("NotImplemented", "Object ACLs are not supported by s3latent.")
+        if "partNumber" in q or "uploadId" in q:
+            if "x-amz-copy-source" in req.headers:
+                return "UploadPartCopy", multipart.upload_part
+            return "UploadPart", multipart.upload_part
+        if "x-amz-copy-source" in req.headers:
+            return "CopyObject", objects.copy_object
+        return "PutObject", objects.put_object
+    if method == "DELETE":
+        if "tagging" in q:
+            return "DeleteObjectTagging", objects.delete_object_tagging
+        if "uploadId" in q:
+            return "AbortMultipartUpload", multipart.abort_multipart_upload
+        return "DeleteObject", objects.delete_object
+    if method == "POST":
+        if "uploads" in q:
+            return "CreateMultipartUpload", multipart.create_multipart_upload
+        if "uploadId" in q:
+            return "CompleteMultipartUpload", multipart.complete_multipart_upload
+        raise S3Error("NotImplemented", "This POST operation is not supported.")
+    raise S3Error("MethodNotAllowed", Method=method, ResourceType="OBJECT")
+
+
+def error_response(exc: S3Error, request_id: str, node_id: str, *, head: bool,
+                   resource: str | None) -> web.Response:
+    headers = {"x-amz-request-id": request_id, "x-amz-id-2": node_id, **exc.headers}
+    if exc.status == 304:
+        return web.Response(status=304, headers=headers)
+    body: dict[str, Any] = {"Code": exc.code, "Message": exc.message}
+    body.update(exc.extra)
+    body["Resource"] = exc.resource or resource
+    body["RequestId"] = request_id
+    body["HostId"] = node_id
+    if exc.status == 503:
+        headers.setdefault("Retry-After", "1")
+    if head:
+        # HEAD responses carry no body; clients read the status (and this header).
+        headers["x-amz-error-code"] = exc.code
+        return web.Response(status=exc.status, headers=headers)
+    return web.Response(
+        status=exc.status,
+        body=xml.render("Error", body, namespace=False),
+        content_type="application/xml",
+        headers=headers,
+    )
+
+
+def _is_internal_endpoint(request: web.Request) -> bool:
+    """/metrics and /health answer unsigned GETs; signed ones are S3 bucket requests."""
+    if request.method != "GET" or request.path not in ("/metrics", "/health"):
+        return False
+    return "Authorization" not in request.headers and "X-Amz-Signature" not in request.query
+
+
+def make_app(gw: Gateway) -> web.Application:
+    """The aiohttp application serving S3 on `gw`'s backend."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        request_id = secrets.token_hex(8).upper()
+        started = time.perf_counter()
+        operation = "Unknown"
+        resource = None
+        try:
+            bucket, key, raw_path = split_target(
+                request.raw_path, request.headers.get("Host"), gw.config.domain
+            )
+            resource = f"/{bucket}/{key}" if key else (f"/{bucket}" if bucket else "/")
+            if _is_internal_endpoint(request):
+                operation = request.path.lstrip("/")
+                response = await _internal(gw, request.path)
+            else:
+                auth = authenticate(
+                    request.method,
+                    raw_path,
+                    request.query_string,
+                    request.headers,
+                    gw.config.users,
+                    max_skew=timedelta(seconds=gw.config.max_skew_s),
+                )
+                if bucket is not None:
+                    check_bucket_name(bucket)
+                s3req = S3Request(request, request_id, bucket, key,
+                                  parse_query(request.query_string), auth)
+                operation, handler = route(s3req)
+                response = await handler(gw, s3req)
+        except S3Error as exc:
+            response = error_response(exc, request_id, gw.node_id,
+                                      head=request.method == "HEAD", resource=resource)
+        except UnicodeDecodeError:
+            response = error_response(S3Error("InvalidURI"),
+                                      request_id, gw.node_id, head=request.method == "HEAD",
+                                      resource=resource)
+        except (ConnectionError, asyncio.CancelledError):
+            gw.requests.labels(operation, "client-gone").inc()
+            log.info("%s %s %s client disconnected", request_id, request.method, resource)
+            raise
+        except Exception:
+            log.exception("%s %s %s failed", request_id, request.method, request.path_qs)
+            response = error_response(S3Error("InternalError"), request_id, gw.node_id,
+                                      head=request.method == "HEAD", resource=resource)
+        elapsed = time.perf_counter() - started
+        if not response.prepared:
+            response.headers["x-amz-request-id"] = request_id
+            response.headers["x-amz-id-2"] = gw.node_id
+            response.headers.setdefault("Server", "s3latent")
+        gw.requests.labels(operation, str(response.status)).inc()
+        gw.latency.labels(operation).observe(elapsed)
+        log.info(
+            "%s %s %s %s %d %.1fms",
+            request_id, request.remote, operation, request.method + " " + request.path,
+            response.status, elapsed * 1000,
+            extra={"request_id": request_id, "operation": operation,
+                   "status": response.status, "ms": round(elapsed * 1000, 2)},
+        )
+        return response
+
+    app = web.Application(client_max_size=0)
+    app.router.add_route("*", "/{tail:.*}", handle)
+
+    async def on_startup(_: web.Application) -> None:
+        await gw.backend.start()
+        await gw.objects.start()
+
+    async def on_cleanup(_: web.Application) -> None:
+        await gw.objects.close()
+        await gw.backend.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    app["gateway"] = gw
+    return app
+
+
+async def _internal(gw: Gateway, path: str) -> web.Response:
+    if path == "/metrics":
+        return web.Response(body=generate_latest(gw.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+    try:
+        await asyncio.wait_for(gw.backend.list_buckets(), timeout=5)
+    except (S3Error, TimeoutError) as exc:
+        return web.json_response({"status": "unhealthy", "backend": gw.backend.name,
+                                  "error": str(exc)}, status=503)
+    return web.json_response({"status": "ok", "backend": gw.backend.name})
