@@ -1,0 +1,447 @@
+"""The S3 API through the gateway with boto3, on both backends."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+from botocore.exceptions import ClientError
+
+from tests.gateway import GatewayProcess
+
+
+def _code(exc: ClientError) -> str:
+    return exc.response["Error"]["Code"]
+
+
+def _status(exc: ClientError) -> int:
+    return exc.response["ResponseMetadata"]["HTTPStatusCode"]
+
+
+# -- buckets ----------------------------------------------------------------
+
+
+def test_bucket_lifecycle(s3: Any) -> None:
+    name = f"b-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=name)
+    assert name in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    s3.head_bucket(Bucket=name)
+    assert s3.get_bucket_location(Bucket=name).get("LocationConstraint") in (None, "")
+    with pytest.raises(ClientError) as exc:
+        s3.create_bucket(Bucket=name)
+    assert _code(exc.value) == "BucketAlreadyOwnedByYou"
+    s3.put_object(Bucket=name, Key="x", Body=b"1")
+    with pytest.raises(ClientError) as exc:
+        s3.delete_bucket(Bucket=name)
+    assert _code(exc.value) == "BucketNotEmpty"
+    s3.delete_object(Bucket=name, Key="x")
+    s3.delete_bucket(Bucket=name)
+    with pytest.raises(ClientError) as exc:
+        s3.head_bucket(Bucket=name)
+    assert _status(exc.value) == 404
+    with pytest.raises(ClientError) as exc:
+        s3.list_objects_v2(Bucket=name)
+    assert _code(exc.value) == "NoSuchBucket"
+
+
+@pytest.mark.parametrize("name", ["ab", "UPPER", "has_underscore", "-lead", "a" * 64,
+                                  "192.168.1.1", "dots..dots"])
+def test_invalid_bucket_names(s3: Any, name: str) -> None:
+    with pytest.raises(ClientError) as exc:
+        s3.create_bucket(Bucket=name)
+    assert _code(exc.value) == "InvalidBucketName"
+    assert name not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+
+# -- objects ----------------------------------------------------------------
+
+
+def test_put_get_head_roundtrip(s3: Any, bucket: str) -> None:
+    body = os.urandom(300_000)
+    put = s3.put_object(Bucket=bucket, Key="dir/ob j+é.bin", Body=body, ContentType="image/x-test",
+                        Metadata={"color": "blue", "Mixed-Case": "v"},
+                        CacheControl="max-age=60", ContentDisposition="inline")
+    assert put["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
+    got = s3.get_object(Bucket=bucket, Key="dir/ob j+é.bin")
+    assert got["Body"].read() == body
+    assert got["ContentType"] == "image/x-test"
+    assert got["Metadata"] == {"color": "blue", "mixed-case": "v"}
+    assert got["CacheControl"] == "max-age=60"
+    assert got["ContentDisposition"] == "inline"
+    assert got["ETag"] == put["ETag"]
+    head = s3.head_object(Bucket=bucket, Key="dir/ob j+é.bin")
+    assert head["ContentLength"] == len(body)
+    assert head["ETag"] == put["ETag"]
+    assert head["ResponseMetadata"]["HTTPHeaders"]["x-amz-request-id"]
+
+
+def test_empty_object(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="empty", Body=b"")
+    assert s3.get_object(Bucket=bucket, Key="empty")["Body"].read() == b""
+    assert s3.head_object(Bucket=bucket, Key="empty")["ContentLength"] == 0
+
+
+def test_overwrite_replaces(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k", Body=b"first version")
+    s3.put_object(Bucket=bucket, Key="k", Body=b"second")
+    assert s3.get_object(Bucket=bucket, Key="k")["Body"].read() == b"second"
+
+
+def test_missing_key_and_bucket(s3: Any, bucket: str) -> None:
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="nope")
+    assert _code(exc.value) == "NoSuchKey"
+    with pytest.raises(ClientError) as exc:
+        s3.head_object(Bucket=bucket, Key="nope")
+    assert _status(exc.value) == 404
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=f"nob-{uuid.uuid4().hex[:8]}", Key="x")
+    assert _code(exc.value) == "NoSuchBucket"
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=f"nob-{uuid.uuid4().hex[:8]}", Key="x", Body=b"1")
+    assert _code(exc.value) == "NoSuchBucket"
+
+
+def test_ranges(s3: Any, bucket: str) -> None:
+    body = bytes(range(256)) * 40
+    s3.put_object(Bucket=bucket, Key="r", Body=body)
+    cases = {"bytes=0-9": body[0:10], "bytes=100-": body[100:], "bytes=-7": body[-7:],
+             "bytes=10000-20000": body[10000:]}
+    for header, expected in cases.items():
+        got = s3.get_object(Bucket=bucket, Key="r", Range=header)
+        assert got["Body"].read() == expected, header
+        assert got["ResponseMetadata"]["HTTPStatusCode"] == 206
+        first = len(body) - len(expected)
+        assert got["ContentRange"] == f"bytes {first}-{len(body) - 1}/{len(body)}" or \
+            header == "bytes=0-9"
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="r", Range=f"bytes={len(body)}-")
+    assert _code(exc.value) == "InvalidRange"
+    assert _status(exc.value) == 416
+    # Not a single range S3 understands: the whole object.
+    assert s3.get_object(Bucket=bucket, Key="r", Range="bytes=5-1")["Body"].read() == body
+
+
+def test_conditionals(s3: Any, bucket: str) -> None:
+    etag = s3.put_object(Bucket=bucket, Key="c", Body=b"payload")["ETag"]
+    lm = s3.head_object(Bucket=bucket, Key="c")["LastModified"]
+    assert s3.get_object(Bucket=bucket, Key="c", IfMatch=etag)["Body"].read() == b"payload"
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="c", IfMatch='"0000"')
+    assert _status(exc.value) == 412
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="c", IfNoneMatch=etag)
+    assert _status(exc.value) == 304
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="c", IfModifiedSince=lm + timedelta(seconds=5))
+    assert _status(exc.value) == 304
+    assert s3.get_object(Bucket=bucket, Key="c", IfModifiedSince=lm - timedelta(days=1))
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="c", IfUnmodifiedSince=lm - timedelta(days=1))
+    assert _status(exc.value) == 412
+    with pytest.raises(ClientError) as exc:
+        s3.head_object(Bucket=bucket, Key="c", IfMatch='"bad"')
+    assert _status(exc.value) == 412
+    # Conditional write.
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=bucket, Key="c", Body=b"new", IfNoneMatch="*")
+    assert _status(exc.value) == 412
+    assert s3.get_object(Bucket=bucket, Key="c")["Body"].read() == b"payload"
+
+
+def test_response_overrides(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="o", Body=b"x", ContentType="text/plain")
+    got = s3.get_object(Bucket=bucket, Key="o", ResponseContentType="image/png",
+                        ResponseContentDisposition="attachment; filename=a.png",
+                        ResponseCacheControl="no-cache")
+    assert got["ContentType"] == "image/png"
+    assert got["ContentDisposition"] == "attachment; filename=a.png"
+    assert got["CacheControl"] == "no-cache"
+
+
+def test_delete_object_and_objects(s3: Any, bucket: str) -> None:
+    for i in range(5):
+        s3.put_object(Bucket=bucket, Key=f"d/{i}", Body=b"x")
+    s3.delete_object(Bucket=bucket, Key="d/0")
+    s3.delete_object(Bucket=bucket, Key="d/never-existed")  # idempotent
+    resp = s3.delete_objects(Bucket=bucket, Delete={
+        "Objects": [{"Key": "d/1"}, {"Key": "d/2"}, {"Key": "d/missing"}]})
+    assert sorted(d["Key"] for d in resp["Deleted"]) == ["d/1", "d/2", "d/missing"]
+    resp = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "d/3"}], "Quiet": True})
+    assert not resp.get("Deleted")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert keys == ["d/4"]
+
+
+def test_copy_object(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="src", Body=b"copy me", ContentType="text/plain",
+                  Metadata={"a": "1"}, Tagging="t=1")
+    etag = s3.head_object(Bucket=bucket, Key="src")["ETag"]
+    r = s3.copy_object(Bucket=bucket, Key="dst", CopySource={"Bucket": bucket, "Key": "src"})
+    assert r["CopyObjectResult"]["ETag"] == etag
+    head = s3.head_object(Bucket=bucket, Key="dst")
+    assert head["Metadata"] == {"a": "1"} and head["ContentType"] == "text/plain"
+    s3.copy_object(Bucket=bucket, Key="dst2", CopySource=f"{bucket}/src",
+                   MetadataDirective="REPLACE", Metadata={"b": "2"}, ContentType="x/y")
+    head = s3.head_object(Bucket=bucket, Key="dst2")
+    assert head["Metadata"] == {"b": "2"} and head["ContentType"] == "x/y"
+    assert s3.get_object(Bucket=bucket, Key="dst2")["Body"].read() == b"copy me"
+    with pytest.raises(ClientError) as exc:
+        s3.copy_object(Bucket=bucket, Key="dst3", CopySource=f"{bucket}/src",
+                       CopySourceIfMatch='"nope"')
+    assert _status(exc.value) == 412
+    with pytest.raises(ClientError) as exc:
+        s3.copy_object(Bucket=bucket, Key="src", CopySource=f"{bucket}/src")
+    assert _code(exc.value) == "InvalidRequest"
+    with pytest.raises(ClientError) as exc:
+        s3.copy_object(Bucket=bucket, Key="dst4", CopySource=f"{bucket}/missing")
+    assert _code(exc.value) == "NoSuchKey"
+
+
+def test_tagging(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="t", Body=b"x", Tagging="a=1&b=two%20words")
+    tags = s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"]
+    assert {t["Key"]: t["Value"] for t in tags} == {"a": "1", "b": "two words"}
+    s3.put_object_tagging(Bucket=bucket, Key="t", Tagging={"TagSet": [{"Key": "z", "Value": "9"}]})
+    assert s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"] == [{"Key": "z", "Value": "9"}]
+    s3.delete_object_tagging(Bucket=bucket, Key="t")
+    assert s3.get_object_tagging(Bucket=bucket, Key="t")["TagSet"] == []
+    with pytest.raises(ClientError) as exc:
+        s3.put_object_tagging(Bucket=bucket, Key="t", Tagging={"TagSet": [
+            {"Key": f"k{i}", "Value": "v"} for i in range(11)]})
+    assert _code(exc.value) == "InvalidTag"
+    with pytest.raises(ClientError) as exc:
+        s3.get_object_tagging(Bucket=bucket, Key="missing")
+    assert _code(exc.value) == "NoSuchKey"
+
+
+# -- listing ----------------------------------------------------------------
+
+
+def test_list_v2_delimiter_pagination(s3: Any, bucket: str) -> None:
+    keys = ["a", "a/b", "a/c/d", "b/1", "b/2", "c", "c/x", "é/u", "z z"]
+    for k in keys:
+        s3.put_object(Bucket=bucket, Key=k, Body=b"v")
+    resp = s3.list_objects_v2(Bucket=bucket, Delimiter="/")
+    assert [o["Key"] for o in resp["Contents"]] == ["a", "c", "z z"]
+    assert [p["Prefix"] for p in resp["CommonPrefixes"]] == ["a/", "b/", "c/", "é/"]
+    # Walk one key or prefix at a time.
+    seen: list[str] = []
+    token = None
+    while True:
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Delimiter": "/", "MaxKeys": 1}
+        if token:
+            kwargs["ContinuationToken"] = token
+        page = s3.list_objects_v2(**kwargs)
+        seen += [o["Key"] for o in page.get("Contents", [])]
+        seen += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+        assert page["KeyCount"] <= 1
+        if not page["IsTruncated"]:
+            break
+        token = page["NextContinuationToken"]
+    assert seen == ["a", "a/", "b/", "c", "c/", "é/", "z z"]
+    resp = s3.list_objects_v2(Bucket=bucket, Prefix="a/", Delimiter="/")
+    assert [o["Key"] for o in resp["Contents"]] == ["a/b"]
+    assert [p["Prefix"] for p in resp["CommonPrefixes"]] == ["a/c/"]
+    resp = s3.list_objects_v2(Bucket=bucket, StartAfter="b/1")
+    assert [o["Key"] for o in resp["Contents"]][0] == "b/2"
+    resp = s3.list_objects_v2(Bucket=bucket, FetchOwner=True, MaxKeys=2)
+    assert "Owner" in resp["Contents"][0] and resp["IsTruncated"]
+    resp = s3.list_objects_v2(Bucket=bucket, MaxKeys=0)
+    assert resp["KeyCount"] == 0 and "Contents" not in resp
+
+
+def test_list_v1_markers_and_url_encoding(s3: Any, bucket: str) -> None:
+    for k in ["k1", "k2", "k3", "sp ace", "pl+us"]:
+        s3.put_object(Bucket=bucket, Key=k, Body=b"v")
+    page = s3.list_objects(Bucket=bucket, MaxKeys=2)
+    assert [o["Key"] for o in page["Contents"]] == ["k1", "k2"] and page["IsTruncated"]
+    page = s3.list_objects(Bucket=bucket, Marker="k2")
+    assert [o["Key"] for o in page["Contents"]] == ["k3", "pl+us", "sp ace"]
+    # boto3 asks for encoding-type=url and decodes it back.
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == [
+        "k1", "k2", "k3", "pl+us", "sp ace"]
+
+
+def test_paginator_many_keys(s3: Any, bucket: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [f"p/{i:05d}" for i in range(1203)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda k: s3.put_object(Bucket=bucket, Key=k, Body=b""), keys))
+    listed = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, PaginationConfig={"PageSize": 500}) for o in page.get("Contents", [])]
+    assert listed == keys
+    listed = [o["Key"] for page in s3.get_paginator("list_objects").paginate(Bucket=bucket)
+              for o in page.get("Contents", [])]
+    assert listed == keys
+
+
+# -- multipart --------------------------------------------------------------
+
+
+def test_multipart_upload(s3: Any, bucket: str) -> None:
+    part1, part2 = os.urandom(5 * 1024 * 1024), os.urandom(1234)
+    up = s3.create_multipart_upload(Bucket=bucket, Key="mp", ContentType="video/x",
+                                    Metadata={"m": "1"})
+    uid = up["UploadId"]
+    assert any(u["UploadId"] == uid for u in s3.list_multipart_uploads(Bucket=bucket)["Uploads"])
+    e1 = s3.upload_part(Bucket=bucket, Key="mp", UploadId=uid, PartNumber=1, Body=part1)["ETag"]
+    e2 = s3.upload_part(Bucket=bucket, Key="mp", UploadId=uid, PartNumber=2, Body=part2)["ETag"]
+    parts = s3.list_parts(Bucket=bucket, Key="mp", UploadId=uid)["Parts"]
+    assert [(p["PartNumber"], p["Size"]) for p in parts] == [(1, len(part1)), (2, len(part2))]
+    with pytest.raises(ClientError) as exc:
+        s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid, MultipartUpload={
+            "Parts": [{"PartNumber": 2, "ETag": e2}, {"PartNumber": 1, "ETag": e1}]})
+    assert _code(exc.value) == "InvalidPartOrder"
+    with pytest.raises(ClientError) as exc:
+        s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid, MultipartUpload={
+            "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": '"' + "0" * 32 + '"'}]})
+    assert _code(exc.value) == "InvalidPart"
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+    md5s = b"".join(bytes.fromhex(e.strip('"')) for e in (e1, e2))
+    assert done["ETag"] == f'"{hashlib.md5(md5s).hexdigest()}-2"'
+    got = s3.get_object(Bucket=bucket, Key="mp")
+    assert got["Body"].read() == part1 + part2
+    assert got["ContentType"] == "video/x" and got["Metadata"] == {"m": "1"}
+    with pytest.raises(ClientError) as exc:
+        s3.list_parts(Bucket=bucket, Key="mp", UploadId=uid)
+    assert _code(exc.value) == "NoSuchUpload"
+
+
+def test_multipart_too_small_and_abort(s3: Any, bucket: str) -> None:
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="small")["UploadId"]
+    e1 = s3.upload_part(Bucket=bucket, Key="small", UploadId=uid, PartNumber=1, Body=b"a")["ETag"]
+    e2 = s3.upload_part(Bucket=bucket, Key="small", UploadId=uid, PartNumber=2, Body=b"b")["ETag"]
+    with pytest.raises(ClientError) as exc:
+        s3.complete_multipart_upload(Bucket=bucket, Key="small", UploadId=uid, MultipartUpload={
+            "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+    assert _code(exc.value) == "EntityTooSmall"
+    s3.abort_multipart_upload(Bucket=bucket, Key="small", UploadId=uid)
+    with pytest.raises(ClientError) as exc:
+        s3.abort_multipart_upload(Bucket=bucket, Key="small", UploadId=uid)
+    assert _code(exc.value) == "NoSuchUpload"
+    with pytest.raises(ClientError) as exc:
+        s3.head_object(Bucket=bucket, Key="small")
+    assert _status(exc.value) == 404
+    with pytest.raises(ClientError) as exc:
+        s3.upload_part(Bucket=bucket, Key="small", UploadId="bogus", PartNumber=1, Body=b"x")
+    assert _code(exc.value) == "NoSuchUpload"
+
+
+def test_upload_part_copy(s3: Any, bucket: str) -> None:
+    src = os.urandom(6 * 1024 * 1024)
+    s3.put_object(Bucket=bucket, Key="big-src", Body=src)
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="assembled")["UploadId"]
+    p1 = s3.upload_part_copy(Bucket=bucket, Key="assembled", UploadId=uid, PartNumber=1,
+                             CopySource={"Bucket": bucket, "Key": "big-src"},
+                             CopySourceRange="bytes=0-5242879")["CopyPartResult"]["ETag"]
+    p2 = s3.upload_part_copy(Bucket=bucket, Key="assembled", UploadId=uid, PartNumber=2,
+                             CopySource={"Bucket": bucket, "Key": "big-src"},
+                             CopySourceRange=f"bytes=5242880-{len(src) - 1}")
+    p2 = p2["CopyPartResult"]["ETag"]
+    s3.complete_multipart_upload(Bucket=bucket, Key="assembled", UploadId=uid, MultipartUpload={
+        "Parts": [{"PartNumber": 1, "ETag": p1}, {"PartNumber": 2, "ETag": p2}]})
+    assert s3.get_object(Bucket=bucket, Key="assembled")["Body"].read() == src
+
+
+def test_transfer_manager_upload_download(s3: Any, bucket: str, tmp_path: Any) -> None:
+    from boto3.s3.transfer import TransferConfig
+
+    data = os.urandom(12 * 1024 * 1024 + 17)
+    src = tmp_path / "up.bin"
+    src.write_bytes(data)
+    cfg = TransferConfig(multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024)
+    s3.upload_file(str(src), bucket, "tm/file.bin", Config=cfg)
+    dst = tmp_path / "down.bin"
+    s3.download_file(bucket, "tm/file.bin", str(dst), Config=cfg)
+    assert dst.read_bytes() == data
+    buf = io.BytesIO()
+    s3.download_fileobj(bucket, "tm/file.bin", buf)
+    assert buf.getvalue() == data
+
+
+def test_when_required_checksum_client(gateway: GatewayProcess, bucket: str) -> None:
+    s3 = gateway.client(request_checksum_calculation="when_required",
+                        response_checksum_validation="when_required")
+    body = os.urandom(70_000)
+    s3.put_object(Bucket=bucket, Key="wr", Body=body)
+    assert s3.get_object(Bucket=bucket, Key="wr")["Body"].read() == body
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "wr"}]})
+
+
+def test_checksum_returned_when_asked(s3: Any, bucket: str) -> None:
+    body = b"checksummed body"
+    put = s3.put_object(Bucket=bucket, Key="ck", Body=body, ChecksumAlgorithm="SHA256")
+    assert put["ChecksumSHA256"]
+    got = s3.get_object(Bucket=bucket, Key="ck", ChecksumMode="ENABLED")
+    assert got["ChecksumSHA256"] == put["ChecksumSHA256"]
+    assert got["Body"].read() == body
+
+
+# -- presigned and misc -----------------------------------------------------
+
+
+def test_presigned_urls(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="pre sign/é", Body=b"presigned body")
+    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "pre sign/é"},
+                                    ExpiresIn=60)
+    r = requests.get(url, timeout=10)
+    assert r.status_code == 200 and r.content == b"presigned body"
+    put_url = s3.generate_presigned_url("put_object", Params={"Bucket": bucket, "Key": "up"},
+                                        ExpiresIn=60)
+    assert requests.put(put_url, data=b"via presigned put", timeout=10).status_code == 200
+    assert s3.get_object(Bucket=bucket, Key="up")["Body"].read() == b"via presigned put"
+    expired = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "up"},
+                                        ExpiresIn=1)
+    time.sleep(2.1)
+    r = requests.get(expired, timeout=10)
+    assert r.status_code == 403 and b"<Code>AccessDenied</Code>" in r.content
+    assert b"<RequestId>" in r.content and r.headers["x-amz-request-id"]
+
+
+def test_virtual_hosted_style(tmp_path: Any) -> None:
+    proc = GatewayProcess(f"file://{tmp_path / 'data'}", tmp_path,
+                          extra_args=["--domain", "localhost"])
+    proc.start()
+    try:
+        s3 = proc.client(addressing_style="virtual")
+        s3.create_bucket(Bucket="vhost-bucket")
+        s3.put_object(Bucket="vhost-bucket", Key="k/v", Body=b"virtual")
+        assert s3.get_object(Bucket="vhost-bucket", Key="k/v")["Body"].read() == b"virtual"
+        path_style = proc.client()
+        assert path_style.get_object(Bucket="vhost-bucket", Key="k/v")["Body"].read() == b"virtual"
+    finally:
+        proc.stop()
+
+
+def test_unsupported_operation_is_501(s3: Any, bucket: str) -> None:
+    with pytest.raises(ClientError) as exc:
+        s3.put_bucket_versioning(Bucket=bucket,
+                                 VersioningConfiguration={"Status": "Enabled"})
+    assert _status(exc.value) == 501 and _code(exc.value) == "NotImplemented"
+    assert s3.get_bucket_versioning(Bucket=bucket).get("Status") is None
+    with pytest.raises(ClientError) as exc:
+        s3.get_bucket_policy(Bucket=bucket)
+    assert _code(exc.value) == "NoSuchBucketPolicy"
+
+
+def test_health_and_metrics(gateway: GatewayProcess, s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="m", Body=b"x")
+    assert requests.get(gateway.endpoint + "/health", timeout=5).json()["status"] == "ok"
+    text = requests.get(gateway.endpoint + "/metrics", timeout=5).text
+    assert 's3latent_requests_total{operation="PutObject",status="200"}' in text
+
+
+def test_last_modified_is_recent(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="lm", Body=b"x")
+    lm = s3.head_object(Bucket=bucket, Key="lm")["LastModified"]
+    assert abs(datetime.now(UTC) - lm) < timedelta(minutes=2)
