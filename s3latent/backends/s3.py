@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 
 SPOOL_MEMORY = 8 * 1024 * 1024
 READ_CHUNK = 256 * 1024
+# How long a bucket seen to exist is trusted without asking the backend again.
+BUCKET_CACHE_TTL = 10.0
 # Our own metadata rides in the backend's user metadata under this prefix.
 INTERNAL_PREFIX = "s3lx-"
 _CHECKSUM_PREFIX = INTERNAL_PREFIX + "cks-"
@@ -175,6 +178,8 @@ class S3Backend:
         )
         self._client: Any = None
         self._exit_stack: Any = None
+        # Buckets known to exist -> (creation time, when checked).
+        self._buckets: dict[str, tuple[datetime, float]] = {}
 
     async def start(self) -> None:
         session = get_session()
@@ -216,7 +221,10 @@ class S3Backend:
     # -- buckets ---------------------------------------------------------
     async def list_buckets(self) -> list[BucketInfo]:
         resp = await self._call("list_buckets")
-        return [BucketInfo(b["Name"], _utc(b.get("CreationDate"))) for b in resp["Buckets"]]
+        infos = [BucketInfo(b["Name"], _utc(b.get("CreationDate"))) for b in resp["Buckets"]]
+        now = time.monotonic()
+        self._buckets = {b.name: (b.created, now) for b in infos}
+        return infos
 
     async def create_bucket(self, bucket: str) -> None:
         try:
@@ -227,18 +235,34 @@ class S3Backend:
             raise
 
     async def head_bucket(self, bucket: str) -> BucketInfo:
+        cached = self._buckets.get(bucket)
+        if cached is not None and time.monotonic() - cached[1] < BUCKET_CACHE_TTL:
+            return BucketInfo(bucket, cached[0])
         for info in await self.list_buckets():
             if info.name == bucket:
                 return info
         raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket)
 
+    async def _require_bucket(self, bucket: str) -> None:
+        """Some stores (SeaweedFS) create a bucket on first PUT; S3 says NoSuchBucket."""
+        await self.head_bucket(bucket)
+
+    async def _not_found(self, exc: S3Error, bucket: str) -> S3Error:
+        """A 404 on an object may really be a missing bucket."""
+        if exc.code == "NoSuchKey":
+            self._buckets.pop(bucket, None)
+            await self.head_bucket(bucket)
+        return exc
+
     async def delete_bucket(self, bucket: str) -> None:
+        self._buckets.pop(bucket, None)
         await self.head_bucket(bucket)
         page = await self.list_objects(bucket, max_keys=1)
         uploads = await self.list_multipart_uploads(bucket, max_uploads=1)
         if page.entries or page.common_prefixes or uploads.uploads:
             raise S3Error("BucketNotEmpty", resource=bucket, BucketName=bucket)
         await self._call("delete_bucket", bucket)
+        self._buckets.pop(bucket, None)
 
     # -- objects ---------------------------------------------------------
     async def put_object(
@@ -252,6 +276,7 @@ class S3Backend:
         if_match: str | None = None,
         if_none_match: str | None = None,
     ) -> ObjectInfo:
+        await self._require_bucket(bucket)
         spool = _Spool()
         try:
             await spool.fill(body)
@@ -279,7 +304,10 @@ class S3Backend:
             spool.close()
 
     async def head_object(self, bucket: str, key: str) -> ObjectInfo:
-        resp = await self._call("head_object", bucket, key)
+        try:
+            resp = await self._call("head_object", bucket, key)
+        except S3Error as exc:
+            raise await self._not_found(exc, bucket) from None
         return _info_from(key, resp)
 
     async def get_object(
@@ -288,13 +316,17 @@ class S3Backend:
         params: dict[str, Any] = {}
         if byte_range is not None:
             params["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
-        resp = await self._call("get_object", bucket, key, **params)
+        try:
+            resp = await self._call("get_object", bucket, key, **params)
+        except S3Error as exc:
+            raise await self._not_found(exc, bucket) from None
         info = _info_from(key, resp)
         if byte_range is not None and "ContentRange" in resp:
             info.size = int(resp["ContentRange"].rpartition("/")[2])
         return info, _Body(resp["Body"])
 
     async def delete_object(self, bucket: str, key: str) -> None:
+        await self._require_bucket(bucket)
         try:
             await self._call("delete_object", bucket, key)
         except S3Error as exc:
@@ -309,6 +341,7 @@ class S3Backend:
         dst_key: str,
         meta: ObjectMeta | None,
     ) -> ObjectInfo:
+        await self._require_bucket(dst_bucket)
         params: dict[str, Any] = {"CopySource": {"Bucket": src_bucket, "Key": src_key}}
         if meta is None:
             params["MetadataDirective"] = "COPY"
@@ -359,6 +392,7 @@ class S3Backend:
 
     # -- multipart -------------------------------------------------------
     async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta) -> str:
+        await self._require_bucket(bucket)
         params = _meta_params(meta)
         if meta.tags:
             params["Tagging"] = urlencode(meta.tags, quote_via=quote)
