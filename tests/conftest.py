@@ -55,5 +55,5 @@ def _empty_and_delete(s3: Any, name: str) -> None:
         for up in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
             s3.abort_multipart_upload(Bucket=name, Key=up["Key"], UploadId=up["UploadId"])
         s3.delete_bucket(Bucket=name)
-    except Exception:  # noqa: BLE001 - best-effort cleanup must not hide the test result
+    except Exception:  # best-effort cleanup must not hide the test result
         pass

@@ -219,9 +219,18 @@ class Backend(Protocol):
         """(parts, is_truncated). Raises NoSuchUpload."""
 
     async def complete_multipart_upload(
-        self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str]],
+        *,
+        if_match: str | None = None,
     ) -> ObjectInfo:
         """`parts` is [(part_number, etag)], already checked ascending and non-empty.
+
+        `if_match` (an ETag) completes only if the key still has that ETag, else
+        PreconditionFailed and the upload stays open (the caller aborts it).
 
         Raises InvalidPart when a part is missing or its ETag differs,
         EntityTooSmall when a part other than the last is under 5 MiB.

@@ -453,7 +453,13 @@ class S3Backend:
         return parts, bool(resp.get("IsTruncated"))
 
     async def complete_multipart_upload(
-        self, bucket: str, key: str, upload_id: str, parts: list[tuple[int, str]]
+        self,
+        bucket: str,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str]],
+        *,
+        if_match: str | None = None,
     ) -> ObjectInfo:
         # Check what S3 checks but some backends do not (part sizes, ETags).
         stored: dict[int, PartInfo] = {}
@@ -478,11 +484,13 @@ class S3Backend:
                 )
         md5s = b"".join(bytes.fromhex(_unquote_etag(e)) for _, e in parts)
         expected = f"{hashlib.md5(md5s).hexdigest()}-{len(parts)}"
+        guard = {"IfMatch": f'"{if_match}"'} if if_match is not None else {}
         await self._call(
             "complete_multipart_upload",
             bucket,
             key,
             UploadId=upload_id,
+            **guard,
             MultipartUpload={
                 "Parts": [{"PartNumber": n, "ETag": f'"{_unquote_etag(e)}"'} for n, e in parts]
             },
