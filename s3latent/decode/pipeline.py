@@ -1,0 +1,213 @@
+"""The decode pipeline: latents in, uint8 pixels out, batched per device.
+
+One `DevicePipeline` per device (each CUDA device, else the CPU). Requests wait
+in a bounded queue; a batcher groups those with the same model, shape and
+dtype (up to `max_batch`, waiting at most `max_wait_ms` for company) and runs
+one forward pass on a dedicated thread, so torch never runs on the event loop.
+A full queue answers SlowDown at once: clients back off instead of piling up.
+
+Stage 1 (decompress, dequantise) and stage 3 (image encoding) run on the
+caller's thread pool; only stage 2 lives here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..s3.errors import S3Error
+
+log = logging.getLogger(__name__)
+
+DecoderLookup = Callable[[str, torch.device], Any]
+
+
+@dataclass
+class _Job:
+    model_id: str
+    latent: torch.Tensor  # [C, h, w]
+    future: asyncio.Future[np.ndarray]
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class PipelineStats:
+    batches: int = 0
+    decoded: int = 0
+    rejected: int = 0
+    decode_seconds: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+def pixels_to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [B,3,H,W] in [0,1] -> uint8 [B,H,W,3] on the same device, deterministically."""
+    return images.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def pick_devices(setting: str) -> list[torch.device]:
+    """'auto' -> every CUDA device, else the CPU; or one named device."""
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+        return [torch.device("cpu")]
+    return [torch.device(setting)]
+
+
+class DevicePipeline:
+    """Batches decodes for one device; see the module docstring."""
+
+    def __init__(
+        self,
+        device: torch.device,
+        decoders: DecoderLookup,
+        *,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        queue_depth: int = 64,
+        cpu_threads: int = 0,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.device = device
+        self._decoders = decoders
+        self.max_batch = max(1, max_batch)
+        self.max_wait = max_wait_ms / 1000.0
+        self.queue_depth = queue_depth
+        self._cpu_threads = cpu_threads
+        self._on_batch = on_batch
+        # Pending jobs grouped by (model, shape, dtype), oldest group first.
+        self._groups: OrderedDict[tuple[Any, ...], list[_Job]] = OrderedDict()
+        self._pending = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"decode-{device}")
+        self._task: asyncio.Task[None] | None = None
+        self.stats = PipelineStats()
+
+    @property
+    def depth(self) -> int:
+        """Jobs waiting or in the batch being decoded."""
+        return self._pending
+
+    def start(self) -> None:
+        if self._task is None:
+            if self.device.type == "cpu" and self._cpu_threads:
+                self._executor.submit(torch.set_num_threads, self._cpu_threads).result()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for jobs in self._groups.values():
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(S3Error("ServiceUnavailable"))
+        self._groups.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def decode(self, model_id: str, latent: torch.Tensor) -> np.ndarray:
+        """uint8 HxWx3 pixels for one latent [C,h,w]; SlowDown when the queue is full."""
+        if self._pending >= self.queue_depth:
+            self.stats.rejected += 1
+            raise S3Error("SlowDown", "The decode queue is full; retry shortly.")
+        self.start()
+        job = _Job(model_id, latent, asyncio.get_running_loop().create_future())
+        key = (model_id, tuple(latent.shape), latent.dtype)
+        self._groups.setdefault(key, []).append(job)
+        self._pending += 1
+        self._wakeup.set()
+        return await job.future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._groups:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            key, jobs = next(iter(self._groups.items()))
+            # Wait for company, unless the batch is full or the oldest waited long enough.
+            deadline = jobs[0].enqueued + self.max_wait
+            while len(jobs) < self.max_batch and time.perf_counter() < deadline:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(),
+                                           max(0.0, deadline - time.perf_counter()))
+                except TimeoutError:
+                    break
+            batch, rest = jobs[: self.max_batch], jobs[self.max_batch :]
+            if rest:
+                self._groups[key] = rest
+                self._groups.move_to_end(key)
+            else:
+                del self._groups[key]
+            batch = [j for j in batch if not j.future.cancelled()]
+            if not batch:
+                self._pending -= len(jobs) - len(rest)
+                continue
+            try:
+                started = time.perf_counter()
+                pixels = await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._decode_batch, key[0], [j.latent for j in batch]
+                )
+                elapsed = time.perf_counter() - started
+                self.stats.batches += 1
+                self.stats.decoded += len(batch)
+                self.stats.decode_seconds += elapsed
+                if self._on_batch is not None:
+                    self._on_batch(len(batch), elapsed)
+                for job, image in zip(batch, pixels, strict=True):
+                    if not job.future.done():
+                        job.future.set_result(image)
+            except Exception as exc:  # the model failed: every waiter learns why
+                log.exception("decode of a batch of %d failed on %s", len(batch), self.device)
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+            finally:
+                self._pending -= len(jobs) - len(rest)
+
+    def _decode_batch(self, model_id: str, latents: list[torch.Tensor]) -> list[np.ndarray]:
+        decoder = self._decoders(model_id, self.device)
+        with torch.inference_mode():
+            batch = torch.stack(latents).to(self.device, decoder.dtype, non_blocking=True)
+            if self.device.type == "cuda":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            images = pixels_to_uint8(decoder.decode(batch)).cpu().numpy()
+        return [images[i] for i in range(images.shape[0])]
+
+
+class DecodePipeline:
+    """All devices; a job goes to the device with the shortest queue."""
+
+    def __init__(self, decoders: DecoderLookup, *, device: str = "auto", max_batch: int = 8,
+                 max_wait_ms: float = 5.0, queue_depth: int = 64, cpu_threads: int = 0,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
+        self.devices = [
+            DevicePipeline(d, decoders, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                           queue_depth=queue_depth, cpu_threads=cpu_threads, on_batch=on_batch)
+            for d in pick_devices(device)
+        ]
+
+    @property
+    def depth(self) -> int:
+        return sum(d.depth for d in self.devices)
+
+    async def decode(self, model_id: str, latent: torch.Tensor) -> np.ndarray:
+        target = min(self.devices, key=lambda d: d.depth)
+        return await target.decode(model_id, latent)
+
+    async def close(self) -> None:
+        for d in self.devices:
+            await d.close()
