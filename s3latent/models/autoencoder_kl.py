@@ -200,6 +200,8 @@ class VAEDecoder(nn.Module):
         self.device = device
         self.dtype = dtype
         self._channels_last = device.type == "cuda"
+        # CPU renditions must not depend on which requests a batch happened to group
+        self.batch_invariant = device.type == "cpu"
 
     @torch.inference_mode()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -217,7 +219,12 @@ class VAEDecoder(nn.Module):
         z = z.to(self.dtype)
         if self._channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
-        out = self.vae.decode(z, return_dict=False)[0]
+        if self.batch_invariant and z.shape[0] > 1:
+            # oneDNN picks kernels by batch size; one at a time keeps bytes batch-independent
+            parts = [self.vae.decode(z[i : i + 1], return_dict=False)[0] for i in range(len(z))]
+            out = torch.cat(parts)
+        else:
+            out = self.vae.decode(z, return_dict=False)[0]
         return out.mul_(0.5).add_(0.5)
 
     @torch.inference_mode()

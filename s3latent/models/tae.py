@@ -211,6 +211,8 @@ class TAEDecoder(nn.Module):
         self.device = device
         self.dtype = dtype
         self._channels_last = device.type == "cuda"
+        # CPU renditions must not depend on which requests a batch happened to group
+        self.batch_invariant = device.type == "cpu"
 
     def _prepare(self, x: torch.Tensor, channels: int, what: str) -> torch.Tensor:
         if x.ndim == 3:
@@ -230,6 +232,9 @@ class TAEDecoder(nn.Module):
         z = self._prepare(latents, self.latent_channels, "latents")
         if self.scaling_factor != 1.0 or self.shift_factor != 0.0:
             z = z / self.scaling_factor + self.shift_factor
+        if self.batch_invariant and z.shape[0] > 1:
+            # oneDNN picks kernels by batch size; one at a time keeps bytes batch-independent
+            return torch.cat([self.decoder(z[i : i + 1]) for i in range(z.shape[0])])
         return self.decoder(z)
 
     @torch.inference_mode()
