@@ -185,9 +185,10 @@ def _summary(t: _Tally) -> dict[str, Any]:
         "p50_ms": round(percentile(t.latencies, 50) * 1000, 3),
         "p99_ms": round(percentile(t.latencies, 99) * 1000, 3),
         "mean_ms": round(sum(t.latencies) / n * 1000, 3) if n else float("nan"),
-        "mb_s": round(t.bytes / MB / wall, 2),
+        "bytes": t.bytes,
+        "mb_s": round(t.bytes / MB / wall, 3),
         "ops_s": round(n / wall, 1),
-        "wall_s": round(t.wall_s, 3),
+        "wall_s": round(t.wall_s, 6),
         "cpu_ms_per_op": {
             k: round(v / n * 1000, 3) if n else float("nan") for k, v in t.cpu_s.items()
         },

@@ -1,0 +1,145 @@
+"""The gateway benchmark and memory check, run tiny: structure and sanity, never timings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from s3latent.bench import gateway_bench, memory_check
+from s3latent.bench.gateway_bench import (
+    S3Client,
+    S3HttpError,
+    format_table,
+    parse_size,
+    percentile,
+    target_check,
+)
+from s3latent.bench.servers import SeaweedServer
+
+needs_weed = pytest.mark.skipif(shutil.which("weed") is None, reason="no `weed` binary")
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(100, 0, -1)]  # 100..1, unsorted on purpose
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([3.0], 99) == 3.0
+
+
+def test_parse_size() -> None:
+    assert parse_size("4KiB") == 4096
+    assert parse_size("1MiB") == 1 << 20
+    assert parse_size("64 MiB") == 64 << 20
+    assert parse_size("2GB") == 2_000_000_000
+    assert parse_size("20MB") == 20_000_000
+    assert parse_size("123") == 123
+
+
+def _cell(op: str, size: int, conc: int, p50: float, thr: float) -> dict[str, object]:
+    return {
+        "op": op,
+        "size": size,
+        "concurrency": conc,
+        "ratio": {"p50": p50, "p99": 1.0, "throughput": thr},
+    }
+
+
+def test_target_check_reads_the_get_1mib_16_client_cell() -> None:
+    mib = 1 << 20
+    cells = [
+        _cell("PUT", mib, 16, 9.0, 0.1),
+        _cell("GET", mib, 1, 2.0, 0.5),
+        _cell("GET", mib, 16, 1.2, 0.85),
+    ]
+    t = target_check(cells)
+    assert t is not None and t["met"] is True and t["p50_ratio_1_client"] == 2.0
+    cells[-1] = _cell("GET", mib, 16, 1.4, 0.9)
+    assert target_check(cells)["met"] is False  # type: ignore[index]
+    cells[-1] = _cell("GET", mib, 16, 1.0, 0.7)
+    assert target_check(cells)["met"] is False  # type: ignore[index]
+    assert target_check([_cell("GET", 4096, 16, 1.0, 1.0)]) is None
+
+
+@needs_weed
+@pytest.mark.seaweedfs
+def test_gateway_bench_tiny_run(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    res = gateway_bench.run(
+        sizes=(4096,), concurrency=(1, 3), count=9, rounds=2, json_out=out, log=lambda _: None
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    assert res["machine"]["nproc"] >= 1 and res["target"] is None
+    cells = res["cells"]
+    assert [(c["op"], c["concurrency"]) for c in cells] == [
+        ("PUT", 1),
+        ("PUT", 3),
+        ("GET", 1),
+        ("GET", 3),
+    ]
+    for c in cells:
+        assert c["size"] == 4096
+        for target in ("direct", "gateway"):
+            s = c[target]
+            assert s["n"] == 9
+            assert 0 < s["p50_ms"] <= s["p99_ms"]
+            # Every byte counted once, also with concurrent workers.
+            assert s["bytes"] == 9 * 4096
+            assert s["mb_s"] == pytest.approx(s["bytes"] / 1e6 / s["wall_s"], rel=0.02)
+            assert s["ops_s"] * s["wall_s"] == pytest.approx(9, rel=0.02)
+            assert set(s["cpu_ms_per_op"]) == {"client", "gateway", "seaweedfs"}
+        assert c["gateway"]["cpu_ms_per_op"]["gateway"] > 0
+        assert c["ratio"]["p50"] == pytest.approx(
+            c["gateway"]["p50_ms"] / c["direct"]["p50_ms"], rel=0.01
+        )
+    table = format_table(cells).splitlines()
+    assert len(table) == 2 + len(cells) and table[2].startswith("| PUT | 4 KiB | 1 |")
+
+
+@needs_weed
+@pytest.mark.seaweedfs
+async def test_client_refuses_bad_credentials(tmp_path: Path) -> None:
+    with SeaweedServer(tmp_path / "weed") as weed:
+        async with S3Client(weed.endpoint, weed.access_key, "wrong-secret") as client:
+            with pytest.raises(S3HttpError, match="403"):
+                await client.create_bucket("bench-bad-creds")
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param(
+            "local",
+            marks=pytest.mark.skipif(
+                importlib.util.find_spec("s3latent.backends.local") is None,
+                reason="local backend not in this tree yet",
+            ),
+        ),
+        pytest.param("seaweedfs", marks=[needs_weed, pytest.mark.seaweedfs]),
+    ],
+)
+def test_memory_check_small(tmp_path: Path, backend: str) -> None:
+    out = tmp_path / "mem.json"
+    res = memory_check.run(20_000_000, [backend], json_out=out, log=lambda _: None)
+    assert json.loads(out.read_text()) == res
+    (r,) = res["results"]
+    assert "error" not in r, r.get("error")
+    assert r["backend"] == backend and r["size"] == 20_000_000
+    assert r["etag"] == r["md5"]
+    assert 0 < r["rss_start_mb"] <= r["rss_peak_mb"] < 300 and r["ok"] and res["ok"]
+    assert r["rss_peak_mb"] >= max(r["rss_peak_put_mb"], r["rss_peak_get_mb"], r["rss_start_mb"])
+    assert r["samples"] >= 4 and r["put_s"] > 0 and r["get_s"] > 0
+
+
+async def test_generated_body_is_exact_and_streamed() -> None:
+    import hashlib
+
+    md5 = hashlib.md5()
+    chunks = [c async for c in memory_check.generated_body(3 * 1000 + 5, md5, chunk=1000)]
+    assert [len(c) for c in chunks] == [1000, 1000, 1000, 5]
+    assert len({c[:8] for c in chunks[:3]}) == 3  # no two chunks the same bytes
+    assert md5.hexdigest() == hashlib.md5(b"".join(chunks)).hexdigest()
