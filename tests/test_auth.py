@@ -544,3 +544,141 @@ def test_presigned_content_sha256_header() -> None:
     digest = "a" * 64
     req = client.presign("PUT", "/bucket/k", headers={"x-amz-content-sha256": digest}, now=NOW)
     assert _auth(req, now=NOW).content_sha256 == digest
+
+
+# -- the worked examples of the AWS documentation ("Signature Calculations for the
+#    Authorization Header" and "Authenticating Requests: Using Query Parameters") ----------
+
+AWS_NOW = datetime(2013, 5, 24, 0, 0, 10, tzinfo=UTC)
+AWS_HOST = "examplebucket.s3.amazonaws.com"
+AWS_CRED = "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/us-east-1/s3/aws4_request,"
+EMPTY = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "query", "headers", "signed", "signature"),
+    [
+        (
+            "GET",
+            "/test.txt",
+            "",
+            {"Range": "bytes=0-9", "x-amz-content-sha256": EMPTY},
+            "host;range;x-amz-content-sha256;x-amz-date",
+            "f0e8bdb87c964420e857bd35b5d6ed310bd44f0170aba48dd91039c6036bdb41",
+        ),
+        (
+            "PUT",
+            "/test%24file.text",
+            "",
+            {
+                "Date": "Fri, 24 May 2013 00:00:00 GMT",
+                "x-amz-storage-class": "REDUCED_REDUNDANCY",
+                "x-amz-content-sha256": (
+                    "44ce7dd67c959e0d3524ffac1771dfbba87d2b6b4b4e99e42034a8b803f8b072"
+                ),
+            },
+            "date;host;x-amz-content-sha256;x-amz-date;x-amz-storage-class",
+            "98ad721746da40c64f1a55b78f14c238d841ea1380cd77a1b5971af0ece108bd",
+        ),
+        (
+            "GET",
+            "/",
+            "lifecycle",
+            {"x-amz-content-sha256": EMPTY},
+            "host;x-amz-content-sha256;x-amz-date",
+            "fea454ca298b7da1c68078a5d1bdbfbbe0d65c699e0f91ac7a200a0136783543",
+        ),
+        (
+            "GET",
+            "/",
+            "max-keys=2&prefix=J",
+            {"x-amz-content-sha256": EMPTY},
+            "host;x-amz-content-sha256;x-amz-date",
+            "34b48302e7b5fa45bde8084f4b7868a86f0a534bc59db6670ed5711ef69dc6f7",
+        ),
+    ],
+)
+def test_aws_documentation_examples(
+    method: str, path: str, query: str, headers: dict[str, str], signed: str, signature: str
+) -> None:
+    wire = CIMultiDict({"Host": AWS_HOST, "x-amz-date": "20130524T000000Z", **headers})
+    wire["Authorization"] = f"{AWS_CRED}SignedHeaders={signed},Signature={signature}"
+    ctx = authenticate(method, path, query, wire, USERS, now=AWS_NOW)
+    assert ctx.seed_signature == signature
+    wire["Authorization"] = wire["Authorization"][:-1] + ("0" if signature[-1] != "0" else "1")
+    assert _error(authenticate, method, path, query, wire, USERS, now=AWS_NOW).code == (
+        "SignatureDoesNotMatch"
+    )
+
+
+def test_aws_documentation_presigned_example() -> None:
+    query = (
+        "X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20130524%2Fus-east-1%2Fs3%2Faws4_request"
+        "&X-Amz-Date=20130524T000000Z&X-Amz-Expires=86400&X-Amz-SignedHeaders=host"
+        "&X-Amz-Signature=aeeed9bbccd4d02ee5c0109b86d86835f995330da4c265957d157751f604d404"
+    )
+    headers = CIMultiDict({"Host": AWS_HOST})
+    ctx = authenticate("GET", "/test.txt", query, headers, USERS, now=AWS_NOW)
+    assert ctx.presigned
+    late = AWS_NOW + timedelta(days=1)
+    assert _error(authenticate, "GET", "/test.txt", query, headers, USERS, now=late).message == (
+        "Request has expired"
+    )
+
+
+# -- the AWS Common Runtime signer (used by AWS CLI v2 and the CRT-based SDKs) ------------
+
+
+def _crt_sign(method: str, path: str, *, presign: bool, body_value: str) -> tuple[str, Any]:
+    from awscrt import auth as crt_auth
+    from awscrt import http as crt_http
+
+    provider = crt_auth.AwsCredentialsProvider.new_static(ACCESS_KEY, SECRET_KEY)
+    config = crt_auth.AwsSigningConfig(
+        signature_type=(
+            crt_auth.AwsSignatureType.HTTP_REQUEST_QUERY_PARAMS
+            if presign
+            else crt_auth.AwsSignatureType.HTTP_REQUEST_HEADERS
+        ),
+        credentials_provider=provider,
+        region=REGION,
+        service="s3",
+        date=NOW,
+        use_double_uri_encode=False,
+        should_normalize_uri_path=False,
+        signed_body_value=body_value,
+        signed_body_header_type=(
+            crt_auth.AwsSignedBodyHeaderType.NONE
+            if presign
+            else crt_auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256
+        ),
+        expiration_in_seconds=300 if presign else None,
+    )
+    headers = crt_http.HttpHeaders([("Host", HOST), ("x-amz-meta-tag", "a  b")])
+    request = crt_http.HttpRequest(method, path, headers)
+    crt_auth.aws_sign_request(request, config).result(10)
+    return request.path, CIMultiDict(list(request.headers))
+
+
+@pytest.mark.parametrize("key", KEYS)
+@pytest.mark.parametrize(
+    "body_value", ["UNSIGNED-PAYLOAD", EMPTY, "STREAMING-AWS4-HMAC-SHA256-PAYLOAD"]
+)
+def test_crt_signed_header_requests(key: str, body_value: str) -> None:
+    target, headers = _crt_sign(
+        "PUT", client.key_path("bucket", key) + "?tagging=", presign=False, body_value=body_value
+    )
+    path, _, query = target.partition("?")
+    ctx = authenticate("PUT", path, query, headers, USERS, now=NOW)
+    assert ctx.content_sha256 == body_value
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_crt_presigned_requests(key: str) -> None:
+    target, headers = _crt_sign(
+        "GET", client.key_path("bucket", key), presign=True, body_value="UNSIGNED-PAYLOAD"
+    )
+    path, _, query = target.partition("?")
+    assert "X-Amz-Signature=" in query
+    assert authenticate("GET", path, query, headers, USERS, now=NOW).presigned

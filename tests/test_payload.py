@@ -283,6 +283,64 @@ async def test_trailer_without_final_blank_line_is_accepted() -> None:
     assert data == BODY and reader.checksums["crc32"] == client.checksum_value("crc32", BODY)
 
 
+async def test_aws_documentation_chunked_example() -> None:
+    """The worked STREAMING-AWS4-HMAC-SHA256-PAYLOAD example of the AWS documentation."""
+    signatures = [
+        "ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648",
+        "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497",
+        "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9",
+    ]
+    data = b"a" * 66560
+    body = (
+        f"10000;chunk-signature={signatures[0]}\r\n".encode()
+        + data[:65536]
+        + b"\r\n"
+        + f"400;chunk-signature={signatures[1]}\r\n".encode()
+        + data[65536:]
+        + b"\r\n"
+        + f"0;chunk-signature={signatures[2]}\r\n\r\n".encode()
+    )
+    seed = "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9"
+    headers = CIMultiDict(
+        {
+            "Host": "s3.amazonaws.com",
+            "x-amz-date": "20130524T000000Z",
+            "x-amz-storage-class": "REDUCED_REDUNDANCY",
+            "Authorization": "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20130524/"
+            "us-east-1/s3/aws4_request,SignedHeaders=content-encoding;content-length;host;"
+            "x-amz-content-sha256;x-amz-date;x-amz-decoded-content-length;x-amz-storage-class,"
+            f"Signature={seed}",
+            "x-amz-content-sha256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+            "Content-Encoding": "aws-chunked",
+            "x-amz-decoded-content-length": "66560",
+            "Content-Length": "66824",
+        }
+    )
+    assert len(body) == 66824
+    now = dt.datetime(2013, 5, 24, 0, 1, tzinfo=dt.UTC)
+    ctx = authenticate("PUT", "/examplebucket/chunkObject.txt", "", headers, USERS, now=now)
+    assert ctx.seed_signature == seed
+    reader = PayloadReader(make_stream(body, piece=1000), headers, ctx)
+    assert b"".join([c async for c in reader]) == data
+    # the test client produces the same bytes from the same key and seed
+    assert (
+        client.aws_chunked(
+            data,
+            chunk_size=65536,
+            signing_key=ctx.signing_key,
+            seed_signature=seed,
+            amz_date=ctx.amz_date,
+            scope=ctx.credential_scope,
+        )
+        == body
+    )
+    tampered = body.replace(signatures[1].encode(), signatures[1][::-1].encode())
+    reader = PayloadReader(make_stream(tampered), headers, ctx)
+    with pytest.raises(S3Error) as info:
+        _ = [c async for c in reader]
+    assert info.value.code == "SignatureDoesNotMatch"
+
+
 # -- lengths and framing -------------------------------------------------------------------
 
 
