@@ -15,7 +15,7 @@ import email.utils
 import hashlib
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -41,6 +41,7 @@ EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+_UNRESERVED = re.compile(r"[A-Za-z0-9\-_.~]*")
 _PRESIGN_PARAMS = (
     "X-Amz-Algorithm",
     "X-Amz-Credential",
@@ -103,14 +104,17 @@ def _uri_encode(raw: bytes, safe: str) -> str:
     return quote_from_bytes(raw, safe=safe)
 
 
-def canonical_uris(path: str) -> list[str]:
+def iter_canonical_uris(path: str) -> Iterator[str]:
     """Candidate canonical URIs: the path as sent first (S3 and botocore), then RFC 3986."""
     as_sent = path or "/"
+    yield as_sent
     normalised = _uri_encode(unquote_to_bytes(_wire_bytes(as_sent)), safe="/~")
-    out = [as_sent]
     if normalised != as_sent:
-        out.append(normalised)
-    return out
+        yield normalised
+
+
+def canonical_uris(path: str) -> list[str]:
+    return list(iter_canonical_uris(path))
 
 
 def _split_query(query_string: str) -> list[tuple[str, str]]:
@@ -124,20 +128,22 @@ def _split_query(query_string: str) -> list[tuple[str, str]]:
 
 
 def _encode_component(raw: str, plus_is_space: bool) -> str:
+    if _UNRESERVED.fullmatch(raw):
+        return raw
     data = _wire_bytes(raw)
     if plus_is_space:
         data = data.replace(b"+", b" ")
     return _uri_encode(unquote_to_bytes(data), safe="-_.~")
 
 
-def canonical_queries(pairs: list[tuple[str, str]]) -> list[str]:
+def iter_canonical_queries(pairs: list[tuple[str, str]]) -> Iterator[str]:
     """Candidate canonical query strings for the raw (key, value) pairs, best first.
 
     The first is the RFC 3986 form S3 computes (and botocore produces, since it
     sends that form); then '+' read as a space (form encoding); then the raw pairs
     sorted without re-encoding (botocore's form for a URL it was handed verbatim).
     """
-    out: list[str] = []
+    seen: set[str] = set()
     for plus_is_space in (False, True):
         if plus_is_space and not any("+" in k or "+" in v for k, v in pairs):
             continue
@@ -145,11 +151,17 @@ def canonical_queries(pairs: list[tuple[str, str]]) -> list[str]:
             (_encode_component(k, plus_is_space), _encode_component(v, plus_is_space))
             for k, v in pairs
         )
-        out.append("&".join(f"{k}={v}" for k, v in encoded))
+        query = "&".join(f"{k}={v}" for k, v in encoded)
+        if query not in seen:
+            seen.add(query)
+            yield query
     raw = "&".join(f"{k}={v}" for k, v in sorted(pairs))
-    if raw not in out:
-        out.append(raw)
-    return out
+    if raw not in seen:
+        yield raw
+
+
+def canonical_queries(pairs: list[tuple[str, str]]) -> list[str]:
+    return list(iter_canonical_queries(pairs))
 
 
 def _header_values(headers: Mapping[str, str], name: str) -> list[str]:
@@ -173,7 +185,15 @@ def _parse_amz_date(value: str) -> datetime | None:
     if not _AMZ_DATE.fullmatch(value):
         return None
     try:
-        return datetime.strptime(value, AMZ_DATE_FORMAT).replace(tzinfo=UTC)
+        return datetime(
+            int(value[0:4]),
+            int(value[4:6]),
+            int(value[6:8]),
+            int(value[9:11]),
+            int(value[11:13]),
+            int(value[13:15]),
+            tzinfo=UTC,
+        )
     except ValueError:
         return None
 
@@ -288,17 +308,21 @@ def _parse_http_date(value: str) -> datetime | None:
     return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _unquote(text: str) -> str:
+    return unquote(text) if "%" in text else text
+
+
 def _presign_params(pairs: list[tuple[str, str]]) -> dict[str, str]:
     found: dict[str, str] = {}
     for key, value in pairs:
-        name = unquote(key)
+        name = _unquote(key)
         if name in _PRESIGN_PARAMS:
             if name in found:
                 raise S3Error(
                     "AuthorizationQueryParametersError",
                     f"{name} must be specified only once.",
                 )
-            found[name] = unquote(value)
+            found[name] = _unquote(value)
     return found
 
 
@@ -430,7 +454,7 @@ def authenticate(
         now = now.replace(tzinfo=UTC)
     pairs = _split_query(query_string)
     authorization = headers.get("Authorization")
-    query_names = {unquote(k) for k, _ in pairs}
+    query_names = {_unquote(k) for k, _ in pairs}
     presigned_query = "X-Amz-Algorithm" in query_names or "X-Amz-Signature" in query_names
     if authorization is not None and presigned_query:
         raise S3Error(
@@ -483,7 +507,7 @@ def authenticate(
         else:
             content_sha256 = UNSIGNED_PAYLOAD
             payload_hashes = [UNSIGNED_PAYLOAD]
-        canonical_pairs = [(k, v) for k, v in pairs if unquote(k) != "X-Amz-Signature"]
+        canonical_pairs = [(k, v) for k, v in pairs if _unquote(k) != "X-Amz-Signature"]
     elif "AWSAccessKeyId" in query_names and "Signature" in query_names:
         raise S3Error("InvalidRequest", _SIGV2_UNSUPPORTED)
     else:
@@ -501,8 +525,8 @@ def authenticate(
     header_block = canonical_headers(headers, parsed.signed_headers)
     signed_names = ";".join(parsed.signed_headers)
     first: tuple[str, str] | None = None
-    for uri in canonical_uris(path):
-        for query in canonical_queries(canonical_pairs):
+    for uri in iter_canonical_uris(path):
+        for query in iter_canonical_queries(canonical_pairs):
             for payload_hash in payload_hashes:
                 canonical_request = (
                     f"{method.upper()}\n{uri}\n{query}\n{header_block}\n"
