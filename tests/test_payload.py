@@ -33,7 +33,7 @@ from multidict import CIMultiDict
 
 from s3latent.s3.auth import AuthContext, authenticate
 from s3latent.s3.errors import S3Error
-from s3latent.s3.payload import READ_SIZE, PayloadReader
+from s3latent.s3.payload import READ_SIZE, PayloadReader, stored_content_encoding
 from tests import sigv4_client as client
 from tests.sigv4_client import ACCESS_KEY, SECRET_KEY, USERS, make_stream
 
@@ -526,6 +526,14 @@ def test_bad_content_sha256_in_context() -> None:
     with pytest.raises(S3Error) as info:
         PayloadReader(make_stream_unused(), req.header_map(), bad)
     assert info.value.code == "InvalidArgument"
+
+
+def test_stored_content_encoding() -> None:
+    assert stored_content_encoding(None) is None
+    assert stored_content_encoding("aws-chunked") is None
+    assert stored_content_encoding("gzip,aws-chunked") == "gzip"  # botocore appends it
+    assert stored_content_encoding("aws-chunked, gzip") == "gzip"
+    assert stored_content_encoding("gzip") == "gzip"
 
 
 async def test_aws_chunked_over_http_chunked_transfer() -> None:

@@ -77,6 +77,16 @@ def _parse_length(value: str, name: str) -> int:
     return int(value)
 
 
+def stored_content_encoding(value: str | None) -> str | None:
+    """The Content-Encoding to keep with an object: S3 drops the aws-chunked coding,
+    which only describes how this request's body travelled (None if nothing is left)."""
+    if value is None:
+        return None
+    codings = [c.strip() for c in value.split(",")]
+    kept = [c for c in codings if c and c.lower() != "aws-chunked"]
+    return ",".join(kept) if kept else None
+
+
 class PayloadReader:
     """Decoded, verified request body as an async iterator of chunks (each <= 1 MiB).
 
