@@ -61,7 +61,9 @@ class AuthContext:
     """What the payload reader needs to continue the signature chain into the body."""
 
     access_key: str
-    content_sha256: str  # 64-hex, UNSIGNED-PAYLOAD or STREAMING-*; UNSIGNED-PAYLOAD if presigned
+    # 64-hex, UNSIGNED-PAYLOAD or STREAMING-*. Presigned: UNSIGNED-PAYLOAD, unless the URL
+    # signed an x-amz-content-sha256 header, whose value is then verified like any other.
+    content_sha256: str
     signing_key: bytes
     seed_signature: str
     amz_date: str  # yyyymmddTHHMMSSZ
