@@ -14,7 +14,7 @@ from multidict import CIMultiDictProxy, MultiDict
 from ..backends.base import STORED_HEADERS, ObjectMeta
 from .auth import AuthContext
 from .errors import S3Error
-from .payload import PayloadReader
+from .payload import PayloadReader, stored_content_encoding
 
 MAX_SMALL_BODY = 2 * 1024 * 1024
 MAX_USER_METADATA = 2048
@@ -48,7 +48,7 @@ class S3Request:
 
     def payload(self) -> PayloadReader:
         """A verifying reader over the request body (signature, checksums, length)."""
-        return PayloadReader(self.http.content, self.http.headers, self.auth)
+        return PayloadReader(self.http.content, self.http.headers, self.auth, method=self.method)
 
     async def read_small_body(self, limit: int = MAX_SMALL_BODY) -> bytes:
         """Whole body of a small XML request, verified like any payload."""
@@ -121,6 +121,10 @@ def meta_from_headers(req: S3Request) -> ObjectMeta:
                 meta.metadata[user_key] += "," + value
             else:
                 meta.metadata[user_key] = value
+        elif lower == "content-encoding":
+            kept = stored_content_encoding(value)
+            if kept:
+                meta.headers[lower] = kept
         elif lower in STORED_HEADERS:
             meta.headers[lower] = value
     if size > MAX_USER_METADATA:
