@@ -210,7 +210,8 @@ class TAEDecoder(nn.Module):
         self.encoder = encoder
         self.device = device
         self.dtype = dtype
-        self._channels_last = device.type == "cuda"
+        # channels_last on CPU too: oneDNN runs these 64-channel convs ~1.5x faster in NHWC
+        self._channels_last = True
         # CPU renditions must not depend on which requests a batch happened to group
         self.batch_invariant = device.type == "cpu"
 
@@ -309,8 +310,7 @@ def load_tae(
     model = TAEDecoder(name, spec, decoder, encoder, dev, dtype, scaling_factor, shift_factor)
     model.eval().requires_grad_(False)
     model.to(device=dev, dtype=dtype)
-    if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)
     return model
 
 
@@ -335,8 +335,7 @@ def build_random_tae(
     model = TAEDecoder(name, spec, decoder, encoder, dev, dtype, scaling_factor, shift_factor)
     model.eval().requires_grad_(False)
     model.to(device=dev, dtype=dtype)
-    if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(memory_format=torch.channels_last)
     return model
 
 
