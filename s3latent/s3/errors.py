@@ -66,6 +66,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "The XML you provided was not well-formed or did not validate against our "
         "published schema",
     ),
+    "MalformedTrailerError": (
+        400,
+        "The request contained trailing data that was not well-formed or did not conform to "
+        "our published schema.",
+    ),
     "MetadataTooLarge": (
         400,
         "Your metadata headers exceed the maximum allowed metadata size.",
@@ -78,7 +83,10 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "NoSuchBucketPolicy": (404, "The bucket policy does not exist"),
     "NoSuchCORSConfiguration": (404, "The CORS configuration does not exist"),
     "NoSuchLifecycleConfiguration": (404, "The lifecycle configuration does not exist"),
-    "NoSuchWebsiteConfiguration": (404, "The specified bucket does not have a website configuration"),
+    "NoSuchWebsiteConfiguration": (
+        404,
+        "The specified bucket does not have a website configuration",
+    ),
     "NoSuchPublicAccessBlockConfiguration": (
         404,
         "The public access block configuration was not found",

@@ -191,10 +191,11 @@ def make_app(gw: Gateway) -> web.Application:
                 operation = request.path.lstrip("/")
                 response = await _internal(gw, request.path)
             else:
+                raw_query = request.rel_url.raw_query_string
                 auth = authenticate(
                     request.method,
                     raw_path,
-                    request.query_string,
+                    raw_query,
                     request.headers,
                     gw.config.users,
                     max_skew=timedelta(seconds=gw.config.max_skew_s),
@@ -202,7 +203,7 @@ def make_app(gw: Gateway) -> web.Application:
                 if bucket is not None:
                     check_bucket_name(bucket)
                 s3req = S3Request(request, request_id, bucket, key,
-                                  parse_query(request.query_string), auth)
+                                  parse_query(raw_query), auth)
                 operation, handler = route(s3req)
                 response = await handler(gw, s3req)
         except S3Error as exc:
