@@ -60,7 +60,7 @@ class GatewayProcess:
             cfg = self.workdir / f"config-{self.port}.toml"
             cfg.write_text(self.config_text)
             args += ["--config", str(cfg)]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.log_path, "ab")  # handed to the child
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
         log.close()

@@ -367,16 +367,28 @@ class S3Backend:
         if delimiter:
             params["Delimiter"] = delimiter
         if start_after:
-            params["StartAfter"] = start_after
+            # Some stores (SeaweedFS) skip the prefix "X/" when asked to start after "X";
+            # start just before X instead and drop what is not after it.
+            params["StartAfter"] = _just_before(start_after)
+            params["MaxKeys"] = min(max_keys + 1, 1000)
         resp = await self._call("list_objects_v2", bucket, **params)
         entries = [
             ListEntry(o["Key"], o["Size"], _unquote_etag(o.get("ETag", "")),
                       _utc(o.get("LastModified")))
             for o in resp.get("Contents", [])
+            if not start_after or o["Key"] > start_after
         ]
-        prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", [])]
+        prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", [])
+                    if not start_after or p["Prefix"] > start_after]
+        truncated = bool(resp.get("IsTruncated"))
+        if len(entries) + len(prefixes) > max_keys:
+            items = sorted([e.key for e in entries] + prefixes)[:max_keys]
+            keep = set(items)
+            entries = [e for e in entries if e.key in keep]
+            prefixes = [p for p in prefixes if p in keep]
+            truncated = True
         last = max([e.key for e in entries[-1:]] + prefixes[-1:], default=None)
-        return ListPage(entries, prefixes, bool(resp.get("IsTruncated")), last)
+        return ListPage(entries, prefixes, truncated, last)
 
     # -- tagging ---------------------------------------------------------
     async def get_tags(self, bucket: str, key: str) -> dict[str, str]:
@@ -533,6 +545,15 @@ class S3Backend:
             resp.get("NextKeyMarker") or None,
             resp.get("NextUploadIdMarker") or None,
         )
+
+
+def _just_before(key: str) -> str:
+    """A string sorting just below `key`: nothing a client stores lies between them."""
+    last = ord(key[-1])
+    if last == 0:
+        return key[:-1]
+    prev = last - 1 if not 0xE000 == last else 0xD7FF
+    return key[:-1] + chr(prev) + "\U0010ffff"
 
 
 def _unsigned_payload(request: Any, **_: Any) -> None:

@@ -179,6 +179,7 @@ def make_app(gw: Gateway) -> web.Application:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         request_id = secrets.token_hex(8).upper()
+        request["request_id"] = request_id
         started = time.perf_counter()
         operation = "Unknown"
         resource = None
@@ -222,10 +223,6 @@ def make_app(gw: Gateway) -> web.Application:
             response = error_response(S3Error("InternalError"), request_id, gw.node_id,
                                       head=request.method == "HEAD", resource=resource)
         elapsed = time.perf_counter() - started
-        if not response.prepared:
-            response.headers["x-amz-request-id"] = request_id
-            response.headers["x-amz-id-2"] = gw.node_id
-            response.headers.setdefault("Server", "s3latent")
         gw.requests.labels(operation, str(response.status)).inc()
         gw.latency.labels(operation).observe(elapsed)
         log.info(
@@ -237,8 +234,15 @@ def make_app(gw: Gateway) -> web.Application:
         )
         return response
 
+    async def add_ids(request: web.Request, response: web.StreamResponse) -> None:
+        # Also for responses a handler streams (prepared before `handle` returns).
+        response.headers.setdefault("x-amz-request-id", request.get("request_id", ""))
+        response.headers.setdefault("x-amz-id-2", gw.node_id)
+        response.headers["Server"] = "s3latent"
+
     app = web.Application(client_max_size=0)
     app.router.add_route("*", "/{tail:.*}", handle)
+    app.on_response_prepare.append(add_ids)
 
     async def on_startup(_: web.Application) -> None:
         await gw.backend.start()

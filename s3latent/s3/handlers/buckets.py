@@ -192,6 +192,13 @@ async def list_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
                                      start_after=start, max_keys=max_keys)
         entries, prefixes = page.entries, page.common_prefixes
         truncated, last = page.is_truncated, page.next_start_after
+        if len(entries) + len(prefixes) > max_keys:
+            # Some stores count keys and prefixes apart; S3 counts them together.
+            merged = sorted([(e.key, e) for e in entries] + [(p, None) for p in prefixes],
+                            key=lambda item: item[0].encode())[:max_keys]
+            entries = [e for _, e in merged if e is not None]
+            prefixes = [k for k, e in merged if e is None]
+            truncated, last = True, merged[-1][0]
 
     contents = []
     fetch_owner = not v2 or q.get("fetch-owner", "").lower() == "true"

@@ -165,11 +165,12 @@ async def get_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     else:
         status, length = 206, byte_range[1] - byte_range[0] + 1
         headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{info.size}"
-    if body is None:  # HEAD
-        response = web.Response(status=status, headers=headers)
-        response.content_length = length
-        return response
     response = web.StreamResponse(status=status, headers=headers)
+    if body is None:  # HEAD: the headers of the GET, no body
+        response.content_length = length
+        await response.prepare(req.http)
+        await response.write_eof()
+        return response
     response.content_length = length
     sent = 0
     try:
