@@ -197,8 +197,8 @@ def _summary(t: _Tally) -> dict[str, Any]:
 
 def default_count(size: int, concurrency: int) -> int:
     """Requests per target per cell: many for small objects (a stable p99), few for big."""
-    cap = 2000 if concurrency == 1 else 3000
-    return max(2 * concurrency, min(cap, (384 * MiB) // size))
+    cap = 1500 if concurrency == 1 else 2000
+    return max(concurrency, min(cap, (384 * MiB) // size))
 
 
 async def _run_round(
@@ -269,9 +269,11 @@ class _Bench:
         ops = {t: self._op(t, op, size, payload, nkeys) for t in TARGETS}
         for t in TARGETS:  # warm-up: open the connections, untimed
             await _run_round(ops[t], range(concurrency), concurrency, float("inf"), _Tally())
-        per_round = -(-count // self.rounds)
-        budget = (self.duration / self.rounds / len(TARGETS)) if self.duration else None
-        for r in range(self.rounds):
+        # A round never has fewer requests than clients, or it would run below `concurrency`.
+        rounds = max(1, min(self.rounds, count // concurrency))
+        per_round = -(-count // rounds)
+        budget = (self.duration / rounds / len(TARGETS)) if self.duration else None
+        for r in range(rounds):
             order = TARGETS if r % 2 == 0 else TARGETS[::-1]
             for t in order:
                 start = r * per_round
@@ -282,7 +284,12 @@ class _Bench:
                 after = self._cpu()
                 for k in tallies[t].cpu_s:
                     tallies[t].cpu_s[k] += after[k] - before[k]
-        result: dict[str, Any] = {"op": op, "size": size, "concurrency": concurrency}
+        result: dict[str, Any] = {
+            "op": op,
+            "size": size,
+            "concurrency": concurrency,
+            "rounds": rounds,
+        }
         for t in TARGETS:
             result[t] = _summary(tallies[t])
         d, g = result["direct"], result["gateway"]
