@@ -12,6 +12,7 @@ If even the fallback cannot delete a bucket, the suite would fail every later te
 worker in setup (its cleanup raises for any leftover bucket). The plugin then records the
 bucket and the reason in the file named by S3LATENT_CLEANUP_LOG (run_s3tests.py reports it)
 and lets the suite go on, so one server bug shows up once, at the test that caused it.
+DeleteObjects answers that list errors are recorded the same way.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ def _empty_without_versions(client: Any, bucket: str) -> None:
         keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
         if keys:
             res = client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-            for err in res.get("Errors", []):
-                client.delete_object(Bucket=bucket, Key=err["Key"])
+            if res.get("Errors"):
+                # Recorded, then deleted one by one: the error's Key may not be the key sent.
+                _record(bucket, f"DeleteObjects reported errors: {res['Errors'][:5]!r}")
+                for key in keys:
+                    client.delete_object(Bucket=bucket, Key=key["Key"])
     uploads = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
     for up in uploads:
         client.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
@@ -58,8 +62,12 @@ def pytest_configure(config: pytest.Config) -> None:
                 raise
             try:
                 _empty_without_versions(client, bucket)
-            except ClientError as inner:
-                left = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
-                _record(bucket, f"{inner}; keys left: {left[:20]!r}")
+            except Exception as inner:
+                try:
+                    listing = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+                    left = repr([o["Key"] for o in listing][:20])
+                except Exception as exc:
+                    left = f"unknown ({exc})"
+                _record(bucket, f"{type(inner).__name__}: {inner}; keys left: {left}")
 
     functional.nuke_bucket = nuke_bucket
