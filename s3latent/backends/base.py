@@ -102,6 +102,21 @@ class UploadsPage:
     next_upload_id_marker: str | None
 
 
+class HashedBody:
+    """A body iterator that computes the MD5 of what it yields.
+
+    Backends that need the MD5 (for Content-MD5 or the ETag) read `md5_hex` once
+    the iterator is exhausted instead of hashing the bytes a second time.
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    @property
+    def md5_hex(self) -> str:
+        raise NotImplementedError
+
+
 class ObjectBody(Protocol):
     """A streaming object body; always closed by the reader."""
 

@@ -36,6 +36,7 @@ from .base import (
     MIN_PART_SIZE,
     STORED_HEADERS,
     BucketInfo,
+    HashedBody,
     ListEntry,
     ListPage,
     ObjectInfo,
@@ -44,6 +45,7 @@ from .base import (
     UploadInfo,
     UploadsPage,
 )
+from .s3_datapath import DataPath, parse_http_date
 
 log = logging.getLogger(__name__)
 
@@ -86,19 +88,24 @@ class _Spool:
     """A received body: bytes in memory, or a temp file once it outgrows SPOOL_MEMORY."""
 
     def __init__(self) -> None:
-        self.md5 = hashlib.md5()
+        self._md5: Any = None
+        self._md5_hex: str | None = None
         self.size = 0
         self._chunks: list[bytes] = []
         self._file: Any = None
 
     async def fill(self, body: AsyncIterable[bytes]) -> None:
+        # A verified request body already hashes itself (base.HashedBody): no second MD5.
+        hashed = isinstance(body, HashedBody)
+        self._md5 = None if hashed else hashlib.md5()
         async for chunk in body:
             if not chunk:
                 continue
             self.size += len(chunk)
             if self._file is None and self.size <= SPOOL_MEMORY:
-                self.md5.update(chunk)
-                self._chunks.append(bytes(chunk))
+                if self._md5 is not None:
+                    self._md5.update(chunk)
+                self._chunks.append(chunk if isinstance(chunk, bytes) else bytes(chunk))
                 continue
             if self._file is None:
                 self._file = await asyncio.to_thread(
@@ -106,11 +113,18 @@ class _Spool:
                 )
                 pending, self._chunks = self._chunks, []
                 await asyncio.to_thread(self._file.writelines, pending)
-            await asyncio.to_thread(self._write, bytes(chunk))
+            await asyncio.to_thread(self._write, chunk)
+        self._md5_hex = body.md5_hex if hashed else self._md5.hexdigest()  # type: ignore[union-attr]
 
     def _write(self, chunk: bytes) -> None:
-        self.md5.update(chunk)
+        if self._md5 is not None:
+            self._md5.update(chunk)
         self._file.write(chunk)
+
+    @property
+    def md5_hex(self) -> str:
+        assert self._md5_hex is not None
+        return self._md5_hex
 
     def payload(self) -> Any:
         """bytes, or the rewound file (aiohttp reads files off the event loop)."""
@@ -121,7 +135,7 @@ class _Spool:
 
     @property
     def content_md5(self) -> str:
-        return base64.b64encode(self.md5.digest()).decode()
+        return base64.b64encode(bytes.fromhex(self.md5_hex)).decode()
 
     def close(self) -> None:
         if self._file is not None:
@@ -131,17 +145,17 @@ class _Spool:
 
 
 class _Body:
-    """Adapts an aiobotocore streaming body to the ObjectBody protocol."""
+    """Adapts a data-path response to the ObjectBody protocol."""
 
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
+    def __init__(self, resp: Any) -> None:
+        self._resp = resp
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        async for chunk in self._stream.iter_chunks(READ_CHUNK):
+        async for chunk in self._resp.content.iter_chunked(READ_CHUNK):
             yield chunk
 
     async def close(self) -> None:
-        self._stream.close()
+        self._resp.release()
 
 
 class S3Backend:
@@ -173,11 +187,16 @@ class S3Backend:
             retries={"mode": "standard", "max_attempts": max_attempts},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            s3={"addressing_style": "path"},
+            # Content-MD5 protects every body we send; a SHA-256 pass over it for the
+            # signature would only cost CPU.
+            s3={"addressing_style": "path", "payload_signing_enabled": False},
             tcp_keepalive=True,
         )
         self._client: Any = None
         self._exit_stack: Any = None
+        self._data = DataPath(endpoint_url, access_key, secret_key, region,
+                              max_connections=max_connections, connect_timeout=connect_timeout,
+                              read_timeout=read_timeout, max_attempts=max_attempts)
         # Buckets known to exist -> (creation time, when checked).
         self._buckets: dict[str, tuple[datetime, float]] = {}
 
@@ -193,11 +212,10 @@ class S3Backend:
         )
         self._exit_stack = ctx
         self._client = await ctx.__aenter__()
-        # Content-MD5 already protects every body we send; hashing it again for
-        # the signature would cost a full pass on the event loop.
-        self._client.meta.events.register("before-sign.s3", _unsigned_payload)
+        await self._data.start()
 
     async def close(self) -> None:
+        await self._data.close()
         if self._exit_stack is not None:
             await self._exit_stack.__aexit__(None, None, None)
             self._exit_stack = self._client = None
@@ -282,48 +300,44 @@ class S3Backend:
             await spool.fill(body)
             if size is not None and spool.size != size:
                 raise S3Error("IncompleteBody")
-            params = _meta_params(meta)
-            if meta.tags:
-                params["Tagging"] = urlencode(meta.tags, quote_via=quote)
+            headers = _meta_headers(meta)
             if if_match is not None:
-                params["IfMatch"] = f'"{if_match}"'
+                headers["If-Match"] = f'"{if_match}"'
             if if_none_match is not None:
-                params["IfNoneMatch"] = if_none_match
-            resp = await self._call(
-                "put_object",
-                bucket,
-                key,
-                Body=spool.payload(),
-                ContentLength=spool.size,
-                ContentMD5=spool.content_md5,
-                **params,
-            )
-            etag = _unquote_etag(resp.get("ETag", "")) or spool.md5.hexdigest()
+                headers["If-None-Match"] = if_none_match
+            headers["Content-MD5"] = spool.content_md5
+            headers["Content-Length"] = str(spool.size)
+            resp = await self._data.request("PUT", bucket, key, headers=headers,
+                                            body=spool.payload())
+            etag = _unquote_etag(resp.headers.get("ETag", "")) or spool.md5_hex
+            resp.release()
             return ObjectInfo(key, spool.size, etag, datetime.now(UTC), meta)
         finally:
             spool.close()
 
     async def head_object(self, bucket: str, key: str) -> ObjectInfo:
         try:
-            resp = await self._call("head_object", bucket, key)
+            resp = await self._data.request("HEAD", bucket, key)
         except S3Error as exc:
             raise await self._not_found(exc, bucket) from None
-        return _info_from(key, resp)
+        resp.release()
+        return _info_from_headers(key, resp.headers)
 
     async def get_object(
         self, bucket: str, key: str, byte_range: tuple[int, int] | None = None
     ) -> tuple[ObjectInfo, _Body]:
-        params: dict[str, Any] = {}
+        headers = {}
         if byte_range is not None:
-            params["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
+            headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         try:
-            resp = await self._call("get_object", bucket, key, **params)
+            resp = await self._data.request("GET", bucket, key, headers=headers)
         except S3Error as exc:
             raise await self._not_found(exc, bucket) from None
-        info = _info_from(key, resp)
-        if byte_range is not None and "ContentRange" in resp:
-            info.size = int(resp["ContentRange"].rpartition("/")[2])
-        return info, _Body(resp["Body"])
+        info = _info_from_headers(key, resp.headers)
+        content_range = resp.headers.get("Content-Range")
+        if byte_range is not None and content_range:
+            info.size = int(content_range.rpartition("/")[2])
+        return info, _Body(resp)
 
     async def delete_object(self, bucket: str, key: str) -> None:
         await self._require_bucket(bucket)
@@ -426,17 +440,14 @@ class S3Backend:
             await spool.fill(body)
             if size is not None and spool.size != size:
                 raise S3Error("IncompleteBody")
-            resp = await self._call(
-                "upload_part",
-                bucket,
-                key,
-                UploadId=upload_id,
-                PartNumber=part_number,
-                Body=spool.payload(),
-                ContentLength=spool.size,
-                ContentMD5=spool.content_md5,
+            resp = await self._data.request(
+                "PUT", bucket, key,
+                query={"partNumber": str(part_number), "uploadId": upload_id},
+                headers={"Content-MD5": spool.content_md5, "Content-Length": str(spool.size)},
+                body=spool.payload(),
             )
-            return _unquote_etag(resp["ETag"])
+            resp.release()
+            return _unquote_etag(resp.headers.get("ETag", "")) or spool.md5_hex
         finally:
             spool.close()
 
@@ -556,11 +567,6 @@ def _just_before(key: str) -> str:
     return key[:-1] + chr(prev) + "\U0010ffff"
 
 
-def _unsigned_payload(request: Any, **_: Any) -> None:
-    if "X-Amz-Content-SHA256" not in request.headers:
-        request.headers["X-Amz-Content-SHA256"] = "UNSIGNED-PAYLOAD"
-
-
 def _meta_params(meta: ObjectMeta) -> dict[str, Any]:
     metadata = dict(meta.metadata)
     for algorithm, value in meta.checksums.items():
@@ -572,6 +578,40 @@ def _meta_params(meta: ObjectMeta) -> dict[str, Any]:
         if header in _HEADER_PARAMS:
             params[_HEADER_PARAMS[header]] = value
     return params
+
+
+def _meta_headers(meta: ObjectMeta) -> dict[str, str]:
+    """The PUT headers that store `meta` (the data path's form of _meta_params)."""
+    headers = {"Content-Type": meta.content_type}
+    metadata = dict(meta.metadata)
+    for algorithm, value in meta.checksums.items():
+        metadata[_CHECKSUM_PREFIX + algorithm] = value
+    for name, value in meta.internal.items():
+        metadata[INTERNAL_PREFIX + name] = value
+    for name, value in metadata.items():
+        headers[f"x-amz-meta-{name}"] = value
+    for header, value in meta.headers.items():
+        if header in _HEADER_PARAMS:
+            headers[header] = value
+    if meta.tags:
+        headers["x-amz-tagging"] = urlencode(meta.tags, quote_via=quote)
+    return headers
+
+
+def _info_from_headers(key: str, headers: Any) -> ObjectInfo:
+    """ObjectInfo from a data-path GET/HEAD response's headers."""
+    raw_meta = {name[len("x-amz-meta-"):].lower(): value for name, value in headers.items()
+                if name.lower().startswith("x-amz-meta-")}
+    resp: dict[str, Any] = {
+        "Metadata": raw_meta,
+        "ContentType": headers.get("Content-Type"),
+        "ContentLength": headers.get("Content-Length", 0),
+        "ETag": headers.get("ETag", ""),
+        "LastModified": parse_http_date(headers.get("Last-Modified")),
+        "PartsCount": headers.get("x-amz-mp-parts-count"),
+        "ResponseMetadata": {"HTTPHeaders": {n.lower(): v for n, v in headers.items()}},
+    }
+    return _info_from(key, resp)
 
 
 def _info_from(key: str, resp: dict[str, Any]) -> ObjectInfo:
@@ -611,27 +651,34 @@ def _info_from(key: str, resp: dict[str, Any]) -> ObjectInfo:
 
 def _translate(exc: ClientError, op: str, bucket: str | None, key: str | None) -> S3Error:
     err = exc.response.get("Error", {})
-    code = str(err.get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
-    if code in ("404", "NotFound"):
+    return translate_status(status, str(err.get("Code", "")), err.get("Message"), op, bucket,
+                            key)
+
+
+def translate_status(status: int, code: str, message: str | None, op: str,
+                     bucket: str | None, key: str | None) -> S3Error:
+    """A backend's error answer as the S3Error our client should see."""
+    if code in ("", "404", "NotFound") and status == 404:
         code = "NoSuchKey" if key is not None else "NoSuchBucket"
-    elif code == "412":
+    elif code in ("", "412") and status == 412:
         code = "PreconditionFailed"
-    elif code == "304":
+    elif code in ("", "304") and status == 304:
         code = "NotModified"
     resource = f"/{bucket}/{key}" if key else (f"/{bucket}" if bucket else None)
     if code in ERROR_CODES and status < 500:
         extra = {"Key": key} if code == "NoSuchKey" and key else {}
         if code == "NoSuchBucket" and bucket:
             extra = {"BucketName": bucket}
-        return S3Error(code, err.get("Message") or None, resource=resource, **extra)
+        return S3Error(code, message or None, resource=resource, **extra)
     if status in (429, 503) or code in ("SlowDown", "Throttling", "ThrottlingException"):
         return S3Error("SlowDown", resource=resource)
     if status >= 500:
-        log.warning("backend error on %s %s/%s: %s %s", op, bucket, key, code, err.get("Message"))
+        log.warning("backend error on %s %s/%s: %s %s %s", op, bucket, key, status, code,
+                    message)
         return S3Error("ServiceUnavailable", "The storage backend failed; retry later.",
                        resource=resource)
-    log.warning("unexpected backend answer on %s: %s %s", op, code, err.get("Message"))
+    log.warning("unexpected backend answer on %s: %s %s %s", op, status, code, message)
     return S3Error("InternalError", resource=resource)
 
 

@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, unquote
 from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDict
 
-from ..backends.base import STORED_HEADERS, ObjectMeta
+from ..backends.base import STORED_HEADERS, HashedBody, ObjectMeta
 from .auth import AuthContext
 from .errors import S3Error
 from .payload import PayloadReader, stored_content_encoding
@@ -159,9 +159,23 @@ def check_tags(tags: dict[str, str]) -> None:
             raise S3Error("InvalidTag", "The TagValue you have provided is invalid")
 
 
-async def verified_body(reader: PayloadReader, meta: ObjectMeta | None) -> AsyncIterator[bytes]:
+class VerifiedBody(HashedBody):
     """Body chunks; on a clean end the computed checksums are recorded in `meta`."""
-    async for chunk in reader:
-        yield chunk
-    if meta is not None:
-        meta.checksums.update(reader.checksums)
+
+    def __init__(self, reader: PayloadReader, meta: ObjectMeta | None) -> None:
+        self._reader = reader
+        self._meta = meta
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._reader:
+            yield chunk
+        if self._meta is not None:
+            self._meta.checksums.update(self._reader.checksums)
+
+    @property
+    def md5_hex(self) -> str:
+        return self._reader.md5_hex
+
+
+def verified_body(reader: PayloadReader, meta: ObjectMeta | None) -> VerifiedBody:
+    return VerifiedBody(reader, meta)
