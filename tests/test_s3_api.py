@@ -251,7 +251,7 @@ def test_list_v2_delimiter_pagination(s3: Any, bucket: str) -> None:
     assert [o["Key"] for o in resp["Contents"]] == ["a/b"]
     assert [p["Prefix"] for p in resp["CommonPrefixes"]] == ["a/c/"]
     resp = s3.list_objects_v2(Bucket=bucket, StartAfter="b/1")
-    assert [o["Key"] for o in resp["Contents"]][0] == "b/2"
+    assert resp["Contents"][0]["Key"] == "b/2"
     resp = s3.list_objects_v2(Bucket=bucket, FetchOwner=True, MaxKeys=2)
     assert "Owner" in resp["Contents"][0] and resp["IsTruncated"]
     resp = s3.list_objects_v2(Bucket=bucket, MaxKeys=0)
@@ -303,7 +303,8 @@ def test_multipart_upload(s3: Any, bucket: str) -> None:
     assert _code(exc.value) == "InvalidPartOrder"
     with pytest.raises(ClientError) as exc:
         s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid, MultipartUpload={
-            "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": '"' + "0" * 32 + '"'}]})
+            "Parts": [{"PartNumber": 1, "ETag": e1},
+                      {"PartNumber": 2, "ETag": '"' + "0" * 32 + '"'}]})
     assert _code(exc.value) == "InvalidPart"
     done = s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid, MultipartUpload={
         "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})

@@ -1,0 +1,660 @@
+"""The embedded default backend: a local directory.
+
+Layout under the root:
+
+    buckets/<bucket>/.bucket.json            creation time
+    buckets/<bucket>/<k1>/<k2>/<name>.~o     one object (key "k1/k2/name")
+    .s3latent/tmp/                           files being written
+    .s3latent/uploads/<upload id>/           a multipart upload: upload.json, part files
+
+Each key component is escaped ('%', '~', NUL and a leading '.' are encoded;
+over-long components are shortened with a hash), so a key can never address
+anything outside its bucket directory, and "a" and "a/b" can coexist: object
+files end in ".~o", which no escaped directory name can. The tree stays
+browsable by a person.
+
+An object is ONE file: the data, then its JSON metadata, then the metadata's
+length and a magic number (a trailer, so writing never copies the data).
+Writes go to a temp file in the same file system, are fsynced, then renamed
+over the target (and the directory fsynced): the rename is the commit
+point for data and metadata together, so a crash leaves either the old object
+or the new one, never a mix. Temp files left by a crash are removed on start.
+
+Listings come from a per-bucket sorted key index built lazily by walking the
+bucket (keys are stored in each header, so hashed names resolve) and kept
+current by this process's writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import struct
+from collections.abc import AsyncIterable, AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..s3.errors import S3Error
+from .base import (
+    MIN_PART_SIZE,
+    BucketInfo,
+    HashedBody,
+    ListEntry,
+    ListPage,
+    ObjectInfo,
+    ObjectMeta,
+    PartInfo,
+    UploadInfo,
+    UploadsPage,
+)
+
+MAGIC = b"S3LO"
+_TRAILER = struct.Struct(">I4s")
+OBJ_SUFFIX = ".~o"
+MAX_COMPONENT = 180
+READ_CHUNK = 256 * 1024
+
+
+def _escape_component(component: str) -> str:
+    out = component.replace("%", "%25").replace("~", "%7E").replace("\x00", "%00")
+    if out.startswith("."):
+        out = "%2E" + out[1:]
+    if not out:
+        out = "%"
+    if len(out.encode()) > MAX_COMPONENT:
+        digest = hashlib.sha256(component.encode()).hexdigest()[:24]
+        out = out.encode()[:100].decode(errors="ignore").rstrip("%") + "%H" + digest
+    return out
+
+
+def _meta_to_json(meta: ObjectMeta) -> dict[str, Any]:
+    return {"content_type": meta.content_type, "metadata": meta.metadata,
+            "headers": meta.headers, "tags": meta.tags, "checksums": meta.checksums,
+            "internal": meta.internal}
+
+
+def _meta_from_json(data: dict[str, Any]) -> ObjectMeta:
+    return ObjectMeta(content_type=data.get("content_type", "binary/octet-stream"),
+                      metadata=dict(data.get("metadata", {})),
+                      headers=dict(data.get("headers", {})), tags=dict(data.get("tags", {})),
+                      checksums=dict(data.get("checksums", {})),
+                      internal=dict(data.get("internal", {})))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_header(f: Any) -> dict[str, Any]:
+    """The metadata trailer of an object file (the data starts at offset 0)."""
+    f.seek(-_TRAILER.size, os.SEEK_END)
+    length, magic = _TRAILER.unpack(f.read(_TRAILER.size))
+    if magic != MAGIC:
+        raise ValueError("not an s3latent object file")
+    f.seek(-_TRAILER.size - length, os.SEEK_END)
+    return json.loads(f.read(length))
+
+
+class _Writer:
+    """A temp file that becomes an object file on commit."""
+
+    def __init__(self, tmp_dir: Path) -> None:
+        self.path = tmp_dir / f"{secrets.token_hex(12)}.tmp"
+        self.file = open(self.path, "wb")  # closed by commit/abort
+        self.md5 = hashlib.md5()
+        self.size = 0
+
+    def write(self, chunk: bytes, hash_it: bool = True) -> None:
+        if hash_it:
+            self.md5.update(chunk)
+        self.file.write(chunk)
+        self.size += len(chunk)
+
+    def commit(self, header: dict[str, Any], target: Path) -> None:
+        """Append the metadata trailer, fsync, rename into place: the commit point."""
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        self.file.write(encoded + _TRAILER.pack(len(encoded), MAGIC))
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, target)
+        _fsync_dir(target.parent)
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.path.unlink(missing_ok=True)
+
+
+class _LocalBody:
+    def __init__(self, path: Path, offset: int, length: int) -> None:
+        self._path, self._offset, self._length = path, offset, length
+        self._file: Any = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        self._file = await asyncio.to_thread(open, self._path, "rb")
+        await asyncio.to_thread(self._file.seek, self._offset)
+        left = self._length
+        while left > 0:
+            chunk = await asyncio.to_thread(self._file.read, min(READ_CHUNK, left))
+            if not chunk:
+                raise S3Error("InternalError", "The stored object is shorter than recorded.")
+            left -= len(chunk)
+            yield chunk
+
+    async def close(self) -> None:
+        if self._file is not None:
+            await asyncio.to_thread(self._file.close)
+            self._file = None
+
+
+class LocalBackend:
+    """See the module docstring."""
+
+    def __init__(self, root: str | Path, *, min_part_size: int = MIN_PART_SIZE) -> None:
+        self.root = Path(root).resolve()
+        self.name = f"file://{self.root}"
+        self.min_part_size = min_part_size
+        self._buckets_dir = self.root / "buckets"
+        self._tmp = self.root / ".s3latent" / "tmp"
+        self._uploads = self.root / ".s3latent" / "uploads"
+        self._index: dict[str, list[str]] = {}
+        self._index_lock = asyncio.Lock()
+        self._key_locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    # -- paths -------------------------------------------------------------
+    def _bucket_dir(self, bucket: str) -> Path:
+        return self._buckets_dir / _escape_component(bucket)
+
+    def _object_path(self, bucket: str, key: str) -> Path:
+        parts = key.split("/")
+        escaped = [_escape_component(p) for p in parts]
+        path = self._bucket_dir(bucket).joinpath(*escaped[:-1], escaped[-1] + OBJ_SUFFIX)
+        # Escaping makes escape impossible; this check keeps it so.
+        if not path.resolve().is_relative_to(self._bucket_dir(bucket).resolve()):
+            raise S3Error("InvalidArgument", "The object key is not allowed.")
+        return path
+
+    async def start(self) -> None:
+        def prepare() -> None:
+            for d in (self._buckets_dir, self._tmp, self._uploads):
+                d.mkdir(parents=True, exist_ok=True)
+            for leftover in self._tmp.iterdir():  # a crash mid-write left these
+                leftover.unlink(missing_ok=True)
+
+        await asyncio.to_thread(prepare)
+
+    async def close(self) -> None:
+        return None
+
+    def _lock(self, bucket: str, key: str) -> asyncio.Lock:
+        return self._key_locks.setdefault((bucket, key), asyncio.Lock())
+
+    # -- buckets -------------------------------------------------------------
+    async def list_buckets(self) -> list[BucketInfo]:
+        def scan() -> list[BucketInfo]:
+            out = []
+            for d in sorted(self._buckets_dir.iterdir()):
+                marker = d / ".bucket.json"
+                if marker.exists():
+                    info = json.loads(marker.read_text())
+                    out.append(BucketInfo(info["name"], datetime.fromisoformat(info["created"])))
+            return sorted(out, key=lambda b: b.name)
+
+        return await asyncio.to_thread(scan)
+
+    async def create_bucket(self, bucket: str) -> None:
+        def create() -> None:
+            d = self._bucket_dir(bucket)
+            marker = d / ".bucket.json"
+            if marker.exists():
+                raise S3Error("BucketAlreadyOwnedByYou", resource=bucket, BucketName=bucket)
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = self._tmp / f"{secrets.token_hex(8)}.tmp"
+            tmp.write_text(json.dumps({"name": bucket, "created": _now().isoformat()}))
+            os.replace(tmp, marker)
+            _fsync_dir(d)
+
+        await asyncio.to_thread(create)
+        self._index[bucket] = []
+
+    async def head_bucket(self, bucket: str) -> BucketInfo:
+        def head() -> BucketInfo:
+            marker = self._bucket_dir(bucket) / ".bucket.json"
+            try:
+                info = json.loads(marker.read_text())
+            except FileNotFoundError:
+                raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket) from None
+            return BucketInfo(info["name"], datetime.fromisoformat(info["created"]))
+
+        return await asyncio.to_thread(head)
+
+    async def delete_bucket(self, bucket: str) -> None:
+        await self.head_bucket(bucket)
+        keys = await self._keys(bucket)
+        uploads = await self.list_multipart_uploads(bucket, max_uploads=1)
+        if keys or uploads.uploads:
+            raise S3Error("BucketNotEmpty", resource=bucket, BucketName=bucket)
+        await asyncio.to_thread(shutil.rmtree, self._bucket_dir(bucket))
+        self._index.pop(bucket, None)
+
+    # -- index ---------------------------------------------------------------
+    async def _keys(self, bucket: str) -> list[str]:
+        keys = self._index.get(bucket)
+        if keys is not None:
+            return keys
+        async with self._index_lock:
+            if bucket not in self._index:
+                self._index[bucket] = await asyncio.to_thread(self._scan, bucket)
+        return self._index[bucket]
+
+    def _scan(self, bucket: str) -> list[str]:
+        keys = []
+        for dirpath, _, files in os.walk(self._bucket_dir(bucket)):
+            for name in files:
+                if name.endswith(OBJ_SUFFIX):
+                    try:
+                        with open(os.path.join(dirpath, name), "rb") as f:
+                            keys.append(_read_header(f)["key"])
+                    except (OSError, ValueError, KeyError):
+                        continue
+        return sorted(keys)
+
+    def _index_add(self, bucket: str, key: str) -> None:
+        keys = self._index.get(bucket)
+        if keys is None:
+            return
+        i = bisect.bisect_left(keys, key)
+        if i == len(keys) or keys[i] != key:
+            keys.insert(i, key)
+
+    def _index_remove(self, bucket: str, key: str) -> None:
+        keys = self._index.get(bucket)
+        if keys is None:
+            return
+        i = bisect.bisect_left(keys, key)
+        if i < len(keys) and keys[i] == key:
+            del keys[i]
+
+    # -- objects -------------------------------------------------------------
+    def _read_info(self, bucket: str, key: str) -> tuple[ObjectInfo, Path, int]:
+        path = self._object_path(bucket, key)
+        try:
+            with open(path, "rb") as f:
+                header = _read_header(f)
+                offset = 0
+        except FileNotFoundError:
+            if not (self._bucket_dir(bucket) / ".bucket.json").exists():
+                raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket) from None
+            raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", Key=key) from None
+        except NotADirectoryError:
+            raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", Key=key) from None
+        info = ObjectInfo(key, header["size"], header["etag"],
+                          datetime.fromisoformat(header["mtime"]),
+                          _meta_from_json(header["meta"]), parts_count=header.get("parts"))
+        return info, path, offset
+
+    async def head_object(self, bucket: str, key: str) -> ObjectInfo:
+        info, _, _ = await asyncio.to_thread(self._read_info, bucket, key)
+        return info
+
+    async def get_object(self, bucket: str, key: str,
+                         byte_range: tuple[int, int] | None = None
+                         ) -> tuple[ObjectInfo, _LocalBody]:
+        info, path, offset = await asyncio.to_thread(self._read_info, bucket, key)
+        first, last = byte_range if byte_range is not None else (0, info.size - 1)
+        return info, _LocalBody(path, offset + first, max(0, last - first + 1))
+
+    async def _receive(self, body: AsyncIterable[bytes]) -> _Writer:
+        writer = await asyncio.to_thread(_Writer, self._tmp)
+        hashed = isinstance(body, HashedBody)
+        try:
+            async for chunk in body:
+                if chunk:
+                    await asyncio.to_thread(writer.write, chunk, not hashed)
+            if hashed:
+                writer.md5 = _FixedDigest(body.md5_hex)  # type: ignore[assignment,attr-defined]
+        except BaseException:
+            await asyncio.to_thread(writer.abort)
+            raise
+        return writer
+
+    async def put_object(self, bucket: str, key: str, body: AsyncIterable[bytes],
+                         meta: ObjectMeta, *, size: int | None = None,
+                         if_match: str | None = None,
+                         if_none_match: str | None = None) -> ObjectInfo:
+        await self.head_bucket(bucket)
+        path = self._object_path(bucket, key)
+        writer = await self._receive(body)
+        try:
+            if size is not None and writer.size != size:
+                raise S3Error("IncompleteBody")
+            async with self._lock(bucket, key):
+                await self._check_conditions(bucket, key, if_match, if_none_match)
+                info = ObjectInfo(key, writer.size, writer.md5.hexdigest(), _now(), meta)
+                await asyncio.to_thread(writer.commit, self._header(info), path)
+        except BaseException:
+            await asyncio.to_thread(writer.abort)
+            raise
+        self._index_add(bucket, key)
+        return info
+
+    async def _check_conditions(self, bucket: str, key: str, if_match: str | None,
+                                if_none_match: str | None) -> None:
+        if if_match is None and if_none_match is None:
+            return
+        try:
+            current: ObjectInfo | None = await self.head_object(bucket, key)
+        except S3Error as exc:
+            if exc.code != "NoSuchKey":
+                raise
+            current = None
+        if if_none_match is not None and current is not None:
+            raise S3Error("PreconditionFailed", Condition="If-None-Match")
+        if if_match is not None:
+            if current is None:
+                raise S3Error("NoSuchKey", Key=key)
+            if if_match.strip('"') not in (current.etag, "*"):
+                raise S3Error("PreconditionFailed", Condition="If-Match")
+
+    @staticmethod
+    def _header(info: ObjectInfo) -> dict[str, Any]:
+        return {"key": info.key, "size": info.size, "etag": info.etag,
+                "mtime": info.last_modified.isoformat(), "parts": info.parts_count,
+                "meta": _meta_to_json(info.meta)}
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        await self.head_bucket(bucket)
+        path = self._object_path(bucket, key)
+
+        def remove() -> None:
+            try:
+                os.unlink(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            _fsync_dir(path.parent)
+            # Drop directories the key left empty, up to the bucket.
+            parent, top = path.parent, self._bucket_dir(bucket)
+            while parent != top:
+                try:
+                    parent.rmdir()
+                except OSError:
+                    break
+                parent = parent.parent
+
+        async with self._lock(bucket, key):
+            await asyncio.to_thread(remove)
+        self._index_remove(bucket, key)
+
+    async def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+                          meta: ObjectMeta | None) -> ObjectInfo:
+        await self.head_bucket(dst_bucket)
+        info, body = await self.get_object(src_bucket, src_key)
+        new_meta = meta if meta is not None else info.meta
+        try:
+            writer = await self._receive(body)
+        finally:
+            await body.close()
+        try:
+            copied = ObjectInfo(dst_key, writer.size, info.etag, _now(), new_meta,
+                                parts_count=info.parts_count)
+            async with self._lock(dst_bucket, dst_key):
+                await asyncio.to_thread(writer.commit, self._header(copied),
+                                        self._object_path(dst_bucket, dst_key))
+        except BaseException:
+            await asyncio.to_thread(writer.abort)
+            raise
+        self._index_add(dst_bucket, dst_key)
+        return copied
+
+    async def list_objects(self, bucket: str, *, prefix: str = "",
+                           delimiter: str | None = None, start_after: str | None = None,
+                           max_keys: int = 1000) -> ListPage:
+        await self.head_bucket(bucket)
+        keys = await self._keys(bucket)
+        start = max(prefix, start_after or "")
+        i = bisect.bisect_right(keys, start) if start_after and start_after >= prefix \
+            else bisect.bisect_left(keys, prefix)
+        chosen: list[str] = []
+        prefixes: list[str] = []
+        truncated = False
+        while i < len(keys):
+            key = keys[i]
+            if not key.startswith(prefix):
+                break
+            if delimiter:
+                pos = key.find(delimiter, len(prefix))
+                if pos >= 0:
+                    common = key[: pos + len(delimiter)]
+                    if start_after is None or common > start_after:
+                        if len(chosen) + len(prefixes) >= max_keys:
+                            truncated = True
+                            break
+                        prefixes.append(common)
+                    while i < len(keys) and keys[i].startswith(common):
+                        i += 1
+                    continue
+            if len(chosen) + len(prefixes) >= max_keys:
+                truncated = True
+                break
+            chosen.append(key)
+            i += 1
+        infos = await asyncio.gather(*(self._entry(bucket, k) for k in chosen))
+        entries = [e for e in infos if e is not None]
+        last = max(chosen[-1:] + prefixes[-1:], default=None)
+        return ListPage(entries, prefixes, truncated, last)
+
+    async def _entry(self, bucket: str, key: str) -> ListEntry | None:
+        try:
+            info = await self.head_object(bucket, key)
+        except S3Error:
+            return None
+        return ListEntry(key, info.size, info.etag, info.last_modified)
+
+    # -- tags ----------------------------------------------------------------
+    async def get_tags(self, bucket: str, key: str) -> dict[str, str]:
+        return dict((await self.head_object(bucket, key)).meta.tags)
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        """Rewrites the object file with new tags (same data, same ETag, same mtime)."""
+        async with self._lock(bucket, key):
+            info, body = await self.get_object(bucket, key)
+            try:
+                writer = await self._receive(body)
+            finally:
+                await body.close()
+            info.meta.tags = dict(tags)
+            try:
+                await asyncio.to_thread(writer.commit, self._header(info),
+                                        self._object_path(bucket, key))
+            except BaseException:
+                await asyncio.to_thread(writer.abort)
+                raise
+
+    # -- multipart -------------------------------------------------------------
+    def _upload_dir(self, upload_id: str) -> Path:
+        if not upload_id.isalnum():
+            raise S3Error("NoSuchUpload", UploadId=upload_id)
+        return self._uploads / upload_id
+
+    def _upload_record(self, bucket: str, key: str, upload_id: str) -> dict[str, Any]:
+        try:
+            record = json.loads((self._upload_dir(upload_id) / "upload.json").read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            raise S3Error("NoSuchUpload", UploadId=upload_id) from None
+        if record["bucket"] != bucket or record["key"] != key:
+            raise S3Error("NoSuchUpload", UploadId=upload_id)
+        return record
+
+    async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta) -> str:
+        await self.head_bucket(bucket)
+        self._object_path(bucket, key)  # refuses keys we could not store
+        upload_id = secrets.token_hex(16)
+
+        def create() -> None:
+            d = self._upload_dir(upload_id)
+            d.mkdir(parents=True)
+            record = {"bucket": bucket, "key": key, "initiated": _now().isoformat(),
+                      "meta": _meta_to_json(meta)}
+            tmp = self._tmp / f"{upload_id}.json.tmp"
+            tmp.write_text(json.dumps(record))
+            os.replace(tmp, d / "upload.json")
+            _fsync_dir(d)
+
+        await asyncio.to_thread(create)
+        return upload_id
+
+    async def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
+                          body: AsyncIterable[bytes], *, size: int | None = None) -> str:
+        await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
+        writer = await self._receive(body)
+        try:
+            if size is not None and writer.size != size:
+                raise S3Error("IncompleteBody")
+            header = {"key": key, "size": writer.size, "etag": writer.md5.hexdigest(),
+                      "mtime": _now().isoformat(), "parts": None, "meta": {}}
+            target = self._upload_dir(upload_id) / f"part-{part_number:05d}"
+            # The upload may have been aborted or completed meanwhile.
+            await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
+            await asyncio.to_thread(writer.commit, header, target)
+        except BaseException:
+            await asyncio.to_thread(writer.abort)
+            raise
+        return header["etag"]
+
+    def _parts(self, upload_id: str) -> list[tuple[PartInfo, Path, int]]:
+        out = []
+        for path in sorted(self._upload_dir(upload_id).glob("part-*")):
+            with open(path, "rb") as f:
+                header = _read_header(f)
+                offset = 0
+            out.append((PartInfo(int(path.name[5:]), header["etag"], header["size"],
+                                 datetime.fromisoformat(header["mtime"])), path, offset))
+        return out
+
+    async def list_parts(self, bucket: str, key: str, upload_id: str, *,
+                         part_number_marker: int = 0, max_parts: int = 1000
+                         ) -> tuple[list[PartInfo], bool]:
+        await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
+        parts = [p for p, _, _ in await asyncio.to_thread(self._parts, upload_id)
+                 if p.part_number > part_number_marker]
+        return parts[:max_parts], len(parts) > max_parts
+
+    async def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
+                                        parts: list[tuple[int, str]], *,
+                                        if_match: str | None = None) -> ObjectInfo:
+        record = await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
+        stored = {p.part_number: (p, path, off)
+                  for p, path, off in await asyncio.to_thread(self._parts, upload_id)}
+        chosen = []
+        for index, (number, etag) in enumerate(parts):
+            found = stored.get(number)
+            if found is None or found[0].etag != etag.strip('"'):
+                raise S3Error("InvalidPart", UploadId=upload_id, PartNumber=str(number))
+            if index < len(parts) - 1 and found[0].size < self.min_part_size:
+                raise S3Error("EntityTooSmall", ProposedSize=str(found[0].size),
+                              MinSizeAllowed=str(self.min_part_size))
+            chosen.append(found)
+        digest = hashlib.md5(b"".join(bytes.fromhex(p.etag) for p, _, _ in chosen))
+        etag = f"{digest.hexdigest()}-{len(chosen)}"
+        meta = _meta_from_json(record["meta"])
+
+        def assemble(info: ObjectInfo) -> None:
+            writer = _Writer(self._tmp)
+            try:
+                for part, path, offset in chosen:
+                    with open(path, "rb") as f:
+                        f.seek(offset)
+                        left = part.size
+                        while left:
+                            chunk = f.read(min(1024 * 1024, left))
+                            writer.write(chunk, hash_it=False)
+                            left -= len(chunk)
+                info.size = writer.size
+                writer.commit(self._header(info), self._object_path(bucket, key))
+            except BaseException:
+                writer.abort()
+                raise
+            shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
+
+        async with self._lock(bucket, key):
+            await self._check_conditions(bucket, key, if_match, None)
+            info = ObjectInfo(key, 0, etag, _now(), meta, parts_count=len(chosen))
+            await asyncio.to_thread(assemble, info)
+        self._index_add(bucket, key)
+        return info
+
+    async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
+        await asyncio.to_thread(shutil.rmtree, self._upload_dir(upload_id), True)
+
+    async def list_multipart_uploads(self, bucket: str, *, prefix: str = "",
+                                     delimiter: str | None = None,
+                                     key_marker: str | None = None,
+                                     upload_id_marker: str | None = None,
+                                     max_uploads: int = 1000) -> UploadsPage:
+        await self.head_bucket(bucket)
+
+        def scan() -> list[UploadInfo]:
+            found = []
+            for d in self._uploads.iterdir():
+                try:
+                    record = json.loads((d / "upload.json").read_text())
+                except (OSError, ValueError):
+                    continue
+                if record["bucket"] == bucket and record["key"].startswith(prefix):
+                    found.append(UploadInfo(record["key"], d.name,
+                                            datetime.fromisoformat(record["initiated"])))
+            return sorted(found, key=lambda u: (u.key, u.initiated, u.upload_id))
+
+        uploads = await asyncio.to_thread(scan)
+        if key_marker:
+            uploads = [u for u in uploads if u.key > key_marker or (
+                u.key == key_marker and upload_id_marker and u.upload_id > upload_id_marker)]
+        prefixes: list[str] = []
+        result: list[UploadInfo] = []
+        truncated = False
+        for u in uploads:
+            if delimiter:
+                pos = u.key.find(delimiter, len(prefix))
+                if pos >= 0:
+                    common = u.key[: pos + len(delimiter)]
+                    if common not in prefixes:
+                        if len(result) + len(prefixes) >= max_uploads:
+                            truncated = True
+                            break
+                        prefixes.append(common)
+                    continue
+            if len(result) + len(prefixes) >= max_uploads:
+                truncated = True
+                break
+            result.append(u)
+        next_key = result[-1].key if truncated and result else None
+        next_id = result[-1].upload_id if truncated and result else None
+        return UploadsPage(result, prefixes, truncated, next_key, next_id)
+
+
+class _FixedDigest:
+    """Stands in for a hashlib object when the body already computed the MD5."""
+
+    def __init__(self, hex_digest: str) -> None:
+        self._hex = hex_digest
+
+    def hexdigest(self) -> str:
+        return self._hex
