@@ -732,7 +732,7 @@ def encode_to_target(
     latent: torch.Tensor,
     fidelity: Callable[[torch.Tensor], float],
     target: float,
-    steps: Sequence[float] = (0.6, 0.45, 0.34, 0.25, 0.18, 0.13, 0.09),
+    steps: Sequence[float] = (1.0, 0.8, 0.6, 0.45, 0.34, 0.25, 0.18, 0.13, 0.09),
 ) -> tuple[bytes, dict[str, Any], float]:
     """The coarsest step (fewest bytes) whose decoded latent still scores `fidelity` >= target.
 
