@@ -43,13 +43,27 @@ def setup_logging(fmt: str, level: str) -> None:
 
 
 def build_gateway(cfg: Config) -> Any:
-    """Backend + object layer + gateway for a config (shared by serve and tests)."""
+    """Backend, latent-aware object layer and gateway for a config."""
+    from prometheus_client import CollectorRegistry
+
     from .backends.s3 import backend_from_url
+    from .decode.pipeline import DecodePipeline
+    from .decode.renderer import Renderer
+    from .models.registry import ModelRegistry
+    from .objects.latent import LatentObjectLayer
     from .s3.server import Gateway
 
     backend = backend_from_url(cfg.backend, cfg.backend_access_key, cfg.backend_secret_key,
                                cfg.region)
-    return Gateway(cfg, backend)
+    registry = CollectorRegistry()
+    models = ModelRegistry.from_config(cfg.models)
+    pipeline = DecodePipeline(models.get, device=cfg.decode.device,
+                              max_batch=cfg.decode.max_batch, max_wait_ms=cfg.decode.max_wait_ms,
+                              queue_depth=cfg.decode.queue_depth,
+                              cpu_threads=cfg.decode.cpu_threads)
+    renderer = Renderer(models, pipeline)
+    objects = LatentObjectLayer(backend, cfg, models, renderer, registry=registry)
+    return Gateway(cfg, backend, objects, registry=registry)
 
 
 async def _serve(cfg: Config) -> None:

@@ -76,3 +76,13 @@ class ObjectLayer:
 
     def invalidate(self, bucket: str, key: str) -> None:
         """A write or delete of `key` happened: drop anything cached for it."""
+
+    def state(self, bucket: str, key: str) -> str | None:
+        """Why an object is not (yet) latent: for x-s3latent-state on HEAD and GET."""
+        return None
+
+    async def latent_safetensors(self, bucket: str, key: str) -> tuple[ObjectInfo, bytes]:
+        """The latent of a latent object as safetensors; plain objects have none."""
+        from ..s3.errors import S3Error
+
+        raise S3Error("InvalidRequest", "This object is not stored as a latent.")

@@ -56,6 +56,8 @@ def object_headers(info: ObjectInfo) -> dict[str, str]:
         headers["x-amz-tagging-count"] = str(len(meta.tags))
     if info.parts_count:
         headers["x-amz-mp-parts-count"] = str(info.parts_count)
+    rep = meta.internal.get("rep")
+    headers["x-s3latent-representation"] = "latent" if rep in ("latent", "stub") else "plain"
     return headers
 
 
@@ -96,8 +98,11 @@ def reject_unsupported_write_headers(req: S3Request) -> None:
         raise S3Error("InvalidStorageClass", StorageClassRequested=storage_class)
 
 
-def _read_headers(req: S3Request, info: ObjectInfo) -> dict[str, str]:
+def _read_headers(req: S3Request, info: ObjectInfo, gw: Gateway) -> dict[str, str]:
     headers = object_headers(info)
+    state = gw.objects.state(req.bucket or "", req.key or "")
+    if state:
+        headers["x-s3latent-state"] = state
     for param, header in RESPONSE_OVERRIDES.items():
         if param in req.query:
             headers[header] = req.query[param]
@@ -156,9 +161,35 @@ async def _resolve_read(
     return info2, byte_range, body
 
 
+def wants_latent(req: S3Request) -> bool:
+    """`?x-s3latent-want=latent` or the header of that name: the latent, as safetensors."""
+    want = req.query.get("x-s3latent-want") or req.header("x-s3latent-want") or ""
+    if want and want != "latent":
+        raise S3Error("InvalidArgument", "x-s3latent-want must be 'latent'.",
+                      ArgumentName="x-s3latent-want", ArgumentValue=want)
+    return want == "latent"
+
+
+async def get_latent(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None and req.key is not None
+    info, data = await gw.objects.latent_safetensors(req.bucket, req.key)
+    check_preconditions(req.headers, info)
+    headers = object_headers(info)
+    headers["x-s3latent-representation"] = "latent"
+    if req.method == "HEAD":
+        response = web.StreamResponse(headers=headers)
+        response.content_length = len(data)
+        await response.prepare(req.http)
+        await response.write_eof()
+        return response
+    return web.Response(body=data, headers=headers)
+
+
 async def get_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    if wants_latent(req):
+        return await get_latent(gw, req)
     info, byte_range, body = await _resolve_read(gw, req)
-    headers = _read_headers(req, info)
+    headers = _read_headers(req, info, gw)
     if byte_range is None:
         status, length = 200, info.size
         headers.update(_checksum_headers(req, info))

@@ -1,0 +1,108 @@
+"""Containers in, canonical renditions out: stage 1 and 3 around the decode pipeline.
+
+Stage 1 (unpack, decompress, dequantise) and stage 3 (image encoding) run on
+a thread pool; stage 2 is the batched pipeline. Concurrent reads of one object
+share one decode. Finished renditions and fetched containers are kept in the
+dual-format cache when one is given (see s3latent.cache).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..latent import codec as codecs
+from ..latent.container import ContainerHeader, unpack
+from ..latent.rendition import RenderSettings, encode_rendition_sized
+from ..models.registry import ModelRegistry
+from .pipeline import DecodePipeline
+
+
+class Renderer:
+    """See the module docstring."""
+
+    def __init__(self, models: ModelRegistry, pipeline: DecodePipeline, *,
+                 cache: Any = None, workers: int = 2,
+                 on_corrupt: Callable[[str, str, Exception], Exception] | None = None) -> None:
+        self.models = models
+        self.pipeline = pipeline
+        self.cache = cache
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="render")
+        self._inflight: dict[tuple[str, str, str], asyncio.Future[bytes]] = {}
+        self._on_corrupt = on_corrupt
+        self.device_kind = pipeline.devices[0].device.type
+        self.stage_seconds: dict[str, float] = {"decompress": 0.0, "decode": 0.0, "encode": 0.0}
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def decode_pixels(self, model_id: str, latent: torch.Tensor) -> np.ndarray:
+        """uint8 HxWx3 for a latent [C,h,w] (stage 2 only)."""
+        return await self.pipeline.decode(model_id, latent)
+
+    async def rendition(self, bucket: str, key: str, etag: str, raw: bytes,
+                        header_check: Callable[[bytes], tuple[ContainerHeader, bytes]] | None
+                        = None) -> tuple[bytes, str]:
+        """(rendition bytes, path) for the container `raw` stored at (bucket, key, etag)."""
+        ident = (bucket, key, etag)
+        pending = self._inflight.get(ident)
+        if pending is not None:
+            return await asyncio.shield(pending), "shared"
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._inflight[ident] = future
+        try:
+            data = await self._render(raw, header_check or unpack)
+            future.set_result(data)
+            return data, "decode"
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it, nobody logs it as lost
+            raise
+        finally:
+            del self._inflight[ident]
+
+    async def _render(self, raw: bytes,
+                      unpacker: Callable[[bytes], tuple[ContainerHeader, bytes]]) -> bytes:
+        started = time.perf_counter()
+        header, payload = await self._run(unpacker, raw)
+        latent = await self._run(_dequantise, header, payload)
+        decoded = time.perf_counter()
+        self.stage_seconds["decompress"] += decoded - started
+        pixels = await self.pipeline.decode(header.model, latent)
+        encoded = time.perf_counter()
+        self.stage_seconds["decode"] += encoded - decoded
+        settings = RenderSettings(**header.encoder)
+        data, _ = await self._run(encode_rendition_sized, pixels, settings, header.size)
+        self.stage_seconds["encode"] += time.perf_counter() - encoded
+        return data
+
+    def remember(self, bucket: str, key: str, etag: str, data: bytes) -> None:
+        """A rendition computed elsewhere (at upload) that reads can reuse."""
+
+    def invalidate(self, bucket: str, key: str) -> None:
+        """A write or delete of `key` went through this node."""
+
+    async def close(self) -> None:
+        await self.pipeline.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _dequantise(header: ContainerHeader, payload: bytes) -> torch.Tensor:
+    codec = codecs.get_codec(header.codec, model=header.model)
+    latent = codec.decode(payload, header.codec_params, tuple(header.shape), header.dtype)
+    return latent.float()
+
+
+def settings_dict(settings: RenderSettings) -> dict[str, Any]:
+    """RenderSettings as the JSON object a container header stores."""
+    return dataclasses.asdict(settings)
+
+
+Renderable = Callable[[str, torch.Tensor], Awaitable[np.ndarray]]

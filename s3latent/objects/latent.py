@@ -1,0 +1,409 @@
+"""The latent-aware object layer: logical views of containers and stubs.
+
+Reads of a container serve its canonical rendition; reads of a stub serve the
+sidecar rebuilt from the container (same length; identical bytes with a
+lossless codec). Listings show logical sizes and ETags, asking the backend
+only about entries whose physical ETag says they may be latent, and caching
+the answer by (key, physical ETag). Writes keep both keys of a pair readable:
+before a container with a live stub is overwritten or deleted, the sidecar is
+written back as a real object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import torch
+from cachetools import LRUCache
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from ..backends.base import Backend, ListPage, ObjectBody, ObjectInfo, ObjectMeta
+from ..config import Config
+from ..latent import codec as codecs
+from ..latent.container import ContainerError, ContainerHeader, unpack
+from ..latent.sidecar import SidecarError, build_sidecar_bytes, check_channels, parse_sidecar
+from ..models.registry import ModelRegistry, ModelUnavailable, UnknownModel
+from ..s3.errors import S3Error
+from . import physical
+from .conversion import MODEL_META, Converter, looks_like_image
+from .layer import ObjectLayer
+
+log = logging.getLogger(__name__)
+
+LATENT_CONTENT_TYPE = "application/vnd.s3latent.latent+safetensors"
+SAFETENSORS_TYPE = "application/octet-stream"
+FORMAT_META = "s3latent-format"
+_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"),
+            "jpg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+LIST_HEAD_CONCURRENCY = 16
+
+
+class BytesBody:
+    """An in-memory body with the ObjectBody interface."""
+
+    def __init__(self, data: bytes | memoryview, chunk: int = 256 * 1024) -> None:
+        self._data = memoryview(data)
+        self._chunk = chunk
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for i in range(0, len(self._data), self._chunk):
+            yield bytes(self._data[i:i + self._chunk])
+
+    async def close(self) -> None:
+        self._data = memoryview(b"")
+
+
+class LatentObjectLayer(ObjectLayer):
+    """See the module docstring."""
+
+    def __init__(self, backend: Backend, config: Config, models: ModelRegistry,
+                 renderer: Any, *, registry: CollectorRegistry) -> None:
+        super().__init__(backend)
+        self.config = config
+        self.models = models
+        self.renderer = renderer
+        self.converter = Converter(backend, config, models, renderer.decode_pixels,
+                                   registry=registry, device_kind=renderer.device_kind)
+        # (bucket, key, physical etag) -> logical (size, etag, last_modified)
+        self._views: LRUCache[tuple[str, str, str], physical.LogicalView | None] = \
+            LRUCache(maxsize=200_000)
+        self.list_backend_calls = Counter(
+            "s3latent_list_backend_calls", "Backend calls made to answer listings", ["kind"],
+            registry=registry)
+        self.corrupt = Counter("s3latent_corrupt_containers", "Containers that failed to read",
+                               registry=registry)
+        self.read_latency = Histogram(
+            "s3latent_read_seconds", "Read latency by path", ["path"], registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+    async def start(self) -> None:
+        await self.converter.start()
+
+    async def close(self) -> None:
+        await self.converter.close()
+        await self.renderer.close()
+
+    def state(self, bucket: str, key: str) -> str | None:
+        return self.converter.states.get((bucket, key))
+
+    # -- reads -------------------------------------------------------------
+    async def head(self, bucket: str, key: str) -> ObjectInfo:
+        info = await self.backend.head_object(bucket, key)
+        self._views[(bucket, key, info.etag)] = physical.logical_view(info)
+        return physical.logical_info(info)
+
+    async def get(self, bucket: str, key: str, byte_range: tuple[int, int] | None = None
+                  ) -> tuple[ObjectInfo, ObjectBody]:
+        started = time.perf_counter()
+        info, body = await self.backend.get_object(bucket, key, byte_range)
+        rep = physical.representation(info)
+        if rep == "plain":
+            return info, body
+        if byte_range is not None:
+            await body.close()
+            info, body = await self.backend.get_object(bucket, key)
+            rep = physical.representation(info)
+        try:
+            raw = b"".join([chunk async for chunk in body])
+        finally:
+            await body.close()
+        if rep == physical.REP_LATENT:
+            data, path = await self.renderer.rendition(bucket, key, info.etag, raw)
+        else:
+            data, path = await self._sidecar_bytes(bucket, info), "sidecar"
+        logical = physical.logical_info(info)
+        if len(data) != logical.size or hashlib.md5(data).hexdigest() != logical.etag:
+            # Never send a length or ETag that disagrees with the bytes.
+            log.warning("%s/%s rendered to %d bytes (md5 %s), header says %d (%s): render "
+                        "profile changed?", bucket, key, len(data),
+                        hashlib.md5(data).hexdigest(), logical.size, logical.etag)
+            logical.size, logical.etag = len(data), hashlib.md5(data).hexdigest()
+        self.read_latency.labels(path).observe(time.perf_counter() - started)
+        if byte_range is not None:
+            data = data[byte_range[0]:byte_range[1] + 1]
+        return logical, BytesBody(data)
+
+    async def _container(self, bucket: str, key: str) -> tuple[ObjectInfo, ContainerHeader,
+                                                               bytes]:
+        info, body = await self.backend.get_object(bucket, key)
+        try:
+            raw = b"".join([chunk async for chunk in body])
+        finally:
+            await body.close()
+        if physical.representation(info) != physical.REP_LATENT:
+            raise S3Error("NoSuchKey", Key=key)
+        header, payload = self.unpack(bucket, key, raw)
+        return info, header, payload
+
+    def unpack(self, bucket: str, key: str, raw: bytes) -> tuple[ContainerHeader, bytes]:
+        try:
+            return unpack(raw)
+        except ContainerError as exc:
+            self.corrupt.inc()
+            log.error("container %s/%s is unreadable: %s", bucket, key, exc)
+            raise S3Error("InternalError", "The stored object is corrupt.") from exc
+
+    async def _sidecar_bytes(self, bucket: str, stub: ObjectInfo) -> bytes:
+        image_key = stub.meta.internal.get(physical.L_IMAGE, "")
+        view = physical.logical_view(stub)
+        try:
+            _, header, payload = await self._container(bucket, image_key)
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                log.error("stub %s/%s points at %s, which is no container", bucket, stub.key,
+                          image_key)
+                raise S3Error("InternalError", "The sidecar's container is missing.") from exc
+            raise
+        if view is None or header.sidecar is None or header.sidecar.etag != view.etag:
+            raise S3Error("InternalError", "The sidecar's container does not match it.")
+        latent = await asyncio.to_thread(self._decode_latent, header, payload)
+        return await asyncio.to_thread(build_sidecar_bytes, header.sidecar.header_bytes, latent)
+
+    @staticmethod
+    def _decode_latent(header: ContainerHeader, payload: bytes) -> torch.Tensor:
+        codec = codecs.get_codec(header.codec, model=header.model)
+        return codec.decode(payload, header.codec_params, tuple(header.shape), header.dtype)
+
+    async def latent_safetensors(self, bucket: str, key: str) -> tuple[ObjectInfo, bytes]:
+        """The latent of a latent object as a safetensors file (`?x-s3latent-want=latent`)."""
+        info = await self.backend.head_object(bucket, key)
+        rep = physical.representation(info)
+        if rep == physical.REP_STUB:
+            data = await self._sidecar_bytes(bucket, info)
+        elif rep == physical.REP_LATENT:
+            info, header, payload = await self._container(bucket, key)
+            latent = await asyncio.to_thread(self._decode_latent, header, payload)
+            if header.sidecar is not None:
+                data = await asyncio.to_thread(build_sidecar_bytes, header.sidecar.header_bytes,
+                                               latent)
+            else:
+                data = await asyncio.to_thread(_plain_safetensors, latent, header.model)
+        else:
+            raise S3Error("InvalidRequest", "This object is not stored as a latent.")
+        logical = physical.logical_info(info)
+        return ObjectInfo(key, len(data), hashlib.md5(data).hexdigest(), logical.last_modified,
+                          ObjectMeta(content_type=SAFETENSORS_TYPE)), data
+
+    async def list(self, bucket: str, *, prefix: str = "", delimiter: str | None = None,
+                   start_after: str | None = None, max_keys: int = 1000) -> ListPage:
+        page = await self.backend.list_objects(bucket, prefix=prefix, delimiter=delimiter,
+                                               start_after=start_after, max_keys=max_keys)
+        self.list_backend_calls.labels("list").inc()
+        limiter = asyncio.Semaphore(LIST_HEAD_CONCURRENCY)
+
+        async def resolve(entry: Any) -> None:
+            cache_key = (bucket, entry.key, entry.etag)
+            if cache_key not in self._views:
+                async with limiter:
+                    try:
+                        info = await self.backend.head_object(bucket, entry.key)
+                    except S3Error as exc:
+                        if exc.code == "NoSuchKey":
+                            return
+                        raise
+                    self.list_backend_calls.labels("head").inc()
+                    self._views[(bucket, entry.key, info.etag)] = physical.logical_view(info)
+                    if info.etag != entry.etag:
+                        return  # replaced meanwhile; the listing shows what it saw
+            view = self._views.get(cache_key)
+            if view is not None:
+                entry.size, entry.etag, entry.last_modified = view.size, view.etag, \
+                    view.last_modified
+
+        await asyncio.gather(*(resolve(e) for e in page.entries
+                               if physical.may_be_latent(e.etag)))
+        return page
+
+    # -- writes ------------------------------------------------------------
+    async def put(self, bucket: str, key: str, body: AsyncIterable[bytes], meta: ObjectMeta,
+                  *, size: int | None = None, if_match: str | None = None,
+                  if_none_match: str | None = None) -> ObjectInfo:
+        settings = self.config.bucket(bucket)
+        if meta.content_type.split(";")[0].strip().lower() == LATENT_CONTENT_TYPE:
+            return await self._put_latent_only(bucket, key, body, meta, size=size,
+                                               if_match=if_match, if_none_match=if_none_match)
+        image_like = looks_like_image(key, meta.content_type)
+        if if_match is not None or if_none_match is not None or image_like:
+            current = await self._head_or_none(bucket, key)
+            if current is not None:
+                _check_write_conditions(physical.logical_info(current), if_match, if_none_match)
+                if physical.representation(current) == physical.REP_LATENT:
+                    await self._materialize_sidecar(bucket, key, settings.sidecar_suffix)
+            elif if_match is not None:
+                raise S3Error("NoSuchKey", Key=key)
+        info = await self.backend.put_object(bucket, key, body, meta, size=size)
+        if settings.convert:
+            if key.endswith(settings.sidecar_suffix):
+                self.converter.schedule(bucket, key[: -len(settings.sidecar_suffix)])
+            elif image_like:
+                self.converter.schedule(bucket, key)
+        return info
+
+    async def _head_or_none(self, bucket: str, key: str) -> ObjectInfo | None:
+        try:
+            return await self.backend.head_object(bucket, key)
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                return None
+            raise
+
+    async def _materialize_sidecar(self, bucket: str, image_key: str, suffix: str) -> None:
+        """The container at image_key is going away: make its stub a real sidecar again."""
+        side_key = image_key + suffix
+        stub = await self._head_or_none(bucket, side_key)
+        if stub is None or physical.representation(stub) != physical.REP_STUB or \
+                stub.meta.internal.get(physical.L_IMAGE) != image_key:
+            return
+        data = await self._sidecar_bytes(bucket, stub)
+        meta = ObjectMeta(content_type=stub.meta.content_type,
+                          metadata=dict(stub.meta.metadata), headers=dict(stub.meta.headers),
+                          tags=await self.backend.get_tags(bucket, side_key))
+
+        async def once() -> AsyncIterator[bytes]:
+            yield data
+
+        try:
+            await self.backend.put_object(bucket, side_key, once(), meta, size=len(data),
+                                          if_match=stub.etag)
+        except S3Error as exc:
+            if exc.code != "PreconditionFailed":
+                raise
+
+    async def delete(self, bucket: str, key: str) -> None:
+        current = await self._head_or_none(bucket, key)
+        if current is not None and physical.representation(current) == physical.REP_LATENT:
+            await self._materialize_sidecar(bucket, key, self.config.bucket(bucket).sidecar_suffix)
+        await self.backend.delete_object(bucket, key)
+
+    async def copy(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+                   meta: ObjectMeta | None) -> ObjectInfo:
+        source = await self.backend.head_object(src_bucket, src_key)
+        rep = physical.representation(source)
+        if rep == "plain":
+            return await self.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key, meta)
+        current = await self._head_or_none(dst_bucket, dst_key)
+        if current is not None and physical.representation(current) == physical.REP_LATENT:
+            await self._materialize_sidecar(dst_bucket, dst_key,
+                                            self.config.bucket(dst_bucket).sidecar_suffix)
+        if rep == physical.REP_STUB:
+            data = await self._sidecar_bytes(src_bucket, source)
+            new_meta = meta or ObjectMeta(
+                content_type=source.meta.content_type, metadata=dict(source.meta.metadata),
+                headers=dict(source.meta.headers),
+                tags=await self.backend.get_tags(src_bucket, src_key))
+
+            async def once() -> AsyncIterator[bytes]:
+                yield data
+
+            return await self.backend.put_object(dst_bucket, dst_key, once(), new_meta,
+                                                 size=len(data))
+        # A container stays a container: the copy is latent too.
+        info, body = await self.backend.get_object(src_bucket, src_key)
+        try:
+            raw = b"".join([chunk async for chunk in body])
+        finally:
+            await body.close()
+        view = physical.logical_view(info)
+        assert view is not None
+        now = datetime.now(UTC)
+        internal = physical.mirror(physical.REP_LATENT, view.size, view.etag, now)
+        if meta is None:
+            new_meta = ObjectMeta(content_type=info.meta.content_type,
+                                  metadata=dict(info.meta.metadata),
+                                  headers=dict(info.meta.headers),
+                                  tags=await self.backend.get_tags(src_bucket, src_key),
+                                  internal=internal)
+        else:
+            new_meta = ObjectMeta(content_type=meta.content_type, metadata=meta.metadata,
+                                  headers=meta.headers, tags=meta.tags, internal=internal)
+        written = await physical.write_single_part(self.backend, dst_bucket, dst_key, raw,
+                                                   new_meta)
+        self._views[(dst_bucket, dst_key, written.etag)] = physical.LogicalView(
+            view.size, view.etag, now)
+        return ObjectInfo(dst_key, view.size, view.etag, now, new_meta)
+
+    async def _put_latent_only(self, bucket: str, key: str, body: AsyncIterable[bytes],
+                               meta: ObjectMeta, *, size: int | None, if_match: str | None,
+                               if_none_match: str | None) -> ObjectInfo:
+        limit = 64 * 1024 * 1024
+        if size is not None and size > limit:
+            raise S3Error("EntityTooLarge", "A latent upload may be at most 64 MiB.")
+        chunks, total = [], 0
+        async for chunk in body:
+            total += len(chunk)
+            if total > limit:
+                raise S3Error("EntityTooLarge", "A latent upload may be at most 64 MiB.")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        try:
+            sidecar = await asyncio.to_thread(parse_sidecar, data)
+        except SidecarError as exc:
+            raise S3Error("InvalidArgument", f"Invalid latent upload: {exc}") from exc
+        model_id = sidecar.model or meta.metadata.get(MODEL_META)
+        if not model_id:
+            raise S3Error("InvalidArgument", "Invalid latent upload: name the model in the "
+                          "safetensors metadata 'model' or in x-amz-meta-s3latent-model.")
+        wanted = meta.metadata.get(FORMAT_META, "png").lower()
+        if wanted not in _FORMATS:
+            raise S3Error("InvalidArgument", f"Invalid latent upload: x-amz-meta-{FORMAT_META} "
+                          f"must be one of png, jpeg, webp (got {wanted!r}).")
+        fmt, content_type = _FORMATS[wanted]
+        try:
+            spec = self.models.spec(model_id)
+            check_channels(sidecar, spec.latent_channels)
+        except UnknownModel as exc:
+            raise S3Error("InvalidArgument", f"Invalid latent upload: {exc}") from exc
+        except SidecarError as exc:
+            raise S3Error("InvalidArgument", f"Invalid latent upload: {exc}") from exc
+        settings = self.config.bucket(bucket)
+        try:
+            admission = await self.converter.admit_latent_only(settings, sidecar, model_id, fmt,
+                                                               content_type, meta)
+        except ModelUnavailable as exc:
+            raise S3Error("ServiceUnavailable", f"The model {model_id} is unavailable: "
+                          f"{exc}") from exc
+        current = await self._head_or_none(bucket, key)
+        if current is not None:
+            _check_write_conditions(physical.logical_info(current), if_match, if_none_match)
+            if physical.representation(current) == physical.REP_LATENT:
+                await self._materialize_sidecar(bucket, key, settings.sidecar_suffix)
+        elif if_match is not None:
+            raise S3Error("NoSuchKey", Key=key)
+        now = datetime.now(UTC)
+        user_meta = {k: v for k, v in meta.metadata.items() if k not in (FORMAT_META,)}
+        new_meta = ObjectMeta(content_type=content_type, metadata=user_meta,
+                              headers=meta.headers, tags=meta.tags,
+                              internal=physical.mirror(physical.REP_LATENT,
+                                                       admission.header.size,
+                                                       admission.header.etag, now))
+        written = await physical.write_single_part(self.backend, bucket, key,
+                                                   admission.container, new_meta)
+        self._views[(bucket, key, written.etag)] = physical.LogicalView(
+            admission.header.size, admission.header.etag, now)
+        self.renderer.remember(bucket, key, written.etag, admission.rendition)
+        return ObjectInfo(key, admission.header.size, admission.header.etag,
+                          now, new_meta)
+
+    def invalidate(self, bucket: str, key: str) -> None:
+        self.renderer.invalidate(bucket, key)
+
+
+def _check_write_conditions(current: ObjectInfo, if_match: str | None,
+                            if_none_match: str | None) -> None:
+    if if_none_match is not None and if_none_match.strip() == "*":
+        raise S3Error("PreconditionFailed", Condition="If-None-Match")
+    if if_match is not None and if_match.strip('"') not in (current.etag, "*"):
+        raise S3Error("PreconditionFailed", Condition="If-Match")
+
+
+def _plain_safetensors(latent: torch.Tensor, model_id: str) -> bytes:
+    from safetensors.torch import save
+
+    return save({"latent": latent.contiguous()}, metadata={"model": model_id})
+
