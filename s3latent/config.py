@@ -43,7 +43,7 @@ def parse_size(value: str | int) -> int:
 class BucketSettings:
     """Per-bucket behaviour; `[buckets."*"]` gives defaults, a bucket's table overrides."""
 
-    codec: str = "q8"
+    codec: str = "auto"  # or lossless, q8, q6, q4, q8p, q6p, q4p, q3p
     policy: str = "perceptual"  # or "exact"
     min_psnr: float = 40.0
     convert: bool = True
@@ -52,6 +52,11 @@ class BucketSettings:
     def validate(self, name: str) -> None:
         if self.policy not in ("perceptual", "exact"):
             raise ConfigError(f'buckets."{name}".policy must be "perceptual" or "exact"')
+        from .latent.codec import CODEC_NAMES
+
+        if self.codec not in (*CODEC_NAMES, "auto"):
+            raise ConfigError(f'buckets."{name}".codec must be one of auto, '
+                              f"{', '.join(CODEC_NAMES)} (got {self.codec!r})")
         if not self.sidecar_suffix.startswith("."):
             raise ConfigError(f'buckets."{name}".sidecar_suffix must start with "."')
 

@@ -52,7 +52,10 @@ def latent_gateway(request: pytest.FixtureRequest, tiny_model: dict[str, str],
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     workdir = tmp_path_factory.mktemp(f"lgw-{request.param}")
     if request.param == "local":
-        proc = GatewayProcess(f"file://{workdir / 'data'}", workdir, config=_config(tiny_model))
+        # The default codec ("auto": predictive, step searched against the policy) here,
+        # the affine q8 codec on SeaweedFS.
+        proc = GatewayProcess(f"file://{workdir / 'data'}", workdir,
+                              config=_config(tiny_model, codec="auto"))
     else:
         weed = request.getfixturevalue("seaweedfs")
         proc = GatewayProcess(weed.endpoint, workdir, config=_config(tiny_model),
@@ -86,6 +89,12 @@ def make_pair(tiny_model: dict[str, str], seed: int = 0, fmt: str = "PNG",
     Image.fromarray(pixels).save(out, fmt, **({"quality": 92} if fmt == "JPEG" else {}))
     sidecar = save_safetensors({"latent": latent}, metadata={"model": "tiny"})
     return out.getvalue(), sidecar, pixels
+
+
+def _similar(restored: torch.Tensor, original: torch.Tensor) -> bool:
+    """Dequantised values: same shape, close to the original (coarse codecs included)."""
+    corr = torch.corrcoef(torch.stack([restored.flatten(), original.flatten()]))[0, 1]
+    return restored.shape == original.shape and float(corr) > 0.9
 
 
 def wait_latent(s3: Any, bucket: str, key: str, timeout: float = 90.0) -> dict[str, Any]:
@@ -129,7 +138,7 @@ def test_pair_converts_and_reads_back(s3l: Any, lbucket: str, tiny_model: dict[s
     assert len(side) == len(sidecar) == listing["img.png.latent.safetensors"]["Size"]
     original = load_safetensors(sidecar)["latent"].float()
     restored = load_safetensors(side)["latent"].float()
-    assert torch.allclose(restored, original, atol=0.05)
+    assert _similar(restored, original)
     # Range and conditional reads agree with the full read.
     part = s3l.get_object(Bucket=lbucket, Key="img.png", Range="bytes=10-99")
     assert part["Body"].read() == data[10:100]
@@ -145,7 +154,7 @@ def test_pair_converts_and_reads_back(s3l: Any, lbucket: str, tiny_model: dict[s
         "before-sign.s3.GetObject",
         lambda request, **_: request.headers.__setitem__("x-s3latent-want", "latent"))
     as_latent = s3l.get_object(Bucket=lbucket, Key="img.png")["Body"].read()
-    assert torch.allclose(load_safetensors(as_latent)["latent"].float(), original, atol=0.05)
+    assert _similar(load_safetensors(as_latent)["latent"].float(), original)
 
 
 def test_physical_storage_is_the_container(s3l: Any, lbucket: str, tiny_model: dict[str, str],
@@ -155,8 +164,7 @@ def test_physical_storage_is_the_container(s3l: Any, lbucket: str, tiny_model: d
     s3l.put_object(Bucket=lbucket, Key="p.png.latent.safetensors", Body=sidecar)
     wait_latent(s3l, lbucket, "p.png")
     metrics = requests.get(latent_gateway.endpoint + "/metrics", timeout=5).text
-    assert 's3latent_conversions_total{reason="q8",result="admitted"}' in metrics or \
-        'result="admitted"' in metrics
+    assert 'result="admitted"' in metrics and 's3latent_conversions_total' in metrics
 
 
 def test_copy_stays_latent_and_delete_keeps_the_other_key(s3l: Any, lbucket: str,

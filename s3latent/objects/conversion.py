@@ -56,7 +56,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MODEL_META = "s3latent-model"
 SIDECAR_ETAG = "scetag"  # in a container's mirror: the sidecar it was converted with
 # Lossy codecs fall back to these, in order, when their rendition fails the policy.
-FALLBACK = {"q4": ("q6", "q8", "lossless"), "q6": ("q8", "lossless"), "q8": ("lossless",)}
+FALLBACK = {"q4": ("q6", "q8", "lossless"), "q6": ("q8", "lossless"), "q8": ("lossless",),
+            "auto": ("q8p", "lossless"), "q3p": ("q4p", "q8p", "lossless"),
+            "q4p": ("q8p", "lossless"), "q6p": ("q8p", "lossless"), "q8p": ("lossless",)}
+# "auto": the predictive codec at the coarsest step whose rendition meets min_psnr + margin.
+AUTO, AUTO_BASE, AUTO_MARGIN_DB = "auto", "q4p", 0.3
 
 
 def crash_point(name: str) -> None:
@@ -319,9 +323,29 @@ class Converter:
                           f"{w * spec.downscale}, image is {upload.shape[0]}x{upload.shape[1]}")
         render_settings = await asyncio.to_thread(settings_for_upload, image_bytes)
         reasons = []
+        loop = asyncio.get_running_loop()
+
+        def image_psnr(restored: torch.Tensor) -> float:
+            """Admission fidelity of a candidate latent, rendered exactly as reads will."""
+            future = asyncio.run_coroutine_threadsafe(
+                self._render(model_id, restored.float()), loop)
+            data, _ = encode_rendition_sized(future.result(), render_settings, len(image_bytes))
+            return psnr(decode_image_bytes(data)[0], upload)
+
         for codec_name in (settings.codec, *FALLBACK.get(settings.codec, ())):
-            codec = codecs.get_codec(codec_name, model=model_id)
-            payload, params = await asyncio.to_thread(codec.encode, sidecar.latent)
+            if codec_name == AUTO:
+                # The coarsest step of the predictive codec that still meets the policy.
+                codec_name = AUTO_BASE
+                codec = codecs.get_codec(codec_name, model=model_id)
+                target = settings.min_psnr + AUTO_MARGIN_DB
+                try:
+                    payload, params, _ = await asyncio.to_thread(
+                        codecs.encode_to_target, codec, sidecar.latent, image_psnr, target)
+                except ModelUnavailable as exc:
+                    raise Refused(f"model unavailable: {exc}") from exc
+            else:
+                codec = codecs.get_codec(codec_name, model=model_id)
+                payload, params = await asyncio.to_thread(codec.encode, sidecar.latent)
             restored = await asyncio.to_thread(codec.decode, payload, params,
                                                tuple(sidecar.latent.shape), sidecar.raw_dtype)
             try:
@@ -345,9 +369,23 @@ class Converter:
         """A latent with no upload to compare against: the reference is its own decode."""
         reference = await self._render(model_id, sidecar.latent.float())
         render_settings = RenderSettings(fmt)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+
+        def pixel_psnr(restored: torch.Tensor) -> float:
+            future = asyncio.run_coroutine_threadsafe(
+                self._render(model_id, restored.float()), loop)
+            return psnr(future.result(), reference)
+
         for codec_name in (settings.codec, *FALLBACK.get(settings.codec, ())):
-            codec = codecs.get_codec(codec_name, model=model_id)
-            payload, params = await asyncio.to_thread(codec.encode, sidecar.latent)
+            if codec_name == AUTO:
+                codec_name = AUTO_BASE
+                codec = codecs.get_codec(codec_name, model=model_id)
+                payload, params, _ = await asyncio.to_thread(
+                    codecs.encode_to_target, codec, sidecar.latent, pixel_psnr,
+                    settings.min_psnr + AUTO_MARGIN_DB)
+            else:
+                codec = codecs.get_codec(codec_name, model=model_id)
+                payload, params = await asyncio.to_thread(codec.encode, sidecar.latent)
             if codec.lossless:
                 pixels = reference
             else:
