@@ -12,6 +12,12 @@ from typing import Any
 from . import __version__
 from .config import Config, ConfigError, load_config
 
+# `s3latent bench NAME ...` -> module with main(argv) -> int
+BENCHMARKS = {
+    "gateway": "s3latent.bench.gateway_bench",
+    "memory": "s3latent.bench.memory_check",
+}
+
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -42,8 +48,12 @@ def setup_logging(fmt: str, level: str) -> None:
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
-def build_gateway(cfg: Config) -> Any:
-    """Backend, latent-aware object layer and gateway for a config."""
+def build_gateway(cfg: Config, *, background: bool = True) -> Any:
+    """Backend, latent-aware object layer and gateway for a config.
+
+    `background=False` leaves out the conversion workers and the sweeper (tools
+    that drive the converter themselves).
+    """
     from prometheus_client import CollectorRegistry
 
     from .backends.s3 import backend_from_url
@@ -62,7 +72,8 @@ def build_gateway(cfg: Config) -> Any:
                               queue_depth=cfg.decode.queue_depth,
                               cpu_threads=cfg.decode.cpu_threads)
     renderer = Renderer(models, pipeline)
-    objects = LatentObjectLayer(backend, cfg, models, renderer, registry=registry)
+    objects = LatentObjectLayer(backend, cfg, models, renderer, registry=registry,
+                                background=background)
     return Gateway(cfg, backend, objects, registry=registry)
 
 
@@ -101,7 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
     serve.add_argument("--log-level", default="INFO")
 
+    bench = sub.add_parser("bench", help="benchmarks (each has its own --help)",
+                           add_help=False)
+    bench.add_argument("which", choices=sorted(BENCHMARKS))
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        import importlib
+
+        module = importlib.import_module(BENCHMARKS[args.which])
+        return int(module.main(args.rest))
     if args.command == "serve":
         try:
             cfg = load_config(args.config, listen=args.listen, backend=args.backend,

@@ -63,8 +63,9 @@ class LatentObjectLayer(ObjectLayer):
     """See the module docstring."""
 
     def __init__(self, backend: Backend, config: Config, models: ModelRegistry,
-                 renderer: Any, *, registry: CollectorRegistry) -> None:
+                 renderer: Any, *, registry: CollectorRegistry, background: bool = True) -> None:
         super().__init__(backend)
+        self._background = background
         self.config = config
         self.models = models
         self.renderer = renderer
@@ -83,7 +84,8 @@ class LatentObjectLayer(ObjectLayer):
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 
     async def start(self) -> None:
-        await self.converter.start()
+        if self._background:
+            await self.converter.start()
 
     async def close(self) -> None:
         await self.converter.close()
