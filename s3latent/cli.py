@@ -72,8 +72,16 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
                               queue_depth=cfg.decode.queue_depth,
                               cpu_threads=cfg.decode.cpu_threads)
     renderer = Renderer(models, pipeline)
+    cache = None
+    if cfg.cache.memory > 0:
+        from .cache.readpath import ReadCache
+
+        try:
+            cache = ReadCache(cfg.cache, registry)
+        except ImportError:  # TEMPORARY until s3latent.cache.dual lands
+            cache = None
     objects = LatentObjectLayer(backend, cfg, models, renderer, registry=registry,
-                                background=background)
+                                background=background, cache=cache)
     return Gateway(cfg, backend, objects, registry=registry)
 
 

@@ -2,8 +2,7 @@
 
 Stage 1 (unpack, decompress, dequantise) and stage 3 (image encoding) run on
 a thread pool; stage 2 is the batched pipeline. Concurrent reads of one object
-share one decode. Finished renditions and fetched containers are kept in the
-dual-format cache when one is given (see s3latent.cache).
+share one decode. Caching is the caller's (s3latent.cache.readpath).
 """
 
 from __future__ import annotations
@@ -29,14 +28,11 @@ class Renderer:
     """See the module docstring."""
 
     def __init__(self, models: ModelRegistry, pipeline: DecodePipeline, *,
-                 cache: Any = None, workers: int = 2,
-                 on_corrupt: Callable[[str, str, Exception], Exception] | None = None) -> None:
+                 workers: int = 2) -> None:
         self.models = models
         self.pipeline = pipeline
-        self.cache = cache
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="render")
         self._inflight: dict[tuple[str, str, str], asyncio.Future[bytes]] = {}
-        self._on_corrupt = on_corrupt
         self.device_kind = pipeline.devices[0].device.type
         self.stage_seconds: dict[str, float] = {"decompress": 0.0, "decode": 0.0, "encode": 0.0}
 
@@ -82,12 +78,6 @@ class Renderer:
         data, _ = await self._run(encode_rendition_sized, pixels, settings, header.size)
         self.stage_seconds["encode"] += time.perf_counter() - encoded
         return data
-
-    def remember(self, bucket: str, key: str, etag: str, data: bytes) -> None:
-        """A rendition computed elsewhere (at upload) that reads can reuse."""
-
-    def invalidate(self, bucket: str, key: str) -> None:
-        """A write or delete of `key` went through this node."""
 
     async def close(self) -> None:
         await self.pipeline.close()

@@ -24,6 +24,7 @@ from cachetools import LRUCache
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..backends.base import Backend, ListPage, ObjectBody, ObjectInfo, ObjectMeta
+from ..cache.readpath import Entry, ReadCache
 from ..config import Config
 from ..latent import codec as codecs
 from ..latent.container import ContainerError, ContainerHeader, unpack
@@ -59,13 +60,21 @@ class BytesBody:
         self._data = memoryview(b"")
 
 
+def _slice(data: bytes, byte_range: tuple[int, int] | None) -> bytes | memoryview:
+    if byte_range is None:
+        return data
+    return memoryview(data)[byte_range[0]:byte_range[1] + 1]
+
+
 class LatentObjectLayer(ObjectLayer):
     """See the module docstring."""
 
     def __init__(self, backend: Backend, config: Config, models: ModelRegistry,
-                 renderer: Any, *, registry: CollectorRegistry, background: bool = True) -> None:
+                 renderer: Any, *, registry: CollectorRegistry, background: bool = True,
+                 cache: ReadCache | None = None) -> None:
         super().__init__(backend)
         self._background = background
+        self.cache = cache
         self.config = config
         self.models = models
         self.renderer = renderer
@@ -103,10 +112,35 @@ class LatentObjectLayer(ObjectLayer):
     async def get(self, bucket: str, key: str, byte_range: tuple[int, int] | None = None
                   ) -> tuple[ObjectInfo, ObjectBody]:
         started = time.perf_counter()
+        cache = self.cache
+        if cache is not None:
+            hit = cache.image(bucket, key)
+            if hit is not None:
+                self._record(bucket, key, "image_hit", started, hit, None)
+                return hit.info, BytesBody(_slice(hit.data, byte_range))
+            warm = cache.latent(bucket, key)
+            if warm is not None:
+                data, _ = await self.renderer.rendition(bucket, key, warm.physical_etag,
+                                                        warm.data, self._unpacker(bucket, key))
+                logical = self._checked(bucket, key, warm.info, data)
+                image = Entry(logical, data)
+                if cache.should_promote(bucket, key):
+                    cache.put_image(bucket, key, image)
+                self._record(bucket, key, "latent_hit", started, image, warm)
+                return logical, BytesBody(_slice(data, byte_range))
         info, body = await self.backend.get_object(bucket, key, byte_range)
         rep = physical.representation(info)
         if rep == "plain":
-            return info, body
+            if cache is None or byte_range is not None or not cache.cacheable_plain(info):
+                return info, body
+            try:
+                data = b"".join([chunk async for chunk in body])
+            finally:
+                await body.close()
+            entry = Entry(info, data)
+            cache.put_image(bucket, key, entry)
+            self._record(bucket, key, "plain", started, entry, None)
+            return info, BytesBody(data)
         if byte_range is not None:
             await body.close()
             info, body = await self.backend.get_object(bucket, key)
@@ -115,21 +149,38 @@ class LatentObjectLayer(ObjectLayer):
             raw = b"".join([chunk async for chunk in body])
         finally:
             await body.close()
-        if rep == physical.REP_LATENT:
-            data, path = await self.renderer.rendition(bucket, key, info.etag, raw)
-        else:
-            data, path = await self._sidecar_bytes(bucket, info), "sidecar"
+        if rep != physical.REP_LATENT:
+            data = await self._sidecar_bytes(bucket, info)
+            self.read_latency.labels("sidecar").observe(time.perf_counter() - started)
+            return self._checked(bucket, key, info, data), BytesBody(_slice(data, byte_range))
+        container = Entry(physical.logical_info(info), raw, info.etag)
+        data, _ = await self.renderer.rendition(bucket, key, info.etag, raw,
+                                                self._unpacker(bucket, key))
+        logical = self._checked(bucket, key, info, data)
+        if cache is not None:
+            cache.put_latent(bucket, key, container)
+        self._record(bucket, key, "miss", started, Entry(logical, data), container)
+        return logical, BytesBody(_slice(data, byte_range))
+
+    def _checked(self, bucket: str, key: str, info: ObjectInfo, data: bytes) -> ObjectInfo:
+        """The logical info to send with `data`: never a length or ETag that disagrees."""
         logical = physical.logical_info(info)
         if len(data) != logical.size or hashlib.md5(data).hexdigest() != logical.etag:
-            # Never send a length or ETag that disagrees with the bytes.
+            digest = hashlib.md5(data).hexdigest()
             log.warning("%s/%s rendered to %d bytes (md5 %s), header says %d (%s): render "
-                        "profile changed?", bucket, key, len(data),
-                        hashlib.md5(data).hexdigest(), logical.size, logical.etag)
-            logical.size, logical.etag = len(data), hashlib.md5(data).hexdigest()
-        self.read_latency.labels(path).observe(time.perf_counter() - started)
-        if byte_range is not None:
-            data = data[byte_range[0]:byte_range[1] + 1]
-        return logical, BytesBody(data)
+                        "profile changed?", bucket, key, len(data), digest, logical.size,
+                        logical.etag)
+            logical = ObjectInfo(logical.key, len(data), digest, logical.last_modified,
+                                 logical.meta)
+        return logical
+
+    def _record(self, bucket: str, key: str, path: str, started: float, image: Entry,
+                container: Entry | None) -> None:
+        elapsed = time.perf_counter() - started
+        self.read_latency.labels(path).observe(elapsed)
+        if self.cache is not None:
+            self.cache.record(bucket, key, path, elapsed, len(image),
+                              len(container) if container is not None else 0)
 
     async def _container(self, bucket: str, key: str) -> tuple[ObjectInfo, ContainerHeader,
                                                                bytes]:
@@ -142,6 +193,9 @@ class LatentObjectLayer(ObjectLayer):
             raise S3Error("NoSuchKey", Key=key)
         header, payload = self.unpack(bucket, key, raw)
         return info, header, payload
+
+    def _unpacker(self, bucket: str, key: str) -> Any:
+        return lambda raw: self.unpack(bucket, key, raw)
 
     def unpack(self, bucket: str, key: str, raw: bytes) -> tuple[ContainerHeader, bytes]:
         try:
@@ -388,12 +442,12 @@ class LatentObjectLayer(ObjectLayer):
                                                    admission.container, new_meta)
         self._views[(bucket, key, written.etag)] = physical.LogicalView(
             admission.header.size, admission.header.etag, now)
-        self.renderer.remember(bucket, key, written.etag, admission.rendition)
         return ObjectInfo(key, admission.header.size, admission.header.etag,
                           now, new_meta)
 
     def invalidate(self, bucket: str, key: str) -> None:
-        self.renderer.invalidate(bucket, key)
+        if self.cache is not None:
+            self.cache.invalidate(bucket, key)
 
 
 def _check_write_conditions(current: ObjectInfo, if_match: str | None,
