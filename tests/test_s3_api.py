@@ -446,3 +446,29 @@ def test_last_modified_is_recent(s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="lm", Body=b"x")
     lm = s3.head_object(Bucket=bucket, Key="lm")["LastModified"]
     assert abs(datetime.now(UTC) - lm) < timedelta(minutes=2)
+
+
+def test_list_object_versions_of_unversioned_bucket(s3: Any, bucket: str) -> None:
+    for k in ("a", "b/c", "b/d", "e"):
+        s3.put_object(Bucket=bucket, Key=k, Body=b"v")
+    resp = s3.list_object_versions(Bucket=bucket, Delimiter="/")
+    assert [(v["Key"], v["VersionId"], v["IsLatest"]) for v in resp["Versions"]] == [
+        ("a", "null", True), ("e", "null", True)]
+    assert [p["Prefix"] for p in resp["CommonPrefixes"]] == ["b/"]
+    keys = [v["Key"] for page in s3.get_paginator("list_object_versions").paginate(
+        Bucket=bucket, PaginationConfig={"PageSize": 1}) for v in page.get("Versions", [])]
+    assert keys == ["a", "b/c", "b/d", "e"]
+    s3.delete_object(Bucket=bucket, Key="a", VersionId="null")
+    with pytest.raises(ClientError) as exc:
+        s3.delete_object(Bucket=bucket, Key="e", VersionId="3HL4kqtJlcpXroDTDmjVBH40Nrjfkd")
+    assert _code(exc.value) == "InvalidArgument"
+
+
+def test_get_object_attributes(s3: Any, bucket: str) -> None:
+    put = s3.put_object(Bucket=bucket, Key="attr", Body=b"12345", ChecksumAlgorithm="CRC32")
+    resp = s3.get_object_attributes(Bucket=bucket, Key="attr",
+                                    ObjectAttributes=["ETag", "ObjectSize", "StorageClass",
+                                                      "Checksum"])
+    assert resp["ETag"] == put["ETag"].strip('"') and resp["ObjectSize"] == 5
+    assert resp["StorageClass"] == "STANDARD"
+    assert resp["Checksum"]["ChecksumCRC32"] == put["ChecksumCRC32"]

@@ -38,7 +38,7 @@ Handler = Callable[["Gateway", S3Request], Awaitable[web.StreamResponse]]
 _UNSUPPORTED_SUBRESOURCES = (
     "accelerate", "analytics", "intelligent-tiering", "inventory", "logging", "metrics",
     "notification", "replication", "requestPayment", "restore", "select", "torrent",
-    "versions", "legal-hold", "retention", "attributes", "renameObject", "session",
+    "legal-hold", "retention", "renameObject", "session",
     "metadataTable", "metadataConfiguration",
 )
 
@@ -83,6 +83,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "ListMultipartUploads", multipart.list_multipart_uploads
             if "versioning" in q:
                 return "GetBucketVersioning", buckets.get_bucket_versioning
+            if "versions" in q:
+                return "ListObjectVersions", buckets.list_object_versions
             if "acl" in q:
                 return "GetBucketAcl", buckets.get_bucket_acl
             for sub in buckets.NOT_CONFIGURED:
@@ -115,6 +117,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
             return "GetObjectTagging", objects.get_object_tagging
         if "acl" in q and method == "GET":
             return "GetObjectAcl", objects.get_object_acl
+        if "attributes" in q and method == "GET":
+            return "GetObjectAttributes", objects.get_object_attributes
         return ("GetObject" if method == "GET" else "HeadObject"), objects.get_object
     if method == "PUT":
         if "tagging" in q:

@@ -238,3 +238,64 @@ async def list_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
     result["CommonPrefixes"] = [{"Prefix": enc(p)} for p in prefixes] or None
     root = "ListBucketResult"
     return _xml(xml.render(root, result))
+
+
+async def list_object_versions(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    """Buckets are never versioned: every object is its only version, VersionId "null"."""
+    assert req.bucket is not None
+    q = req.query
+    encoding = q.get("encoding-type")
+    if encoding is not None and encoding.lower() != "url":
+        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request",
+                      ArgumentName="encoding-type", ArgumentValue=encoding)
+    enc = (lambda s: quote(s, safe="/")) if encoding else (lambda s: s)
+    prefix = q.get("prefix", "")
+    delimiter = q.get("delimiter") or None
+    max_keys = _int_param(req, "max-keys", 1000, 1000)
+    key_marker = q.get("key-marker") or None
+    version_marker = q.get("version-id-marker")
+    if version_marker and not key_marker:
+        raise S3Error("InvalidArgument", "A version-id marker cannot be specified without a "
+                      "key marker.", ArgumentName="version-id-marker",
+                      ArgumentValue=version_marker)
+    if version_marker and version_marker != "null":
+        raise S3Error("InvalidArgument", "Invalid version id specified",
+                      ArgumentName="version-id-marker", ArgumentValue=version_marker)
+    await gw.backend.head_bucket(req.bucket)
+    entries: list[Any] = []
+    prefixes: list[str] = []
+    truncated, last = False, None
+    if max_keys:
+        page = await gw.objects.list(req.bucket, prefix=prefix, delimiter=delimiter,
+                                     start_after=_start_after(key_marker, delimiter),
+                                     max_keys=max_keys)
+        entries, prefixes = page.entries, page.common_prefixes
+        truncated, last = page.is_truncated, page.next_start_after
+    result: dict[str, Any] = {
+        "Name": req.bucket,
+        "Prefix": enc(prefix),
+        "KeyMarker": enc(key_marker or ""),
+        "VersionIdMarker": version_marker or "",
+        "MaxKeys": max_keys,
+        "Delimiter": enc(delimiter) if delimiter else None,
+        "EncodingType": "url" if encoding else None,
+        "IsTruncated": truncated,
+    }
+    if truncated and last is not None:
+        result["NextKeyMarker"] = enc(last)
+        result["NextVersionIdMarker"] = "null"
+    result["Version"] = [
+        {
+            "Key": enc(e.key),
+            "VersionId": "null",
+            "IsLatest": True,
+            "LastModified": e.last_modified,
+            "ETag": f'"{e.etag}"',
+            "Size": e.size,
+            "Owner": owner(req),
+            "StorageClass": "STANDARD",
+        }
+        for e in entries
+    ] or None
+    result["CommonPrefixes"] = [{"Prefix": enc(p)} for p in prefixes] or None
+    return _xml(xml.render("ListVersionsResult", result))

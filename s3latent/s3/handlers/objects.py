@@ -256,6 +256,10 @@ def _unquoted(value: str | None) -> str | None:
 
 async def delete_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
+    version = req.query.get("versionId")
+    if version is not None and version != "null":
+        raise S3Error("InvalidArgument", "Invalid version id specified",
+                      ArgumentName="versionId", ArgumentValue=version)
     await gw.backend.head_bucket(req.bucket)
     gw.objects.invalidate(req.bucket, req.key)
     await gw.objects.delete(req.bucket, req.key)
@@ -424,3 +428,32 @@ def owner_acl(req: S3Request) -> bytes:
         },
     )
 
+
+
+_ATTRIBUTES = {"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"}
+
+
+async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None and req.key is not None
+    wanted = {a.strip() for a in (req.header("x-amz-object-attributes") or "").split(",")
+              if a.strip()}
+    if not wanted or wanted - _ATTRIBUTES:
+        raise S3Error("InvalidArgument", "Invalid attribute name specified.",
+                      ArgumentName="x-amz-object-attributes")
+    info = await gw.objects.head(req.bucket, req.key)
+    check_preconditions(req.headers, info)
+    body: dict[str, object] = {}
+    if "ETag" in wanted:
+        body["ETag"] = info.etag
+    if "Checksum" in wanted and info.meta.checksums:
+        body["Checksum"] = {f"Checksum{alg.upper()}": value
+                            for alg, value in info.meta.checksums.items()}
+    if "ObjectParts" in wanted and info.parts_count:
+        body["ObjectParts"] = {"TotalPartsCount": info.parts_count}
+    if "StorageClass" in wanted:
+        body["StorageClass"] = "STANDARD"
+    if "ObjectSize" in wanted:
+        body["ObjectSize"] = info.size
+    headers = {"Last-Modified": http_date(info.last_modified)}
+    return web.Response(body=xml.render("GetObjectAttributesResponse", body),
+                        content_type="application/xml", headers=headers)
