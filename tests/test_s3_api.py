@@ -472,3 +472,36 @@ def test_get_object_attributes(s3: Any, bucket: str) -> None:
     assert resp["ETag"] == put["ETag"].strip('"') and resp["ObjectSize"] == 5
     assert resp["StorageClass"] == "STANDARD"
     assert resp["Checksum"]["ChecksumCRC32"] == put["ChecksumCRC32"]
+
+
+def test_not_modified_carries_validators(s3: Any, bucket: str) -> None:
+    etag = s3.put_object(Bucket=bucket, Key="v", Body=b"validators")["ETag"]
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="v", IfNoneMatch=etag)
+    headers = exc.value.response["ResponseMetadata"]["HTTPHeaders"]
+    assert headers["etag"] == etag and headers["last-modified"]
+
+
+def test_retried_complete_answers_again(s3: Any, bucket: str) -> None:
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="rc")["UploadId"]
+    e1 = s3.upload_part(Bucket=bucket, Key="rc", UploadId=uid, PartNumber=1, Body=b"x")["ETag"]
+    parts = {"Parts": [{"PartNumber": 1, "ETag": e1}]}
+    first = s3.complete_multipart_upload(Bucket=bucket, Key="rc", UploadId=uid,
+                                         MultipartUpload=parts)
+    again = s3.complete_multipart_upload(Bucket=bucket, Key="rc", UploadId=uid,
+                                         MultipartUpload=parts)
+    assert again["ETag"] == first["ETag"]
+
+
+def test_keys_with_spaces_in_xml_are_verbatim(s3: Any, bucket: str) -> None:
+    for key in ("_", "_ ", " "):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"x")
+    resp = s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "_ "}, {"Key": " "}]})
+    assert sorted(d["Key"] for d in resp["Deleted"]) == [" ", "_ "]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["_"]
+    s3.put_object_tagging(Bucket=bucket, Key="_", Tagging={"TagSet": [
+        {"Key": " b ", "Value": " v "}, {"Key": "a", "Value": "1"}]})
+    tags = s3.get_object_tagging(Bucket=bucket, Key="_")["TagSet"]
+    assert tags == [{"Key": " b ", "Value": " v "}, {"Key": "a", "Value": "1"}]
+    head = s3.head_object(Bucket=bucket, Key="_")
+    assert head["ResponseMetadata"]["HTTPHeaders"]["x-amz-tagging-count"] == "2"

@@ -51,6 +51,8 @@ class ObjectInfo:
     last_modified: datetime  # timezone-aware UTC
     meta: ObjectMeta = field(default_factory=ObjectMeta)
     parts_count: int | None = None
+    # Number of tags when the backend reports it without the tags themselves.
+    tag_count: int | None = None
 
 
 @dataclass

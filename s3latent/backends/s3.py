@@ -611,7 +611,11 @@ def _info_from_headers(key: str, headers: Any) -> ObjectInfo:
         "PartsCount": headers.get("x-amz-mp-parts-count"),
         "ResponseMetadata": {"HTTPHeaders": {n.lower(): v for n, v in headers.items()}},
     }
-    return _info_from(key, resp)
+    info = _info_from(key, resp)
+    count = headers.get("x-amz-tagging-count")
+    if count and count.isdigit():
+        info.tag_count = int(count)
+    return info
 
 
 def _info_from(key: str, resp: dict[str, Any]) -> ObjectInfo:

@@ -69,7 +69,7 @@ def logical_info(info: ObjectInfo) -> ObjectInfo:
     if view is None:
         return info
     return ObjectInfo(info.key, view.size, view.etag, view.last_modified, info.meta,
-                      parts_count=None)
+                      parts_count=None, tag_count=info.tag_count)
 
 
 def mirror(rep: str, size: int, etag: str, modified: datetime, **extra: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from ..backends.base import ObjectInfo
 from .errors import S3Error
-from .request import parse_http_date
+from .request import http_date, parse_http_date
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -43,6 +43,9 @@ def check_preconditions(headers: Mapping[str, str], info: ObjectInfo, *, prefix:
     ims = parse_http_date(ims_raw) if ims_raw else None
     ius = parse_http_date(ius_raw) if ius_raw else None
     not_modified = "PreconditionFailed" if prefix else "NotModified"
+    # A 304 carries the validators a 200 would have (RFC 9110 15.4.5).
+    validators = {} if prefix else {"ETag": f'"{info.etag}"',
+                                    "Last-Modified": http_date(info.last_modified)}
 
     if if_match is not None:
         if not etag_matches(if_match, info.etag):
@@ -52,9 +55,10 @@ def check_preconditions(headers: Mapping[str, str], info: ObjectInfo, *, prefix:
 
     if if_none_match is not None:
         if etag_matches(if_none_match, info.etag):
-            raise S3Error(not_modified, Condition=prefix + "If-None-Match")
+            raise S3Error(not_modified, headers=validators, Condition=prefix + "If-None-Match")
     elif ims is not None and not _modified_since(info, ims):
-        raise S3Error(not_modified, Condition=prefix + "If-Modified-Since")
+        raise S3Error(not_modified, headers=validators,
+                      Condition=prefix + "If-Modified-Since")
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

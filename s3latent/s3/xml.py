@@ -48,7 +48,9 @@ def parse(data: bytes, root: str) -> dict[str, Any]:
     if len(data) > MAX_XML_BODY:
         raise S3Error("MalformedXML", "The XML you provided was too large.")
     try:
-        doc = xmltodict.parse(data, disable_entities=True, process_namespaces=False)
+        # Text is verbatim: leading/trailing spaces are part of S3 keys and tags.
+        doc = xmltodict.parse(data, disable_entities=True, process_namespaces=False,
+                              strip_whitespace=False)
     except (ExpatError, ValueError) as exc:
         raise S3Error("MalformedXML") from exc
     if not isinstance(doc, dict) or len(doc) != 1:
@@ -61,9 +63,13 @@ def parse(data: bytes, root: str) -> dict[str, Any]:
 
 def _strip_ns(value: Any) -> Any:
     if isinstance(value, dict):
-        return {
+        out = {
             k.rpartition(":")[2]: _strip_ns(v) for k, v in value.items() if not k.startswith("@")
         }
+        # Whitespace between child elements is not content.
+        if len(out) > 1 and isinstance(out.get("#text"), str) and not out["#text"].strip():
+            del out["#text"]
+        return out
     if isinstance(value, list):
         return [_strip_ns(v) for v in value]
     return value

@@ -67,7 +67,7 @@ async def create_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
     body = await req.read_small_body()
     if body.strip():
         doc = xml.parse(body, "CreateBucketConfiguration")
-        location = xml.text(doc.get("LocationConstraint"))
+        location = xml.text(doc.get("LocationConstraint")).strip()
         if location and location != gw.config.region:
             raise S3Error(
                 "IllegalLocationConstraintException",

@@ -7,6 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from cachetools import TTLCache
 
 from ...backends.base import MAX_PART_NUMBER
 from .. import xml
@@ -20,6 +21,9 @@ from .objects import owner, parse_copy_source, reject_unsupported_write_headers
 if TYPE_CHECKING:
     from ..server import Gateway
 
+# (bucket, key, upload id) -> (parts, result) of recent Completes, for retried ones.
+COMPLETED: TTLCache[tuple[str, str, str], tuple[list[tuple[int, str]], Any]] = TTLCache(
+    maxsize=10_000, ttl=6 * 3600)
 _COPY_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d+)$")
 _CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
 
@@ -136,7 +140,17 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
     if any(b <= a for a, b in itertools.pairwise(numbers)):
         raise S3Error("InvalidPartOrder", UploadId=upload_id)
     gw.objects.invalidate(req.bucket, req.key)
-    info = await gw.backend.complete_multipart_upload(req.bucket, req.key, upload_id, parts)
+    done_key = (req.bucket, req.key, upload_id)
+    try:
+        info = await gw.backend.complete_multipart_upload(req.bucket, req.key, upload_id, parts)
+    except S3Error as exc:
+        # A retried Complete whose first answer was lost: answer it again (S3 does).
+        previous = COMPLETED.get(done_key)
+        if exc.code != "NoSuchUpload" or previous is None or previous[0] != parts:
+            raise
+        info = previous[1]
+    else:
+        COMPLETED[done_key] = (parts, info)
     gw.objects.invalidate(req.bucket, req.key)
     body = xml.render(
         "CompleteMultipartUploadResult",

@@ -52,8 +52,9 @@ def object_headers(info: ObjectInfo) -> dict[str, str]:
         headers[name.title()] = value
     for name, value in meta.metadata.items():
         headers[f"x-amz-meta-{name}"] = value
-    if meta.tags:
-        headers["x-amz-tagging-count"] = str(len(meta.tags))
+    tag_count = info.tag_count if info.tag_count is not None else len(meta.tags)
+    if tag_count:
+        headers["x-amz-tagging-count"] = str(tag_count)
     if info.parts_count:
         headers["x-amz-mp-parts-count"] = str(info.parts_count)
     rep = meta.internal.get("rep")
@@ -369,7 +370,7 @@ async def get_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     await gw.objects.head(req.bucket, req.key)
     tags = await gw.backend.get_tags(req.bucket, req.key)
-    tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
+    tag_list = [{"Key": k, "Value": tags[k]} for k in sorted(tags)]
     body = xml.render("Tagging", {"TagSet": {"Tag": tag_list} if tag_list else ""})
     return web.Response(body=body, content_type="application/xml")
 
