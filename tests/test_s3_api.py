@@ -505,3 +505,37 @@ def test_keys_with_spaces_in_xml_are_verbatim(s3: Any, bucket: str) -> None:
     assert tags == [{"Key": " b ", "Value": " v "}, {"Key": "a", "Value": "1"}]
     head = s3.head_object(Bucket=bucket, Key="_")
     assert head["ResponseMetadata"]["HTTPHeaders"]["x-amz-tagging-count"] == "2"
+
+
+@pytest.mark.parametrize("version", ["s3v4", "default"])
+def test_post_object_form_upload(gateway: GatewayProcess, bucket: str, version: str) -> None:
+    s3 = gateway.client(signature_version="s3v4") if version == "s3v4" else gateway.client()
+    post = s3.generate_presigned_post(
+        bucket, "uploads/${filename}",
+        Fields={"x-amz-meta-who": "form", "Content-Type": "image/png"},
+        Conditions=[["starts-with", "$key", "uploads/"], {"x-amz-meta-who": "form"},
+                    {"Content-Type": "image/png"}, ["content-length-range", 1, 1000]],
+        ExpiresIn=60)
+    r = requests.post(post["url"], data=post["fields"],
+                      files={"file": ("pic.png", b"form body", "image/png")}, timeout=10)
+    assert r.status_code == 204, r.text
+    got = s3.get_object(Bucket=bucket, Key="uploads/pic.png")
+    assert got["Body"].read() == b"form body" and got["Metadata"] == {"who": "form"}
+    assert r.headers["ETag"] == got["ETag"]
+    # Too large for the policy: refused, nothing stored.
+    r = requests.post(post["url"], data=post["fields"],
+                      files={"file": ("big.png", b"x" * 2000, "image/png")}, timeout=10)
+    assert r.status_code == 400 and b"EntityTooLarge" in r.content
+    # A field the policy does not allow.
+    r = requests.post(post["url"], data={**post["fields"], "x-amz-meta-extra": "1"},
+                      files={"file": ("e.png", b"x", "image/png")}, timeout=10)
+    assert r.status_code == 403 and b"Extra input fields" in r.content
+    # Tampered policy signature.
+    fields = dict(post["fields"])
+    sig = "x-amz-signature" if "x-amz-signature" in fields else "signature"
+    fields[sig] = ("0" * 64) if sig == "x-amz-signature" else "AAAA" + fields[sig][4:]
+    r = requests.post(post["url"], data=fields, files={"file": ("t.png", b"x", "image/png")},
+                      timeout=10)
+    assert r.status_code == 403 and b"SignatureDoesNotMatch" in r.content
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == ["uploads/pic.png"]

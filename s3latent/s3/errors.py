@@ -46,6 +46,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "InvalidURI": (400, "Couldn't parse the specified URI."),
     "InvalidBucketName": (400, "The specified bucket is not valid."),
     "InvalidDigest": (400, "The Content-MD5 you specified is not valid."),
+    "InvalidPolicyDocument": (
+        400,
+        "The content of the form does not meet the conditions specified in the policy "
+        "document.",
+    ),
     "InvalidPart": (
         400,
         "One or more of the specified parts could not be found. The part may not have been "

@@ -27,7 +27,7 @@ from ..objects.layer import ObjectLayer
 from . import xml
 from .auth import authenticate
 from .errors import S3Error
-from .handlers import buckets, multipart, objects
+from .handlers import buckets, multipart, objects, post_object
 from .names import check_bucket_name
 from .request import S3Request, parse_query, split_target
 
@@ -107,7 +107,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
         if method == "POST":
             if "delete" in q:
                 return "DeleteObjects", objects.delete_objects
-            raise S3Error("NotImplemented", "POST object uploads are not supported.")
+            raise S3Error("InvalidArgument", "POST to a bucket must be a multipart/form-data "
+                          "upload (POST Object) or ?delete.")
         raise S3Error("MethodNotAllowed", Method=method, ResourceType="BUCKET")
 
     if method in ("GET", "HEAD"):
@@ -195,6 +196,10 @@ def make_app(gw: Gateway) -> web.Application:
             if _is_internal_endpoint(request):
                 operation = request.path.lstrip("/")
                 response = await _internal(gw, request.path)
+            elif bucket is not None and post_object.is_post_object(request, bucket, key):
+                operation = "PostObject"
+                check_bucket_name(bucket)
+                response = await post_object.post_object(gw, request, bucket, request_id)
             else:
                 raw_query = request.rel_url.raw_query_string
                 auth = authenticate(
