@@ -539,3 +539,11 @@ def test_post_object_form_upload(gateway: GatewayProcess, bucket: str, version: 
     assert r.status_code == 403 and b"SignatureDoesNotMatch" in r.content
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == ["uploads/pic.png"]
+
+
+def test_pending_upload_does_not_keep_bucket(s3: Any) -> None:
+    name = f"mpu-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=name)
+    s3.create_multipart_upload(Bucket=name, Key="never-completed")
+    s3.delete_bucket(Bucket=name)  # as on S3: uploads are not objects
+    assert name not in [b["Name"] for b in s3.list_buckets()["Buckets"]]

@@ -149,7 +149,7 @@ class Backend(Protocol):
         """Raises NoSuchBucket."""
 
     async def delete_bucket(self, bucket: str) -> None:
-        """Raises NoSuchBucket, BucketNotEmpty (objects or in-progress uploads)."""
+        """Raises NoSuchBucket, BucketNotEmpty (objects; in-progress uploads do not count)."""
 
     # -- objects ---------------------------------------------------------
     async def put_object(

@@ -248,9 +248,12 @@ class LocalBackend:
     async def delete_bucket(self, bucket: str) -> None:
         await self.head_bucket(bucket)
         keys = await self._keys(bucket)
-        uploads = await self.list_multipart_uploads(bucket, max_uploads=1)
-        if keys or uploads.uploads:
+        if keys:
             raise S3Error("BucketNotEmpty", resource=bucket, BucketName=bucket)
+        # As on S3, in-progress multipart uploads do not keep a bucket alive.
+        uploads = await self.list_multipart_uploads(bucket)
+        for upload in uploads.uploads:
+            await asyncio.to_thread(shutil.rmtree, self._upload_dir(upload.upload_id), True)
         await asyncio.to_thread(shutil.rmtree, self._bucket_dir(bucket))
         self._index.pop(bucket, None)
 

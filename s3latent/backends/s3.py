@@ -276,8 +276,7 @@ class S3Backend:
         self._buckets.pop(bucket, None)
         await self.head_bucket(bucket)
         page = await self.list_objects(bucket, max_keys=1)
-        uploads = await self.list_multipart_uploads(bucket, max_uploads=1)
-        if page.entries or page.common_prefixes or uploads.uploads:
+        if page.entries or page.common_prefixes:
             raise S3Error("BucketNotEmpty", resource=bucket, BucketName=bucket)
         await self._call("delete_bucket", bucket)
         self._buckets.pop(bucket, None)
