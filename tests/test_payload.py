@@ -273,7 +273,7 @@ async def test_trailer_missing_or_undeclared() -> None:
     garbage = req.body.replace(b"x-amz-checksum-crc32:", b"no colon here ")
     await _fails(req, "MalformedTrailerError", body=garbage)
     bad_value = req.body.replace(b"x-amz-checksum-crc32:", b"x-amz-checksum-crc32:Zm9v")
-    await _fails(req, "InvalidRequest", body=bad_value)
+    await _fails(req, "BadDigest", body=bad_value)
 
 
 async def test_trailer_without_final_blank_line_is_accepted() -> None:
@@ -471,8 +471,8 @@ def test_header_errors() -> None:
 
     cases = [
         (variant(**{"x-amz-checksum-md5": "1B2M2Y8AsgTpgAmY7PhCfg=="}), "InvalidArgument"),
-        (variant(**{"x-amz-checksum-crc32": "not-base64"}), "InvalidRequest"),
-        (variant(**{"x-amz-checksum-crc32": "AAAAAAAAAAA="}), "InvalidRequest"),
+        (variant(**{"x-amz-checksum-crc32": "not-base64"}), "BadDigest"),
+        (variant(**{"x-amz-checksum-crc32": "AAAAAAAAAAA="}), "BadDigest"),
         (
             variant(**{"x-amz-checksum-crc32": "AAAAAA==", "x-amz-checksum-sha1": "A" * 27 + "="}),
             "InvalidRequest",

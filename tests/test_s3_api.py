@@ -547,3 +547,23 @@ def test_pending_upload_does_not_keep_bucket(s3: Any) -> None:
     s3.create_multipart_upload(Bucket=name, Key="never-completed")
     s3.delete_bucket(Bucket=name)  # as on S3: uploads are not objects
     assert name not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+
+
+def test_listing_and_attribute_details_clients_rely_on(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="k\nnl", Body=b"x")
+    assert s3.list_objects_v2(Bucket=bucket, ContinuationToken="")["KeyCount"] == 1
+    assert s3.list_objects(Bucket=bucket, Prefix="k\n")["Prefix"] == "k\n"
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="mp3")["UploadId"]
+    etags = [s3.upload_part(Bucket=bucket, Key="mp3", UploadId=uid, PartNumber=n,
+                            Body=b"p" * (5 * 1024 * 1024 if n < 3 else 10))["ETag"]
+             for n in (1, 2, 3)]
+    s3.complete_multipart_upload(Bucket=bucket, Key="mp3", UploadId=uid, MultipartUpload={
+        "Parts": [{"PartNumber": n, "ETag": e} for n, e in zip((1, 2, 3), etags, strict=True)]})
+    attrs = s3.get_object_attributes(Bucket=bucket, Key="mp3", ObjectAttributes=["ObjectParts"])
+    assert attrs["ObjectParts"]["TotalPartsCount"] == 3
+    uid = s3.create_multipart_upload(Bucket=bucket, Key="cp")["UploadId"]
+    with pytest.raises(ClientError) as exc:
+        s3.upload_part_copy(Bucket=bucket, Key="cp", UploadId=uid, PartNumber=1,
+                            CopySource={"Bucket": bucket, "Key": "k\nnl"},
+                            CopySourceRange="bytes=0-21")
+    assert _code(exc.value) == "InvalidRange"

@@ -187,7 +187,9 @@ class PayloadReader:
                 )
             value = (headers.get(name) or "").strip()
             if not is_valid_b64(suffix, value):
-                raise _invalid(f"Value for {name} header is invalid.")
+                # A value that cannot be the digest cannot match it: BadDigest, as
+                # SeaweedFS and Ceph answer (and the ceph/s3-tests suite expects).
+                raise S3Error("BadDigest", f"Value for {name} header is invalid.")
             seen.append(suffix)
             self._expected.setdefault(suffix, []).append(value)
             wanted.add(suffix)
@@ -452,7 +454,7 @@ class PayloadReader:
             if algorithm in received:
                 raise _malformed_trailer(f"The trailing header {name} was sent twice.")
             if not is_valid_b64(algorithm, value):
-                raise _invalid(f"Value for {name} trailing header is invalid.")
+                raise S3Error("BadDigest", f"Value for {name} trailing header is invalid.")
             received.add(algorithm)
             self._expected.setdefault(algorithm, []).append(value)
         for algorithm in self._trailer_algorithms:

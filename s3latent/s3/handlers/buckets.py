@@ -172,10 +172,7 @@ async def list_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
 
     if v2:
         token = q.get("continuation-token")
-        if token is not None:
-            if token == "":
-                raise S3Error("InvalidArgument", "The continuation token provided is incorrect",
-                              ArgumentName="continuation-token")
+        if token:  # an empty token lists from the start, as S3 does
             start = decode_token(token)
         else:
             start = _start_after(q.get("start-after"), delimiter)
@@ -213,7 +210,8 @@ async def list_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
         if fetch_owner:
             item["Owner"] = owner(req)
         contents.append(item)
-    result: dict[str, Any] = {"Name": req.bucket, "Prefix": enc(prefix)}
+    # v1 echoes Prefix as sent (clients do not decode it there); v2 encodes it.
+    result: dict[str, Any] = {"Name": req.bucket, "Prefix": enc(prefix) if v2 else prefix}
     if v2:
         if "start-after" in q:
             result["StartAfter"] = enc(q["start-after"])

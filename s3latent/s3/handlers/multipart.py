@@ -116,8 +116,8 @@ def _copy_range(header: str | None, size: int) -> tuple[int, int] | None:
                       "first and last bytes to copy")
     first, last = int(m.group(1)), int(m.group(2))
     if last >= size:
-        raise S3Error("InvalidArgument", f"Range specified is not valid for source object of "
-                      f"size: {size}")
+        raise S3Error("InvalidRange", f"Range specified is not valid for source object of "
+                      f"size: {size}", headers={"Content-Range": f"bytes */{size}"})
     return first, last
 
 

@@ -449,8 +449,11 @@ async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamRespon
     if "Checksum" in wanted and info.meta.checksums:
         body["Checksum"] = {f"Checksum{alg.upper()}": value
                             for alg, value in info.meta.checksums.items()}
-    if "ObjectParts" in wanted and info.parts_count:
-        body["ObjectParts"] = {"TotalPartsCount": info.parts_count}
+    parts = info.parts_count
+    if parts is None and "-" in info.etag and info.etag.rsplit("-", 1)[1].isdigit():
+        parts = int(info.etag.rsplit("-", 1)[1])  # a multipart ETag says how many
+    if "ObjectParts" in wanted and parts:
+        body["ObjectParts"] = {"TotalPartsCount": parts}
     if "StorageClass" in wanted:
         body["StorageClass"] = "STANDARD"
     if "ObjectSize" in wanted:
