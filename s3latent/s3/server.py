@@ -234,9 +234,9 @@ def make_app(gw: Gateway) -> web.Application:
         elapsed = time.perf_counter() - started
         gw.requests.labels(operation, str(response.status)).inc()
         gw.latency.labels(operation).observe(elapsed)
-        log.info(
+        log.info(  # raw_path: percent-encoded, so keys cannot forge log lines
             "%s %s %s %s %d %.1fms",
-            request_id, request.remote, operation, request.method + " " + request.path,
+            request_id, request.remote, operation, request.method + " " + request.raw_path,
             response.status, elapsed * 1000,
             extra={"request_id": request_id, "operation": operation,
                    "status": response.status, "ms": round(elapsed * 1000, 2)},
@@ -250,7 +250,8 @@ def make_app(gw: Gateway) -> web.Application:
         response.headers["Server"] = "s3latent"
 
     app = web.Application(client_max_size=0)
-    app.router.add_route("*", "/{tail:.*}", handle)
+    # Any path, newlines included (S3 keys may contain them).
+    app.router.add_route("*", r"/{tail:[\s\S]*}", handle)
     app.on_response_prepare.append(add_ids)
 
     async def on_startup(_: web.Application) -> None:

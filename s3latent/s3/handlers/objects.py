@@ -453,7 +453,7 @@ async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamRespon
     if parts is None and "-" in info.etag and info.etag.rsplit("-", 1)[1].isdigit():
         parts = int(info.etag.rsplit("-", 1)[1])  # a multipart ETag says how many
     if "ObjectParts" in wanted and parts:
-        body["ObjectParts"] = {"TotalPartsCount": parts}
+        body["ObjectParts"] = {"PartsCount": parts}  # TotalPartsCount on the wire
     if "StorageClass" in wanted:
         body["StorageClass"] = "STANDARD"
     if "ObjectSize" in wanted:
