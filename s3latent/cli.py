@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
 from typing import Any
 
@@ -100,8 +101,13 @@ async def _serve(cfg: Config) -> None:
     log = logging.getLogger("s3latent")
     log.info("s3latent %s listening on http://%s:%d, backend %s, %d user(s)",
              __version__, host, port, gw.backend.name, len(cfg.users))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("shutting down: finishing requests in flight")
     finally:
         await runner.cleanup()
 
