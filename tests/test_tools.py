@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import io
 import json
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -330,3 +331,72 @@ def test_inspect_corrupt_container(tmp_path: Path, capsys: pytest.CaptureFixture
     assert inspect.main([f"s3://{BUCKET}/z.png", "--backend", f"file://{data}"]) == 1
     captured = capsys.readouterr()
     assert "UNREADABLE" in captured.out and "bad magic" in captured.err
+
+
+async def test_find_pairs_across_pages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sidecars pair with images listed pages earlier, beyond the window too (via HEAD)."""
+    monkeypatch.setattr(convert, "LIST_PAGE", 2)
+    monkeypatch.setattr(convert, "PAIR_WINDOW", 1)
+    keys = [
+        "p/a",
+        "p/a-1",
+        "p/a-2",
+        "p/a-3",
+        "p/a" + SUFFIX,
+        "p/b",
+        "p/b" + SUFFIX,
+        "p/orphan" + SUFFIX,
+        "q/c",
+        "q/c" + SUFFIX,
+    ]
+    await _put_all(tmp_path, {k: (k.encode(), "application/octet-stream") for k in keys})
+    backend = LocalBackend(tmp_path)
+    await backend.start()
+    try:
+        pairs = [p async for p in convert.find_pairs(backend, BUCKET, "p/", SUFFIX)]
+        assert [(p.image, p.sidecar) for p in pairs] == [
+            ("p/a", "p/a" + SUFFIX),
+            ("p/b", "p/b" + SUFFIX),
+        ]
+        assert pairs[0].image_size == 3 and pairs[0].sidecar_size == len("p/a" + SUFFIX)
+        # A prefix that cuts through a pair: the image is not under it, so no pair.
+        assert [p async for p in convert.find_pairs(backend, BUCKET, "p/a.", SUFFIX)] == []
+    finally:
+        await backend.close()
+
+
+@pytest.mark.seaweedfs
+def test_convert_and_inspect_on_s3_backend(
+    seaweedfs: Any,
+    tiny_model: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Same tools against a real S3 store: internal metadata, ranged header reads."""
+    client = seaweedfs.client()
+    bucket = f"tools-{uuid.uuid4().hex[:10]}"
+    client.create_bucket(Bucket=bucket)
+    for i in range(2):
+        image, sidecar = make_pair(tiny_model, seed=20 + i)
+        client.put_object(Bucket=bucket, Key=f"g/{i}.png", Body=image, ContentType="image/png")
+        client.put_object(Bucket=bucket, Key=f"g/{i}.png{SUFFIX}", Body=sidecar)
+    monkeypatch.setenv("S3LATENT_BACKEND_ACCESS_KEY", seaweedfs.access_key)
+    monkeypatch.setenv("S3LATENT_BACKEND_SECRET_KEY", seaweedfs.secret_key)
+    cfg = write_config(tmp_path / "c.toml", tiny_model, tmp_path / "unused")
+    common = ["--config", str(cfg), "--backend", seaweedfs.endpoint]
+    out = tmp_path / "r.json"
+    assert convert.main([f"s3://{bucket}/g/", *common, "--quiet", "--json", str(out)]) == 0
+    s = json.loads(out.read_text())["summary"]
+    assert (s["pairs_found"], s["admitted"], s["errors"]) == (2, 2, 0)
+    assert 0 < s["bytes_after"] < s["bytes_before"]
+    assert convert.main([f"s3://{bucket}/g/", *common, "--quiet", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["summary"]["already_latent"] == 2
+    capsys.readouterr()
+    assert inspect.main([f"s3://{bucket}/g/0.png", *common, "--json", "--verify"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["representation"] == "latent" and got["verified"] is True
+    assert got["header"]["model"] == "tiny" and got["mirror_agrees"] is True
+    assert inspect.main([f"s3://{bucket}/g/0.png{SUFFIX}", *common, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["representation"] == "stub" and got["matches_container"] is True

@@ -41,6 +41,7 @@ from . import (
 
 # Listing keys remembered to pair a sidecar with its image without a HEAD.
 PAIR_WINDOW = 10_000
+LIST_PAGE = 1000
 DETAIL_LINES = 10  # refused / failed keys printed under the table (all are in --json)
 
 # Results of one pair.
@@ -217,7 +218,9 @@ async def find_pairs(
     window: OrderedDict[str, ListEntry] = OrderedDict()
     start: str | None = None
     while True:
-        page = await backend.list_objects(bucket, prefix=prefix, start_after=start, max_keys=1000)
+        page = await backend.list_objects(
+            bucket, prefix=prefix, start_after=start, max_keys=LIST_PAGE
+        )
         for entry in page.entries:
             if entry.key.endswith(suffix) and len(entry.key) > len(suffix):
                 image_key = entry.key[: -len(suffix)]
