@@ -58,21 +58,13 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
     from prometheus_client import CollectorRegistry
 
     from .backends.s3 import backend_from_url
-    from .decode.pipeline import DecodePipeline
-    from .decode.renderer import Renderer
-    from .models.registry import ModelRegistry
+    from .decode.machinery import Machinery
     from .objects.latent import LatentObjectLayer
     from .s3.server import Gateway
 
     backend = backend_from_url(cfg.backend, cfg.backend_access_key, cfg.backend_secret_key,
                                cfg.region)
     registry = CollectorRegistry()
-    models = ModelRegistry.from_config(cfg.models)
-    pipeline = DecodePipeline(models.get, device=cfg.decode.device,
-                              max_batch=cfg.decode.max_batch, max_wait_ms=cfg.decode.max_wait_ms,
-                              queue_depth=cfg.decode.queue_depth,
-                              cpu_threads=cfg.decode.cpu_threads)
-    renderer = Renderer(models, pipeline)
     cache = None
     if cfg.cache.memory > 0:
         from .cache.readpath import ReadCache
@@ -81,7 +73,7 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
             cache = ReadCache(cfg.cache, registry)
         except ImportError:  # TEMPORARY until s3latent.cache.dual lands
             cache = None
-    objects = LatentObjectLayer(backend, cfg, models, renderer, registry=registry,
+    objects = LatentObjectLayer(backend, cfg, Machinery(cfg), registry=registry,
                                 background=background, cache=cache)
     return Gateway(cfg, backend, objects, registry=registry)
 

@@ -14,37 +14,21 @@ writes the stub); never neither.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..backends.base import Backend, ObjectInfo, ObjectMeta
-from ..config import BucketSettings, Config
-from ..decode.renderer import settings_dict
-from ..latent import codec as codecs
-from ..latent.container import ContainerHeader, SidecarInfo, pack
-from ..latent.fidelity import decode_image_bytes, psnr
-from ..latent.rendition import (
-    RenderSettings,
-    encode_rendition_sized,
-    render_profile,
-    settings_for_upload,
-)
-from ..latent.sidecar import Sidecar, SidecarError, check_channels, parse_sidecar
-from ..models.registry import ModelRegistry, ModelUnavailable, UnknownModel
+from ..config import Config
 from ..s3.errors import S3Error
 from . import physical
+
+if TYPE_CHECKING:
+    from ..decode.machinery import Machinery
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +39,6 @@ IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG",
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 MODEL_META = "s3latent-model"
 SIDECAR_ETAG = "scetag"  # in a container's mirror: the sidecar it was converted with
-# Lossy codecs fall back to these, in order, when their rendition fails the policy.
-FALLBACK = {"q4": ("q6", "q8", "lossless"), "q6": ("q8", "lossless"), "q8": ("lossless",),
-            "auto": ("q8p", "lossless"), "q3p": ("q4p", "q8p", "lossless"),
-            "q4p": ("q8p", "lossless"), "q6p": ("q8p", "lossless"), "q8p": ("lossless",)}
-# "auto": the predictive codec at the coarsest step whose rendition meets min_psnr + margin.
-AUTO, AUTO_BASE, AUTO_MARGIN_DB = "auto", "q4p", 0.3
 
 
 def crash_point(name: str) -> None:
@@ -72,13 +50,6 @@ def crash_point(name: str) -> None:
 
 class Refused(Exception):
     """The pair stays plain; the message is the reason recorded for it."""
-
-
-@dataclass
-class Admission:
-    container: bytes
-    header: ContainerHeader
-    rendition: bytes
 
 
 def looks_like_image(key: str, content_type: str | None) -> bool:
@@ -105,17 +76,14 @@ class Converter:
         self,
         backend: Backend,
         config: Config,
-        models: ModelRegistry,
-        render: Callable[[str, torch.Tensor], Any],
+        machinery: Machinery,
         *,
         registry: CollectorRegistry,
-        device_kind: str = "cpu",
     ) -> None:
         self.backend = backend
         self.config = config
-        self.models = models
-        self._render = render  # async (model_id, latent[C,h,w]) -> uint8 HxWx3
-        self.device_kind = device_kind
+        self.machinery = machinery
+        self._admitter: Any = None
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._queued: set[tuple[str, str]] = set()
         self._workers: list[asyncio.Task[None]] = []
@@ -130,6 +98,14 @@ class Converter:
         self._active = 0
         self.idle = asyncio.Event()
         self.idle.set()
+
+    def admitter(self) -> Any:
+        """The admission code, imported on first use (it loads torch)."""
+        if self._admitter is None:
+            from .admission import Admitter
+
+            self._admitter = Admitter(self.machinery)
+        return self._admitter
 
     # -- lifecycle -------------------------------------------------------
     async def start(self) -> None:
@@ -230,7 +206,8 @@ class Converter:
         try:
             image, image_bytes = await read_all(self.backend, bucket, key, MAX_IMAGE_BYTES)
             side, side_bytes = await read_all(self.backend, bucket, side_key, MAX_SIDECAR_BYTES)
-            admission = await self.admit(settings, key, image, image_bytes, side, side_bytes)
+            admission = await self.admitter().admit(settings, key, image, image_bytes, side,
+                                                    side_bytes)
         except Refused as exc:
             return await self._refuse(bucket, key, side_key, f"{image.etag}:{side.etag}",
                                       str(exc))
@@ -291,165 +268,6 @@ class Converter:
         self._refused[(bucket, key)] = f"{pair}:{reason}"
         self._set_state(bucket, key, f"refused: {reason}")
         return f"refused: {reason}"
-
-    async def admit(self, settings: BucketSettings, key: str, image: ObjectInfo,
-                    image_bytes: bytes, side: ObjectInfo, side_bytes: bytes) -> Admission:
-        """Decide and build the container; raises Refused with the reason."""
-        try:
-            sidecar = await asyncio.to_thread(parse_sidecar, side_bytes)
-        except SidecarError as exc:
-            raise Refused(f"bad sidecar: {exc}") from exc
-        model_id = (sidecar.model or image.meta.metadata.get(MODEL_META)
-                    or side.meta.metadata.get(MODEL_META))
-        if not model_id:
-            raise Refused("the sidecar names no model (metadata 'model' or "
-                          "x-amz-meta-s3latent-model)")
-        try:
-            spec = self.models.spec(model_id)
-            check_channels(sidecar, spec.latent_channels)
-        except UnknownModel as exc:
-            raise Refused(f"unknown model: {exc}") from exc
-        except SidecarError as exc:
-            raise Refused(f"bad sidecar: {exc}") from exc
-        try:
-            upload, info = await asyncio.to_thread(decode_image_bytes, image_bytes)
-        except Exception as exc:
-            raise Refused(f"image cannot be read: {exc}") from exc
-        if info.refusal:
-            raise Refused(f"image not representable by a VAE: {info.refusal}")
-        _, h, w = sidecar.latent.shape
-        if (h * spec.downscale, w * spec.downscale) != upload.shape[:2]:
-            raise Refused(f"latent {h}x{w} decodes to {h * spec.downscale}x"
-                          f"{w * spec.downscale}, image is {upload.shape[0]}x{upload.shape[1]}")
-        render_settings = await asyncio.to_thread(settings_for_upload, image_bytes)
-        reasons = []
-        loop = asyncio.get_running_loop()
-
-        def image_psnr(restored: torch.Tensor) -> float:
-            """Admission fidelity of a candidate latent, rendered exactly as reads will."""
-            future = asyncio.run_coroutine_threadsafe(
-                self._render(model_id, restored.float()), loop)
-            data, _ = encode_rendition_sized(future.result(), render_settings, len(image_bytes))
-            return psnr(decode_image_bytes(data)[0], upload)
-
-        for codec_name in (settings.codec, *FALLBACK.get(settings.codec, ())):
-            if codec_name == AUTO:
-                # The coarsest step of the predictive codec that still meets the policy.
-                codec_name = AUTO_BASE
-                codec = codecs.get_codec(codec_name, model=model_id)
-                target = settings.min_psnr + AUTO_MARGIN_DB
-                try:
-                    payload, params, _ = await asyncio.to_thread(
-                        codecs.encode_to_target, codec, sidecar.latent, image_psnr, target)
-                except ModelUnavailable as exc:
-                    raise Refused(f"model unavailable: {exc}") from exc
-            else:
-                codec = codecs.get_codec(codec_name, model=model_id)
-                payload, params = await asyncio.to_thread(codec.encode, sidecar.latent)
-            restored = await asyncio.to_thread(codec.decode, payload, params,
-                                               tuple(sidecar.latent.shape), sidecar.raw_dtype)
-            try:
-                pixels = await self._render(model_id, restored.float())
-            except ModelUnavailable as exc:
-                raise Refused(f"model unavailable: {exc}") from exc
-            rendition, used = await asyncio.to_thread(
-                encode_rendition_sized, pixels, render_settings, len(image_bytes))
-            ok, fidelity, why = await self._policy(settings, rendition, image_bytes, upload)
-            if ok:
-                header = self._header(model_id, sidecar, codec_name, params, payload, image,
-                                      rendition, used, fidelity, side, side_bytes, settings)
-                return Admission(pack(header, payload), header, rendition)
-            reasons.append(f"{codec_name}: {why}")
-            if settings.policy == "exact" and codec.lossless:
-                break
-        raise Refused("admission policy failed (" + "; ".join(reasons) + ")")
-
-    async def admit_latent_only(self, settings: BucketSettings, sidecar: Sidecar, model_id: str,
-                                fmt: str, content_type: str, meta: ObjectMeta) -> Admission:
-        """A latent with no upload to compare against: the reference is its own decode."""
-        reference = await self._render(model_id, sidecar.latent.float())
-        render_settings = RenderSettings(fmt)  # type: ignore[arg-type]
-        loop = asyncio.get_running_loop()
-
-        def pixel_psnr(restored: torch.Tensor) -> float:
-            future = asyncio.run_coroutine_threadsafe(
-                self._render(model_id, restored.float()), loop)
-            return psnr(future.result(), reference)
-
-        for codec_name in (settings.codec, *FALLBACK.get(settings.codec, ())):
-            if codec_name == AUTO:
-                codec_name = AUTO_BASE
-                codec = codecs.get_codec(codec_name, model=model_id)
-                payload, params, _ = await asyncio.to_thread(
-                    codecs.encode_to_target, codec, sidecar.latent, pixel_psnr,
-                    settings.min_psnr + AUTO_MARGIN_DB)
-            else:
-                codec = codecs.get_codec(codec_name, model=model_id)
-                payload, params = await asyncio.to_thread(codec.encode, sidecar.latent)
-            if codec.lossless:
-                pixels = reference
-            else:
-                restored = await asyncio.to_thread(codec.decode, payload, params,
-                                                   tuple(sidecar.latent.shape), sidecar.raw_dtype)
-                pixels = await self._render(model_id, restored.float())
-            value = await asyncio.to_thread(psnr, pixels, reference)
-            if value == float("inf") or (settings.policy == "perceptual"
-                                         and value >= settings.min_psnr):
-                rendition, used = await asyncio.to_thread(encode_rendition_sized, pixels,
-                                                          render_settings, None)
-                header = ContainerHeader(
-                    model=model_id, shape=list(sidecar.latent.shape), dtype=sidecar.raw_dtype,
-                    codec=codec_name, codec_params=params, size=len(rendition),
-                    etag=hashlib.md5(rendition).hexdigest(), content_type=content_type,
-                    last_modified=datetime.now(UTC).isoformat(), image_format=fmt.lower(),
-                    encoder=settings_dict(used),
-                    psnr=None if value == float("inf") else value,
-                    render_profile=render_profile(used, model_id, "float32", self.device_kind),
-                    sidecar=None, user_metadata=dict(meta.metadata))
-                return Admission(pack(header, payload), header, rendition)
-        raise AssertionError("the lossless fallback always reproduces the reference")
-
-    async def _policy(self, settings: BucketSettings, rendition: bytes, image_bytes: bytes,
-                      upload: np.ndarray) -> tuple[bool, float, str]:
-        rendered, _ = await asyncio.to_thread(decode_image_bytes, rendition)
-        value = await asyncio.to_thread(psnr, rendered, upload)
-        if settings.policy == "exact":
-            same = rendition == image_bytes
-            return same, value, "rendition is not byte-identical to the upload"
-        ok = value >= settings.min_psnr
-        return ok, value, f"PSNR {value:.2f} dB < {settings.min_psnr} dB"
-
-    def _header(self, model_id: str, sidecar: Sidecar, codec_name: str, params: dict[str, Any],
-                payload: bytes, image: ObjectInfo, rendition: bytes, render_settings: Any,
-                fidelity: float, side: ObjectInfo, side_bytes: bytes,
-                settings: BucketSettings) -> ContainerHeader:
-        return ContainerHeader(
-            model=model_id,
-            shape=list(sidecar.latent.shape),
-            dtype=sidecar.raw_dtype,
-            codec=codec_name,
-            codec_params=params,
-            size=len(rendition),
-            etag=hashlib.md5(rendition).hexdigest(),
-            content_type=image.meta.content_type,
-            last_modified=image.last_modified.isoformat(),
-            image_format=render_settings.format.lower(),
-            encoder=settings_dict(render_settings),
-            psnr=None if fidelity == float("inf") else fidelity,
-            render_profile=render_profile(render_settings, model_id, "float32",
-                                          self.device_kind),
-            sidecar=SidecarInfo(
-                suffix=settings.sidecar_suffix,
-                size=len(side_bytes),
-                etag=side.etag,
-                content_type=side.meta.content_type,
-                last_modified=side.last_modified.isoformat(),
-                header_b64=base64.b64encode(sidecar.header_bytes).decode(),
-                dtype=sidecar.raw_dtype,
-                shape=list(sidecar.raw_shape),
-            ),
-            user_metadata=dict(image.meta.metadata),
-        )
 
     # -- sweeper -----------------------------------------------------------
     async def _sweep_forever(self) -> None:

@@ -17,23 +17,22 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from cachetools import LRUCache
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..backends.base import Backend, ListPage, ObjectBody, ObjectInfo, ObjectMeta
 from ..cache.readpath import Entry, ReadCache
 from ..config import Config
-from ..latent import codec as codecs
 from ..latent.container import ContainerError, ContainerHeader, unpack
-from ..latent.sidecar import SidecarError, build_sidecar_bytes, check_channels, parse_sidecar
-from ..models.registry import ModelRegistry, ModelUnavailable, UnknownModel
 from ..s3.errors import S3Error
 from . import physical
 from .conversion import MODEL_META, Converter, looks_like_image
 from .layer import ObjectLayer
+
+if TYPE_CHECKING:
+    from ..decode.machinery import Machinery
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +68,15 @@ def _slice(data: bytes, byte_range: tuple[int, int] | None) -> bytes | memoryvie
 class LatentObjectLayer(ObjectLayer):
     """See the module docstring."""
 
-    def __init__(self, backend: Backend, config: Config, models: ModelRegistry,
-                 renderer: Any, *, registry: CollectorRegistry, background: bool = True,
+    def __init__(self, backend: Backend, config: Config, machinery: Machinery, *,
+                 registry: CollectorRegistry, background: bool = True,
                  cache: ReadCache | None = None) -> None:
         super().__init__(backend)
         self._background = background
         self.cache = cache
         self.config = config
-        self.models = models
-        self.renderer = renderer
-        self.converter = Converter(backend, config, models, renderer.decode_pixels,
-                                   registry=registry, device_kind=renderer.device_kind)
+        self.machinery = machinery
+        self.converter = Converter(backend, config, machinery, registry=registry)
         # (bucket, key, physical etag) -> logical (size, etag, last_modified)
         self._views: LRUCache[tuple[str, str, str], physical.LogicalView | None] = \
             LRUCache(maxsize=200_000)
@@ -98,7 +95,7 @@ class LatentObjectLayer(ObjectLayer):
 
     async def close(self) -> None:
         await self.converter.close()
-        await self.renderer.close()
+        await self.machinery.close()
 
     def state(self, bucket: str, key: str) -> str | None:
         return self.converter.states.get((bucket, key))
@@ -120,7 +117,8 @@ class LatentObjectLayer(ObjectLayer):
                 return hit.info, BytesBody(_slice(hit.data, byte_range))
             warm = cache.latent(bucket, key)
             if warm is not None:
-                data, _ = await self.renderer.rendition(bucket, key, warm.physical_etag,
+                renderer = (await self.machinery.ready()).renderer
+                data, _ = await renderer.rendition(bucket, key, warm.physical_etag,
                                                         warm.data, self._unpacker(bucket, key))
                 logical = self._checked(bucket, key, warm.info, data)
                 image = Entry(logical, data)
@@ -154,7 +152,8 @@ class LatentObjectLayer(ObjectLayer):
             self.read_latency.labels("sidecar").observe(time.perf_counter() - started)
             return self._checked(bucket, key, info, data), BytesBody(_slice(data, byte_range))
         container = Entry(physical.logical_info(info), raw, info.etag)
-        data, _ = await self.renderer.rendition(bucket, key, info.etag, raw,
+        renderer = (await self.machinery.ready()).renderer
+        data, _ = await renderer.rendition(bucket, key, info.etag, raw,
                                                 self._unpacker(bucket, key))
         logical = self._checked(bucket, key, info, data)
         if cache is not None:
@@ -218,13 +217,7 @@ class LatentObjectLayer(ObjectLayer):
             raise
         if view is None or header.sidecar is None or header.sidecar.etag != view.etag:
             raise S3Error("InternalError", "The sidecar's container does not match it.")
-        latent = await asyncio.to_thread(self._decode_latent, header, payload)
-        return await asyncio.to_thread(build_sidecar_bytes, header.sidecar.header_bytes, latent)
-
-    @staticmethod
-    def _decode_latent(header: ContainerHeader, payload: bytes) -> torch.Tensor:
-        codec = codecs.get_codec(header.codec, model=header.model)
-        return codec.decode(payload, header.codec_params, tuple(header.shape), header.dtype)
+        return await asyncio.to_thread(_latent_file, header, payload)
 
     async def latent_safetensors(self, bucket: str, key: str) -> tuple[ObjectInfo, bytes]:
         """The latent of a latent object as a safetensors file (`?x-s3latent-want=latent`)."""
@@ -234,12 +227,7 @@ class LatentObjectLayer(ObjectLayer):
             data = await self._sidecar_bytes(bucket, info)
         elif rep == physical.REP_LATENT:
             info, header, payload = await self._container(bucket, key)
-            latent = await asyncio.to_thread(self._decode_latent, header, payload)
-            if header.sidecar is not None:
-                data = await asyncio.to_thread(build_sidecar_bytes, header.sidecar.header_bytes,
-                                               latent)
-            else:
-                data = await asyncio.to_thread(_plain_safetensors, latent, header.model)
+            data = await asyncio.to_thread(_latent_file, header, payload)
         else:
             raise S3Error("InvalidRequest", "This object is not stored as a latent.")
         logical = physical.logical_info(info)
@@ -397,6 +385,10 @@ class LatentObjectLayer(ObjectLayer):
                 raise S3Error("EntityTooLarge", "A latent upload may be at most 64 MiB.")
             chunks.append(chunk)
         data = b"".join(chunks)
+        await self.machinery.ready()
+        from ..latent.sidecar import SidecarError, check_channels, parse_sidecar
+        from ..models.registry import ModelUnavailable, UnknownModel
+
         try:
             sidecar = await asyncio.to_thread(parse_sidecar, data)
         except SidecarError as exc:
@@ -411,7 +403,7 @@ class LatentObjectLayer(ObjectLayer):
                           f"must be one of png, jpeg, webp (got {wanted!r}).")
         fmt, content_type = _FORMATS[wanted]
         try:
-            spec = self.models.spec(model_id)
+            spec = self.machinery.models.spec(model_id)
             check_channels(sidecar, spec.latent_channels)
         except UnknownModel as exc:
             raise S3Error("InvalidArgument", f"Invalid latent upload: {exc}") from exc
@@ -419,8 +411,8 @@ class LatentObjectLayer(ObjectLayer):
             raise S3Error("InvalidArgument", f"Invalid latent upload: {exc}") from exc
         settings = self.config.bucket(bucket)
         try:
-            admission = await self.converter.admit_latent_only(settings, sidecar, model_id, fmt,
-                                                               content_type, meta)
+            admission = await self.converter.admitter().admit_latent_only(
+                settings, sidecar, model_id, fmt, content_type, meta)
         except ModelUnavailable as exc:
             raise S3Error("ServiceUnavailable", f"The model {model_id} is unavailable: "
                           f"{exc}") from exc
@@ -458,8 +450,17 @@ def _check_write_conditions(current: ObjectInfo, if_match: str | None,
         raise S3Error("PreconditionFailed", Condition="If-Match")
 
 
-def _plain_safetensors(latent: torch.Tensor, model_id: str) -> bytes:
+def _latent_file(header: ContainerHeader, payload: bytes) -> bytes:
+    """The latent as a safetensors file: the sidecar as uploaded (same length, dequantised
+    values with a lossy codec), or a plain file for a latent-only upload."""
     from safetensors.torch import save
 
-    return save({"latent": latent.contiguous()}, metadata={"model": model_id})
+    from ..latent import codec as codecs
+    from ..latent.sidecar import build_sidecar_bytes
+
+    codec = codecs.get_codec(header.codec, model=header.model)
+    latent = codec.decode(payload, header.codec_params, tuple(header.shape), header.dtype)
+    if header.sidecar is not None:
+        return build_sidecar_bytes(header.sidecar.header_bytes, latent)
+    return save({"latent": latent.contiguous()}, metadata={"model": header.model})
 

@@ -1,0 +1,78 @@
+"""Models, decode pipeline and renderer, built the first time a latent object needs them.
+
+torch and the model code take about 220 MB of memory once imported; a gateway
+that only ever serves plain objects never pays for them, and importing them
+happens on a worker thread, not the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from ..config import Config
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from ..models.registry import ModelRegistry
+    from .renderer import Renderer
+
+
+class Machinery:
+    """See the module docstring."""
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._models: ModelRegistry | None = None
+        self._renderer: Renderer | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def built(self) -> bool:
+        return self._renderer is not None
+
+    async def ready(self) -> Machinery:
+        if self._renderer is None:
+            async with self._lock:
+                if self._renderer is None:
+                    await asyncio.to_thread(self._build)
+        return self
+
+    def _build(self) -> None:
+        from ..models.registry import ModelRegistry
+        from .pipeline import DecodePipeline
+        from .renderer import Renderer
+
+        cfg = self._config
+        models = ModelRegistry.from_config(cfg.models)
+        pipeline = DecodePipeline(models.get, device=cfg.decode.device,
+                                  max_batch=cfg.decode.max_batch,
+                                  max_wait_ms=cfg.decode.max_wait_ms,
+                                  queue_depth=cfg.decode.queue_depth,
+                                  cpu_threads=cfg.decode.cpu_threads)
+        self._models = models
+        self._renderer = Renderer(models, pipeline)
+
+    @property
+    def models(self) -> ModelRegistry:
+        assert self._models is not None, "await Machinery.ready() first"
+        return self._models
+
+    @property
+    def renderer(self) -> Renderer:
+        assert self._renderer is not None, "await Machinery.ready() first"
+        return self._renderer
+
+    @property
+    def device_kind(self) -> str:
+        return self.renderer.device_kind
+
+    async def decode_pixels(self, model_id: str, latent: torch.Tensor) -> np.ndarray:
+        await self.ready()
+        return await self.renderer.decode_pixels(model_id, latent)
+
+    async def close(self) -> None:
+        if self._renderer is not None:
+            await self._renderer.close()
