@@ -13,6 +13,11 @@ from typing import Any
 from . import __version__
 from .config import Config, ConfigError, load_config
 
+# `s3latent NAME ...` -> s3latent.tools.NAME.main(argv)
+TOOLS = {
+    "convert": "convert image + sidecar pairs under s3://bucket/prefix (see --help)",
+    "inspect": "show a latent container's header: s3latent inspect s3://bucket/key",
+}
 # `s3latent bench NAME ...` -> module with main(argv) -> int
 BENCHMARKS = {
     "gateway": "s3latent.bench.gateway_bench",
@@ -118,12 +123,19 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--log-format", choices=["text", "json"], help="log line format")
     serve.add_argument("--log-level", default="INFO")
 
+    for name, helptext in TOOLS.items():
+        tool = sub.add_parser(name, help=helptext, add_help=False)
+        tool.add_argument("rest", nargs=argparse.REMAINDER)
     bench = sub.add_parser("bench", help="benchmarks (each has its own --help)",
                            add_help=False)
     bench.add_argument("which", choices=sorted(BENCHMARKS))
     bench.add_argument("rest", nargs=argparse.REMAINDER)
 
     args = parser.parse_args(argv)
+    if args.command in TOOLS:
+        import importlib
+
+        return int(importlib.import_module(f"s3latent.tools.{args.command}").main(args.rest))
     if args.command == "bench":
         import importlib
 
