@@ -110,6 +110,11 @@ async def _serve(cfg: Config) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:  # the tool parses its own options, --help included
+        import importlib
+
+        return int(importlib.import_module(f"s3latent.tools.{argv[0]}").main(argv[1:]))
     parser = argparse.ArgumentParser(prog="s3latent", description=__doc__)
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -132,10 +137,6 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("rest", nargs=argparse.REMAINDER)
 
     args = parser.parse_args(argv)
-    if args.command in TOOLS:
-        import importlib
-
-        return int(importlib.import_module(f"s3latent.tools.{args.command}").main(args.rest))
     if args.command == "bench":
         import importlib
 
