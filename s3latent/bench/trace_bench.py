@@ -1,0 +1,751 @@
+"""Trace replay of the read path (LatentBox-style): image store vs latent store, static vs adaptive.
+
+One run, one trace, one memory budget, one backend. Four configurations, each a fresh
+gateway process (cold cache) over the same backend:
+
+- ``imgstore``: images stored as plain objects (a bucket with ``convert=false``, no
+  sidecars uploaded, nothing decoded); the cache holds images only (alpha=1).
+- ``latent_only``: latent containers; the cache holds latents only (alpha=0).
+- ``static``: latent containers; the budget split half/half (alpha=0.5), fixed.
+- ``adaptive``: as ``static`` but the resizer moves alpha every ``window`` requests.
+
+The three latent configurations read the same converted bucket (loaded and converted
+once by a loader gateway without a cache, then stopped), so their backend bytes are the
+same objects. The trace's GETs are replayed closed-loop by ``--concurrency`` workers in
+trace order with a thin async S3 client; latency is the client's, request to last byte.
+Hit ratios come from the gateway's ``s3latent_read_path_total`` deltas, backend bytes
+from listing the backend directly (physical sizes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import tomllib
+import uuid
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from .gateway_bench import S3Client, S3HttpError, percentile
+from .servers import GatewayServer, SeaweedServer
+
+CONFIGS = ("imgstore", "latent_only", "static", "adaptive")
+# name -> (cache alpha, adaptive)
+CACHE_SETTINGS: dict[str, tuple[float, bool]] = {
+    "imgstore": (1.0, False),
+    "latent_only": (0.0, False),
+    "static": (0.5, False),
+    "adaptive": (0.5, True),
+}
+IMG_BUCKET_PREFIX = "trace-img-"
+LAT_BUCKET_PREFIX = "trace-lat-"
+WARMUP_KEY = "warmup/warmup.png"
+TINY_MODEL_ID = "tiny"
+
+
+@dataclass(frozen=True)
+class CorpusObject:
+    """An image and the latent sidecar it was decoded from."""
+
+    png: bytes
+    sidecar: bytes
+
+
+@dataclass
+class ReplayResult:
+    """What one configuration's replay measured."""
+
+    latencies: list[float]
+    wall_s: float
+    paths: dict[str, float]
+    samples: list[dict[str, float]] = field(default_factory=list)
+
+
+class TraceClient(S3Client):
+    """S3Client plus HEAD (conversion state) and unsigned /metrics."""
+
+    async def head(self, bucket: str, key: str) -> dict[str, str]:
+        url, headers = self._signed("HEAD", f"/{bucket}/{key}")
+        async with self.session.head(url, headers=headers) as r:
+            if r.status != 200:
+                raise S3HttpError(f"HEAD {key}: {r.status}")
+            return {k.lower(): v for k, v in r.headers.items()}
+
+    async def metrics(self) -> str:
+        async with self.session.get(self.endpoint + "/metrics") as r:
+            return await r.text()
+
+
+# -- corpus -------------------------------------------------------------------------------
+
+
+def _png(pixels: Any) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _decode_random(
+    model_id: str, table: dict[str, Any], count: int, sizes: Sequence[int], seed: int
+) -> list[CorpusObject]:
+    """Images that are exactly the decoder's output for random latents (admission passes)."""
+    import torch
+    from safetensors.torch import save
+
+    from ..models.registry import ModelRegistry
+
+    model = ModelRegistry.from_config({model_id: table}).get(model_id)
+    gen = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(count):
+        side = sizes[i % len(sizes)] // model.downscale
+        latent = torch.randn(model.latent_channels, side, side, generator=gen).half()
+        with torch.no_grad():
+            decoded = model.decode(latent.float()[None])
+        pixels = decoded.clamp(0, 1).mul(255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+        sidecar = save({"latent": latent.contiguous()}, metadata={"model": model_id})
+        items.append(CorpusObject(_png(pixels), sidecar))
+    return items
+
+
+def tiny_model(workdir: Path, seed: int = 7) -> dict[str, Any]:
+    """A randomly initialised TAESD-shaped decoder saved as a state dict (no weights needed)."""
+    import torch
+
+    from ..models.tae import TAE_ARCHS, build_tae_decoder
+
+    torch.manual_seed(seed)
+    path = workdir / "tiny_decoder.pth"
+    torch.save(build_tae_decoder(TAE_ARCHS["taesd"]).state_dict(), path)
+    return {"kind": "tae", "arch": "taesd", "decoder": str(path)}
+
+
+def build_corpus(
+    model_id: str,
+    table: dict[str, Any],
+    workdir: Path,
+    count: int,
+    sizes: Sequence[int],
+    seed: int,
+) -> list[CorpusObject]:
+    """TAEF2 round trips of photographs when its encoder is there, else random-latent decodes."""
+    decoder = Path(str(table.get("decoder", "")))
+    encoder = decoder.parent / "taef2_encoder.pth"
+    if model_id == "taef2" and decoder.is_file() and encoder.is_file():
+        from .corpus import make_corpus
+
+        made = make_corpus(
+            workdir / "corpus", sizes=tuple(sizes), count=count, model_dir=decoder.parent
+        )
+        return [CorpusObject(i.png.read_bytes(), i.latent.read_bytes()) for i in made]
+    return _decode_random(model_id, table, count, sizes, seed)
+
+
+# -- trace ---------------------------------------------------------------------------------
+
+
+def load_trace(args: argparse.Namespace) -> list[str]:
+    """The trace's GET keys in order: synthetic (seeded) or read from a CSV file."""
+    from . import trace as tr
+
+    if args.trace == "synthetic":
+        requests: Iterable[Any] = tr.generate(
+            requests=args.requests,
+            objects=args.objects,
+            zipf=args.zipf,
+            half_life=args.half_life,
+            arrival_rate=args.arrival_rate,
+            seed=args.seed,
+        )
+    else:
+        requests = tr.read_csv(args.trace)
+    keys = [str(r.key) for r in requests]
+    if args.trace != "synthetic" and args.requests:
+        keys = keys[: args.requests]
+    return keys
+
+
+def map_keys(keys: Sequence[str], n_items: int) -> tuple[list[str], dict[str, int]]:
+    """Trace keys -> object keys (first-appearance order) and object key -> corpus index.
+
+    Deterministic: the same trace and corpus size give the same objects and contents.
+    """
+    names: dict[str, str] = {}
+    content: dict[str, int] = {}
+    out = []
+    for k in keys:
+        name = names.get(k)
+        if name is None:
+            name = names[k] = f"t/{len(names):06d}.png"
+            content[name] = zlib.crc32(k.encode()) % n_items
+        out.append(name)
+    return out, content
+
+
+# -- configuration files --------------------------------------------------------------------
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return json.dumps(str(v))
+
+
+def gateway_config(
+    model_id: str,
+    table: dict[str, Any],
+    img_bucket: str,
+    *,
+    codec: str,
+    memory: int,
+    alpha: float,
+    adaptive: bool,
+    window: int,
+    alpha_step: float,
+) -> str:
+    """TOML for one gateway: the model, the plain image bucket, the cache split."""
+    lines = [f"[models.{model_id}]"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
+    lines += [
+        '[buckets."*"]',
+        f"codec = {_toml_value(codec)}",
+        f'[buckets."{img_bucket}"]',
+        "convert = false",
+        "[cache]",
+        f"memory = {memory}",
+        f"alpha = {alpha!r}",
+        f"adaptive = {_toml_value(adaptive)}",
+        f"window = {window}",
+        f"alpha_step = {alpha_step!r}",
+        "[server]",
+        "sweep_interval_s = 2.0",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Read-path counters by path, plus alpha, from Prometheus text (missing -> absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "s3latent_read_path_total":
+                out[s.labels.get("path", "")] = s.value
+            elif s.name == "s3latent_cache_alpha":
+                out["alpha"] = s.value
+    return out
+
+
+# -- load ---------------------------------------------------------------------------------
+
+
+async def _bounded(jobs: Iterable[Callable[[], Any]], concurrency: int) -> None:
+    it = iter(jobs)
+
+    async def worker() -> None:
+        for job in it:
+            await job()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+async def load_objects(
+    client: TraceClient,
+    img_bucket: str,
+    lat_bucket: str,
+    objects: dict[str, CorpusObject],
+    *,
+    wait_s: float,
+    log: Callable[[str], None],
+) -> None:
+    """Images into the plain bucket, pairs into the latent bucket; wait for every conversion."""
+    await client.create_bucket(img_bucket)
+    await client.create_bucket(lat_bucket)
+    t0 = time.perf_counter()
+
+    def put(key: str, obj: CorpusObject) -> Callable[[], Any]:
+        async def job() -> None:
+            await client.put(img_bucket, key, obj.png)
+            await client.put(lat_bucket, key, obj.png)
+            await client.put(lat_bucket, key + ".latent.safetensors", obj.sidecar)
+
+        return job
+
+    await _bounded((put(k, o) for k, o in objects.items()), 8)
+    log(f"  uploaded {len(objects)} objects in {time.perf_counter() - t0:.1f}s; converting")
+    pending = set(objects)
+    deadline = time.monotonic() + wait_s
+    refused: list[str] = []
+    while pending:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} objects not converted within {wait_s:.0f}s")
+
+        def check(key: str) -> Callable[[], Any]:
+            async def job() -> None:
+                h = await client.head(lat_bucket, key)
+                if h.get("x-s3latent-representation") == "latent":
+                    pending.discard(key)
+                elif "refused" in h.get("x-s3latent-state", ""):
+                    refused.append(f"{key}: {h['x-s3latent-state']}")
+
+            return job
+
+        await _bounded([check(k) for k in sorted(pending)], 8)
+        if refused:
+            raise RuntimeError("conversion refused: " + "; ".join(refused[:3]))
+        if pending:
+            await asyncio.sleep(1.0)
+    log(f"  all {len(objects)} converted after {time.perf_counter() - t0:.1f}s")
+
+
+# -- replay --------------------------------------------------------------------------------
+
+
+async def replay(
+    client: TraceClient,
+    bucket: str,
+    keys: Sequence[str],
+    *,
+    concurrency: int,
+    sample_every: int,
+) -> ReplayResult:
+    """GET `keys` in order with `concurrency` workers; sample alpha every `sample_every` GETs."""
+    await client.get(bucket, WARMUP_KEY)  # model load and connections, not in the stats
+    before = parse_metrics(await client.metrics())
+    latencies: list[float] = []
+    samples: list[dict[str, float]] = []
+    sampling: list[asyncio.Task[None]] = []
+    t_start = time.perf_counter()
+
+    async def sample(done: int, window_mean: float) -> None:
+        m = parse_metrics(await client.metrics())
+        samples.append(
+            {
+                "requests": done,
+                "t_s": round(time.perf_counter() - t_start, 3),
+                "alpha": m.get("alpha", float("nan")),
+                "window_mean_ms": round(window_mean * 1000, 3),
+            }
+        )
+
+    it = iter(keys)
+
+    async def worker() -> None:
+        for key in it:
+            t0 = time.perf_counter()
+            await client.get(bucket, key)
+            latencies.append(time.perf_counter() - t0)
+            n = len(latencies)
+            if n % sample_every == 0:
+                window = latencies[-sample_every:]
+                sampling.append(asyncio.create_task(sample(n, sum(window) / len(window))))
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - t_start
+    await asyncio.gather(*sampling)
+    after = parse_metrics(await client.metrics())
+    paths = {
+        p: after.get(p, 0.0) - before.get(p, 0.0)
+        for p in ("image_hit", "latent_hit", "miss", "plain")
+    }
+    samples.sort(key=lambda s: s["requests"])
+    return ReplayResult(latencies, wall, paths, samples)
+
+
+def summarise(result: ReplayResult, backend_bytes: int) -> dict[str, Any]:
+    """The per-configuration numbers of the JSON report."""
+    lat = result.latencies
+    n = len(lat)
+    return {
+        "mean_ms": round(sum(lat) / n * 1000, 3),
+        "p50_ms": round(percentile(lat, 50) * 1000, 3),
+        "p99_ms": round(percentile(lat, 99) * 1000, 3),
+        "image_hit_ratio": round(result.paths["image_hit"] / n, 4),
+        "latent_hit_ratio": round(result.paths["latent_hit"] / n, 4),
+        "backend_bytes": backend_bytes,
+        "requests": n,
+        "wall_s": round(result.wall_s, 3),
+        "paths": {k: int(v) for k, v in result.paths.items()},
+    }
+
+
+# -- backend listing -----------------------------------------------------------------------
+
+
+def backend_bytes(backend: str, keys: tuple[str, str] | None, bucket: str) -> int:
+    """Sum of the physical object sizes in `bucket`, listed on the backend itself."""
+    if backend.startswith("file://"):
+        # s3latent's local backend: <root>/buckets/<bucket>/<key path>.~o (+ .bucket.json)
+        root = Path(backend[len("file://") :]) / "buckets" / bucket
+        return sum(p.stat().st_size for p in root.rglob("*.~o") if p.is_file())
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=backend,
+        aws_access_key_id=keys[0] if keys else None,
+        aws_secret_access_key=keys[1] if keys else None,
+        region_name="us-east-1",
+        config=BotoConfig(s3={"addressing_style": "path"}),
+    )
+    total = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        total += sum(int(o["Size"]) for o in page.get("Contents", []))
+    return total
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def ratios(configs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """adaptive / best static (latent_only or static) and adaptive / imgstore, mean and p99."""
+    out: dict[str, float] = {}
+    a = configs["adaptive"]
+    for metric in ("mean_ms", "p99_ms"):
+        best = min(configs["latent_only"][metric], configs["static"][metric])
+        out[f"adaptive_vs_best_static_{metric}"] = round(a[metric] / best, 3)
+        out[f"adaptive_vs_imgstore_{metric}"] = round(a[metric] / configs["imgstore"][metric], 3)
+    img = configs["imgstore"]["backend_bytes"]
+    out["latent_vs_imgstore_backend_bytes"] = round(a["backend_bytes"] / img, 4) if img else 0.0
+    return out
+
+
+def table(configs: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of the four configurations."""
+    rows = [
+        "| config | mean ms | p50 ms | p99 ms | image hit | latent hit | backend bytes |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in CONFIGS:
+        c = configs[name]
+        rows.append(
+            f"| {name} | {c['mean_ms']:.2f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | "
+            f"{c['image_hit_ratio']:.3f} | {c['latent_hit_ratio']:.3f} | {c['backend_bytes']:,} |"
+        )
+    return "\n".join(rows)
+
+
+def plot_alpha(path: Path, samples: Sequence[dict[str, float]], title: str) -> Path:
+    """alpha and per-window mean latency over the adaptive replay."""
+    from .plot import Panel, line_plot
+
+    x = [s["requests"] for s in samples]
+    return line_plot(
+        path,
+        x,
+        [
+            Panel("alpha", {"alpha (image share)": [s["alpha"] for s in samples]}, 0.0, 1.0),
+            Panel("latency ms", {"window mean": [s["window_mean_ms"] for s in samples]}, 0.0),
+        ],
+        title=title,
+        xlabel="requests replayed",
+    )
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version()}
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def _model_from_file(path: str) -> tuple[str, dict[str, Any]]:
+    data = tomllib.loads(Path(path).read_text())
+    models = data.get("models", {})
+    if not models:
+        raise SystemExit(f"{path}: no [models.X] table")
+    model_id, table = next(iter(models.items()))
+    return str(model_id), dict(table)
+
+
+def _parse_size(text: str) -> int:
+    from ..config import parse_size
+
+    return parse_size(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="s3latent bench trace", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    ap.add_argument("--quick", action="store_true", help="small run (about 2 minutes on 2 cores)")
+    ap.add_argument("--backend", help="S3 endpoint URL or file:///dir (default: start SeaweedFS)")
+    ap.add_argument("--model-config", help="TOML file with a [models.X] table (default: tiny)")
+    ap.add_argument("--trace", default="synthetic", help="'synthetic' or a trace CSV file")
+    ap.add_argument("--requests", type=int, default=None, help="GETs to replay")
+    ap.add_argument("--objects", type=int, default=None, help="distinct objects (synthetic)")
+    ap.add_argument("--zipf", type=float, default=0.9, help="popularity skew (synthetic)")
+    ap.add_argument(
+        "--half-life",
+        type=float,
+        default=None,
+        help="popularity half-life in seconds of trace time (synthetic)",
+    )
+    ap.add_argument(
+        "--arrival-rate",
+        type=float,
+        default=None,
+        help="new images per second of trace time (synthetic)",
+    )
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--memory",
+        default="auto",
+        help="cache budget, e.g. 4MiB; auto: 10%% of the replayed images' bytes",
+    )
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument(
+        "--window", type=int, default=None, help="resizer window (requests) for the adaptive config"
+    )
+    ap.add_argument("--alpha-step", type=float, default=0.05)
+    ap.add_argument(
+        "--codec",
+        default=None,
+        help="latent codec of the latent bucket (default: q8 with --quick, else auto)",
+    )
+    ap.add_argument("--sizes", default=None, help="image sides, e.g. 64,96,128")
+    ap.add_argument("--corpus-items", type=int, default=None, help="distinct images")
+    ap.add_argument(
+        "--configs", default=",".join(CONFIGS), help="subset to run (the JSON ratios need all four)"
+    )
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--plot", help="PNG of alpha and window latency during the adaptive run")
+    ap.add_argument("--workdir", help="keep files here (default: a temp dir, removed)")
+    return ap
+
+
+def _defaults(args: argparse.Namespace) -> None:
+    q = args.quick
+    if args.requests is None:
+        args.requests = 400 if q else 6000
+    if args.objects is None:
+        args.objects = 60 if q else 1000
+    if args.codec is None:
+        args.codec = "q8" if q else "auto"
+    if args.sizes is None:
+        args.sizes = ("32,48,64" if q else "64,96,128") if args.model_config is None else "256"
+    if args.corpus_items is None:
+        args.corpus_items = 24 if q else 32
+    if args.window is None:
+        args.window = max(25, args.requests // 12)
+
+
+async def _run(
+    args: argparse.Namespace, workdir: Path, log: Callable[[str], None]
+) -> dict[str, Any]:
+    sizes = [int(s) for s in str(args.sizes).split(",") if s]
+    if args.model_config:
+        model_id, table = _model_from_file(args.model_config)
+    else:
+        model_id, table = TINY_MODEL_ID, tiny_model(workdir)
+    log(f"trace: {args.trace}")
+    trace_keys = load_trace(args)
+    t0 = time.perf_counter()
+    corpus = build_corpus(model_id, table, workdir, args.corpus_items, sizes, args.seed)
+    log(
+        f"corpus: {len(corpus)} images ({model_id}, sides {sizes}) in "
+        f"{time.perf_counter() - t0:.1f}s"
+    )
+    keys, content = map_keys(trace_keys, len(corpus))
+    objects = {k: corpus[i] for k, i in content.items()}
+    objects[WARMUP_KEY] = corpus[0]
+    image_bytes = sum(len(corpus[content[k]].png) for k in keys)
+    distinct_bytes = sum(len(o.png) for k, o in objects.items() if k != WARMUP_KEY)
+    memory = (
+        max(64 * 1024, distinct_bytes // 10) if args.memory == "auto" else _parse_size(args.memory)
+    )
+    log(
+        f"trace: {len(keys)} GETs over {len(content)} objects "
+        f"({distinct_bytes:,} image bytes); cache {memory:,} bytes"
+    )
+
+    run_id = uuid.uuid4().hex[:8]
+    img_bucket, lat_bucket = IMG_BUCKET_PREFIX + run_id, LAT_BUCKET_PREFIX + run_id
+    weed: SeaweedServer | None = None
+    if args.backend:
+        backend = args.backend
+        bkeys: tuple[str, str] | None = None
+        if os.environ.get("S3LATENT_BACKEND_ACCESS_KEY"):
+            bkeys = (
+                os.environ["S3LATENT_BACKEND_ACCESS_KEY"],
+                os.environ.get("S3LATENT_BACKEND_SECRET_KEY", ""),
+            )
+    else:
+        weed = SeaweedServer(workdir / "weed").start()
+        backend, bkeys = weed.endpoint, (weed.access_key, weed.secret_key)
+    try:
+
+        def config_file(name: str, alpha: float, adaptive: bool, mem: int) -> Path:
+            path = workdir / f"{name}.toml"
+            path.write_text(
+                gateway_config(
+                    model_id,
+                    table,
+                    img_bucket,
+                    codec=args.codec,
+                    memory=mem,
+                    alpha=alpha,
+                    adaptive=adaptive,
+                    window=args.window,
+                    alpha_step=args.alpha_step,
+                )
+            )
+            return path
+
+        loader_cfg = config_file("loader", 0.5, False, 0)
+        log("loading through a gateway without a cache")
+        with GatewayServer(
+            backend, workdir, backend_keys=bkeys, extra_args=["--config", str(loader_cfg)]
+        ) as gw:
+            async with TraceClient(gw.endpoint, gw.access_key, gw.secret_key) as client:
+                await load_objects(
+                    client,
+                    img_bucket,
+                    lat_bucket,
+                    objects,
+                    wait_s=max(120.0, len(objects) * 2.0),
+                    log=log,
+                )
+        sizes_on_backend = {
+            "imgstore": backend_bytes(backend, bkeys, img_bucket),
+            "latent": backend_bytes(backend, bkeys, lat_bucket),
+        }
+        results: dict[str, dict[str, Any]] = {}
+        samples: list[dict[str, float]] = []
+        for name in [c for c in CONFIGS if c in args.configs.split(",")]:
+            alpha, adaptive = CACHE_SETTINGS[name]
+            cfg = config_file(name, alpha, adaptive, memory)
+            bucket = img_bucket if name == "imgstore" else lat_bucket
+            with GatewayServer(
+                backend, workdir, backend_keys=bkeys, extra_args=["--config", str(cfg)]
+            ) as gw:
+                async with TraceClient(
+                    gw.endpoint, gw.access_key, gw.secret_key, connections=args.concurrency + 2
+                ) as client:
+                    res = await replay(
+                        client,
+                        bucket,
+                        keys,
+                        concurrency=args.concurrency,
+                        sample_every=max(10, args.window // 2),
+                    )
+            stored = sizes_on_backend["imgstore" if name == "imgstore" else "latent"]
+            results[name] = summarise(res, stored)
+            if name == "adaptive":
+                samples = res.samples
+            c = results[name]
+            log(
+                f"  {name:12s} mean {c['mean_ms']:8.2f} ms  p50 {c['p50_ms']:8.2f}  "
+                f"p99 {c['p99_ms']:8.2f}  image hit {c['image_hit_ratio']:.3f}  "
+                f"latent hit {c['latent_hit_ratio']:.3f}  ({c['wall_s']:.1f}s)"
+            )
+    finally:
+        if weed is not None:
+            weed.stop()
+    report: dict[str, Any] = {
+        "configs": results,
+        "params": {
+            "trace": args.trace,
+            "requests": len(keys),
+            "objects": len(content),
+            "zipf": args.zipf,
+            "half_life": args.half_life,
+            "arrival_rate": args.arrival_rate,
+            "seed": args.seed,
+            "memory": memory,
+            "concurrency": args.concurrency,
+            "window": args.window,
+            "alpha_step": args.alpha_step,
+            "codec": args.codec,
+            "model": model_id,
+            "sizes": sizes,
+            "corpus_items": len(corpus),
+            "replayed_image_bytes": image_bytes,
+            "distinct_image_bytes": distinct_bytes,
+            "backend": "seaweedfs (started by the benchmark)" if weed else backend,
+        },
+        "machine": machine(),
+        "adaptive_samples": samples,
+    }
+    if all(c in results for c in CONFIGS):
+        report["ratios"] = ratios(results)
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`s3latent bench trace [--quick] ...`; prints a table, optionally JSON and a plot."""
+    args = build_parser().parse_args(argv)
+    _defaults(args)
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    own = args.workdir is None
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="s3latent-trace-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        report = asyncio.run(_run(args, workdir, log))
+    except aiohttp.ClientError as exc:
+        print(f"trace bench: client error: {exc}")
+        return 1
+    finally:
+        if own:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results = report["configs"]
+    if len(results) == len(CONFIGS):
+        print()
+        print(table(results))
+        for k, v in report["ratios"].items():
+            print(f"{k}: {v}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    if args.plot and report["adaptive_samples"]:
+        plot_alpha(
+            Path(args.plot),
+            report["adaptive_samples"],
+            f"adaptive: alpha and window mean latency ({report['params']['model']}, "
+            f"{report['params']['requests']} GETs, cache {report['params']['memory']:,} B)",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
