@@ -83,6 +83,18 @@ class TraceClient(S3Client):
                 raise S3HttpError(f"HEAD {key}: {r.status}")
             return {k.lower(): v for k, v in r.headers.items()}
 
+    async def put_typed(self, bucket: str, key: str, body: bytes, content_type: str) -> None:
+        """PUT with a Content-Type: the read cache keeps plain objects only if they are images."""
+        url, headers = self._signed(
+            "PUT",
+            f"/{bucket}/{key}",
+            {"Content-Length": str(len(body)), "Content-Type": content_type},
+        )
+        async with self.session.put(url, data=body, headers=headers) as r:
+            answer = await r.read()
+            if r.status != 200:
+                raise S3HttpError(f"PUT {key}: {r.status} {answer[:300]!r}")
+
     async def metrics(self) -> str:
         async with self.session.get(self.endpoint + "/metrics") as r:
             return await r.text()
@@ -285,9 +297,11 @@ async def load_objects(
 
     def put(key: str, obj: CorpusObject) -> Callable[[], Any]:
         async def job() -> None:
-            await client.put(img_bucket, key, obj.png)
-            await client.put(lat_bucket, key, obj.png)
-            await client.put(lat_bucket, key + ".latent.safetensors", obj.sidecar)
+            await client.put_typed(img_bucket, key, obj.png, "image/png")
+            await client.put_typed(lat_bucket, key, obj.png, "image/png")
+            await client.put_typed(
+                lat_bucket, key + ".latent.safetensors", obj.sidecar, "application/octet-stream"
+            )
 
         return job
 
@@ -392,12 +406,26 @@ def summarise(result: ReplayResult, backend_bytes: int) -> dict[str, Any]:
 # -- backend listing -----------------------------------------------------------------------
 
 
-def backend_bytes(backend: str, keys: tuple[str, str] | None, bucket: str) -> int:
-    """Sum of the physical object sizes in `bucket`, listed on the backend itself."""
+def backend_usage(backend: str, keys: tuple[str, str] | None, bucket: str) -> dict[str, int]:
+    """Physical bytes and objects in `bucket`, listed on the backend itself.
+
+    `sidecar_*` counts what is left at the sidecar keys (stubs after conversion).
+    """
+    usage = {"bytes": 0, "objects": 0, "sidecar_bytes": 0, "sidecar_objects": 0}
+
+    def add(key: str, size: int) -> None:
+        usage["bytes"] += size
+        usage["objects"] += 1
+        if key.endswith(".latent.safetensors"):
+            usage["sidecar_bytes"] += size
+            usage["sidecar_objects"] += 1
+
     if backend.startswith("file://"):
         # s3latent's local backend: <root>/buckets/<bucket>/<key path>.~o (+ .bucket.json)
         root = Path(backend[len("file://") :]) / "buckets" / bucket
-        return sum(p.stat().st_size for p in root.rglob("*.~o") if p.is_file())
+        for p in root.rglob("*.~o"):
+            add(p.name[: -len(".~o")], p.stat().st_size)
+        return usage
     import boto3
     from botocore.config import Config as BotoConfig
 
@@ -409,10 +437,10 @@ def backend_bytes(backend: str, keys: tuple[str, str] | None, bucket: str) -> in
         region_name="us-east-1",
         config=BotoConfig(s3={"addressing_style": "path"}),
     )
-    total = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        total += sum(int(o["Size"]) for o in page.get("Contents", []))
-    return total
+        for o in page.get("Contents", []):
+            add(o["Key"], int(o["Size"]))
+    return usage
 
 
 # -- report --------------------------------------------------------------------------------
@@ -645,8 +673,8 @@ async def _run(
                     log=log,
                 )
         sizes_on_backend = {
-            "imgstore": backend_bytes(backend, bkeys, img_bucket),
-            "latent": backend_bytes(backend, bkeys, lat_bucket),
+            "imgstore": backend_usage(backend, bkeys, img_bucket),
+            "latent": backend_usage(backend, bkeys, lat_bucket),
         }
         results: dict[str, dict[str, Any]] = {}
         samples: list[dict[str, float]] = []
@@ -667,7 +695,7 @@ async def _run(
                         concurrency=args.concurrency,
                         sample_every=max(10, args.window // 2),
                     )
-            stored = sizes_on_backend["imgstore" if name == "imgstore" else "latent"]
+            stored = sizes_on_backend["imgstore" if name == "imgstore" else "latent"]["bytes"]
             results[name] = summarise(res, stored)
             if name == "adaptive":
                 samples = res.samples
@@ -702,6 +730,7 @@ async def _run(
             "distinct_image_bytes": distinct_bytes,
             "backend": "seaweedfs (started by the benchmark)" if weed else backend,
         },
+        "backend_usage": sizes_on_backend,
         "machine": machine(),
         "adaptive_samples": samples,
     }
