@@ -294,7 +294,7 @@ async def process_pair(
         raise
     except Exception as exc:
         result.result, result.detail = ERROR, f"{type(exc).__name__}: {exc}"
-    result.seconds = time.perf_counter() - started
+    result.seconds = round(time.perf_counter() - started, 3)
     return result
 
 
@@ -309,7 +309,8 @@ async def _classify(
             header, _ = await read_header(backend, bucket, pair.image, image.size)
         except ContainerError as exc:
             raise RuntimeError(f"converted, but the container does not read back: {exc}") from exc
-        result.result, result.codec, result.psnr = ADMITTED, header.codec, header.psnr
+        result.result, result.codec = ADMITTED, header.codec
+        result.psnr = None if header.psnr is None else round(header.psnr, 3)
         result.bytes_after = image.size + (side.size if side is not None else 0)
         return
     if outcome.startswith(("refused: ", "refused earlier: ")):
