@@ -400,3 +400,31 @@ def test_convert_and_inspect_on_s3_backend(
     assert inspect.main([f"s3://{bucket}/g/0.png{SUFFIX}", *common, "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["representation"] == "stub" and got["matches_container"] is True
+
+
+@pytest.mark.parametrize(
+    "reason, category",
+    [
+        ("bad sidecar: not a safetensors file", "bad sidecar"),
+        ("unknown model: 'x' is not configured", "unknown model"),
+        (
+            "the sidecar names no model (metadata 'model' or x-amz-meta-s3latent-model)",
+            "no model named",
+        ),
+        ("latent 16x16 decodes to 128x128, image is 64x64", "latent/image size mismatch"),
+        (
+            "admission policy failed (q8: PSNR 31.00 dB < 40.0 dB; lossless: ...)",
+            "admission policy failed",
+        ),
+        (
+            "k.png is 99999999 bytes, over the 67108864-byte conversion limit",
+            "too large to convert",
+        ),
+        (
+            "image not representable by a VAE: has an alpha channel",
+            "image not representable by a VAE",
+        ),
+    ],
+)
+def test_reason_category(reason: str, category: str) -> None:
+    assert convert.reason_category(reason) == category
