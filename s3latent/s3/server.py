@@ -14,8 +14,9 @@ import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -30,6 +31,7 @@ from .errors import S3Error
 from .handlers import buckets, multipart, objects, post_object
 from .names import check_bucket_name
 from .request import S3Request, parse_query, split_target
+from .sigv2 import authenticate_v2, is_sigv2
 
 log = logging.getLogger("s3latent.access")
 Handler = Callable[["Gateway", S3Request], Awaitable[web.StreamResponse]]
@@ -202,14 +204,15 @@ def make_app(gw: Gateway) -> web.Application:
                 response = await post_object.post_object(gw, request, bucket, request_id)
             else:
                 raw_query = request.rel_url.raw_query_string
-                auth = authenticate(
-                    request.method,
-                    raw_path,
-                    raw_query,
-                    request.headers,
-                    gw.config.users,
-                    max_skew=timedelta(seconds=gw.config.max_skew_s),
-                )
+                skew = timedelta(seconds=gw.config.max_skew_s)
+                names = {unquote(p.partition("=")[0]) for p in raw_query.split("&") if p}
+                if is_sigv2(request.headers, names):
+                    auth = authenticate_v2(request.method, raw_path, raw_query, request.headers,
+                                           gw.config.users, now=datetime.now(UTC),
+                                           max_skew=skew)
+                else:
+                    auth = authenticate(request.method, raw_path, raw_query, request.headers,
+                                        gw.config.users, max_skew=skew)
                 if bucket is not None:
                     check_bucket_name(bucket)
                 s3req = S3Request(request, request_id, bucket, key,
