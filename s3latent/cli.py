@@ -74,10 +74,7 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
     if cfg.cache.memory > 0:
         from .cache.readpath import ReadCache
 
-        try:
-            cache = ReadCache(cfg.cache, registry)
-        except ImportError:  # TEMPORARY until s3latent.cache.dual lands
-            cache = None
+        cache = ReadCache(cfg.cache, registry)
     objects = LatentObjectLayer(backend, cfg, Machinery(cfg), registry=registry,
                                 background=background, cache=cache)
     return Gateway(cfg, backend, objects, registry=registry)

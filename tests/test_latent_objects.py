@@ -302,3 +302,38 @@ def test_crash_during_conversion_loses_nothing(step: str, tiny_model: dict[str, 
         assert len(side) == len(sidecar)
     finally:
         survivor.stop()
+
+
+def test_read_path_tiers_and_concurrent_reads(s3l: Any, lbucket: str,
+                                              tiny_model: dict[str, str],
+                                              latent_gateway: GatewayProcess) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    image, sidecar, _ = make_pair(tiny_model, seed=9)
+    s3l.put_object(Bucket=lbucket, Key="hot.png", Body=image, ContentType="image/png")
+    s3l.put_object(Bucket=lbucket, Key="hot.png.latent.safetensors", Body=sidecar)
+    wait_latent(s3l, lbucket, "hot.png")
+
+    def paths() -> dict[str, float]:
+        text = requests.get(latent_gateway.endpoint + "/metrics", timeout=5).text
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("s3latent_read_path_total{"):
+                name = line.split('path="')[1].split('"')[0]
+                out[name] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    before = paths()
+    with ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(lambda _: s3l.get_object(Bucket=lbucket,
+                                                        Key="hot.png")["Body"].read(), range(8)))
+    assert len(set(bodies)) == 1 and len(bodies[0]) == len(image)
+    for _ in range(4):
+        assert s3l.get_object(Bucket=lbucket, Key="hot.png")["Body"].read() == bodies[0]
+    after = paths()
+    delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    # Served from the latent tier, then (promoted) from the image tier.
+    assert delta.get("latent_hit", 0) >= 1 and delta.get("image_hit", 0) >= 1
+    # An overwrite drops the cached copies at once.
+    s3l.put_object(Bucket=lbucket, Key="hot.png", Body=b"replaced", ContentType="text/plain")
+    assert s3l.get_object(Bucket=lbucket, Key="hot.png")["Body"].read() == b"replaced"
