@@ -22,6 +22,8 @@ TOOLS = {
 BENCHMARKS = {
     "gateway": "s3latent.bench.gateway_bench",
     "memory": "s3latent.bench.memory_check",
+    "policies": "s3latent.bench.policy_compare",
+    "trace": "s3latent.bench.trace_bench",
 }
 
 

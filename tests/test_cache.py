@@ -129,3 +129,16 @@ def test_trace_is_deterministic_and_round_trips(tmp_path: object) -> None:
     path = tmp_path / "t.csv"  # type: ignore[operator]
     write_csv(path, a)
     assert list(read_csv(path)) == a
+
+
+def test_policies_match_libcachesim_within_two_points() -> None:
+    pytest.importorskip("libcachesim")
+    from s3latent.bench.policy_compare import ours, theirs, traces
+
+    for requests in traces(4000, seed=5).values():
+        footprint = sum({r.key: r.size for r in requests}.values())
+        for fraction in (0.05, 0.2):
+            budget = int(footprint * fraction)
+            for policy in ("lru", "s3fifo"):
+                mine, ref = ours(policy, requests, budget)[0], theirs(policy, requests, budget)[0]
+                assert abs(mine - ref) <= 0.02, (policy, fraction, mine, ref)
