@@ -77,7 +77,7 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
         from .cache.readpath import ReadCache
 
         cache = ReadCache(cfg.cache, registry)
-    objects = LatentObjectLayer(backend, cfg, Machinery(cfg), registry=registry,
+    objects = LatentObjectLayer(backend, cfg, Machinery(cfg, registry), registry=registry,
                                 background=background, cache=cache)
     return Gateway(cfg, backend, objects, registry=registry)
 

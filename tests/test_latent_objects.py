@@ -334,6 +334,11 @@ def test_read_path_tiers_and_concurrent_reads(s3l: Any, lbucket: str,
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
     # Served from the latent tier, then (promoted) from the image tier.
     assert delta.get("latent_hit", 0) >= 1 and delta.get("image_hit", 0) >= 1
+    metrics = requests.get(latent_gateway.endpoint + "/metrics", timeout=5).text
+    for name in ("s3latent_decode_batch_size_count", "s3latent_decode_queue_depth",
+                 's3latent_render_stage_seconds{stage="decode"}', "s3latent_cache_alpha",
+                 's3latent_cache_bytes{tier="latent"}', 's3latent_cache_hit_ratio{tier="image"}'):
+        assert name in metrics, name
     # An overwrite drops the cached copies at once.
     s3l.put_object(Bucket=lbucket, Key="hot.png", Body=b"replaced", ContentType="text/plain")
     assert s3l.get_object(Bucket=lbucket, Key="hot.png")["Body"].read() == b"replaced"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+
 from ..config import Config
 
 if TYPE_CHECKING:
@@ -23,11 +25,40 @@ if TYPE_CHECKING:
 class Machinery:
     """See the module docstring."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
         self._config = config
         self._models: ModelRegistry | None = None
         self._renderer: Renderer | None = None
         self._lock = asyncio.Lock()
+        self._batches: Histogram | None = None
+        if registry is not None:
+            self._register(registry)
+
+    def _register(self, registry: CollectorRegistry) -> None:
+        self._batches = Histogram("s3latent_decode_batch_size", "Latents per decode batch",
+                                  registry=registry, buckets=(1, 2, 4, 8, 16, 32, 64))
+        self._decode_seconds = Histogram(
+            "s3latent_decode_batch_seconds", "Time of one batched decode", registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        depth = Gauge("s3latent_decode_queue_depth", "Decodes waiting or running",
+                      registry=registry)
+        depth.set_function(lambda: self._renderer.pipeline.depth if self._renderer else 0)
+        stages = Gauge("s3latent_render_stage_seconds", "Total time per render stage",
+                       ["stage"], registry=registry)
+        for stage in ("decompress", "decode", "encode"):
+            stages.labels(stage).set_function(
+                lambda stage=stage: self._renderer.stage_seconds[stage] if self._renderer
+                else 0.0)
+        rejected = Gauge("s3latent_decode_rejected", "Decodes refused with SlowDown (queue full)",
+                         registry=registry)
+        rejected.set_function(lambda: sum(d.stats.rejected for d in
+                                          self._renderer.pipeline.devices)
+                              if self._renderer else 0)
+
+    def _on_batch(self, size: int, seconds: float) -> None:
+        if self._batches is not None:
+            self._batches.observe(size)
+            self._decode_seconds.observe(seconds)
 
     @property
     def built(self) -> bool:
@@ -51,7 +82,8 @@ class Machinery:
                                   max_batch=cfg.decode.max_batch,
                                   max_wait_ms=cfg.decode.max_wait_ms,
                                   queue_depth=cfg.decode.queue_depth,
-                                  cpu_threads=cfg.decode.cpu_threads)
+                                  cpu_threads=cfg.decode.cpu_threads,
+                                  compile=cfg.decode.compile, on_batch=self._on_batch)
         self._models = models
         self._renderer = Renderer(models, pipeline)
 

@@ -74,9 +74,12 @@ class DevicePipeline:
         max_wait_ms: float = 5.0,
         queue_depth: int = 64,
         cpu_threads: int = 0,
+        compile: bool = False,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.device = device
+        self._compile = compile
+        self._compiled: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._decoders = decoders
         self.max_batch = max(1, max_batch)
         self.max_wait = max_wait_ms / 1000.0
@@ -180,11 +183,15 @@ class DevicePipeline:
 
     def _decode_batch(self, model_id: str, latents: list[torch.Tensor]) -> list[np.ndarray]:
         decoder = self._decoders(model_id, self.device)
+        decode = decoder.decode
+        if self._compile:
+            # torch.compile behind a setting: first batches of each shape pay the compile.
+            decode = self._compiled.setdefault(model_id, torch.compile(decoder.decode))
         with torch.inference_mode():
             batch = torch.stack(latents).to(self.device, decoder.dtype, non_blocking=True)
             if self.device.type == "cuda":
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            images = pixels_to_uint8(decoder.decode(batch)).cpu().numpy()
+            images = pixels_to_uint8(decode(batch)).cpu().numpy()
         return [images[i] for i in range(images.shape[0])]
 
 
@@ -193,10 +200,12 @@ class DecodePipeline:
 
     def __init__(self, decoders: DecoderLookup, *, device: str = "auto", max_batch: int = 8,
                  max_wait_ms: float = 5.0, queue_depth: int = 64, cpu_threads: int = 0,
+                 compile: bool = False,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         self.devices = [
             DevicePipeline(d, decoders, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                           queue_depth=queue_depth, cpu_threads=cpu_threads, on_batch=on_batch)
+                           queue_depth=queue_depth, cpu_threads=cpu_threads, compile=compile,
+                           on_batch=on_batch)
             for d in pick_devices(device)
         ]
 
