@@ -175,16 +175,16 @@ def load_trace(args: argparse.Namespace) -> list[str]:
     from . import trace as tr
 
     if args.trace == "synthetic":
+        optional = {"half_life": args.half_life, "arrival_rate": args.arrival_rate}
         requests: Iterable[Any] = tr.generate(
             requests=args.requests,
             objects=args.objects,
             zipf=args.zipf,
-            half_life=args.half_life,
-            arrival_rate=args.arrival_rate,
             seed=args.seed,
+            **{k: v for k, v in optional.items() if v is not None},
         )
     else:
-        requests = tr.read_csv(args.trace)
+        requests = tr.read_csv(Path(args.trace))
     keys = [str(r.key) for r in requests]
     if args.trace != "synthetic" and args.requests:
         keys = keys[: args.requests]
@@ -545,13 +545,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--half-life",
         type=float,
         default=None,
-        help="popularity half-life in seconds of trace time (synthetic)",
+        help="popularity half-life in requests (synthetic; default 5000)",
     )
     ap.add_argument(
         "--arrival-rate",
         type=float,
         default=None,
-        help="new images per second of trace time (synthetic)",
+        help="new images per request (synthetic; default 0.02)",
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
@@ -669,7 +669,7 @@ async def _run(
                     img_bucket,
                     lat_bucket,
                     objects,
-                    wait_s=max(120.0, len(objects) * 2.0),
+                    wait_s=max(300.0, len(objects) * 10.0),
                     log=log,
                 )
         sizes_on_backend = {
