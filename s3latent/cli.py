@@ -23,6 +23,7 @@ BENCHMARKS = {
     "gateway": "s3latent.bench.gateway_bench",
     "memory": "s3latent.bench.memory_check",
     "policies": "s3latent.bench.policy_compare",
+    "storage": "s3latent.bench.storage_bench",
     "trace": "s3latent.bench.trace_bench",
 }
 

@@ -1,0 +1,154 @@
+"""Storage benchmark: generated images stored through the gateway, bytes and fidelity per codec.
+
+A corpus of generated images (natural photographs encoded and decoded with
+TAEF2, `s3latent.bench.corpus`) is uploaded with its sidecars through a
+gateway over SeaweedFS, one bucket per codec. Once converted, the PHYSICAL
+bytes each image takes in SeaweedFS (container + sidecar stub, read directly
+from SeaweedFS) are compared with the PNG and the JPEG q90 originals, and the
+image read back through the gateway is compared with the uploaded PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from ..latent.fidelity import decode_image_bytes, psnr, ssim
+from .corpus import default_model_dir, make_corpus
+from .servers import GatewayServer, SeaweedServer
+
+SUFFIX = ".latent.safetensors"
+
+
+def _client(endpoint: str, key: str, secret: str) -> Any:
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=key,
+                        aws_secret_access_key=secret, region_name="us-east-1")
+
+
+def run(codecs: list[str], sizes: list[int], count: int, model_dir: Path, workdir: Path,
+        log: Any = print) -> dict[str, Any]:
+    items = make_corpus(workdir / "corpus", sizes=tuple(sizes), count=count,
+                        model_dir=model_dir)
+    log(f"corpus: {len(items)} images ({', '.join(i.name for i in items)})")
+    config = workdir / "config.toml"
+    tables = [f'[models.taef2]\nkind = "tae"\ndecoder = "{model_dir / "taef2_decoder.pth"}"\n',
+              "[server]\nconversion_workers = 1\n"]
+    tables += [f'[buckets."st-{c}"]\ncodec = "{c}"\n' for c in codecs]
+    config.write_text("\n".join(tables))
+    results: dict[str, Any] = {"codecs": {}, "images": [i.name for i in items]}
+    with SeaweedServer() as weed, GatewayServer(
+            weed.endpoint, workdir, backend_keys=(weed.access_key, weed.secret_key),
+            extra_args=["--config", str(config)]) as gw:
+        s3 = _client(gw.endpoint, gw.access_key, gw.secret_key)
+        direct = _client(weed.endpoint, weed.access_key, weed.secret_key)
+        for codec in codecs:
+            bucket = f"st-{codec}"
+            s3.create_bucket(Bucket=bucket)
+            started = time.monotonic()
+            for item in items:
+                s3.put_object(Bucket=bucket, Key=item.png.name, Body=item.png.read_bytes(),
+                              ContentType="image/png")
+                s3.put_object(Bucket=bucket, Key=item.png.name + SUFFIX,
+                              Body=item.latent.read_bytes())
+            rows = []
+            for item in items:
+                state = _wait(s3, bucket, item.png.name)
+                physical = (direct.head_object(Bucket=bucket, Key=item.png.name)["ContentLength"]
+                            + direct.head_object(Bucket=bucket,
+                                                 Key=item.png.name + SUFFIX)["ContentLength"])
+                data = s3.get_object(Bucket=bucket, Key=item.png.name)["Body"].read()
+                got, _ = decode_image_bytes(data)
+                ref, _ = decode_image_bytes(item.png.read_bytes())
+                rows.append({"image": item.name, "state": state, "physical_bytes": physical,
+                             "png_bytes": item.png_bytes, "jpeg_bytes": item.jpeg_bytes,
+                             "sidecar_bytes": item.latent_bytes, "psnr": psnr(got, ref),
+                             "ssim": ssim(got, ref), "same_length": len(data) == item.png_bytes})
+            seconds = time.monotonic() - started
+            latent_rows = [r for r in rows if r["state"] == "latent"]
+            summary = _summary(latent_rows, rows)
+            summary["seconds"] = round(seconds, 1)
+            results["codecs"][codec] = {"summary": summary, "rows": rows}
+            log(f"{codec}: {json.dumps(summary)}")
+    results["machine"] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    return results
+
+
+def _wait(s3: Any, bucket: str, key: str, timeout: float = 900.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        headers = s3.head_object(Bucket=bucket, Key=key)["ResponseMetadata"]["HTTPHeaders"]
+        if headers.get("x-s3latent-representation") == "latent":
+            return "latent"
+        if "refused" in headers.get("x-s3latent-state", ""):
+            return "refused: " + headers["x-s3latent-state"]
+        time.sleep(0.5)
+    return "timeout"
+
+
+def _summary(latent_rows: list[dict[str, Any]], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    if not latent_rows:
+        return {"converted": 0, "of": len(rows)}
+    phys = sum(r["physical_bytes"] for r in latent_rows)
+    png = sum(r["png_bytes"] for r in latent_rows)
+    jpeg = sum(r["jpeg_bytes"] for r in latent_rows)
+    return {
+        "converted": len(latent_rows), "of": len(rows),
+        "mean_physical_bytes": round(phys / len(latent_rows)),
+        "reduction_vs_png_pct": round(100 * (1 - phys / png), 1),
+        "ratio_vs_jpeg_q90": round(phys / jpeg, 3),
+        "psnr_min": round(min(r["psnr"] for r in latent_rows), 2),
+        "psnr_mean": round(statistics.fmean(r["psnr"] for r in latent_rows), 2),
+        "ssim_mean": round(statistics.fmean(r["ssim"] for r in latent_rows), 4),
+        "same_length_as_upload": all(r["same_length"] for r in latent_rows),
+    }
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| codec | converted | bytes/image | vs PNG | vs JPEG q90 | PSNR min / mean | "
+             "SSIM mean | same length | time |", "|" + "---|" * 9]
+    for codec, r in results["codecs"].items():
+        s = r["summary"]
+        if not s.get("converted"):
+            lines.append(f"| {codec} | 0/{s['of']} | | | | | | | |")
+            continue
+        lines.append(f"| {codec} | {s['converted']}/{s['of']} | {s['mean_physical_bytes']:,} | "
+                     f"-{s['reduction_vs_png_pct']}% | {s['ratio_vs_jpeg_q90']}x | "
+                     f"{s['psnr_min']} / {s['psnr_mean']} dB | {s['ssim_mean']} | "
+                     f"{s['same_length_as_upload']} | {s['seconds']} s |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="s3latent bench storage", description=__doc__)
+    parser.add_argument("--codecs", default="auto,q4p,q8,lossless")
+    parser.add_argument("--sizes", default="512,1024")
+    parser.add_argument("--count", type=int, default=4, help="images in the corpus")
+    parser.add_argument("--model-dir", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", dest="json_out")
+    args = parser.parse_args(argv)
+    model_dir = args.model_dir or default_model_dir()
+    if not (model_dir / "taef2_decoder.pth").is_file():
+        print(f"TAEF2 weights not found in {model_dir}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="s3latent-storage-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        results = run(args.codecs.split(","), [int(s) for s in args.sizes.split(",")],
+                      args.count, model_dir, workdir)
+    print(table(results))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
