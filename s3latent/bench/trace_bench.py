@@ -265,6 +265,8 @@ def parse_metrics(text: str) -> dict[str, float]:
                 out[s.labels.get("path", "")] = s.value
             elif s.name == "s3latent_cache_alpha":
                 out["alpha"] = s.value
+            elif s.name == "s3latent_cache_alpha_estimate_seconds":
+                out[f"estimate_ms@{s.labels.get('alpha', '')}"] = round(s.value * 1000, 3)
     return out
 
 
