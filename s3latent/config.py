@@ -72,6 +72,18 @@ class CacheSettings:
     alpha_step: float = 0.05
     alpha_min: float = 0.05
     alpha_max: float = 0.95
+    sample_rate: float = 0.1  # share of keys the resizer's shadow caches replay
+
+    def validate(self) -> None:
+        """A split outside [0, 1] or an empty shadow sample would fail later, on a read."""
+        if not (0.0 <= self.alpha <= 1.0 and 0.0 <= self.alpha_min <= self.alpha_max <= 1.0):
+            raise ConfigError("[cache] needs 0 <= alpha <= 1 and 0 <= alpha_min <= alpha_max <= 1")
+        if self.policy not in ("default", "lru", "s3fifo"):
+            raise ConfigError(f"[cache] policy: default, lru or s3fifo, not {self.policy!r}")
+        if not 0.0 < self.sample_rate <= 1.0:
+            raise ConfigError("[cache] sample_rate must be in (0, 1]")
+        if self.window < 1 or self.alpha_step <= 0 or self.memory < 0 or self.promote_after < 1:
+            raise ConfigError("[cache] window, alpha_step and promote_after must be positive")
 
 
 @dataclass
@@ -172,6 +184,7 @@ def load_config(
         cfg.buckets[name] = settings
     if "cache" in data:
         cfg.cache = _dataclass_from(CacheSettings, data["cache"], "cache")
+        cfg.cache.validate()
     if "decode" in data:
         cfg.decode = _dataclass_from(DecodeSettings, data["decode"], "decode")
 

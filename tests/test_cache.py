@@ -142,3 +142,32 @@ def test_policies_match_libcachesim_within_two_points() -> None:
             for policy in ("lru", "s3fifo"):
                 mine, ref = ours(policy, requests, budget)[0], theirs(policy, requests, budget)[0]
                 assert abs(mine - ref) <= 0.02, (policy, fraction, mine, ref)
+
+
+def test_read_cache_publishes_estimates_on_every_decision() -> None:
+    """The estimate gauges follow each window, also when alpha stays where it is."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from s3latent.cache.readpath import ReadCache
+    from s3latent.config import CacheSettings
+
+    registry = CollectorRegistry()
+    cache = ReadCache(CacheSettings(memory=1_000_000, window=10, sample_rate=1.0), registry)
+    for i in range(10):  # every read the same cost: no candidate is better, alpha stays
+        cache.record("b", f"k{i % 3}", "image_hit", 0.001, 1000, 100)
+    assert cache.dual.alpha == 0.5
+    text = generate_latest(registry).decode()
+    assert 's3latent_cache_alpha_estimate_seconds{alpha="0.50"} 0.001' in text
+
+
+@pytest.mark.parametrize("table", [
+    {"alpha": 1.5}, {"alpha_min": 0.6, "alpha_max": 0.4}, {"sample_rate": 0.0},
+    {"sample_rate": 2}, {"window": 0}, {"promote_after": 0}, {"policy": "fifo"},
+])
+def test_cache_settings_out_of_range_are_refused(tmp_path: object, table: dict) -> None:
+    from s3latent.config import ConfigError, load_config
+
+    path = tmp_path / "c.toml"  # type: ignore[operator]
+    path.write_text("[cache]\n" + "".join(f"{k} = {v!r}\n" for k, v in table.items()))
+    with pytest.raises(ConfigError, match=r"\[cache\]"):
+        load_config(path, env={})

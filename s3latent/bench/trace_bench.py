@@ -230,6 +230,7 @@ def gateway_config(
     adaptive: bool,
     window: int,
     alpha_step: float,
+    sample_rate: float = 1.0,
 ) -> str:
     """TOML for one gateway: the model, the plain image bucket, the cache split."""
     lines = [f"[models.{model_id}]"]
@@ -245,6 +246,7 @@ def gateway_config(
         f"adaptive = {_toml_value(adaptive)}",
         f"window = {window}",
         f"alpha_step = {alpha_step!r}",
+        f"sample_rate = {sample_rate!r}",
         "[server]",
         "sweep_interval_s = 2.0",
     ]
@@ -567,6 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--alpha-step", type=float, default=0.05)
     ap.add_argument(
+        "--sample-rate",
+        type=float,
+        default=1.0,
+        help="share of keys the resizer's shadows replay (the gateway's default is 0.1; a "
+        "trace of a few hundred objects needs them all for a stable estimate)",
+    )
+    ap.add_argument(
         "--codec",
         default=None,
         help="latent codec of the latent bucket (default: q8 with --quick, else auto)",
@@ -656,6 +665,7 @@ async def _run(
                     adaptive=adaptive,
                     window=args.window,
                     alpha_step=args.alpha_step,
+                    sample_rate=args.sample_rate,
                 )
             )
             return path
@@ -724,6 +734,7 @@ async def _run(
             "concurrency": args.concurrency,
             "window": args.window,
             "alpha_step": args.alpha_step,
+            "sample_rate": args.sample_rate,
             "codec": args.codec,
             "model": model_id,
             "sizes": sizes,

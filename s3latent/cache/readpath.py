@@ -51,6 +51,7 @@ class ReadCache:
                                         step=settings.alpha_step,
                                         alpha_min=settings.alpha_min,
                                         alpha_max=settings.alpha_max,
+                                        sample_rate=settings.sample_rate,
                                         policy=settings.policy,
                                         promote_after=settings.promote_after)
                         if settings.adaptive else None)
@@ -110,8 +111,11 @@ class ReadCache:
         self.requests.labels(path).inc()
         if self.resizer is None or path not in PATHS:
             return
+        estimates = self.resizer.estimates
         moved = self.resizer.record((bucket, key), image_size, latent_size, path, seconds)
         if moved is not None:
             self.dual.alpha = moved
+        if self.resizer.estimates is not estimates:  # a decision was taken, moved or not
+            self._estimate.clear()
             for candidate, value in self.resizer.estimates.items():
                 self._estimate.labels(f"{candidate:.2f}").set(value)
