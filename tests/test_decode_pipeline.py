@@ -66,6 +66,7 @@ async def test_batches_same_shape_and_matches_single(decoder: TinyDecoder) -> No
 
 
 async def test_different_shapes_are_not_mixed(decoder: TinyDecoder) -> None:
+    decoder.batch_invariant = True  # type: ignore[attr-defined]  # no probe decodes to count
     pipe = DevicePipeline(torch.device("cpu"), lambda m, d: decoder, max_batch=8,
                           max_wait_ms=30)
     try:
@@ -121,6 +122,53 @@ async def test_model_failure_reaches_every_waiter() -> None:
                                        return_exceptions=True)
         assert all(isinstance(r, RuntimeError) for r in results)
         assert pipe.depth == 0
+    finally:
+        await pipe.close()
+
+
+class BatchSensitive(TinyDecoder):
+    """Like a GPU kernel picked by batch size: batched outputs drift by a few levels."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        out = super().decode(latents)
+        return out + 0.02 if latents.shape[0] > 1 else out
+
+
+async def test_batches_that_change_bytes_are_decoded_one_at_a_time() -> None:
+    decoder = BatchSensitive().eval()
+    pipe = DevicePipeline(torch.device("cpu"), lambda m, d: decoder, max_batch=4,
+                          max_wait_ms=50)
+    try:
+        latents = _latents(4)
+        alone = [await pipe.decode("tiny", x) for x in latents]
+        decoder.calls.clear()
+        first = await asyncio.gather(*(pipe.decode("tiny", x) for x in latents))
+        assert decoder.calls == [1, 1, 1, 1, 4]  # the probe: singles, then the batch
+        assert pipe.stats.batch_invariance == {("tiny", (4, 16, 16), "torch.float32", 4): False}
+        decoder.calls.clear()
+        again = await asyncio.gather(*(pipe.decode("tiny", x) for x in latents))
+        assert decoder.calls == [1, 1, 1, 1]  # that batch size is never batched again
+        for a, b, c in zip(alone, first, again, strict=True):
+            assert a.tobytes() == b.tobytes() == c.tobytes()
+    finally:
+        await pipe.close()
+
+
+async def test_invariant_batches_are_probed_once_and_batch_invariant_decoders_never() -> None:
+    decoder = TinyDecoder().eval()
+    pipe = DevicePipeline(torch.device("cpu"), lambda m, d: decoder, max_batch=3,
+                          max_wait_ms=50)
+    try:
+        latents = _latents(3)
+        await asyncio.gather(*(pipe.decode("tiny", x) for x in latents))
+        assert decoder.calls == [1, 1, 1, 3]
+        decoder.calls.clear()
+        await asyncio.gather(*(pipe.decode("tiny", x) for x in latents))
+        assert decoder.calls == [3]
+        decoder.calls.clear()
+        decoder.batch_invariant = True  # type: ignore[attr-defined]  # e.g. the CPU TAE
+        await asyncio.gather(*(pipe.decode("tiny", x) for x in _latents(2)))
+        assert decoder.calls == [2] and len(pipe.stats.batch_invariance) == 1
     finally:
         await pipe.close()
 

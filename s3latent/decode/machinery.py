@@ -55,6 +55,16 @@ class Machinery:
                                           self._renderer.pipeline.devices)
                               if self._renderer else 0)
 
+        invariance = Gauge("s3latent_decode_batch_invariance",
+                           "Batch shapes probed: batched decodes byte-identical to single ones "
+                           "(result=invariant) or not, hence decoded one at a time (varies)",
+                           ["result"], registry=registry)
+        for result, value in (("invariant", True), ("varies", False)):
+            invariance.labels(result).set_function(
+                lambda value=value: sum(v is value for d in self._renderer.pipeline.devices
+                                        for v in d.stats.batch_invariance.values())
+                if self._renderer else 0)
+
     def _on_batch(self, size: int, seconds: float) -> None:
         if self._batches is not None:
             self._batches.observe(size)

@@ -6,6 +6,13 @@ dtype (up to `max_batch`, waiting at most `max_wait_ms` for company) and runs
 one forward pass on a dedicated thread, so torch never runs on the event loop.
 A full queue answers SlowDown at once: clients back off instead of piling up.
 
+Renditions must not depend on which requests a batch happened to group (their
+ETags were fixed at conversion). Decoders that cannot promise it on their own
+(`batch_invariant` false, e.g. on CUDA, where kernels are picked by batch size)
+are probed: the first batch of each (model, shape, dtype, batch size) is also
+decoded one latent at a time; if any byte differs, that batch size is decoded
+one at a time from then on, and the one-at-a-time results are what callers get.
+
 Stage 1 (decompress, dequantise) and stage 3 (image encoding) run on the
 caller's thread pool; only stage 2 lives here.
 """
@@ -46,6 +53,8 @@ class PipelineStats:
     rejected: int = 0
     decode_seconds: float = 0.0
     batch_sizes: list[int] = field(default_factory=list)
+    # (model, shape, dtype, batch size) -> batched output equals one-at-a-time output
+    batch_invariance: dict[tuple[Any, ...], bool] = field(default_factory=dict)
 
 
 def pixels_to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -57,9 +66,21 @@ def pick_devices(setting: str) -> list[torch.device]:
     """'auto' -> every CUDA device, else the CPU; or one named device."""
     if setting == "auto":
         if torch.cuda.is_available():
-            return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+            devices = [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+            deterministic_cuda()
+            return devices
         return [torch.device("cpu")]
+    if setting.startswith("cuda"):
+        deterministic_cuda()
     return [torch.device(setting)]
+
+
+def deterministic_cuda() -> None:
+    """Same latent, same bytes: no autotuned or TF32 kernels whose choice varies run to run."""
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 class DevicePipeline:
@@ -187,8 +208,28 @@ class DevicePipeline:
         if self._compile:
             # torch.compile behind a setting: first batches of each shape pay the compile.
             decode = self._compiled.setdefault(model_id, torch.compile(decoder.decode))
+        if len(latents) == 1 or getattr(decoder, "batch_invariant", False):
+            return self._run_decode(decode, decoder.dtype, latents)
+        probe = (model_id, tuple(latents[0].shape), str(latents[0].dtype), len(latents))
+        verdict = self.stats.batch_invariance.get(probe)
+        if verdict is True:
+            return self._run_decode(decode, decoder.dtype, latents)
+        alone = [self._run_decode(decode, decoder.dtype, [x])[0] for x in latents]
+        if verdict is None:
+            batched = self._run_decode(decode, decoder.dtype, latents)
+            same = all(a.tobytes() == b.tobytes() for a, b in zip(alone, batched, strict=True))
+            self.stats.batch_invariance[probe] = same
+            log.log(logging.INFO if same else logging.WARNING,
+                    "decode batches of %d x %s for %s on %s are %s", len(latents), probe[1],
+                    model_id, self.device,
+                    "byte-identical to single decodes" if same
+                    else "NOT byte-identical to single decodes: decoding them one at a time")
+        return alone
+
+    def _run_decode(self, decode: Callable[[torch.Tensor], torch.Tensor], dtype: torch.dtype,
+                    latents: list[torch.Tensor]) -> list[np.ndarray]:
         with torch.inference_mode():
-            batch = torch.stack(latents).to(self.device, decoder.dtype, non_blocking=True)
+            batch = torch.stack(latents).to(self.device, dtype, non_blocking=True)
             if self.device.type == "cuda":
                 batch = batch.contiguous(memory_format=torch.channels_last)
             images = pixels_to_uint8(decode(batch)).cpu().numpy()
