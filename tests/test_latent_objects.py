@@ -304,6 +304,31 @@ def test_crash_during_conversion_loses_nothing(step: str, tiny_model: dict[str, 
         survivor.stop()
 
 
+def test_concurrent_cold_misses_share_one_fetch_and_decode(
+        s3l: Any, lbucket: str, tiny_model: dict[str, str],
+        latent_gateway: GatewayProcess) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    image, sidecar, _ = make_pair(tiny_model, seed=11)
+    s3l.put_object(Bucket=lbucket, Key="cold.png", Body=image, ContentType="image/png")
+    s3l.put_object(Bucket=lbucket, Key="cold.png.latent.safetensors", Body=sidecar)
+    wait_latent(s3l, lbucket, "cold.png")
+
+    def metric(prefix: str) -> float:
+        text = requests.get(latent_gateway.endpoint + "/metrics", timeout=5).text
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(prefix))
+
+    misses = 's3latent_read_path_total{path="miss"}'
+    before = metric(misses), metric("s3latent_read_shared_misses_total")
+    with ThreadPoolExecutor(8) as pool:
+        bodies = list(pool.map(lambda _: s3l.get_object(Bucket=lbucket,
+                                                        Key="cold.png")["Body"].read(), range(8)))
+    assert len(set(bodies)) == 1 and len(bodies[0]) == len(image)
+    assert metric(misses) - before[0] == 1  # one backend fetch and one decode
+    assert metric("s3latent_read_shared_misses_total") - before[1] >= 1
+
+
 def test_read_path_tiers_and_concurrent_reads(s3l: Any, lbucket: str,
                                               tiny_model: dict[str, str],
                                               latent_gateway: GatewayProcess) -> None:

@@ -42,6 +42,7 @@ FORMAT_META = "s3latent-format"
 _FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"),
             "jpg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 LIST_HEAD_CONCURRENCY = 16
+_Shared = tuple[ObjectInfo, memoryview] | None  # what a cache miss hands to concurrent ones
 
 
 class BytesBody:
@@ -50,6 +51,11 @@ class BytesBody:
     def __init__(self, data: bytes | memoryview, chunk: int = 256 * 1024) -> None:
         self._data = memoryview(data)
         self._chunk = chunk
+
+    @property
+    def data(self) -> memoryview:
+        """All of it (a view: sharing it with another reader copies nothing)."""
+        return self._data
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for i in range(0, len(self._data), self._chunk):
@@ -88,6 +94,12 @@ class LatentObjectLayer(ObjectLayer):
         self.read_latency = Histogram(
             "s3latent_read_seconds", "Read latency by path", ["path"], registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        # (bucket, key) -> the whole-object cache miss under way: later misses wait for it
+        # instead of fetching (and decoding) again; None means "not shareable, fetch yourself"
+        self._misses: dict[tuple[str, str], asyncio.Future[_Shared]] = {}
+        self.shared_misses = Counter("s3latent_read_shared_misses",
+                                     "Cache misses answered by another miss's fetch",
+                                     registry=registry)
 
     async def start(self) -> None:
         if self._background:
@@ -126,6 +138,42 @@ class LatentObjectLayer(ObjectLayer):
                     cache.put_image(bucket, key, image)
                 self._record(bucket, key, "latent_hit", started, image, warm)
                 return logical, BytesBody(_slice(data, byte_range))
+            if byte_range is None:
+                return await self._shared_miss(bucket, key, started)
+        return await self._miss(bucket, key, byte_range, started)
+
+    async def _shared_miss(self, bucket: str, key: str, started: float
+                           ) -> tuple[ObjectInfo, ObjectBody]:
+        """One backend fetch and one decode for concurrent misses on a key."""
+        ident = (bucket, key)
+        pending = self._misses.get(ident)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                self.shared_misses.inc()
+                self.read_latency.labels("miss").observe(time.perf_counter() - started)
+                return shared[0], BytesBody(shared[1])
+            return await self._miss(bucket, key, None, started)
+        future: asyncio.Future[_Shared] = \
+            asyncio.get_running_loop().create_future()
+        self._misses[ident] = future
+        try:
+            info, body = await self._miss(bucket, key, None, started)
+            future.set_result((info, body.data) if isinstance(body, BytesBody) else None)
+            return info, body
+        except asyncio.CancelledError:  # this client left; the others fetch for themselves
+            future.set_result(None)
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters get it, nobody logs it as lost
+            raise
+        finally:
+            del self._misses[ident]
+
+    async def _miss(self, bucket: str, key: str, byte_range: tuple[int, int] | None,
+                    started: float) -> tuple[ObjectInfo, ObjectBody]:
+        cache = self.cache
         info, body = await self.backend.get_object(bucket, key, byte_range)
         rep = physical.representation(info)
         if rep == "plain":
