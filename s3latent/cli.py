@@ -21,6 +21,7 @@ TOOLS = {
 # `s3latent bench NAME ...` -> module with main(argv) -> int
 BENCHMARKS = {
     "determinism": "s3latent.bench.determinism",
+    "encoders": "s3latent.bench.encoder_study",
     "gateway": "s3latent.bench.gateway_bench",
     "memory": "s3latent.bench.memory_check",
     "policies": "s3latent.bench.policy_compare",
