@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 # Headers stored with an object and returned on GET/HEAD, besides Content-Type.
 STORED_HEADERS = (
@@ -53,12 +53,63 @@ class ObjectInfo:
     parts_count: int | None = None
     # Number of tags when the backend reports it without the tags themselves.
     tag_count: int | None = None
+    # The part table, when the backend reads it with the object (local backend).
+    part_table: PartTable | None = None
 
 
 @dataclass
 class BucketInfo:
     name: str
     created: datetime
+
+
+@dataclass
+class ObjectPart:
+    """One part of a completed multipart object, as GetObjectAttributes lists it."""
+
+    part_number: int
+    size: int
+    # algorithm -> base64 digest of this part (only the upload's checksum algorithm).
+    checksums: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class PartTable:
+    """The part layout of a completed multipart object, kept after Complete.
+
+    `etag` is the object's ETag when the table was recorded: a table whose ETag
+    differs from the object's current one describes an older object and is not used.
+    `checksum` is the object-level value ("b64-N" for COMPOSITE), if any.
+    """
+
+    etag: str
+    parts: list[ObjectPart]
+    checksum_algorithm: str | None = None
+    checksum_type: str | None = None
+    checksum: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """A compact JSON form ([number, size, checksum] per part)."""
+        alg = self.checksum_algorithm
+        return {"etag": self.etag, "algorithm": alg, "type": self.checksum_type,
+                "checksum": self.checksum,
+                "parts": [[p.part_number, p.size, p.checksums.get(alg) if alg else None]
+                          for p in self.parts]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PartTable:
+        alg = data.get("algorithm")
+        parts = [ObjectPart(int(n), int(size), {alg: cks} if alg and cks else {})
+                 for n, size, cks in data.get("parts", [])]
+        return cls(str(data["etag"]), parts, alg, data.get("type"), data.get("checksum"))
+
+
+@dataclass
+class UploadChecksum:
+    """The checksum a multipart upload was created with (x-amz-checksum-algorithm/-type)."""
+
+    algorithm: str  # lower case, one of s3.checksums.ALGORITHMS
+    type: str  # "COMPOSITE" or "FULL_OBJECT"
 
 
 @dataclass
@@ -86,6 +137,8 @@ class PartInfo:
     etag: str
     size: int
     last_modified: datetime
+    # Checksums recorded for the part (uploads created with a checksum algorithm).
+    checksums: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -118,6 +171,11 @@ class HashedBody:
     def md5_hex(self) -> str:
         raise NotImplementedError
 
+    @property
+    def checksums(self) -> dict[str, str]:
+        """x-amz-checksum values verified or computed for the body (after the end)."""
+        return {}
+
 
 class ObjectBody(Protocol):
     """A streaming object body; always closed by the reader."""
@@ -142,8 +200,12 @@ class Backend(Protocol):
     # -- buckets ---------------------------------------------------------
     async def list_buckets(self) -> list[BucketInfo]: ...
 
-    async def create_bucket(self, bucket: str) -> None:
-        """Raises BucketAlreadyOwnedByYou if it exists."""
+    async def create_bucket(self, bucket: str, owner: str | None = None) -> None:
+        """Create `bucket`, recording `owner` (the creating access key) when given.
+
+        Raises BucketAlreadyExists if it exists with another recorded owner,
+        BucketAlreadyOwnedByYou if it exists otherwise (same owner, or none recorded).
+        """
 
     async def head_bucket(self, bucket: str) -> BucketInfo:
         """Raises NoSuchBucket."""
@@ -203,14 +265,25 @@ class Backend(Protocol):
     ) -> ListPage:
         """Keys > start_after in UTF-8 binary order, rolled up by delimiter."""
 
+    async def get_bucket_tags(self, bucket: str) -> dict[str, str] | None:
+        """The bucket's tag set; None when it has none. Raises NoSuchBucket."""
+
+    async def put_bucket_tags(self, bucket: str, tags: dict[str, str] | None) -> None:
+        """Replace the bucket's tag set (already validated); None deletes it."""
+
     # -- tagging ---------------------------------------------------------
     async def get_tags(self, bucket: str, key: str) -> dict[str, str]: ...
 
     async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None: ...
 
     # -- multipart -------------------------------------------------------
-    async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta) -> str:
-        """Returns the upload id."""
+    async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta, *,
+                                      checksum: UploadChecksum | None = None) -> str:
+        """Returns the upload id. `checksum` is kept with the upload until it ends."""
+
+    async def upload_checksum(self, bucket: str, key: str,
+                              upload_id: str) -> UploadChecksum | None:
+        """The checksum the upload was created with. Raises NoSuchUpload."""
 
     async def upload_part(
         self,
@@ -222,7 +295,11 @@ class Backend(Protocol):
         *,
         size: int | None = None,
     ) -> str:
-        """Returns the part's ETag (MD5 hex). Raises NoSuchUpload."""
+        """Returns the part's ETag (MD5 hex). Raises NoSuchUpload.
+
+        When `body` is a HashedBody and the upload has a checksum algorithm, the
+        body's value for that algorithm is kept with the part (PartInfo.checksums).
+        """
 
     async def list_parts(
         self,
@@ -243,8 +320,13 @@ class Backend(Protocol):
         parts: list[tuple[int, str]],
         *,
         if_match: str | None = None,
+        checksum: str | None = None,
     ) -> ObjectInfo:
         """`parts` is [(part_number, etag)], already checked ascending and non-empty.
+
+        `checksum` is the object checksum the front end computed from the parts'
+        (for uploads created with a checksum algorithm); it is stored with the part
+        table (sizes and part checksums), see get_part_table.
 
         `if_match` (an ETag) completes only if the key still has that ETag, else
         PreconditionFailed and the upload stays open (the caller aborts it).
@@ -256,6 +338,13 @@ class Backend(Protocol):
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         """Raises NoSuchUpload."""
+
+    async def get_part_table(self, bucket: str, key: str, etag: str) -> PartTable | None:
+        """The part table of `key` if the stored object still has ETag `etag`.
+
+        None when there is none (not multipart, recorded before tables were kept,
+        or the object changed).
+        """
 
     async def list_multipart_uploads(
         self,

@@ -2,7 +2,7 @@
 
 Layout under the root:
 
-    buckets/<bucket>/.bucket.json            creation time
+    buckets/<bucket>/.bucket.json            creation time, owner, bucket tags
     buckets/<bucket>/<k1>/<k2>/<name>.~o     one object (key "k1/k2/name")
     .s3latent/tmp/                           files being written
     .s3latent/uploads/<upload id>/           a multipart upload: upload.json, part files
@@ -19,6 +19,9 @@ Writes go to a temp file in the same file system, are fsynced, then renamed
 over the target (and the directory fsynced): the rename is the commit
 point for data and metadata together, so a crash leaves either the old object
 or the new one, never a mix. Temp files left by a crash are removed on start.
+A multipart object's part table (part sizes, part checksums, the object
+checksum) is part of that metadata, so it is committed with the data.
+.bucket.json is replaced the same way (temp file, fsync, rename).
 
 Listings come from a per-bucket sorted key index built lazily by walking the
 bucket (keys are stored in each header, so hashed names resolve) and kept
@@ -49,7 +52,10 @@ from .base import (
     ListPage,
     ObjectInfo,
     ObjectMeta,
+    ObjectPart,
     PartInfo,
+    PartTable,
+    UploadChecksum,
     UploadInfo,
     UploadsPage,
 )
@@ -177,6 +183,7 @@ class LocalBackend:
         self._index: dict[str, list[str]] = {}
         self._index_lock = asyncio.Lock()
         self._key_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._bucket_locks: dict[str, asyncio.Lock] = {}
 
     # -- paths -------------------------------------------------------------
     def _bucket_dir(self, bucket: str) -> Path:
@@ -219,20 +226,61 @@ class LocalBackend:
 
         return await asyncio.to_thread(scan)
 
-    async def create_bucket(self, bucket: str) -> None:
+    async def create_bucket(self, bucket: str, owner: str | None = None) -> None:
         def create() -> None:
             d = self._bucket_dir(bucket)
             marker = d / ".bucket.json"
             if marker.exists():
+                recorded = json.loads(marker.read_text()).get("owner")
+                if recorded is not None and owner is not None and recorded != owner:
+                    raise S3Error("BucketAlreadyExists", resource=bucket, BucketName=bucket)
                 raise S3Error("BucketAlreadyOwnedByYou", resource=bucket, BucketName=bucket)
             d.mkdir(parents=True, exist_ok=True)
-            tmp = self._tmp / f"{secrets.token_hex(8)}.tmp"
-            tmp.write_text(json.dumps({"name": bucket, "created": _now().isoformat()}))
-            os.replace(tmp, marker)
-            _fsync_dir(d)
+            record: dict[str, Any] = {"name": bucket, "created": _now().isoformat()}
+            if owner is not None:
+                record["owner"] = owner
+            self._write_bucket_record(bucket, record)
 
-        await asyncio.to_thread(create)
+        async with self._bucket_lock(bucket):
+            await asyncio.to_thread(create)
         self._index[bucket] = []
+
+    def _bucket_lock(self, bucket: str) -> asyncio.Lock:
+        return self._bucket_locks.setdefault(bucket, asyncio.Lock())
+
+    def _write_bucket_record(self, bucket: str, record: dict[str, Any]) -> None:
+        """Replace .bucket.json atomically (temp file, fsync, rename, fsync dir)."""
+        d = self._bucket_dir(bucket)
+        tmp = self._tmp / f"{secrets.token_hex(8)}.tmp"
+        with open(tmp, "w") as f:
+            f.write(json.dumps(record))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, d / ".bucket.json")
+        _fsync_dir(d)
+
+    def _bucket_record(self, bucket: str) -> dict[str, Any]:
+        try:
+            return dict(json.loads((self._bucket_dir(bucket) / ".bucket.json").read_text()))
+        except FileNotFoundError:
+            raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket) from None
+
+    async def get_bucket_tags(self, bucket: str) -> dict[str, str] | None:
+        record = await asyncio.to_thread(self._bucket_record, bucket)
+        tags = record.get("tags")
+        return dict(tags) if tags is not None else None
+
+    async def put_bucket_tags(self, bucket: str, tags: dict[str, str] | None) -> None:
+        def update() -> None:
+            record = self._bucket_record(bucket)
+            if tags is None:
+                record.pop("tags", None)
+            else:
+                record["tags"] = dict(tags)
+            self._write_bucket_record(bucket, record)
+
+        async with self._bucket_lock(bucket):
+            await asyncio.to_thread(update)
 
     async def head_bucket(self, bucket: str) -> BucketInfo:
         def head() -> BucketInfo:
@@ -308,9 +356,11 @@ class LocalBackend:
             raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", Key=key) from None
         except NotADirectoryError:
             raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", Key=key) from None
+        table = header.get("part_table")
         info = ObjectInfo(key, header["size"], header["etag"],
                           datetime.fromisoformat(header["mtime"]),
-                          _meta_from_json(header["meta"]), parts_count=header.get("parts"))
+                          _meta_from_json(header["meta"]), parts_count=header.get("parts"),
+                          part_table=PartTable.from_json(table) if table else None)
         return info, path, offset
 
     async def head_object(self, bucket: str, key: str) -> ObjectInfo:
@@ -378,9 +428,12 @@ class LocalBackend:
 
     @staticmethod
     def _header(info: ObjectInfo) -> dict[str, Any]:
-        return {"key": info.key, "size": info.size, "etag": info.etag,
-                "mtime": info.last_modified.isoformat(), "parts": info.parts_count,
-                "meta": _meta_to_json(info.meta)}
+        header = {"key": info.key, "size": info.size, "etag": info.etag,
+                  "mtime": info.last_modified.isoformat(), "parts": info.parts_count,
+                  "meta": _meta_to_json(info.meta)}
+        if info.part_table is not None:
+            header["part_table"] = info.part_table.to_json()
+        return header
 
     async def delete_object(self, bucket: str, key: str) -> None:
         await self.head_bucket(bucket)
@@ -416,7 +469,7 @@ class LocalBackend:
             await body.close()
         try:
             copied = ObjectInfo(dst_key, writer.size, info.etag, _now(), new_meta,
-                                parts_count=info.parts_count)
+                                parts_count=info.parts_count, part_table=info.part_table)
             async with self._lock(dst_bucket, dst_key):
                 await asyncio.to_thread(writer.commit, self._header(copied),
                                         self._object_path(dst_bucket, dst_key))
@@ -505,7 +558,8 @@ class LocalBackend:
             raise S3Error("NoSuchUpload", UploadId=upload_id)
         return record
 
-    async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta) -> str:
+    async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta, *,
+                                      checksum: UploadChecksum | None = None) -> str:
         await self.head_bucket(bucket)
         self._object_path(bucket, key)  # refuses keys we could not store
         upload_id = secrets.token_hex(16)
@@ -513,8 +567,11 @@ class LocalBackend:
         def create() -> None:
             d = self._upload_dir(upload_id)
             d.mkdir(parents=True)
-            record = {"bucket": bucket, "key": key, "initiated": _now().isoformat(),
-                      "meta": _meta_to_json(meta)}
+            record: dict[str, Any] = {"bucket": bucket, "key": key,
+                                      "initiated": _now().isoformat(),
+                                      "meta": _meta_to_json(meta)}
+            if checksum is not None:
+                record["checksum"] = {"algorithm": checksum.algorithm, "type": checksum.type}
             tmp = self._tmp / f"{upload_id}.json.tmp"
             tmp.write_text(json.dumps(record))
             os.replace(tmp, d / "upload.json")
@@ -523,15 +580,26 @@ class LocalBackend:
         await asyncio.to_thread(create)
         return upload_id
 
+    async def upload_checksum(self, bucket: str, key: str,
+                              upload_id: str) -> UploadChecksum | None:
+        record = await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
+        return _upload_checksum(record)
+
     async def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
                           body: AsyncIterable[bytes], *, size: int | None = None) -> str:
-        await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
+        record = await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
+        checksum = _upload_checksum(record)
         writer = await self._receive(body)
         try:
             if size is not None and writer.size != size:
                 raise S3Error("IncompleteBody")
+            part_meta: dict[str, Any] = {}
+            if checksum is not None and isinstance(body, HashedBody):
+                value = body.checksums.get(checksum.algorithm)
+                if value:
+                    part_meta["checksums"] = {checksum.algorithm: value}
             header = {"key": key, "size": writer.size, "etag": writer.md5.hexdigest(),
-                      "mtime": _now().isoformat(), "parts": None, "meta": {}}
+                      "mtime": _now().isoformat(), "parts": None, "meta": part_meta}
             target = self._upload_dir(upload_id) / f"part-{part_number:05d}"
             # The upload may have been aborted or completed meanwhile.
             await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
@@ -548,7 +616,9 @@ class LocalBackend:
                 header = _read_header(f)
                 offset = 0
             out.append((PartInfo(int(path.name[5:]), header["etag"], header["size"],
-                                 datetime.fromisoformat(header["mtime"])), path, offset))
+                                 datetime.fromisoformat(header["mtime"]),
+                                 dict(header.get("meta", {}).get("checksums", {}))),
+                        path, offset))
         return out
 
     async def list_parts(self, bucket: str, key: str, upload_id: str, *,
@@ -561,7 +631,8 @@ class LocalBackend:
 
     async def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
                                         parts: list[tuple[int, str]], *,
-                                        if_match: str | None = None) -> ObjectInfo:
+                                        if_match: str | None = None,
+                                        checksum: str | None = None) -> ObjectInfo:
         record = await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
         stored = {p.part_number: (p, path, off)
                   for p, path, off in await asyncio.to_thread(self._parts, upload_id)}
@@ -577,6 +648,14 @@ class LocalBackend:
         digest = hashlib.md5(b"".join(bytes.fromhex(p.etag) for p, _, _ in chosen))
         etag = f"{digest.hexdigest()}-{len(chosen)}"
         meta = _meta_from_json(record["meta"])
+        upload_checksum = _upload_checksum(record)
+        table = PartTable(
+            etag,
+            [ObjectPart(p.part_number, p.size, dict(p.checksums)) for p, _, _ in chosen],
+            upload_checksum.algorithm if upload_checksum else None,
+            upload_checksum.type if upload_checksum else None,
+            checksum,
+        )
 
         def assemble(info: ObjectInfo) -> None:
             writer = _Writer(self._tmp)
@@ -598,7 +677,8 @@ class LocalBackend:
 
         async with self._lock(bucket, key):
             await self._check_conditions(bucket, key, if_match, None)
-            info = ObjectInfo(key, 0, etag, _now(), meta, parts_count=len(chosen))
+            info = ObjectInfo(key, 0, etag, _now(), meta, parts_count=len(chosen),
+                              part_table=table)
             await asyncio.to_thread(assemble, info)
         self._index_add(bucket, key)
         return info
@@ -606,6 +686,16 @@ class LocalBackend:
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
         await asyncio.to_thread(shutil.rmtree, self._upload_dir(upload_id), True)
+
+    async def get_part_table(self, bucket: str, key: str, etag: str) -> PartTable | None:
+        """Kept in the object file's metadata, so it always matches the data."""
+        try:
+            info = await self.head_object(bucket, key)
+        except S3Error:
+            return None
+        if info.etag != etag:
+            return None
+        return info.part_table
 
     async def list_multipart_uploads(self, bucket: str, *, prefix: str = "",
                                      delimiter: str | None = None,
@@ -651,6 +741,11 @@ class LocalBackend:
         next_key = result[-1].key if truncated and result else None
         next_id = result[-1].upload_id if truncated and result else None
         return UploadsPage(result, prefixes, truncated, next_key, next_id)
+
+
+def _upload_checksum(record: dict[str, Any]) -> UploadChecksum | None:
+    spec = record.get("checksum")
+    return UploadChecksum(spec["algorithm"], spec["type"]) if spec else None
 
 
 class _FixedDigest:

@@ -5,6 +5,9 @@ a temporary file beyond): the front end verifies a client's signature and
 checksums only at the end of its stream, and an object must not exist in the
 backend until that has passed. The backend verifies what we send with
 Content-MD5, so the stored ETag is the MD5 the client expects.
+
+Part tables, multipart checksums and bucket owners are kept in the backend's
+meta bucket (see s3_meta); bucket tags are the backend's own bucket tagging.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from botocore.exceptions import (
     EndpointConnectionError,
     ReadTimeoutError,
 )
+from cachetools import TTLCache
 
 from ..s3.errors import ERROR_CODES, S3Error
 from .base import (
@@ -41,11 +45,22 @@ from .base import (
     ListPage,
     ObjectInfo,
     ObjectMeta,
+    ObjectPart,
     PartInfo,
+    PartTable,
+    UploadChecksum,
     UploadInfo,
     UploadsPage,
 )
 from .s3_datapath import DataPath, parse_http_date
+from .s3_meta import GRACE_S as META_GRACE_S
+from .s3_meta import (
+    MetaStore,
+    object_prefix,
+    parse_part_checksum_key,
+    part_checksum_key,
+    upload_prefix,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +71,10 @@ BUCKET_CACHE_TTL = 10.0
 # Our own metadata rides in the backend's user metadata under this prefix.
 INTERNAL_PREFIX = "s3lx-"
 _CHECKSUM_PREFIX = INTERNAL_PREFIX + "cks-"
+# The meta bucket (s3_meta): S3LATENT_BACKEND_META_BUCKET, else derived from the
+# backend identity so that gateways sharing a backend account share it.
+META_BUCKET_ENV = "S3LATENT_BACKEND_META_BUCKET"
+_NO_CHECKSUM = UploadChecksum("", "")
 
 _HEADER_PARAMS = {
     "cache-control": "CacheControl",
@@ -173,6 +192,7 @@ class S3Backend:
         connect_timeout: float = 3.0,
         read_timeout: float = 60.0,
         max_attempts: int = 4,
+        meta_bucket: str | None = None,
     ) -> None:
         self.name = endpoint_url
         self.endpoint_url = endpoint_url
@@ -199,6 +219,15 @@ class S3Backend:
                               read_timeout=read_timeout, max_attempts=max_attempts)
         # Buckets known to exist -> (creation time, when checked).
         self._buckets: dict[str, tuple[datetime, float]] = {}
+        self.meta_bucket = meta_bucket or os.environ.get(META_BUCKET_ENV) or (
+            "s3latent-meta-" + hashlib.sha256(access_key.encode()).hexdigest()[:16])
+        self.meta = MetaStore(self.meta_bucket, self._call, self._data)
+        # upload id -> its checksum (_NO_CHECKSUM: none), to spare a record read per part.
+        self._upload_checksums: TTLCache[str, UploadChecksum] = TTLCache(
+            maxsize=20_000, ttl=24 * 3600)
+        # Best-effort removal of meta records, off the client's request path.
+        self._cleanups: set[asyncio.Task[None]] = set()
+        self._cleanup_slots = asyncio.Semaphore(8)
 
     async def start(self) -> None:
         session = get_session()
@@ -213,8 +242,15 @@ class S3Backend:
         self._exit_stack = ctx
         self._client = await ctx.__aenter__()
         await self._data.start()
+        try:
+            await self.list_buckets()  # learns whether the meta bucket exists
+        except S3Error as exc:
+            log.warning("backend %s: cannot list buckets at start: %s", self.name, exc)
 
     async def close(self) -> None:
+        for task in list(self._cleanups):
+            task.cancel()
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
         await self._data.close()
         if self._exit_stack is not None:
             await self._exit_stack.__aexit__(None, None, None)
@@ -238,19 +274,59 @@ class S3Backend:
 
     # -- buckets ---------------------------------------------------------
     async def list_buckets(self) -> list[BucketInfo]:
+        """The backend's buckets, without the meta bucket."""
         resp = await self._call("list_buckets")
         infos = [BucketInfo(b["Name"], _utc(b.get("CreationDate"))) for b in resp["Buckets"]]
+        if any(b.name == self.meta_bucket for b in infos):
+            self.meta.exists = True
+        infos = [b for b in infos if b.name != self.meta_bucket]
         now = time.monotonic()
         self._buckets = {b.name: (b.created, now) for b in infos}
         return infos
 
-    async def create_bucket(self, bucket: str) -> None:
+    async def create_bucket(self, bucket: str, owner: str | None = None) -> None:
+        if bucket == self.meta_bucket:
+            raise S3Error("BucketAlreadyExists", resource=bucket, BucketName=bucket)
         try:
             await self._call("create_bucket", bucket)
         except S3Error as exc:
-            if exc.code == "BucketAlreadyExists":
-                raise S3Error("BucketAlreadyOwnedByYou", resource=bucket) from exc
+            if exc.code not in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
+                raise
+            self._buckets.pop(bucket, None)
+            try:
+                await self.head_bucket(bucket)
+            except S3Error:  # another account's bucket on a shared store
+                raise S3Error("BucketAlreadyExists", resource=bucket,
+                              BucketName=bucket) from exc
+            record = await self.meta.get(f"buckets/{bucket}.json")
+            recorded = record.get("owner") if record else None
+            if recorded is not None and owner is not None and recorded != owner:
+                raise S3Error("BucketAlreadyExists", resource=bucket,
+                              BucketName=bucket) from exc
+            raise S3Error("BucketAlreadyOwnedByYou", resource=bucket,
+                          BucketName=bucket) from exc
+        # After the bucket exists: a crash in between leaves it without an owner.
+        if owner is not None:
+            await self.meta.put(f"buckets/{bucket}.json", {"owner": owner})
+
+    async def get_bucket_tags(self, bucket: str) -> dict[str, str] | None:
+        await self.head_bucket(bucket)
+        try:
+            resp = await self._call("get_bucket_tagging", bucket)
+        except S3Error as exc:
+            if exc.code == "NoSuchTagSet":
+                return None
             raise
+        tags = {t["Key"]: t["Value"] for t in resp.get("TagSet", [])}
+        return tags or None
+
+    async def put_bucket_tags(self, bucket: str, tags: dict[str, str] | None) -> None:
+        await self.head_bucket(bucket)
+        if tags is None:
+            await self._call("delete_bucket_tagging", bucket)
+            return
+        tag_set = [{"Key": k, "Value": v} for k, v in tags.items()]
+        await self._call("put_bucket_tagging", bucket, Tagging={"TagSet": tag_set})
 
     async def head_bucket(self, bucket: str) -> BucketInfo:
         cached = self._buckets.get(bucket)
@@ -260,6 +336,17 @@ class S3Backend:
             if info.name == bucket:
                 return info
         raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket)
+
+    def _cleanup(self, prefix: str, keep: str | None = None, grace_s: float = 0.0) -> None:
+        """Remove meta records under `prefix` in the background (best effort)."""
+
+        async def run() -> None:
+            async with self._cleanup_slots:
+                await self.meta.delete_prefix(prefix, keep=keep, grace_s=grace_s)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     async def _require_bucket(self, bucket: str) -> None:
         """Some stores (SeaweedFS) create a bucket on first PUT; S3 says NoSuchBucket."""
@@ -280,6 +367,12 @@ class S3Backend:
             raise S3Error("BucketNotEmpty", resource=bucket, BucketName=bucket)
         await self._call("delete_bucket", bucket)
         self._buckets.pop(bucket, None)
+        if self.meta.exists:  # best effort: leftovers match nothing that exists
+            try:
+                await self.meta.delete(f"buckets/{bucket}.json")
+            except S3Error as exc:
+                log.warning("could not remove the owner record of %s: %s", bucket, exc)
+            await self.meta.delete_prefix(object_prefix(bucket))
 
     # -- objects ---------------------------------------------------------
     async def put_object(
@@ -345,6 +438,8 @@ class S3Backend:
         except S3Error as exc:
             if exc.code != "NoSuchKey":
                 raise
+        if self.meta.exists:
+            self._cleanup(object_prefix(bucket, key), grace_s=META_GRACE_S)
 
     async def copy_object(
         self,
@@ -365,7 +460,13 @@ class S3Backend:
                 params["TaggingDirective"] = "REPLACE"
                 params["Tagging"] = urlencode(meta.tags, quote_via=quote)
         await self._call("copy_object", dst_bucket, dst_key, **params)
-        return await self.head_object(dst_bucket, dst_key)
+        info = await self.head_object(dst_bucket, dst_key)
+        if "-" in info.etag and self.meta.exists:
+            # The copy kept the multipart layout (same ETag): so does its part table.
+            table = await self.get_part_table(src_bucket, src_key, info.etag)
+            if table is not None:
+                await self._put_part_table(dst_bucket, dst_key, table)
+        return info
 
     async def list_objects(
         self,
@@ -416,13 +517,33 @@ class S3Backend:
         await self._call("put_object_tagging", bucket, key, Tagging={"TagSet": tag_set})
 
     # -- multipart -------------------------------------------------------
-    async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta) -> str:
+    async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta, *,
+                                      checksum: UploadChecksum | None = None) -> str:
         await self._require_bucket(bucket)
         params = _meta_params(meta)
         if meta.tags:
             params["Tagging"] = urlencode(meta.tags, quote_via=quote)
         resp = await self._call("create_multipart_upload", bucket, key, **params)
-        return resp["UploadId"]
+        upload_id: str = resp["UploadId"]
+        if checksum is not None:
+            # Lost on a crash before this write, with the answer: the client retries.
+            await self.meta.put(upload_prefix(upload_id) + "checksum.json",
+                                {"algorithm": checksum.algorithm, "type": checksum.type,
+                                 "bucket": bucket, "key": key})
+        self._upload_checksums[upload_id] = checksum or _NO_CHECKSUM
+        return upload_id
+
+    async def upload_checksum(self, bucket: str, key: str,
+                              upload_id: str) -> UploadChecksum | None:
+        """From this process's memory, else the upload's record (no existence check)."""
+        cached = self._upload_checksums.get(upload_id)
+        if cached is None:
+            record = await self.meta.get(upload_prefix(upload_id) + "checksum.json")
+            cached = _NO_CHECKSUM
+            if record and record.get("bucket") == bucket and record.get("key") == key:
+                cached = UploadChecksum(str(record["algorithm"]), str(record["type"]))
+            self._upload_checksums[upload_id] = cached
+        return None if cached is _NO_CHECKSUM else cached
 
     async def upload_part(
         self,
@@ -446,9 +567,26 @@ class S3Backend:
                 body=spool.payload(),
             )
             resp.release()
-            return _unquote_etag(resp.headers.get("ETag", "")) or spool.md5_hex
+            etag = _unquote_etag(resp.headers.get("ETag", "")) or spool.md5_hex
         finally:
             spool.close()
+        checksum = await self.upload_checksum(bucket, key, upload_id)
+        if checksum is not None and isinstance(body, HashedBody):
+            value = body.checksums.get(checksum.algorithm)
+            if value:
+                # After the part: a crash in between leaves the part without a
+                # checksum, which Complete reports (the client uploads it again).
+                await self.meta.put(part_checksum_key(upload_id, part_number, etag, value))
+        return etag
+
+    async def _part_checksums(self, upload_id: str) -> dict[tuple[int, str], str]:
+        """(part number, part ETag) -> checksum, from the upload's part records."""
+        found: dict[tuple[int, str], str] = {}
+        for name in await self.meta.list(upload_prefix(upload_id) + "parts/"):
+            parsed = parse_part_checksum_key(name)
+            if parsed is not None:
+                found[(parsed[0], parsed[1])] = parsed[2]
+        return found
 
     async def list_parts(
         self,
@@ -472,6 +610,13 @@ class S3Backend:
                      _utc(p.get("LastModified")))
             for p in resp.get("Parts", [])
         ]
+        checksum = await self.upload_checksum(bucket, key, upload_id)
+        if checksum is not None and parts:
+            recorded = await self._part_checksums(upload_id)
+            for part in parts:
+                value = recorded.get((part.part_number, part.etag))
+                if value:
+                    part.checksums = {checksum.algorithm: value}
         return parts, bool(resp.get("IsTruncated"))
 
     async def complete_multipart_upload(
@@ -482,6 +627,7 @@ class S3Backend:
         parts: list[tuple[int, str]],
         *,
         if_match: str | None = None,
+        checksum: str | None = None,
     ) -> ObjectInfo:
         # Check what S3 checks but some backends do not (part sizes, ETags).
         stored: dict[int, PartInfo] = {}
@@ -506,6 +652,18 @@ class S3Backend:
                 )
         md5s = b"".join(bytes.fromhex(_unquote_etag(e)) for _, e in parts)
         expected = f"{hashlib.md5(md5s).hexdigest()}-{len(parts)}"
+        upload_checksum = await self.upload_checksum(bucket, key, upload_id)
+        table: PartTable | None = None
+        if len(parts) > 1 or upload_checksum is not None:
+            # Before the commit point, keyed by the ETag the object will have.
+            table = PartTable(
+                expected,
+                [ObjectPart(n, stored[n].size, dict(stored[n].checksums)) for n, _ in parts],
+                upload_checksum.algorithm if upload_checksum else None,
+                upload_checksum.type if upload_checksum else None,
+                checksum,
+            )
+            await self._put_part_table(bucket, key, table)
         guard = {"IfMatch": f'"{if_match}"'} if if_match is not None else {}
         await self._call(
             "complete_multipart_upload",
@@ -520,11 +678,41 @@ class S3Backend:
         info = await self.head_object(bucket, key)
         if info.etag != expected:
             log.debug("backend multipart etag %s differs from S3's %s", info.etag, expected)
+            if table is not None:
+                table.etag = info.etag
+                await self._put_part_table(bucket, key, table)
+        if table is not None:  # tables of the objects this one replaced
+            self._cleanup(object_prefix(bucket, key),
+                          keep=self._table_name(bucket, key, info.etag), grace_s=META_GRACE_S)
+        if upload_checksum is not None:
+            self._cleanup(upload_prefix(upload_id))
         return info
+
+    @staticmethod
+    def _table_name(bucket: str, key: str, etag: str) -> str:
+        return f"{object_prefix(bucket, key)}{etag}.json"
+
+    async def _put_part_table(self, bucket: str, key: str, table: PartTable) -> None:
+        await self.meta.put(self._table_name(bucket, key, table.etag),
+                            {"key": key, **table.to_json()})
+
+    async def get_part_table(self, bucket: str, key: str, etag: str) -> PartTable | None:
+        if "/" in etag or not self.meta.exists:
+            return None
+        record = await self.meta.get(self._table_name(bucket, key, etag))
+        if record is None or record.get("etag") != etag or record.get("key") != key:
+            return None
+        try:
+            return PartTable.from_json(record)
+        except (KeyError, TypeError, ValueError):
+            return None
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         await self.list_parts(bucket, key, upload_id, max_parts=1)  # NoSuchUpload if gone
         await self._call("abort_multipart_upload", bucket, key, UploadId=upload_id)
+        if await self.upload_checksum(bucket, key, upload_id) is not None:
+            self._cleanup(upload_prefix(upload_id))
+        self._upload_checksums.pop(upload_id, None)
 
     async def list_multipart_uploads(
         self,
@@ -687,7 +875,10 @@ def translate_status(status: int, code: str, message: str | None, op: str,
 
 def backend_from_url(url: str, access_key: str | None, secret_key: str | None,
                      region: str = "us-east-1") -> Any:
-    """`file:///path` or a bare path -> LocalBackend; `http(s)://` -> S3Backend."""
+    """`file:///path` or a bare path -> LocalBackend; `http(s)://` -> S3Backend.
+
+    An S3 backend's meta bucket is S3LATENT_BACKEND_META_BUCKET when set.
+    """
     if url.startswith(("http://", "https://")):
         if not access_key or not secret_key:
             raise ValueError(
