@@ -94,6 +94,10 @@ class PayloadReader:
     `md5_hex` and `checksums` become available once iteration ends cleanly.
     `method`, when given, lets a body-carrying PUT without a length be refused
     (HTTP reads a request without Content-Length or chunking as an empty body).
+    A body sent with `Transfer-Encoding: chunked` and no length is read to its end
+    (`decoded_length` None), never past `max_size`.
+    `body_checksum_headers=False` leaves x-amz-checksum-<algorithm> headers alone:
+    on CompleteMultipartUpload they describe the object, not the request body.
     """
 
     decoded_length: int | None
@@ -106,8 +110,10 @@ class PayloadReader:
         *,
         max_size: int = 5 * 1024**4,
         method: str | None = None,
+        body_checksum_headers: bool = True,
     ) -> None:
         self._stream = stream
+        self._max_size = max_size
         self._auth = auth
         self._started = False
         self._done = False
@@ -134,7 +140,7 @@ class PayloadReader:
 
         self._content_md5 = self._parse_content_md5(headers.get("Content-MD5"))
         self._expected: dict[str, list[str]] = {}
-        wanted = self._parse_checksum_headers(headers)
+        wanted = self._parse_checksum_headers(headers) if body_checksum_headers else set()
         self._trailer_algorithms = self._parse_trailer_header(headers.get("x-amz-trailer"))
         wanted.update(self._trailer_algorithms)
 
@@ -149,11 +155,23 @@ class PayloadReader:
         self._md5 = hashlib.md5()
         self._sums: dict[str, Checksum] = {a: new_checksum(a) for a in ALGORITHMS if a in wanted}
         self._sha256 = hashlib.sha256() if self._expected_sha256 else None
+        self._updaters: list[Callable[[Any], None]] = []
+        self._set_updaters()
+
+    def _set_updaters(self) -> None:
         updaters: list[Callable[[Any], None]] = [self._md5.update]
         if self._sha256 is not None:
             updaters.append(self._sha256.update)
         updaters.extend(c.update for c in self._sums.values())
         self._updaters = updaters
+
+    def compute(self, algorithm: str) -> None:
+        """Also compute `algorithm` over the body (e.g. a multipart upload's own)."""
+        if self._started:
+            raise RuntimeError("checksums must be chosen before the body is read")
+        if algorithm not in self._sums:
+            self._sums[algorithm] = new_checksum(algorithm)
+            self._set_updaters()
 
     # -- header validation ---------------------------------------------------------------
 
@@ -253,8 +271,9 @@ class PayloadReader:
             return _parse_length(decoded, "x-amz-decoded-content-length")
         if content_length is not None:
             return content_length
-        chunked_te = "chunked" in (headers.get("Transfer-Encoding") or "").lower()
-        if chunked_te or (method or "").upper() == "PUT":
+        if "chunked" in (headers.get("Transfer-Encoding") or "").lower():
+            return None  # HTTP chunked framing: the length is known at the end
+        if (method or "").upper() == "PUT":
             raise S3Error("MissingContentLength")
         return 0  # HTTP: no Content-Length and no chunking means no body
 
@@ -301,7 +320,11 @@ class PayloadReader:
             raise _invalid("The request body is longer than its declared length.")
 
     async def _read_plain(self) -> AsyncIterator[bytes]:
-        remaining = self.decoded_length or 0
+        if self.decoded_length is None:
+            async for data in self._read_to_eof():
+                yield data
+            return
+        remaining = self.decoded_length
         read = self._stream.read
         updaters = self._updaters
         while remaining > 0:
@@ -313,6 +336,23 @@ class PayloadReader:
                 update(data)
             yield data
         await self._ensure_eof()
+
+    async def _read_to_eof(self) -> AsyncIterator[bytes]:
+        """A body of unknown length (HTTP chunked framing, already decoded by aiohttp)."""
+        read = self._stream.read
+        updaters = self._updaters
+        size = 0
+        while True:
+            data = await read(READ_SIZE)
+            if not data:
+                return
+            size += len(data)
+            if size > self._max_size:
+                raise S3Error("EntityTooLarge", ProposedSize=str(size),
+                              MaxSizeAllowed=str(self._max_size))
+            for update in updaters:
+                update(data)
+            yield data
 
     async def _line(self, *, eof_ok: bool = False) -> bytes:
         try:

@@ -46,13 +46,19 @@ class S3Request:
             return "/"
         return f"/{self.bucket}" + (f"/{self.key}" if self.key is not None else "")
 
-    def payload(self) -> PayloadReader:
+    def payload(self, *, body_checksum_headers: bool = True) -> PayloadReader:
         """A verifying reader over the request body (signature, checksums, length)."""
-        return PayloadReader(self.http.content, self.http.headers, self.auth, method=self.method)
+        return PayloadReader(self.http.content, self.http.headers, self.auth, method=self.method,
+                             body_checksum_headers=body_checksum_headers)
 
-    async def read_small_body(self, limit: int = MAX_SMALL_BODY) -> bytes:
-        """Whole body of a small XML request, verified like any payload."""
-        reader = self.payload()
+    async def read_small_body(self, limit: int = MAX_SMALL_BODY, *,
+                              body_checksum_headers: bool = True) -> bytes:
+        """Whole body of a small XML request, verified like any payload.
+
+        `body_checksum_headers=False` for requests whose x-amz-checksum-* headers
+        describe something else (CompleteMultipartUpload: the object).
+        """
+        reader = self.payload(body_checksum_headers=body_checksum_headers)
         if reader.decoded_length is not None and reader.decoded_length > limit:
             raise S3Error("MalformedXML", "The XML you provided was too large.")
         parts: list[bytes] = []
@@ -175,6 +181,10 @@ class VerifiedBody(HashedBody):
     @property
     def md5_hex(self) -> str:
         return self._reader.md5_hex
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        return self._reader.checksums
 
 
 def verified_body(reader: PayloadReader, meta: ObjectMeta | None) -> VerifiedBody:
