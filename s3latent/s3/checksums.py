@@ -138,3 +138,80 @@ def is_valid_b64(algorithm: str, value: str) -> bool:
     except (ValueError, UnicodeEncodeError):
         return False
     return len(raw) == size
+
+
+# -- multipart object checksums ------------------------------------------------------
+
+# Reflected polynomial and width of the CRCs a FULL_OBJECT multipart checksum can use.
+_CRC_PARAMS: dict[str, tuple[int, int]] = {
+    "crc32": (0xEDB88320, 32),
+    "crc32c": (0x82F63B78, 32),
+    "crc64nvme": (0x9A6C9329AC4BC9B5, 64),
+}
+FULL_OBJECT_ALGORITHMS = frozenset(_CRC_PARAMS)
+COMPOSITE_ALGORITHMS = frozenset({"crc32", "crc32c", "sha1", "sha256"})
+_X2N: dict[str, list[int]] = {}
+
+
+def _multmodp(a: int, b: int, poly: int, width: int) -> int:
+    """a(x) * b(x) modulo the CRC polynomial (reflected bit order), as zlib does."""
+    m = 1 << (width - 1)
+    p = 0
+    while True:
+        if a & m:
+            p ^= b
+            if not a & (m - 1):
+                break
+        m >>= 1
+        b = (b >> 1) ^ poly if b & 1 else b >> 1
+    return p
+
+
+def _x2nmodp(algorithm: str, n: int, k: int) -> int:
+    """x^(n * 2^k) modulo the polynomial of `algorithm`."""
+    poly, width = _CRC_PARAMS[algorithm]
+    table = _X2N.get(algorithm)
+    if table is None:
+        table = [1 << (width - 2)]  # x^1
+        for _ in range(1, 72):
+            table.append(_multmodp(table[-1], table[-1], poly, width))
+        _X2N[algorithm] = table
+    p = 1 << (width - 1)  # x^0
+    while n:
+        if n & 1:
+            p = _multmodp(table[k], p, poly, width)
+        n >>= 1
+        k += 1
+    return p
+
+
+def crc_combine(algorithm: str, crc1: int, crc2: int, len2: int) -> int:
+    """The CRC of A+B from crc(A), crc(B) and len(B) (zlib's crc32_combine, any width)."""
+    poly, width = _CRC_PARAMS[algorithm]
+    return _multmodp(_x2nmodp(algorithm, len2, 3), crc1, poly, width) ^ crc2
+
+
+def multipart_checksum(algorithm: str, checksum_type: str,
+                       parts: list[tuple[str, int]]) -> str:
+    """The object checksum of a multipart upload from its parts' (base64 value, size).
+
+    COMPOSITE: the checksum of the concatenated binary part checksums, then "-N".
+    FULL_OBJECT: the CRC of the whole object, combined from the part CRCs.
+    """
+    if checksum_type == "COMPOSITE":
+        combined = new_checksum(algorithm)
+        for value, _ in parts:
+            combined.update(base64.b64decode(value))
+        return f"{combined.b64()}-{len(parts)}"
+    _, width = _CRC_PARAMS[algorithm]
+    crc: int | None = None
+    for value, size in parts:
+        part_crc = int.from_bytes(base64.b64decode(value), "big")
+        crc = part_crc if crc is None else crc_combine(algorithm, crc, part_crc, size)
+    return base64.b64encode((crc or 0).to_bytes(width // 8, "big")).decode("ascii")
+
+
+def checksum_type_of(value: str) -> str:
+    """COMPOSITE for a multipart composite value ("b64-N"), else FULL_OBJECT."""
+    head, sep, count = value.rpartition("-")
+    return "COMPOSITE" if sep and head and count.isdigit() else "FULL_OBJECT"

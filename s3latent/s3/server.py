@@ -89,12 +89,18 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "ListObjectVersions", buckets.list_object_versions
             if "acl" in q:
                 return "GetBucketAcl", buckets.get_bucket_acl
+            if "tagging" in q:
+                return "GetBucketTagging", buckets.get_bucket_tagging
             for sub in buckets.NOT_CONFIGURED:
                 if sub in q:
                     return f"GetBucket-{sub}", buckets.get_bucket_not_configured
             return ("ListObjectsV2" if q.get("list-type") == "2" else "ListObjects",
                     buckets.list_objects)
         if method == "PUT":
+            if "tagging" in q:
+                return "PutBucketTagging", buckets.put_bucket_tagging
+            if "versioning" in q:
+                return "PutBucketVersioning", buckets.put_bucket_versioning
             if len(q):
                 raise S3Error("NotImplemented",
                               "Bucket configuration is not supported by s3latent.")
@@ -102,6 +108,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
         if method == "HEAD":
             return "HeadBucket", buckets.head_bucket
         if method == "DELETE":
+            if "tagging" in q:
+                return "DeleteBucketTagging", buckets.delete_bucket_tagging
             if len(q):
                 raise S3Error("NotImplemented",
                               "Bucket configuration is not supported by s3latent.")
@@ -201,6 +209,7 @@ def make_app(gw: Gateway) -> web.Application:
             elif bucket is not None and post_object.is_post_object(request, bucket, key):
                 operation = "PostObject"
                 check_bucket_name(bucket)
+                _refuse_internal_bucket(gw, bucket, creating=False)
                 response = await post_object.post_object(gw, request, bucket, request_id)
             else:
                 raw_query = request.rel_url.raw_query_string
@@ -215,6 +224,8 @@ def make_app(gw: Gateway) -> web.Application:
                                         gw.config.users, max_skew=skew)
                 if bucket is not None:
                     check_bucket_name(bucket)
+                    _refuse_internal_bucket(gw, bucket, creating=request.method == "PUT"
+                                            and key is None and not raw_query)
                 s3req = S3Request(request, request_id, bucket, key,
                                   parse_query(raw_query), auth)
                 operation, handler = route(s3req)
@@ -269,6 +280,14 @@ def make_app(gw: Gateway) -> web.Application:
     app.on_cleanup.append(on_cleanup)
     app["gateway"] = gw
     return app
+
+
+def _refuse_internal_bucket(gw: Gateway, bucket: str, *, creating: bool) -> None:
+    """The backend's meta bucket (S3 backends) is the gateway's, never a client's."""
+    if bucket == getattr(gw.backend, "meta_bucket", None):
+        if creating:
+            raise S3Error("BucketAlreadyExists", resource=bucket, BucketName=bucket)
+        raise S3Error("AccessDenied", resource=f"/{bucket}")
 
 
 async def _internal(gw: Gateway, path: str) -> web.Response:

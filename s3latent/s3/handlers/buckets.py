@@ -27,7 +27,6 @@ NOT_CONFIGURED = {
     "cors": "NoSuchCORSConfiguration",
     "lifecycle": "NoSuchLifecycleConfiguration",
     "website": "NoSuchWebsiteConfiguration",
-    "tagging": "NoSuchTagSet",
     "encryption": "ServerSideEncryptionConfigurationNotFoundError",
     "object-lock": "ObjectLockConfigurationNotFoundError",
     "publicAccessBlock": "NoSuchPublicAccessBlockConfiguration",
@@ -74,7 +73,7 @@ async def create_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
                 f"The {location} location constraint is incompatible with the region "
                 f"specific endpoint this request was sent to.",
             )
-    await gw.backend.create_bucket(req.bucket)
+    await gw.backend.create_bucket(req.bucket, owner=req.auth.access_key)
     return web.Response(status=200, headers={"Location": f"/{req.bucket}"})
 
 
@@ -103,6 +102,81 @@ async def get_bucket_versioning(gw: Gateway, req: S3Request) -> web.StreamRespon
     assert req.bucket is not None
     await gw.backend.head_bucket(req.bucket)
     return _xml(xml.render("VersioningConfiguration", {}))
+
+
+async def put_bucket_versioning(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    """Buckets stay unversioned: a valid request is answered 501, never pretended."""
+    assert req.bucket is not None
+    doc = xml.parse(await req.read_small_body(), "VersioningConfiguration")
+    status = xml.text(doc.get("Status")).strip()
+    mfa = xml.text(doc.get("MfaDelete")).strip()
+    if status not in ("", "Enabled", "Suspended") or mfa not in ("", "Enabled", "Disabled"):
+        raise S3Error("MalformedXML")
+    await gw.backend.head_bucket(req.bucket)
+    raise S3Error("NotImplemented", "Versioning is not supported by s3latent: buckets are "
+                  "unversioned (GetBucketVersioning answers an empty configuration).")
+
+
+MAX_BUCKET_TAGS = 50
+_TAG_PUNCTUATION = frozenset(" +-=._:/@")
+
+
+def _valid_tag_text(text: str) -> bool:
+    """Letters, digits, spaces and + - = . _ : / @ (AWS's tag character set)."""
+    return all(c.isalnum() or c in _TAG_PUNCTUATION or c.isspace() for c in text)
+
+
+def parse_bucket_tags(body: bytes) -> dict[str, str]:
+    """A PutBucketTagging body as {key: value}, validated as S3 validates bucket tags."""
+    doc = xml.parse(body, "Tagging")
+    if "TagSet" not in doc:
+        raise S3Error("MalformedXML")
+    tag_set = doc.get("TagSet") or {}
+    if not isinstance(tag_set, dict):
+        tag_set = {}
+    tags: dict[str, str] = {}
+    for tag in xml.as_list(tag_set.get("Tag")):
+        if not isinstance(tag, dict) or "Key" not in tag or "Value" not in tag:
+            raise S3Error("MalformedXML")
+        key, value = xml.text(tag["Key"]), xml.text(tag["Value"])
+        if key in tags:
+            raise S3Error("InvalidTag", "Cannot provide multiple Tags with the same key",
+                          TagKey=key)
+        if not key or len(key) > 128 or not _valid_tag_text(key):
+            raise S3Error("InvalidTag", "The TagKey you have provided is invalid", TagKey=key)
+        if key.lower().startswith("aws:"):
+            raise S3Error("InvalidTag", "Your TagKey cannot be prefixed with aws:", TagKey=key)
+        if len(value) > 256 or not _valid_tag_text(value):
+            raise S3Error("InvalidTag", "The TagValue you have provided is invalid",
+                          TagKey=key, TagValue=value)
+        tags[key] = value
+    if len(tags) > MAX_BUCKET_TAGS:
+        raise S3Error("InvalidTag", f"Bucket tag count cannot be greater than "
+                      f"{MAX_BUCKET_TAGS}")
+    return tags
+
+
+async def get_bucket_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None
+    tags = await gw.backend.get_bucket_tags(req.bucket)
+    if not tags:
+        raise S3Error("NoSuchTagSet", resource=req.resource, BucketName=req.bucket)
+    tag_list = [{"Key": k, "Value": tags[k]} for k in sorted(tags)]
+    return _xml(xml.render("Tagging", {"TagSet": {"Tag": tag_list}}))
+
+
+async def put_bucket_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    """Replaces the bucket's tag set; an empty TagSet removes it."""
+    assert req.bucket is not None
+    tags = parse_bucket_tags(await req.read_small_body())
+    await gw.backend.put_bucket_tags(req.bucket, tags or None)
+    return web.Response(status=204)
+
+
+async def delete_bucket_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None
+    await gw.backend.put_bucket_tags(req.bucket, None)
+    return web.Response(status=204)
 
 
 async def get_bucket_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:

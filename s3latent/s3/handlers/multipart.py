@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from cachetools import TTLCache
 
-from ...backends.base import MAX_PART_NUMBER
+from ...backends.base import MAX_PART_NUMBER, HashedBody, PartInfo, UploadChecksum
 from .. import xml
+from ..checksums import (
+    ALGORITHMS,
+    COMPOSITE_ALGORITHMS,
+    FULL_OBJECT_ALGORITHMS,
+    is_valid_b64,
+    multipart_checksum,
+    new_checksum,
+)
 from ..conditions import check_preconditions
 from ..errors import S3Error
 from ..names import check_key
@@ -21,11 +31,77 @@ from .objects import owner, parse_copy_source, reject_unsupported_write_headers
 if TYPE_CHECKING:
     from ..server import Gateway
 
-# (bucket, key, upload id) -> (parts, result) of recent Completes, for retried ones.
-COMPLETED: TTLCache[tuple[str, str, str], tuple[list[tuple[int, str]], Any]] = TTLCache(
+# (bucket, key, upload id) -> (parts, result, checksum headers) of recent Completes,
+# for retried ones.
+COMPLETED: TTLCache[tuple[str, str, str],
+                    tuple[list[tuple[int, str]], Any, dict[str, str]]] = TTLCache(
     maxsize=10_000, ttl=6 * 3600)
 _COPY_RANGE_RE = re.compile(r"^bytes=(\d+)-(\d+)$")
-_CHECKSUM_ALGORITHMS = ("crc32", "crc32c", "crc64nvme", "sha1", "sha256")
+_COMPOSITE_RE = re.compile(r"^(.+)-(\d{1,5})$")
+CHECKSUM_TYPES = ("COMPOSITE", "FULL_OBJECT")
+
+
+def checksum_element(algorithm: str) -> str:
+    """The XML element / boto3 field of an algorithm: sha256 -> ChecksumSHA256."""
+    return "Checksum" + algorithm.upper()
+
+
+def upload_checksum_from_headers(req: S3Request) -> UploadChecksum | None:
+    """x-amz-checksum-algorithm / x-amz-checksum-type of CreateMultipartUpload, checked."""
+    raw_algorithm = req.header("x-amz-checksum-algorithm")
+    raw_type = req.header("x-amz-checksum-type")
+    if raw_algorithm is None:
+        if raw_type is not None:
+            raise S3Error("InvalidRequest", "The x-amz-checksum-type header can only be used "
+                          "with the x-amz-checksum-algorithm header.")
+        return None
+    algorithm = raw_algorithm.strip().lower()
+    if algorithm not in ALGORITHMS:
+        raise S3Error("InvalidArgument", "Checksum algorithm provided is unsupported. Please "
+                      "try again with any of the valid types: [CRC32, CRC32C, CRC64NVME, SHA1, "
+                      "SHA256]", ArgumentName="x-amz-checksum-algorithm",
+                      ArgumentValue=raw_algorithm[:100])
+    if raw_type is None:
+        kind = "FULL_OBJECT" if algorithm == "crc64nvme" else "COMPOSITE"
+    else:
+        kind = raw_type.strip().upper()
+        if kind not in CHECKSUM_TYPES:
+            raise S3Error("InvalidRequest", "Value for x-amz-checksum-type header is invalid.")
+    allowed = COMPOSITE_ALGORITHMS if kind == "COMPOSITE" else FULL_OBJECT_ALGORITHMS
+    if algorithm not in allowed:
+        raise S3Error("InvalidRequest", f"The {kind} checksum type cannot be used with the "
+                      f"{algorithm} checksum algorithm.")
+    return UploadChecksum(algorithm, kind)
+
+
+class _ChecksummedBody(HashedBody):
+    """A copied part's bytes, hashed as a client upload would be (MD5 + checksum)."""
+
+    def __init__(self, body: AsyncIterable[bytes], algorithm: str | None) -> None:
+        self._body = body
+        self._md5 = hashlib.md5()
+        self._checksum = new_checksum(algorithm) if algorithm else None
+        self._result: dict[str, str] = {}
+        self._hex: str | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._body:
+            self._md5.update(chunk)
+            if self._checksum is not None:
+                self._checksum.update(chunk)
+            yield chunk
+        self._hex = self._md5.hexdigest()
+        if self._checksum is not None:
+            self._result = {self._checksum.algorithm: self._checksum.b64()}
+
+    @property
+    def md5_hex(self) -> str:
+        assert self._hex is not None, "read the body first"
+        return self._hex
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        return dict(self._result)
 
 
 def _xml(body: bytes, headers: dict[str, str] | None = None) -> web.Response:
@@ -52,14 +128,14 @@ async def create_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResp
     check_key(req.key)
     reject_unsupported_write_headers(req)
     meta = meta_from_headers(req)
+    checksum = upload_checksum_from_headers(req)
     await gw.backend.head_bucket(req.bucket)
-    upload_id = await gw.backend.create_multipart_upload(req.bucket, req.key, meta)
+    upload_id = await gw.backend.create_multipart_upload(req.bucket, req.key, meta,
+                                                         checksum=checksum)
     headers = {}
-    algorithm = (req.header("x-amz-checksum-algorithm") or "").lower()
-    if algorithm:
-        if algorithm not in _CHECKSUM_ALGORITHMS:
-            raise S3Error("InvalidArgument", "Checksum algorithm provided is unsupported.")
-        headers["x-amz-checksum-algorithm"] = algorithm.upper()
+    if checksum is not None:
+        headers["x-amz-checksum-algorithm"] = checksum.algorithm.upper()
+        headers["x-amz-checksum-type"] = checksum.type
     body = xml.render(
         "InitiateMultipartUploadResult",
         {"Bucket": req.bucket, "Key": req.key, "UploadId": upload_id},
@@ -74,6 +150,11 @@ async def upload_part(gw: Gateway, req: S3Request) -> web.StreamResponse:
     number = _part_number(req)
     upload_id = _upload_id(req)
     reader = req.payload()
+    checksum = await gw.backend.upload_checksum(req.bucket, req.key, upload_id)
+    if checksum is not None:
+        # Every part of such an upload keeps a checksum of the upload's algorithm,
+        # whether or not the client sent one (as S3 does).
+        reader.compute(checksum.algorithm)
     etag = await gw.backend.upload_part(
         req.bucket, req.key, upload_id, number, verified_body(reader, None),
         size=reader.decoded_length,
@@ -91,19 +172,22 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     source = await gw.objects.head(src_bucket, src_key)
     check_preconditions(req.headers, source, prefix="x-amz-copy-source-")
     byte_range = _copy_range(req.header("x-amz-copy-source-range"), source.size)
+    checksum = await gw.backend.upload_checksum(req.bucket, req.key, upload_id)
     info, body = await gw.objects.get(src_bucket, src_key, byte_range)
+    hashed = _ChecksummedBody(body, checksum.algorithm if checksum else None)
     try:
         if info.etag != source.etag:
             check_preconditions(req.headers, info, prefix="x-amz-copy-source-")
         size = (byte_range[1] - byte_range[0] + 1) if byte_range else info.size
         etag = await gw.backend.upload_part(
-            req.bucket, req.key, upload_id, number, body, size=size
+            req.bucket, req.key, upload_id, number, hashed, size=size
         )
     finally:
         await body.close()
-    result = xml.render("CopyPartResult", {"LastModified": info.last_modified,
-                                           "ETag": f'"{etag}"'})
-    return _xml(result)
+    result: dict[str, Any] = {"LastModified": info.last_modified, "ETag": f'"{etag}"'}
+    for algorithm, value in hashed.checksums.items():
+        result[checksum_element(algorithm)] = value
+    return _xml(xml.render("CopyPartResult", result))
 
 
 def _copy_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -121,47 +205,144 @@ def _copy_range(header: str | None, size: int) -> tuple[int, int] | None:
     return first, last
 
 
-async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
-    assert req.bucket is not None and req.key is not None
-    upload_id = _upload_id(req)
-    doc = xml.parse(await req.read_small_body(), "CompleteMultipartUpload")
+def _complete_request(doc: dict[str, Any]) -> tuple[list[tuple[int, str]],
+                                                    dict[int, dict[str, str]]]:
+    """[(part number, ETag)] and {part number: {algorithm: checksum}} of a Complete."""
     parts: list[tuple[int, str]] = []
+    part_checksums: dict[int, dict[str, str]] = {}
     for part in xml.as_list(doc.get("Part")):
         if not isinstance(part, dict) or "PartNumber" not in part or "ETag" not in part:
             raise S3Error("MalformedXML")
         raw_number = xml.text(part["PartNumber"]).strip()
         if not raw_number.isdigit():
             raise S3Error("MalformedXML")
-        parts.append((int(raw_number), xml.text(part["ETag"]).strip().strip('"')))
+        number = int(raw_number)
+        parts.append((number, xml.text(part["ETag"]).strip().strip('"')))
+        given = {a: xml.text(part[checksum_element(a)]).strip() for a in ALGORITHMS
+                 if checksum_element(a) in part}
+        if given:
+            part_checksums[number] = given
     if not parts:
         raise S3Error("MalformedXML", "The XML you provided was not well-formed or did not "
                       "validate against our published schema: no parts")
+    return parts, part_checksums
+
+
+def _object_checksum_header(req: S3Request) -> tuple[str, str] | None:
+    """(algorithm, value) of the x-amz-checksum-<algorithm> a Complete names, format-checked."""
+    found = []
+    for algorithm in ALGORITHMS:
+        value = req.header(f"x-amz-checksum-{algorithm}")
+        if value is not None:
+            found.append((algorithm, value.strip()))
+    if not found:
+        return None
+    if len(found) > 1:
+        raise S3Error("InvalidRequest", "Expecting a single x-amz-checksum- header. Multiple "
+                      "checksum Types are not allowed.")
+    algorithm, value = found[0]
+    m = _COMPOSITE_RE.match(value)
+    digest = m.group(1) if m else value
+    if not is_valid_b64(algorithm, digest):
+        # As for PutObject: a value that cannot be the digest cannot match it.
+        raise S3Error("BadDigest", f"Value for x-amz-checksum-{algorithm} header is invalid.")
+    return algorithm, value
+
+
+async def _all_parts(gw: Gateway, bucket: str, key: str, upload_id: str) -> dict[int, PartInfo]:
+    stored: dict[int, PartInfo] = {}
+    marker = 0
+    while True:
+        page, truncated = await gw.backend.list_parts(bucket, key, upload_id,
+                                                      part_number_marker=marker)
+        stored.update({p.part_number: p for p in page})
+        if not truncated or not page:
+            return stored
+        marker = page[-1].part_number
+
+
+async def _object_checksum(gw: Gateway, req: S3Request, upload_id: str,
+                           parts: list[tuple[int, str]],
+                           part_checksums: dict[int, dict[str, str]]) -> dict[str, str]:
+    """Verify the checksums a Complete carries; {algorithm: value} to store, or {}.
+
+    Raises before anything is committed, so a refused Complete leaves the upload open.
+    """
+    assert req.bucket is not None and req.key is not None
+    claimed = _object_checksum_header(req)
+    checksum = await gw.backend.upload_checksum(req.bucket, req.key, upload_id)
+    claimed_type = req.header("x-amz-checksum-type")
+    if checksum is None:
+        if claimed is not None or claimed_type is not None:
+            raise S3Error("InvalidRequest", "The upload was not created with a checksum "
+                          "algorithm, so no object checksum can be verified.")
+        return {}
+    if claimed_type is not None and claimed_type.strip().upper() != checksum.type:
+        raise S3Error("InvalidRequest", f"The upload was created using the {checksum.type} "
+                      "checksum mode. The complete request must use the same checksum mode.")
+    if claimed is not None and claimed[0] != checksum.algorithm:
+        raise S3Error("InvalidRequest", f"Checksum Type mismatch occurred, expected checksum "
+                      f"Type: {checksum.algorithm}, actual checksum Type: {claimed[0]}")
+    stored = await _all_parts(gw, req.bucket, req.key, upload_id)
+    values: list[tuple[str, int]] = []
+    for number, etag in parts:
+        part = stored.get(number)
+        if part is None or part.etag != etag:
+            raise S3Error("InvalidPart", UploadId=upload_id, PartNumber=str(number))
+        recorded = part.checksums.get(checksum.algorithm)
+        if not recorded:
+            raise S3Error("InvalidRequest", f"The upload was created using a "
+                          f"{checksum.algorithm} checksum. The checksum of part {number} is "
+                          "not known: upload the part again.")
+        given = part_checksums.get(number, {}).get(checksum.algorithm)
+        if given is not None and given != recorded:
+            raise S3Error("InvalidPart", f"The {checksum.algorithm.upper()} of part {number} "
+                          "does not match the checksum of the uploaded part.",
+                          UploadId=upload_id, PartNumber=str(number))
+        values.append((recorded, part.size))
+    value = multipart_checksum(checksum.algorithm, checksum.type, values)
+    if claimed is not None and claimed[1] not in (value, value.rsplit("-", 1)[0]):
+        raise S3Error("BadDigest", f"The {checksum.algorithm.upper()} you specified did not "
+                      "match the calculated checksum.")
+    return {checksum.algorithm: value}
+
+
+async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    assert req.bucket is not None and req.key is not None
+    upload_id = _upload_id(req)
+    # x-amz-checksum-* headers name the object's checksum here, not the XML body's.
+    body = await req.read_small_body(body_checksum_headers=False)
+    parts, part_checksums = _complete_request(xml.parse(body, "CompleteMultipartUpload"))
     numbers = [n for n, _ in parts]
     if any(b <= a for a, b in itertools.pairwise(numbers)):
+        # Repeated part numbers too: S3 refuses them with this code.
         raise S3Error("InvalidPartOrder", UploadId=upload_id)
-    gw.objects.invalidate(req.bucket, req.key)
     done_key = (req.bucket, req.key, upload_id)
     try:
-        info = await gw.backend.complete_multipart_upload(req.bucket, req.key, upload_id, parts)
+        checksums = await _object_checksum(gw, req, upload_id, parts, part_checksums)
+        gw.objects.invalidate(req.bucket, req.key)
+        stored_checksum = next(iter(checksums.values()), None)
+        info = await gw.backend.complete_multipart_upload(req.bucket, req.key, upload_id, parts,
+                                                          checksum=stored_checksum)
     except S3Error as exc:
         # A retried Complete whose first answer was lost: answer it again (S3 does).
         previous = COMPLETED.get(done_key)
         if exc.code != "NoSuchUpload" or previous is None or previous[0] != parts:
             raise
-        info = previous[1]
+        _, info, checksums = previous
     else:
-        COMPLETED[done_key] = (parts, info)
+        COMPLETED[done_key] = (parts, info, checksums)
     gw.objects.invalidate(req.bucket, req.key)
-    body = xml.render(
-        "CompleteMultipartUploadResult",
-        {
-            "Location": f"http://{req.http.host}/{req.bucket}/{req.key}",
-            "Bucket": req.bucket,
-            "Key": req.key,
-            "ETag": f'"{info.etag}"',
-        },
-    )
-    return _xml(body)
+    result: dict[str, Any] = {
+        "Location": f"http://{req.http.host}/{req.bucket}/{req.key}",
+        "Bucket": req.bucket,
+        "Key": req.key,
+        "ETag": f'"{info.etag}"',
+    }
+    for algorithm, value in checksums.items():
+        result[checksum_element(algorithm)] = value
+        result["ChecksumType"] = "COMPOSITE" if _COMPOSITE_RE.match(value) else "FULL_OBJECT"
+    return _xml(xml.render("CompleteMultipartUploadResult", result))
 
 
 async def abort_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
@@ -178,6 +359,7 @@ async def list_parts(gw: Gateway, req: S3Request) -> web.StreamResponse:
     parts, truncated = await gw.backend.list_parts(
         req.bucket, req.key, upload_id, part_number_marker=marker, max_parts=max_parts
     )
+    checksum = await gw.backend.upload_checksum(req.bucket, req.key, upload_id)
     result: dict[str, Any] = {
         "Bucket": req.bucket,
         "Key": req.key,
@@ -189,12 +371,15 @@ async def list_parts(gw: Gateway, req: S3Request) -> web.StreamResponse:
         "NextPartNumberMarker": parts[-1].part_number if parts else marker,
         "MaxParts": max_parts,
         "IsTruncated": truncated,
+        "ChecksumAlgorithm": checksum.algorithm.upper() if checksum else None,
+        "ChecksumType": checksum.type if checksum else None,
         "Part": [
             {
                 "PartNumber": p.part_number,
                 "LastModified": p.last_modified,
                 "ETag": f'"{p.etag}"',
                 "Size": p.size,
+                **{checksum_element(a): v for a, v in p.checksums.items()},
             }
             for p in parts
         ]

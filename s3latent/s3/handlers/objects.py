@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from aiohttp import web
 
-from ...backends.base import ObjectBody, ObjectInfo, ObjectMeta
+from ...backends.base import ObjectBody, ObjectInfo, ObjectMeta, ObjectPart, PartTable
 from .. import xml
+from ..checksums import checksum_type_of
 from ..conditions import check_preconditions, parse_range
 from ..errors import S3Error
 from ..names import check_bucket_name, check_key
@@ -37,6 +41,24 @@ RESPONSE_OVERRIDES = {
 }
 _CANNED_ACLS_ALLOWED = {"private", "bucket-owner-full-control", "bucket-owner-read"}
 _DELETE_CONCURRENCY = 32
+_MULTIPART_ETAG = re.compile(r"^[0-9a-fA-F]{32}-(\d{1,5})$")
+
+
+def multipart_count(info: ObjectInfo) -> int | None:
+    """How many parts a multipart object has (from the backend or its ETag); None if not."""
+    if info.parts_count:
+        return info.parts_count
+    m = _MULTIPART_ETAG.match(info.etag)
+    return int(m.group(1)) if m else None
+
+
+async def part_table(gw: Gateway, bucket: str, key: str, info: ObjectInfo) -> PartTable | None:
+    """The part table of the object `info` describes, if one was kept."""
+    if info.part_table is not None and info.part_table.etag == info.etag:
+        return info.part_table
+    if multipart_count(info) is None:
+        return None
+    return await gw.backend.get_part_table(bucket, key, info.etag)
 
 
 def object_headers(info: ObjectInfo) -> dict[str, str]:
@@ -110,56 +132,145 @@ def _read_headers(req: S3Request, info: ObjectInfo, gw: Gateway) -> dict[str, st
     return headers
 
 
-def _checksum_headers(req: S3Request, info: ObjectInfo) -> dict[str, str]:
+def object_checksums(info: ObjectInfo, table: PartTable | None) -> dict[str, str]:
+    """algorithm -> value of the object's checksum: a PUT's, or a multipart upload's."""
+    if info.meta.checksums:
+        return dict(info.meta.checksums)
+    if table is not None and table.checksum and table.checksum_algorithm:
+        return {table.checksum_algorithm: table.checksum}
+    return {}
+
+
+async def _checksum_headers(gw: Gateway, req: S3Request, read: _Read) -> dict[str, str]:
     if (req.header("x-amz-checksum-mode") or "").upper() != "ENABLED":
         return {}
-    out = {f"x-amz-checksum-{alg}": value for alg, value in info.meta.checksums.items()}
+    if read.part is not None:  # a part's own checksum, of the upload's type
+        kind = read.table.checksum_type if read.table else None
+        out = {f"x-amz-checksum-{a}": v for a, v in read.part.checksums.items()}
+        if out and kind:
+            out["x-amz-checksum-type"] = kind
+        return out
+    if read.byte_range is not None:
+        return {}
+    table = read.table
+    if table is None and not read.info.meta.checksums:
+        assert req.bucket is not None and req.key is not None
+        table = await part_table(gw, req.bucket, req.key, read.info)
+    values = object_checksums(read.info, table)
+    out = {f"x-amz-checksum-{alg}": value for alg, value in values.items()}
     if out:
-        out["x-amz-checksum-type"] = "FULL_OBJECT"
+        out["x-amz-checksum-type"] = checksum_type_of(next(iter(values.values())))
     return out
 
 
-async def _resolve_read(
-    gw: Gateway, req: S3Request
-) -> tuple[ObjectInfo, tuple[int, int] | None, ObjectBody | None]:
+@dataclass
+class _Read:
+    """What a GET/HEAD will send: the object, the byte range, the part asked for."""
+
+    info: ObjectInfo
+    byte_range: tuple[int, int] | None = None
+    body: ObjectBody | None = None
+    part: ObjectPart | None = None
+    table: PartTable | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _part_number_param(req: S3Request) -> int | None:
+    raw = req.query.get("partNumber")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 10000:
+        raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000, "
+                      "inclusive", ArgumentName="partNumber", ArgumentValue=raw[:100])
+    if req.header("Range") is not None:
+        raise S3Error("InvalidRequest", "Cannot specify both Range header and partNumber "
+                      "query parameter.")
+    return int(raw)
+
+
+async def _part_read(gw: Gateway, req: S3Request, info: ObjectInfo, number: int) -> _Read:
+    """GET/HEAD ?partNumber=N: the bytes of part N, as a range of the whole object."""
+    assert req.bucket is not None and req.key is not None
+    count = multipart_count(info)
+    if count is None:  # a single PUT is its own (only) part
+        if number != 1:
+            raise S3Error("InvalidPartNumber")
+        return _Read(info)
+    table = await part_table(gw, req.bucket, req.key, info)
+    headers = {"x-amz-mp-parts-count": str(count)}
+    if table is None:
+        if count != 1:
+            raise S3Error("NotImplemented", "The part layout of this object was not recorded "
+                          "(it was completed before s3latent kept part tables).")
+        if number != 1:
+            raise S3Error("InvalidPartNumber")
+        return _Read(info, (0, info.size - 1) if info.size else None, headers=headers)
+    start = 0
+    for part in table.parts:
+        if part.part_number == number:
+            if part.size == 0:  # nothing to read: an empty body
+                return _Read(info, None, _EmptyBody(), part=part, table=table,
+                             headers=headers)
+            return _Read(info, (start, start + part.size - 1), part=part, table=table,
+                         headers=headers)
+        start += part.size
+    raise S3Error("InvalidPartNumber")
+
+
+class _EmptyBody:
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        return
+        yield b""  # pragma: no cover - makes this an async generator
+
+    async def close(self) -> None:
+        return None
+
+
+async def _resolve_read(gw: Gateway, req: S3Request) -> _Read:
     """Evaluate conditionals and the range; open the body unless it is a HEAD.
 
-    A plain GET opens the object in one backend call; ranged reads and HEAD need
-    the size (or nothing but the metadata) first.
+    A plain GET opens the object in one backend call; ranged reads, part reads
+    and HEAD need the size (or nothing but the metadata) first.
     """
     bucket, key = req.bucket, req.key
     assert bucket is not None and key is not None
     range_header = req.header("Range")
-    if "partNumber" in req.query:
-        part = req.query["partNumber"]
-        if not part.isdigit() or not 1 <= int(part) <= 10000:
-            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000")
-        if int(part) != 1:
-            raise S3Error("InvalidPartNumber")
-    if req.method == "GET" and not range_header:
+    part_number = _part_number_param(req)
+    if req.method == "GET" and not range_header and part_number is None:
         info, body = await gw.objects.get(bucket, key)
         try:
             check_preconditions(req.headers, info)
         except BaseException:
             await body.close()
             raise
-        return info, None, body
+        return _Read(info, None, body)
     info = await gw.objects.head(bucket, key)
     check_preconditions(req.headers, info)
-    byte_range = parse_range(range_header, info.size)
+    if part_number is not None:
+        read = await _part_read(gw, req, info, part_number)
+    else:
+        read = _Read(info, parse_range(range_header, info.size))
     if req.method == "HEAD":
-        return info, byte_range, None
+        read.body = None
+        return read
+    if read.body is not None:  # an empty part
+        return read
+    byte_range = read.byte_range
     info2, body = await gw.objects.get(bucket, key, byte_range)
     if info2.etag != info.etag:
         # Replaced between the two calls: evaluate against what we will send.
         try:
             check_preconditions(req.headers, info2)
+            if part_number is not None:
+                raise S3Error("PreconditionFailed", "The object changed while its part was "
+                              "read; retry.", Condition="ETag")
             if byte_range is not None and byte_range[1] >= info2.size:
                 raise S3Error("InvalidRange", headers={"Content-Range": f"bytes */{info2.size}"})
         except BaseException:
             await body.close()
             raise
-    return info2, byte_range, body
+    read.info, read.body = info2, body
+    return read
 
 
 def wants_latent(req: S3Request) -> bool:
@@ -189,11 +300,15 @@ async def get_latent(gw: Gateway, req: S3Request) -> web.StreamResponse:
 async def get_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     if wants_latent(req):
         return await get_latent(gw, req)
-    info, byte_range, body = await _resolve_read(gw, req)
+    read = await _resolve_read(gw, req)
+    info, byte_range, body = read.info, read.byte_range, read.body
     headers = _read_headers(req, info, gw)
+    headers.update(read.headers)
+    headers.update(await _checksum_headers(gw, req, read))
     if byte_range is None:
         status, length = 200, info.size
-        headers.update(_checksum_headers(req, info))
+        if read.part is not None:  # an empty part
+            status, length = 206, 0
     else:
         status, length = 206, byte_range[1] - byte_range[0] + 1
         headers["Content-Range"] = f"bytes {byte_range[0]}-{byte_range[1]}/{info.size}"
@@ -434,6 +549,40 @@ def owner_acl(req: S3Request) -> bytes:
 _ATTRIBUTES = {"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"}
 
 
+def _header_int(req: S3Request, name: str, default: int, maximum: int) -> int:
+    raw = req.header(name)
+    if raw is None or raw.strip() == "":
+        return default
+    raw = raw.strip()
+    if not raw.isdigit():
+        raise S3Error("InvalidArgument", f"Provided {name} not an integer or within integer "
+                      "range", ArgumentName=name, ArgumentValue=raw[:100])
+    return min(int(raw), maximum)
+
+
+def _object_parts(info: ObjectInfo, count: int, table: PartTable | None,
+                  max_parts: int, marker: int) -> dict[str, object]:
+    """The ObjectParts element: the part list when the layout is known."""
+    body: dict[str, object] = {"PartsCount": count}  # TotalPartsCount in the SDKs
+    parts = table.parts if table is not None else None
+    if parts is None and count == 1:
+        parts = [ObjectPart(1, info.size)]  # one part: the whole object
+    if parts is None:
+        return body  # completed before part tables were kept
+    after = [p for p in parts if p.part_number > marker]
+    page = after[:max_parts]
+    body.update({
+        "PartNumberMarker": marker,
+        "NextPartNumberMarker": page[-1].part_number if page else marker,
+        "MaxParts": max_parts,
+        "IsTruncated": len(after) > len(page),
+        "Part": [{"PartNumber": p.part_number, "Size": p.size,
+                  **{f"Checksum{a.upper()}": v for a, v in p.checksums.items()}}
+                 for p in page] or None,
+    })
+    return body
+
+
 async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     wanted = {a.strip() for a in (req.header("x-amz-object-attributes") or "").split(",")
@@ -441,19 +590,23 @@ async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamRespon
     if not wanted or wanted - _ATTRIBUTES:
         raise S3Error("InvalidArgument", "Invalid attribute name specified.",
                       ArgumentName="x-amz-object-attributes")
+    max_parts = _header_int(req, "x-amz-max-parts", 1000, 1000)
+    marker = _header_int(req, "x-amz-part-number-marker", 0, 10000)
     info = await gw.objects.head(req.bucket, req.key)
     check_preconditions(req.headers, info)
+    count = multipart_count(info)
+    table = None
+    if count and (wanted & {"ObjectParts", "Checksum"}):
+        table = await part_table(gw, req.bucket, req.key, info)
     body: dict[str, object] = {}
     if "ETag" in wanted:
         body["ETag"] = info.etag
-    if "Checksum" in wanted and info.meta.checksums:
-        body["Checksum"] = {f"Checksum{alg.upper()}": value
-                            for alg, value in info.meta.checksums.items()}
-    parts = info.parts_count
-    if parts is None and "-" in info.etag and info.etag.rsplit("-", 1)[1].isdigit():
-        parts = int(info.etag.rsplit("-", 1)[1])  # a multipart ETag says how many
-    if "ObjectParts" in wanted and parts:
-        body["ObjectParts"] = {"PartsCount": parts}  # TotalPartsCount on the wire
+    checksums = object_checksums(info, table)
+    if "Checksum" in wanted and checksums:
+        body["Checksum"] = {f"Checksum{alg.upper()}": value for alg, value in checksums.items()}
+        body["Checksum"]["ChecksumType"] = checksum_type_of(next(iter(checksums.values())))
+    if "ObjectParts" in wanted and count:
+        body["ObjectParts"] = _object_parts(info, count, table, max_parts, marker)
     if "StorageClass" in wanted:
         body["StorageClass"] = "STANDARD"
     if "ObjectSize" in wanted:
