@@ -19,7 +19,7 @@ import torch
 
 from ..latent import codec as codecs
 from ..latent.container import ContainerHeader, unpack
-from ..latent.rendition import RenderSettings, encode_rendition_sized
+from ..latent.rendition import PILLOW, RenderSettings, encode_rendition_sized
 from ..models.registry import ModelRegistry
 from .pipeline import DecodePipeline
 
@@ -91,8 +91,16 @@ def _dequantise(header: ContainerHeader, payload: bytes) -> torch.Tensor:
 
 
 def settings_dict(settings: RenderSettings) -> dict[str, Any]:
-    """RenderSettings as the JSON object a container header stores."""
-    return dataclasses.asdict(settings)
+    """RenderSettings as the JSON object a container header stores.
+
+    A Pillow encoder is left out, so such headers stay exactly what they were
+    before the field existed (and gateways that predate it can still read them);
+    RenderSettings(**stored) restores it as the default.
+    """
+    stored = dataclasses.asdict(settings)
+    if stored.get("encoder") == PILLOW:
+        del stored["encoder"]
+    return stored
 
 
 Renderable = Callable[[str, torch.Tensor], Awaitable[np.ndarray]]
