@@ -107,7 +107,7 @@ class Admitter:
                     payload, params, _ = await asyncio.to_thread(
                         codecs.encode_to_target, codec, sidecar.latent, image_psnr, target)
                 except ModelUnavailable as exc:
-                    raise Refused(f"model unavailable: {exc}") from exc
+                    raise Refused(f"model unavailable: {exc}", durable=False) from exc
             else:
                 codec = codecs.get_codec(codec_name, model=model_id)
                 payload, params = await asyncio.to_thread(codec.encode, sidecar.latent)
@@ -116,7 +116,7 @@ class Admitter:
             try:
                 pixels = await self.machinery.decode_pixels(model_id, restored.float())
             except ModelUnavailable as exc:
-                raise Refused(f"model unavailable: {exc}") from exc
+                raise Refused(f"model unavailable: {exc}", durable=False) from exc
             rendition, used = await asyncio.to_thread(
                 encode_rendition_sized, pixels, render_settings, len(image_bytes))
             ok, fidelity, why = await self._policy(settings, rendition, image_bytes, upload)

@@ -9,23 +9,32 @@ image's ETag so that a newer PUT wins. The sidecar is replaced by a stub last.
 A crash between any two steps leaves either the plain pair (the sweeper
 converts it again) or the container plus a still-real sidecar (the sweeper
 writes the stub); never neither.
+
+A refused pair is recorded durably (refusals.py) for exactly its two ETags, so
+neither the sweeper nor a restarted gateway judges it again, and HEAD keeps
+saying why; a newer PUT of either key makes the pair a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
+import re
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from cachetools import LRUCache
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..backends.base import Backend, ObjectInfo, ObjectMeta
 from ..config import Config
 from ..s3.errors import S3Error
 from . import physical
+from .refusals import Refusal, RefusalStore, now_iso
 
 if TYPE_CHECKING:
     from ..decode.machinery import Machinery
@@ -49,7 +58,48 @@ def crash_point(name: str) -> None:
 
 
 class Refused(Exception):
-    """The pair stays plain; the message is the reason recorded for it."""
+    """The pair stays plain; the message is the reason recorded for it.
+
+    `durable=False` for conditions of this gateway rather than of the pair (a model
+    that failed to load): remembered until restart, not recorded in the backend.
+    """
+
+    def __init__(self, reason: str, *, durable: bool = True) -> None:
+        super().__init__(reason)
+        self.durable = durable
+
+
+def settings_fingerprint(settings: Any, models: dict[str, Any]) -> str:
+    """What a pair is judged under: a refusal holds only while this stays the same."""
+    judged = {"codec": settings.codec, "policy": settings.policy,
+              "min_psnr": settings.min_psnr, "suffix": settings.sidecar_suffix,
+              "models": models}
+    text = json.dumps(judged, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_POLICY = re.compile(r"^admission policy failed")
+_SIZE_MISMATCH = re.compile(r"^latent \d+x\d+ decodes to")
+MAX_STATE_CHARS = 400
+
+
+def reason_category(reason: str) -> str:
+    """A refusal's kind, for a metric label (reasons carry per-object detail)."""
+    if _POLICY.match(reason):
+        return "admission policy failed"
+    if _SIZE_MISMATCH.match(reason):
+        return "latent/image size mismatch"
+    if "conversion limit" in reason:
+        return "too large to convert"
+    if reason.startswith("the sidecar names no model"):
+        return "no model named"
+    return reason.split(":")[0].split(" (")[0].strip()[:60] or "?"
+
+
+def one_line(reason: str) -> str:
+    """A reason fit for an HTTP header: one line of ASCII, bounded."""
+    text = " ".join(reason.split()).encode("ascii", "replace").decode()
+    return text if len(text) <= MAX_STATE_CHARS else text[:MAX_STATE_CHARS - 3] + "..."
 
 
 def looks_like_image(key: str, content_type: str | None) -> bool:
@@ -90,9 +140,25 @@ class Converter:
         self._sweeper: asyncio.Task[None] | None = None
         # (bucket, key) -> state for HEAD's x-s3latent-state; bounded.
         self.states: OrderedDict[tuple[str, str], str] = OrderedDict()
-        self._refused: dict[tuple[str, str], str] = {}
+        # (bucket, image key) -> the refusal HEAD's state is about; bounded.
+        self._refused: LRUCache[tuple[str, str], Refusal] = LRUCache(maxsize=100_000)
+        self.refusals = RefusalStore(backend)
+        # One conversion of a key at a time (a PUT can re-queue a key being converted).
+        self._key_locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
         self.results = Counter("s3latent_conversions", "Conversion outcomes",
                                ["result", "reason"], registry=registry)
+        self.attempts = Counter("s3latent_conversion_attempts",
+                                "Pairs read, decoded and judged (the costly part)",
+                                registry=registry)
+        self.skips = Counter("s3latent_conversion_skips",
+                             "Pairs not judged again: a refusal of exactly this pair is recorded",
+                             ["by"], registry=registry)
+        self.sweeps = Counter("s3latent_sweeps", "Completed sweeps", registry=registry)
+        self.refused_pairs = Gauge("s3latent_refused_pairs",
+                                   "Refusal markers the last sweep found", registry=registry)
+        self.marker_ops = Counter("s3latent_refusal_markers",
+                                  "Refusal markers written and deleted", ["op"],
+                                  registry=registry)
         self.seconds = Histogram("s3latent_conversion_seconds", "Time to convert one pair",
                                  registry=registry)
         self._active = 0
@@ -150,8 +216,11 @@ class Converter:
             self._queued.discard((bucket, key))
             self._active += 1
             started = time.perf_counter()
+            lock, users = self._key_locks.setdefault((bucket, key), (asyncio.Lock(), [0]))
+            users[0] += 1
             try:
-                outcome = await self.convert(bucket, key)
+                async with lock:
+                    outcome = await self.convert(bucket, key)
                 self.seconds.observe(time.perf_counter() - started)
                 log.info("conversion of %s/%s: %s", bucket, key, outcome)
             except asyncio.CancelledError:
@@ -161,6 +230,9 @@ class Converter:
                 self.results.labels("error", "exception").inc()
                 self._set_state(bucket, key, "pending: conversion error, will retry")
             finally:
+                users[0] -= 1
+                if users[0] == 0:
+                    self._key_locks.pop((bucket, key), None)
                 self._active -= 1
                 if self._queue.empty() and self._active == 0:
                     self.idle.set()
@@ -197,33 +269,42 @@ class Converter:
             return "already latent"
         if rep_side != "plain":
             return "sidecar key holds a stub of another image"
-        pair = f"{image.etag}:{side.etag}"
-        refused = self._refused.get((bucket, key)) or side.meta.internal.get(physical.REFUSED)
-        if refused and refused.startswith(pair + ":"):
-            reason = refused[len(pair) + 1:]
-            self._set_state(bucket, key, f"refused: {reason}")
-            return f"refused earlier: {reason}"
+        judged_under = self.fingerprint(bucket)
+        refusal = self._refused.get((bucket, key))
+        stored = None
+        if refusal is None or not refusal.matches(image.etag, side.etag, judged_under):
+            refusal = stored = await self.refusals.read(bucket, key)
+        if refusal is not None and refusal.matches(image.etag, side.etag, judged_under):
+            self.note_refused(bucket, key, refusal)
+            self.skips.labels("worker").inc()
+            return f"refused earlier: {refusal.reason}"
+        marker_left = stored is not None  # about an older pair: goes if this one converts
+        self.attempts.inc()
         try:
             image, image_bytes = await read_all(self.backend, bucket, key, MAX_IMAGE_BYTES)
             side, side_bytes = await read_all(self.backend, bucket, side_key, MAX_SIDECAR_BYTES)
             admission = await self.admitter().admit(settings, key, image, image_bytes, side,
                                                     side_bytes)
         except Refused as exc:
-            return await self._refuse(bucket, key, side_key, f"{image.etag}:{side.etag}",
-                                      str(exc))
+            return await self._refuse(bucket, key, side_key, image.etag, side.etag, str(exc),
+                                      durable=exc.durable)
+        header = admission.header
+        view = physical.LogicalView(len(admission.rendition), header.etag, image.last_modified)
         meta = ObjectMeta(
             content_type=image.meta.content_type,
             metadata=dict(image.meta.metadata),
             headers=dict(image.meta.headers),
             tags=await self.backend.get_tags(bucket, key),
-            internal=physical.mirror(physical.REP_LATENT, len(admission.rendition),
-                                     admission.header.etag, image.last_modified,
-                                     **{SIDECAR_ETAG: side.etag}),
+            internal=physical.mirror(physical.REP_LATENT, view.size, view.etag,
+                                     view.last_modified, **{SIDECAR_ETAG: side.etag},
+                                     **physical.storage_mirror(header.codec, header.model,
+                                                               header.psnr)),
         )
         crash_point("before-container")
         try:
-            await physical.write_single_part(self.backend, bucket, key, admission.container,
-                                             meta, if_match=image.etag)
+            written = await physical.write_single_part(self.backend, bucket, key,
+                                                       admission.container, meta,
+                                                       if_match=image.etag)
         except S3Error as exc:
             if exc.code in ("PreconditionFailed", "NoSuchKey"):
                 self._set_state(bucket, key, None)
@@ -232,7 +313,11 @@ class Converter:
             raise
         self.results.labels("admitted", admission.header.codec).inc()
         self._set_state(bucket, key, None)
+        self._refused.pop((bucket, key), None)
         crash_point("after-container")
+        await self._index(bucket, key, written.etag, view, replaced=image)
+        if marker_left:
+            await self._drop_marker(bucket, key)
         outcome = await self._finish_stub(bucket, key, side.etag, side_key, side)
         crash_point("after-stub")
         return (f"admitted: {admission.header.codec}, {len(admission.container)} bytes for a "
@@ -253,21 +338,69 @@ class Converter:
                                      side.last_modified, **{physical.L_IMAGE: key}),
         )
         try:
-            await physical.write_single_part(self.backend, bucket, side_key,
-                                             physical.stub_body(key), meta, if_match=side.etag)
+            written = await physical.write_single_part(self.backend, bucket, side_key,
+                                                       physical.stub_body(key), meta,
+                                                       if_match=side.etag)
         except S3Error as exc:
             if exc.code in ("PreconditionFailed", "NoSuchKey"):
                 return "sidecar changed meanwhile; kept as it is"
             raise
+        await self._index(bucket, side_key, written.etag,
+                          physical.LogicalView(side.size, side.etag, side.last_modified),
+                          replaced=side)
         return "sidecar stubbed"
 
-    async def _refuse(self, bucket: str, key: str, side_key: str, pair: str,
-                      reason: str) -> str:
+    async def _index(self, bucket: str, key: str, physical_etag: str,
+                     view: physical.LogicalView, *, replaced: ObjectInfo) -> None:
+        """Record a new container/stub in the listing index (best effort: listings fall
+        back to HEAD and repair the index themselves)."""
+        try:
+            await physical.write_view_index(self.backend, bucket, key, physical_etag, view)
+            await physical.drop_view_index(self.backend, bucket, replaced)
+        except S3Error as exc:
+            log.warning("listing index of %s/%s not written: %s", bucket, key, exc)
+
+    async def _refuse(self, bucket: str, key: str, side_key: str, image_etag: str,
+                      side_etag: str, reason: str, *, durable: bool = True) -> str:
+        """Keep the pair plain and record why, durably, for exactly these two ETags."""
+        reason = one_line(reason)
         log.warning("not converting %s/%s: %s", bucket, key, reason)
-        self.results.labels("rejected", reason.split(":")[0][:60]).inc()
-        self._refused[(bucket, key)] = f"{pair}:{reason}"
-        self._set_state(bucket, key, f"refused: {reason}")
+        self.results.labels("rejected", reason_category(reason)).inc()
+        refusal = Refusal(image_etag, side_etag, reason, self.fingerprint(bucket), now_iso())
+        if durable and await self.refusals.write(bucket, key, side_key, refusal):
+            self.marker_ops.labels("write").inc()
+        self.note_refused(bucket, key, refusal)
         return f"refused: {reason}"
+
+    def note_refused(self, bucket: str, key: str, refusal: Refusal) -> None:
+        """Make HEAD say why this pair stays plain (unless a newer conversion is queued)."""
+        self._refused[(bucket, key)] = refusal
+        if (bucket, key) not in self._queued:
+            self._set_state(bucket, key, f"refused: {refusal.reason}")
+
+    def fingerprint(self, bucket: str) -> str:
+        """The settings fingerprint refusals in `bucket` are judged under now."""
+        return settings_fingerprint(self.config.bucket(bucket), self.config.models)
+
+    def refusal_for(self, bucket: str, key: str, image_etag: str) -> Refusal | None:
+        """The refusal known in memory for this image version, if any."""
+        refusal = self._refused.get((bucket, key))
+        return refusal if refusal is not None and refusal.image_etag == image_etag else None
+
+    def forget_refusal(self, bucket: str, key: str) -> None:
+        """A write touched the pair: HEAD must not show an old refusal any more."""
+        self._refused.pop((bucket, key), None)
+        state = self.states.get((bucket, key))
+        if state is not None and state.startswith("refused"):
+            self._set_state(bucket, key, None)
+
+    async def _drop_marker(self, bucket: str, key: str) -> None:
+        try:
+            await self.refusals.delete(bucket, key)
+        except S3Error as exc:
+            log.warning("refusal marker of %s/%s not deleted: %s", bucket, key, exc)
+            return
+        self.marker_ops.labels("delete").inc()
 
     # -- sweeper -----------------------------------------------------------
     async def _sweep_forever(self) -> None:
@@ -281,28 +414,63 @@ class Converter:
             await asyncio.sleep(self.config.sweep_interval_s)
 
     async def sweep(self) -> int:
-        """Schedule every image whose sidecar is still a real object; returns the count."""
-        found = 0
+        """Schedule every image whose sidecar is still a real object; returns the count.
+
+        Pairs with a refusal recorded for exactly their ETags are skipped (no
+        backend call beyond the listing once their marker was read), and markers
+        whose pair is gone or converted are deleted.
+        """
+        found = refused = 0
         for bucket in await self.backend.list_buckets():
             settings = self.config.bucket(bucket.name)
             if not settings.convert:
                 continue
-            suffix = settings.sidecar_suffix
-            start: str | None = None
-            previous: dict[str, str] = {}
-            while True:
-                page = await self.backend.list_objects(bucket.name, start_after=start,
-                                                       max_keys=1000)
-                etags = {e.key: e.etag for e in page.entries}
-                for entry in page.entries:
-                    if not entry.key.endswith(suffix) or physical.may_be_latent(entry.etag):
-                        continue
-                    image_key = entry.key[: -len(suffix)]
-                    if image_key in etags or image_key in previous:
-                        found += 1
-                        self.schedule(bucket.name, image_key)
-                previous = etags
-                if not page.is_truncated or page.next_start_after is None:
-                    break
-                start = page.next_start_after
+            f, r = await self._sweep_bucket(bucket.name, settings.sidecar_suffix)
+            found += f
+            refused += r
+        self.refused_pairs.set(refused)
+        self.sweeps.inc()
         return found
+
+    async def _sweep_bucket(self, bucket: str, suffix: str) -> tuple[int, int]:
+        markers = await self.refusals.scan(bucket)
+        judged_under = self.fingerprint(bucket)
+        found = 0
+        paired: set[str] = set()  # image keys with a marker whose pair is still plain
+        start: str | None = None
+        previous: dict[str, str] = {}
+        while True:
+            page = await self.backend.list_objects(bucket, start_after=start, max_keys=1000)
+            etags = {e.key: e.etag for e in page.entries if not physical.is_hidden(e.key)}
+            for entry in page.entries:
+                if not entry.key.endswith(suffix) or physical.may_be_latent(entry.etag) or \
+                        physical.is_hidden(entry.key):
+                    continue
+                image_key = entry.key[: -len(suffix)]
+                image_etag = etags.get(image_key) or previous.get(image_key)
+                if image_etag is None:
+                    continue
+                marker = markers.get(image_key)
+                if marker is not None:
+                    paired.add(image_key)
+                    refusal = marker[1] or await self.refusals.cached_or_read(
+                        bucket, image_key, marker[0])
+                    if refusal is not None and refusal.matches(image_etag, entry.etag,
+                                                               judged_under):
+                        self.skips.labels("sweeper").inc()
+                        if (bucket, image_key) not in self.states:
+                            self.note_refused(bucket, image_key, refusal)
+                        continue
+                found += 1
+                self.schedule(bucket, image_key)
+            previous = etags
+            if not page.is_truncated or page.next_start_after is None:
+                break
+            start = page.next_start_after
+            if physical.is_hidden(start):
+                start = max(start, physical.HIDDEN_END)
+        for image_key in markers.keys() - paired:
+            if (bucket, image_key) in self._queued:
+                continue
+            await self._drop_marker(bucket, image_key)  # its pair is gone or converted
+        return found, len(paired)

@@ -10,8 +10,16 @@ A converted pair K / K+suffix is held as:
   synthetic keys, and "the sidecar key exists" stays a fact the backend holds.
 
 Both are written as single-part multipart uploads, whose ETag ends in "-1".
-A PutObject ETag never does, so a listing needs a HEAD only for "-1" entries
-(and caches what it learns by (key, physical ETag)).
+A PutObject ETag never does, so only "-1" entries of a listing can differ from
+what the backend lists.
+
+The gateway's own records live in the same bucket under HIDDEN_PREFIX, a key
+range clients never see (listings skip it, reads answer NoSuchKey, writes are
+refused), so they stay with the bucket's data and are browsable beside it:
+- `.s3latent/v/<key> <physical etag>.<size>.<etag>.<mtime>`: empty objects whose
+  *key* carries the logical view of a container or stub. One listing of this
+  range resolves a whole page of "-1" entries (see `view_index_key`).
+- `.s3latent/refused/<image key>`: why a pair was not converted (refusals.py).
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from ..backends.base import Backend, ObjectInfo, ObjectMeta
 
@@ -28,7 +36,27 @@ REP_LATENT = "latent"
 REP_STUB = "stub"
 # Mirror of the logical object in the backend's metadata (values are ASCII).
 L_SIZE, L_ETAG, L_MODIFIED, L_IMAGE = "lsize", "letag", "lmod", "image"
-REFUSED = "refused"  # on a plain sidecar: "<image etag>:<sidecar etag>:<reason>"
+# On a container, for people browsing the backend bucket: how it was stored.
+M_CODEC, M_MODEL, M_PSNR = "codec", "model", "psnr"
+
+HIDDEN_PREFIX = ".s3latent/"
+VIEWS_PREFIX = HIDDEN_PREFIX + "v/"
+REFUSALS_PREFIX = HIDDEN_PREFIX + "refused/"
+# Sorts after every key the gateway writes under HIDDEN_PREFIX: a listing that
+# starts after it has skipped the whole hidden range in one step.
+HIDDEN_END = HIDDEN_PREFIX + "\U0010ffff"
+MAX_KEY_BYTES = 1024
+_VIEW_SEP = " "
+_VIEW_FIELD = "."
+# Characters that can follow the logical key in a view index key; a listing
+# delimiter made of none of them rolls index keys up exactly as logical keys.
+VIEW_KEY_CHARS = frozenset("0123456789abcdefp-" + _VIEW_SEP + _VIEW_FIELD)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def is_hidden(key: str) -> bool:
+    """Keys of the gateway's own records, never shown to clients."""
+    return key.startswith(HIDDEN_PREFIX)
 
 
 def may_be_latent(physical_etag: str) -> bool:
@@ -73,8 +101,75 @@ def logical_info(info: ObjectInfo) -> ObjectInfo:
 
 
 def mirror(rep: str, size: int, etag: str, modified: datetime, **extra: str) -> dict[str, str]:
+    """Backend metadata of a container or stub: the logical view HEAD answers with."""
     return {REP: rep, L_SIZE: str(size), L_ETAG: etag,
             L_MODIFIED: modified.astimezone(UTC).isoformat(), **extra}
+
+
+def storage_mirror(codec: str, model: str, psnr: float | None) -> dict[str, str]:
+    """Codec, model and admission PSNR for a container's backend metadata.
+
+    Nothing reads these back; they make the backend bucket self-explaining
+    (`aws s3api head-object` on the backend shows how each image is stored).
+    PSNR "exact" means the rendition reproduced the reference bit for bit.
+    """
+    return {M_CODEC: _ascii(codec), M_MODEL: _ascii(model),
+            M_PSNR: "exact" if psnr is None else f"{psnr:.2f}"}
+
+
+def storage_of(internal: dict[str, str]) -> dict[str, str]:
+    """The storage_mirror fields of existing metadata (a copy keeps them)."""
+    return {k: internal[k] for k in (M_CODEC, M_MODEL, M_PSNR) if k in internal}
+
+
+def _ascii(value: str) -> str:
+    return value.encode("ascii", "replace").decode()[:200]
+
+
+def view_index_key(key: str, physical_etag: str, view: LogicalView | None) -> str | None:
+    """The hidden key recording `key`'s logical view (None: plain) at this physical ETag.
+
+    The view rides in the key itself, so a listing of the index range returns a
+    page's worth of views without reading any object. Index keys sort like the
+    logical keys they describe (the separator is a space, below every printable
+    character), so the index range of a page is one listing. None when the key
+    is too long for the index or an ETag could not be parsed back.
+    """
+    if any(c in physical_etag for c in (_VIEW_SEP, _VIEW_FIELD)):
+        return None
+    if view is None:
+        fields = f"{physical_etag}{_VIEW_FIELD}p"
+    else:
+        if any(c in view.etag for c in (_VIEW_SEP, _VIEW_FIELD)) or not view.etag:
+            return None
+        micros = (view.last_modified - _EPOCH) // timedelta(microseconds=1)
+        fields = _VIEW_FIELD.join((physical_etag, f"{view.size:x}", view.etag, f"{micros:x}"))
+    out = f"{VIEWS_PREFIX}{key}{_VIEW_SEP}{fields}"
+    return out if len(out.encode()) <= MAX_KEY_BYTES else None
+
+
+def parse_view_index_key(index_key: str) -> tuple[str, str, LogicalView | None] | None:
+    """(logical key, physical ETag, view or None for plain) of an index key."""
+    if not index_key.startswith(VIEWS_PREFIX):
+        return None
+    key, sep, fields = index_key[len(VIEWS_PREFIX):].rpartition(_VIEW_SEP)
+    if not sep:
+        return None
+    parts = fields.split(_VIEW_FIELD)
+    try:
+        if len(parts) == 2 and parts[1] == "p":
+            return key, parts[0], None
+        if len(parts) == 4:
+            modified = _EPOCH + timedelta(microseconds=int(parts[3], 16))
+            return key, parts[0], LogicalView(int(parts[1], 16), parts[2], modified)
+    except (ValueError, OverflowError):
+        return None
+    return None
+
+
+def view_index_prefix(key: str) -> str:
+    """Where every index key of `key` starts (to find stale ones)."""
+    return f"{VIEWS_PREFIX}{key}{_VIEW_SEP}"
 
 
 def stub_body(image_key: str) -> bytes:
@@ -83,6 +178,31 @@ def stub_body(image_key: str) -> bytes:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def put_small(backend: Backend, bucket: str, key: str, data: bytes,
+                    meta: ObjectMeta) -> ObjectInfo:
+    """A small PutObject (index entries, refusal markers)."""
+    return await backend.put_object(bucket, key, _once(data), meta, size=len(data))
+
+
+async def write_view_index(backend: Backend, bucket: str, key: str, physical_etag: str,
+                           view: LogicalView | None) -> str | None:
+    """Record `key`'s logical view in the index; returns the index key (None: not indexable)."""
+    index_key = view_index_key(key, physical_etag, view)
+    if index_key is not None:
+        await put_small(backend, bucket, index_key, b"",
+                        ObjectMeta(content_type="application/x-empty"))
+    return index_key
+
+
+async def drop_view_index(backend: Backend, bucket: str, info: ObjectInfo) -> None:
+    """Forget the index entry of the object `info` describes (it is being replaced)."""
+    if not may_be_latent(info.etag):
+        return
+    index_key = view_index_key(info.key, info.etag, logical_view(info))
+    if index_key is not None:
+        await backend.delete_object(bucket, index_key)
 
 
 async def write_single_part(
