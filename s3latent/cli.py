@@ -23,6 +23,7 @@ BENCHMARKS = {
     "determinism": "s3latent.bench.determinism",
     "encoders": "s3latent.bench.encoder_study",
     "gateway": "s3latent.bench.gateway_bench",
+    "listing": "s3latent.bench.listing_bench",
     "memory": "s3latent.bench.memory_check",
     "policies": "s3latent.bench.policy_compare",
     "storage": "s3latent.bench.storage_bench",
