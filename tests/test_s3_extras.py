@@ -125,6 +125,23 @@ def test_object_parts_single_part_and_stale_table(s3: Any, bucket: str) -> None:
     assert "ObjectParts" not in attrs and attrs["ObjectSize"] == 5
 
 
+def test_copy_keeps_the_part_table(s3: Any, bucket: str) -> None:
+    uid, parts = _upload(s3, bucket, "src", [b"a" * PART, b"bc"])
+    done = s3.complete_multipart_upload(Bucket=bucket, Key="src", UploadId=uid,
+                                        MultipartUpload={"Parts": parts})
+    copied = s3.copy_object(Bucket=bucket, Key="dst", CopySource={"Bucket": bucket,
+                                                                   "Key": "src"})
+    # Both backends keep a multipart source's ETag on copy, and so its layout.
+    assert copied["CopyObjectResult"]["ETag"] == done["ETag"]
+    op = s3.get_object_attributes(Bucket=bucket, Key="dst",
+                                  ObjectAttributes=["ObjectParts"])["ObjectParts"]
+    assert [(p["PartNumber"], p["Size"]) for p in op["Parts"]] == [(1, PART), (2, 2)]
+    s3.delete_object(Bucket=bucket, Key="src")  # the copy's table is its own
+    op = s3.get_object_attributes(Bucket=bucket, Key="dst",
+                                  ObjectAttributes=["ObjectParts"])["ObjectParts"]
+    assert len(op["Parts"]) == 2
+
+
 def test_object_parts_bad_pagination_headers(s3: Any, bucket: str) -> None:
     s3.put_object(Bucket=bucket, Key="k", Body=b"x")
 

@@ -242,10 +242,6 @@ class S3Backend:
         self._exit_stack = ctx
         self._client = await ctx.__aenter__()
         await self._data.start()
-        try:
-            await self.list_buckets()  # learns whether the meta bucket exists
-        except S3Error as exc:
-            log.warning("backend %s: cannot list buckets at start: %s", self.name, exc)
 
     async def close(self) -> None:
         for task in list(self._cleanups):
@@ -279,6 +275,8 @@ class S3Backend:
         infos = [BucketInfo(b["Name"], _utc(b.get("CreationDate"))) for b in resp["Buckets"]]
         if any(b.name == self.meta_bucket for b in infos):
             self.meta.exists = True
+        elif self.meta.exists is None:  # never reset: ensure() may have just created it
+            self.meta.exists = False
         infos = [b for b in infos if b.name != self.meta_bucket]
         now = time.monotonic()
         self._buckets = {b.name: (b.created, now) for b in infos}
@@ -461,7 +459,7 @@ class S3Backend:
                 params["Tagging"] = urlencode(meta.tags, quote_via=quote)
         await self._call("copy_object", dst_bucket, dst_key, **params)
         info = await self.head_object(dst_bucket, dst_key)
-        if "-" in info.etag and self.meta.exists:
+        if "-" in info.etag:
             # The copy kept the multipart layout (same ETag): so does its part table.
             table = await self.get_part_table(src_bucket, src_key, info.etag)
             if table is not None:
@@ -697,7 +695,7 @@ class S3Backend:
                             {"key": key, **table.to_json()})
 
     async def get_part_table(self, bucket: str, key: str, etag: str) -> PartTable | None:
-        if "/" in etag or not self.meta.exists:
+        if "/" in etag:
             return None
         record = await self.meta.get(self._table_name(bucket, key, etag))
         if record is None or record.get("etag") != etag or record.get("key") != key:

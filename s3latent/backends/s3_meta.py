@@ -82,8 +82,21 @@ class MetaStore:
         self.bucket = bucket
         self._call = call
         self._data = data
-        self.exists = False
+        # Whether the meta bucket exists: None until known (a listing or a HEAD tells).
+        self.exists: bool | None = None
         self._ensure_lock = asyncio.Lock()
+
+    async def present(self) -> bool:
+        """Whether the meta bucket exists (asks the backend once when not yet known)."""
+        if self.exists is None:
+            try:
+                await self._call("head_bucket", self.bucket)
+                self.exists = True
+            except S3Error as exc:
+                if exc.code not in ("NoSuchBucket", "NoSuchKey"):
+                    raise
+                self.exists = False
+        return self.exists
 
     async def ensure(self) -> None:
         """Create the meta bucket on first use."""
@@ -112,7 +125,7 @@ class MetaStore:
 
     async def get(self, key: str) -> dict[str, Any] | None:
         """A JSON record, or None when there is none (or the meta bucket is missing)."""
-        if not self.exists:
+        if not await self.present():
             return None
         try:
             resp = await self._data.request("GET", self.bucket, key)
@@ -132,7 +145,7 @@ class MetaStore:
         return value if isinstance(value, dict) else None
 
     async def delete(self, key: str) -> None:
-        if not self.exists:
+        if not await self.present():
             return
         try:
             await self._call("delete_object", self.bucket, key)
@@ -146,7 +159,7 @@ class MetaStore:
 
     async def list_dated(self, prefix: str) -> list[tuple[str, datetime]]:
         """(name, last modified) of every record under `prefix`."""
-        if not self.exists:
+        if not await self.present():
             return []
         names: list[tuple[str, datetime]] = []
         params: dict[str, Any] = {"Prefix": prefix, "MaxKeys": 1000}
