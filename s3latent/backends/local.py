@@ -266,11 +266,13 @@ class LocalBackend:
             raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket) from None
 
     async def get_bucket_tags(self, bucket: str) -> dict[str, str] | None:
+        """From .bucket.json; None when the bucket has no tag set."""
         record = await asyncio.to_thread(self._bucket_record, bucket)
         tags = record.get("tags")
         return dict(tags) if tags is not None else None
 
     async def put_bucket_tags(self, bucket: str, tags: dict[str, str] | None) -> None:
+        """Rewrite .bucket.json atomically with the new tag set (None removes it)."""
         def update() -> None:
             record = self._bucket_record(bucket)
             if tags is None:
@@ -582,6 +584,7 @@ class LocalBackend:
 
     async def upload_checksum(self, bucket: str, key: str,
                               upload_id: str) -> UploadChecksum | None:
+        """From upload.json; raises NoSuchUpload for an unknown upload."""
         record = await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
         return _upload_checksum(record)
 

@@ -308,6 +308,7 @@ class S3Backend:
             await self.meta.put(f"buckets/{bucket}.json", {"owner": owner})
 
     async def get_bucket_tags(self, bucket: str) -> dict[str, str] | None:
+        """The backend's own bucket tagging: tags stay with the bucket's lifecycle."""
         await self.head_bucket(bucket)
         try:
             resp = await self._call("get_bucket_tagging", bucket)
@@ -319,6 +320,7 @@ class S3Backend:
         return tags or None
 
     async def put_bucket_tags(self, bucket: str, tags: dict[str, str] | None) -> None:
+        """PutBucketTagging / DeleteBucketTagging on the backend (validated already)."""
         await self.head_bucket(bucket)
         if tags is None:
             await self._call("delete_bucket_tagging", bucket)
@@ -695,6 +697,7 @@ class S3Backend:
                             {"key": key, **table.to_json()})
 
     async def get_part_table(self, bucket: str, key: str, etag: str) -> PartTable | None:
+        """The meta record for exactly this object (key and ETag), if one was written."""
         if "/" in etag:
             return None
         record = await self.meta.get(self._table_name(bucket, key, etag))

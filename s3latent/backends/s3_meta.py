@@ -57,10 +57,12 @@ def object_prefix(bucket: str, key: str | None = None) -> str:
 
 
 def upload_prefix(upload_id: str) -> str:
+    """Where the records of one multipart upload live (hashed: ids vary by store)."""
     return f"uploads/{_hash(upload_id)}/"
 
 
 def part_checksum_key(upload_id: str, part_number: int, etag: str, value: str) -> str:
+    """The name that *is* a part checksum record: one LIST reads a thousand of them."""
     encoded = base64.urlsafe_b64encode(base64.b64decode(value)).decode("ascii")
     return f"{upload_prefix(upload_id)}parts/{part_number:05d}/{etag}/{encoded}"
 
@@ -145,6 +147,7 @@ class MetaStore:
         return value if isinstance(value, dict) else None
 
     async def delete(self, key: str) -> None:
+        """Remove one record; a missing one is fine."""
         if not await self.present():
             return
         try:
@@ -178,6 +181,7 @@ class MetaStore:
             params["ContinuationToken"] = token
 
     async def delete_many(self, names: list[str]) -> None:
+        """Remove records in DeleteObjects batches."""
         for start in range(0, len(names), _DELETE_BATCH):
             batch = names[start:start + _DELETE_BATCH]
             await self._call("delete_objects", self.bucket,

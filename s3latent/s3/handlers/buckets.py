@@ -157,6 +157,7 @@ def parse_bucket_tags(body: bytes) -> dict[str, str]:
 
 
 async def get_bucket_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    """The tag set sorted by key, as object tags are; NoSuchTagSet when there is none."""
     assert req.bucket is not None
     tags = await gw.backend.get_bucket_tags(req.bucket)
     if not tags:
@@ -174,6 +175,7 @@ async def put_bucket_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
 
 
 async def delete_bucket_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    """Idempotent, as on S3: 204 whether or not the bucket had tags."""
     assert req.bucket is not None
     await gw.backend.put_bucket_tags(req.bucket, None)
     return web.Response(status=204)
