@@ -13,7 +13,7 @@ The encoder is one of those settings. Pillow is the default and what every
 object converted before the field existed used (its stored settings have no
 `encoder`). New PNG conversions prefer fpng (about 100x faster than Pillow's
 level 6 on 1024 px, 20-30% larger; docs/encoder-study.md) when it is installed
-(`pip install s3latent[fast]`; S3LATENT_PNG_ENCODER=pillow turns it off). A
+(a dependency of s3latent; S3LATENT_PNG_ENCODER=pillow turns it off). A
 read never substitutes one encoder for another: settings naming an encoder this
 process cannot run raise EncoderUnavailable, which the server answers with 500
 and a log line, instead of serving bytes that disagree with the stored ETag.
@@ -38,7 +38,7 @@ from PIL import Image, JpegImagePlugin
 Format = Literal["PNG", "JPEG", "WEBP"]
 PILLOW, FPNG = "pillow", "fpng"
 PNG_ENCODER_ENV = "S3LATENT_PNG_ENCODER"  # auto (default) | pillow | fpng
-FAST_EXTRA_HINT = "pip install 's3latent[fast]'"
+FAST_EXTRA_HINT = "pip install 'fpng>=0.1,<0.2' (a dependency of s3latent)"
 _PNG_PAD_TYPE = b"paDd"  # ancillary, private, safe-to-copy: decoders skip it
 _STD_LUMA = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24,
              40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77,
