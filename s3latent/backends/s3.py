@@ -677,10 +677,9 @@ class S3Backend:
         )
         info = await self.head_object(bucket, key)
         if info.etag != expected:
+            # A store with its own multipart ETags (or a write that replaced the object
+            # since): the table names `expected` and is never used for this object.
             log.debug("backend multipart etag %s differs from S3's %s", info.etag, expected)
-            if table is not None:
-                table.etag = info.etag
-                await self._put_part_table(bucket, key, table)
         if table is not None:  # tables of the objects this one replaced
             self._cleanup(object_prefix(bucket, key),
                           keep=self._table_name(bucket, key, info.etag), grace_s=META_GRACE_S)
