@@ -213,7 +213,7 @@ def test_missing_fpng_new_conversions_fall_back_unless_required(
 def test_stored_fpng_settings_without_fpng_raise() -> None:
     pixels = _pixels()
     for target in (None, 10**6, 100):
-        with pytest.raises(EncoderUnavailable, match="pip install .fpng"):
+        with pytest.raises(EncoderUnavailable, match=r"pip install 'fpng"):
             encode_rendition_sized(pixels, FPNG_SETTINGS, target)
 
 

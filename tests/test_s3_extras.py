@@ -590,3 +590,26 @@ async def test_s3_backend_records_outlive_the_process(seaweedfs: SeaweedFS,
         await third.delete_bucket(name)
     finally:
         await third.close()
+
+
+# -- ACL writes that change nothing ------------------------------------------------------------
+
+
+def test_owner_only_canned_acls_are_acknowledged_others_refused(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="acl.txt", Body=b"x")
+    s3.put_object_acl(Bucket=bucket, Key="acl.txt", ACL="private")
+    s3.put_bucket_acl(Bucket=bucket, ACL="private")
+    grant = s3.get_object_acl(Bucket=bucket, Key="acl.txt")["Grants"]
+    assert [g["Permission"] for g in grant] == ["FULL_CONTROL"]
+    for call in (lambda: s3.put_object_acl(Bucket=bucket, Key="acl.txt", ACL="public-read"),
+                 lambda: s3.put_bucket_acl(Bucket=bucket, ACL="public-read-write"),
+                 lambda: s3.put_object_acl(Bucket=bucket, Key="acl.txt",
+                                           GrantRead='uri="http://acs.amazonaws.com/groups/'
+                                                     'global/AllUsers"')):
+        with pytest.raises(ClientError) as exc:
+            call()
+        assert _code(exc.value) == "NotImplemented" and _status(exc.value) == 501
+    with pytest.raises(ClientError) as exc:
+        s3.put_object_acl(Bucket=bucket, Key="missing.txt", ACL="private")
+    assert _code(exc.value) == "NoSuchKey"
+    assert s3.get_object(Bucket=bucket, Key="acl.txt")["Body"].read() == b"x"

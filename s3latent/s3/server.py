@@ -99,6 +99,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
         if method == "PUT":
             if "tagging" in q:
                 return "PutBucketTagging", buckets.put_bucket_tagging
+            if "acl" in q:
+                return "PutBucketAcl", buckets.put_bucket_acl
             if "versioning" in q:
                 return "PutBucketVersioning", buckets.put_bucket_versioning
             if len(q):
@@ -135,7 +137,7 @@ def route(req: S3Request) -> tuple[str, Handler]:
         if "tagging" in q:
             return "PutObjectTagging", objects.put_object_tagging
         if "acl" in q:
-            raise S3Error("NotImplemented", "Object ACLs are not supported by s3latent.")
+            return "PutObjectAcl", objects.put_object_acl
         if "partNumber" in q or "uploadId" in q:
             if "x-amz-copy-source" in req.headers:
                 return "UploadPartCopy", multipart.upload_part

@@ -13,7 +13,7 @@ from .. import xml
 from ..errors import S3Error
 from ..names import check_bucket_name
 from ..request import S3Request
-from .objects import owner, owner_acl
+from .objects import owner, owner_acl, put_acl_unchanged
 
 if TYPE_CHECKING:
     from ..server import Gateway
@@ -185,6 +185,14 @@ async def get_bucket_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
     await gw.backend.head_bucket(req.bucket)
     return _xml(owner_acl(req))
+
+
+async def put_bucket_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    """Canned owner-only ACLs on an existing bucket: acknowledged, nothing to change."""
+    assert req.bucket is not None
+    await gw.backend.head_bucket(req.bucket)
+    await put_acl_unchanged(req)
+    return web.Response(status=200)
 
 
 async def get_bucket_not_configured(gw: Gateway, req: S3Request) -> web.StreamResponse:

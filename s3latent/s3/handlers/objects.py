@@ -526,6 +526,31 @@ async def get_object_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
     return web.Response(body=owner_acl(req), content_type="application/xml")
 
 
+async def put_acl_unchanged(req: S3Request) -> None:
+    """Accept an ACL write only where it asks for what already holds: owner-only access.
+
+    Every configured user has full control and anonymous requests are refused, so a canned
+    `private` (or bucket-owner-*) changes nothing and is acknowledged; anything granting access
+    to others would be a promise the gateway cannot keep, and answers NotImplemented.
+    """
+    grants = [h for h in req.headers if h.lower().startswith("x-amz-grant-")]
+    acl = req.header("x-amz-acl")
+    body = await req.read_small_body()
+    if grants or body.strip() or acl is None:
+        raise S3Error("NotImplemented", "Only the canned ACLs private, bucket-owner-full-control "
+                      "and bucket-owner-read are supported by s3latent (no grants).")
+    if acl not in _CANNED_ACLS_ALLOWED:
+        raise S3Error("NotImplemented", f"Canned ACL {acl!r} is not supported by s3latent.")
+
+
+async def put_object_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
+    """Canned owner-only ACLs on an existing object: acknowledged, nothing to change."""
+    assert req.bucket is not None and req.key is not None
+    await gw.objects.head(req.bucket, req.key)
+    await put_acl_unchanged(req)
+    return web.Response(status=200)
+
+
 def owner(req: S3Request) -> dict[str, str]:
     return {"ID": req.auth.access_key, "DisplayName": req.auth.access_key}
 
