@@ -425,7 +425,13 @@ class Converter:
             settings = self.config.bucket(bucket.name)
             if not settings.convert:
                 continue
-            f, r = await self._sweep_bucket(bucket.name, settings.sidecar_suffix)
+            try:
+                f, r = await self._sweep_bucket(bucket.name, settings.sidecar_suffix)
+            except S3Error as exc:
+                if exc.code != "NoSuchBucket":
+                    raise
+                self.refusals.forget_bucket(bucket.name)  # deleted while we swept
+                continue
             found += f
             refused += r
         self.refused_pairs.set(refused)
