@@ -167,6 +167,37 @@ def test_physical_storage_is_the_container(s3l: Any, lbucket: str, tiny_model: d
     assert 'result="admitted"' in metrics and 's3latent_conversions_total' in metrics
 
 
+def test_multipart_overwrite_of_a_converted_image_then_delete_bucket(
+        s3l: Any, tiny_model: dict[str, str]) -> None:
+    """CompleteMultipartUpload bypasses PUT: the pair still ends consistent, and a bucket
+    emptied by the client deletes although the gateway kept records in it."""
+    bucket = f"mpo-{uuid.uuid4().hex[:8]}"
+    s3l.create_bucket(Bucket=bucket)
+    image, sidecar, _ = make_pair(tiny_model, seed=21)
+    s3l.put_object(Bucket=bucket, Key="m.png", Body=image, ContentType="image/png")
+    s3l.put_object(Bucket=bucket, Key="m.png.latent.safetensors", Body=sidecar)
+    wait_latent(s3l, bucket, "m.png")
+    side = s3l.get_object(Bucket=bucket, Key="m.png.latent.safetensors")["Body"].read()
+    upload = s3l.create_multipart_upload(Bucket=bucket, Key="m.png", ContentType="text/plain")
+    part = s3l.upload_part(Bucket=bucket, Key="m.png", UploadId=upload["UploadId"],
+                           PartNumber=1, Body=b"new bytes")
+    s3l.complete_multipart_upload(
+        Bucket=bucket, Key="m.png", UploadId=upload["UploadId"],
+        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]})
+    assert s3l.get_object(Bucket=bucket, Key="m.png")["Body"].read() == b"new bytes"
+    assert s3l.get_object(Bucket=bucket,
+                          Key="m.png.latent.safetensors")["Body"].read() == side
+    listed = {o["Key"]: o["Size"] for o in s3l.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert listed == {"m.png": 9, "m.png.latent.safetensors": len(side)}
+    with pytest.raises(ClientError) as exc:
+        s3l.delete_bucket(Bucket=bucket)
+    assert exc.value.response["Error"]["Code"] == "BucketNotEmpty"
+    s3l.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "m.png"},
+                                                          {"Key": "m.png.latent.safetensors"}]})
+    s3l.delete_bucket(Bucket=bucket)
+    assert bucket not in [b["Name"] for b in s3l.list_buckets()["Buckets"]]
+
+
 def test_copy_stays_latent_and_delete_keeps_the_other_key(s3l: Any, lbucket: str,
                                                           tiny_model: dict[str, str]) -> None:
     image, sidecar, _ = make_pair(tiny_model, seed=3)

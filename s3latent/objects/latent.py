@@ -734,6 +734,41 @@ class LatentObjectLayer(ObjectLayer):
         return ObjectInfo(key, admission.header.size, admission.header.etag,
                           now, new_meta)
 
+    async def before_overwrite(self, bucket: str, key: str) -> ObjectInfo | None:
+        """A converted image's stub becomes its sidecar again, as for a PUT."""
+        current = await self._head_or_none(bucket, key)
+        if current is not None and physical.representation(current) == physical.REP_LATENT:
+            await self._materialize_sidecar(bucket, key,
+                                            self.config.bucket(bucket).sidecar_suffix)
+        return current
+
+    async def after_overwrite(self, bucket: str, key: str, replaced: ObjectInfo | None) -> None:
+        self.invalidate(bucket, key)
+        if replaced is not None:
+            await self._unindex(bucket, replaced)
+        settings = self.config.bucket(bucket)
+        if settings.convert and not physical.is_hidden(key):
+            if key.endswith(settings.sidecar_suffix):
+                self.converter.schedule(bucket, key[: -len(settings.sidecar_suffix)])
+            elif looks_like_image(key, None):
+                self.converter.schedule(bucket, key)
+
+    async def delete_bucket(self, bucket: str) -> None:
+        """The gateway's hidden records go with the bucket once no client key is left."""
+        visible = await self.backend.list_objects(bucket, start_after=physical.HIDDEN_END,
+                                                  max_keys=1)
+        before = await self.backend.list_objects(bucket, max_keys=1)
+        nothing_before = not before.entries or physical.is_hidden(before.entries[0].key)
+        if visible.entries or not nothing_before:
+            raise S3Error("BucketNotEmpty", BucketName=bucket)
+        while True:
+            page = await self.backend.list_objects(bucket, prefix=physical.HIDDEN_PREFIX)
+            for entry in page.entries:
+                await self.backend.delete_object(bucket, entry.key)
+            if not page.is_truncated:
+                break
+        await self.backend.delete_bucket(bucket)
+
     def invalidate(self, bucket: str, key: str) -> None:
         if self.cache is not None:
             self.cache.invalidate(bucket, key)

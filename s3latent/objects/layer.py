@@ -77,6 +77,20 @@ class ObjectLayer:
     def invalidate(self, bucket: str, key: str) -> None:
         """A write or delete of `key` happened: drop anything cached for it."""
 
+    async def before_overwrite(self, bucket: str, key: str) -> ObjectInfo | None:
+        """A write that bypasses `put` (CompleteMultipartUpload) is about to replace `key`.
+
+        Returns what it replaces, for `after_overwrite`; plain layers need nothing.
+        """
+        return None
+
+    async def after_overwrite(self, bucket: str, key: str, replaced: ObjectInfo | None) -> None:
+        """That write landed: tidy what described the replaced object, schedule conversion."""
+
+    async def delete_bucket(self, bucket: str) -> None:
+        """BucketNotEmpty only when a client could still list something in it."""
+        await self.backend.delete_bucket(bucket)
+
     def state(self, bucket: str, key: str) -> str | None:
         """Why an object is not (yet) latent: for x-s3latent-state on HEAD and GET."""
         return None

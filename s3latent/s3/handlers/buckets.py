@@ -85,7 +85,7 @@ async def head_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
 
 async def delete_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
-    await gw.backend.delete_bucket(req.bucket)
+    await gw.objects.delete_bucket(req.bucket)
     return web.Response(status=204)
 
 

@@ -321,9 +321,11 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
     try:
         checksums = await _object_checksum(gw, req, upload_id, parts, part_checksums)
         gw.objects.invalidate(req.bucket, req.key)
+        replaced = await gw.objects.before_overwrite(req.bucket, req.key)
         stored_checksum = next(iter(checksums.values()), None)
         info = await gw.backend.complete_multipart_upload(req.bucket, req.key, upload_id, parts,
                                                           checksum=stored_checksum)
+        await gw.objects.after_overwrite(req.bucket, req.key, replaced)
     except S3Error as exc:
         # A retried Complete whose first answer was lost: answer it again (S3 does).
         previous = COMPLETED.get(done_key)
