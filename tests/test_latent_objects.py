@@ -177,6 +177,7 @@ def test_multipart_overwrite_of_a_converted_image_then_delete_bucket(
     s3l.put_object(Bucket=bucket, Key="m.png", Body=image, ContentType="image/png")
     s3l.put_object(Bucket=bucket, Key="m.png.latent.safetensors", Body=sidecar)
     wait_latent(s3l, bucket, "m.png")
+    wait_latent(s3l, bucket, "m.png.latent.safetensors")  # its stub is written after the image
     side = s3l.get_object(Bucket=bucket, Key="m.png.latent.safetensors")["Body"].read()
     upload = s3l.create_multipart_upload(Bucket=bucket, Key="m.png", ContentType="text/plain")
     part = s3l.upload_part(Bucket=bucket, Key="m.png", UploadId=upload["UploadId"],
@@ -232,6 +233,7 @@ def test_overwrite_after_conversion_keeps_sidecar(s3l: Any, lbucket: str,
     s3l.put_object(Bucket=lbucket, Key="o.png", Body=image, ContentType="image/png")
     s3l.put_object(Bucket=lbucket, Key="o.png.latent.safetensors", Body=sidecar)
     wait_latent(s3l, lbucket, "o.png")
+    wait_latent(s3l, lbucket, "o.png.latent.safetensors")  # its stub is written after the image
     side = s3l.get_object(Bucket=lbucket, Key="o.png.latent.safetensors")["Body"].read()
     s3l.put_object(Bucket=lbucket, Key="o.png", Body=b"not an image any more",
                    ContentType="text/plain")

@@ -22,7 +22,7 @@ import pytest
 
 from tests.gateway import GatewayProcess
 from tests.test_latent_objects import make_pair, tiny_model, wait_latent  # noqa: F401
-from tests.test_refusals import SUFFIX, Store, metrics, start, store  # noqa: F401
+from tests.test_refusals import SUFFIX, Store, metrics, seaweedfs, start, store  # noqa: F401
 
 # Per page: the page (a second call when it had to step over the hidden range) and
 # the view index (a second call only with stale entries in the way).
