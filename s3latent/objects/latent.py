@@ -755,12 +755,14 @@ class LatentObjectLayer(ObjectLayer):
 
     async def delete_bucket(self, bucket: str) -> None:
         """The gateway's hidden records go with the bucket once no client key is left."""
-        visible = await self.backend.list_objects(bucket, start_after=physical.HIDDEN_END,
-                                                  max_keys=1)
-        before = await self.backend.list_objects(bucket, max_keys=1)
-        nothing_before = not before.entries or physical.is_hidden(before.entries[0].key)
-        if visible.entries or not nothing_before:
+        first = await self.backend.list_objects(bucket, max_keys=1)
+        if first.entries and not physical.is_hidden(first.entries[0].key):
             raise S3Error("BucketNotEmpty", BucketName=bucket)
+        if first.entries:  # the hidden range comes first; is anything listed after it?
+            after = await self.backend.list_objects(bucket, start_after=physical.HIDDEN_END,
+                                                    max_keys=1)
+            if after.entries:
+                raise S3Error("BucketNotEmpty", BucketName=bucket)
         while True:
             page = await self.backend.list_objects(bucket, prefix=physical.HIDDEN_PREFIX)
             for entry in page.entries:
