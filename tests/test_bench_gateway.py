@@ -144,3 +144,30 @@ async def test_generated_body_is_exact_and_streamed() -> None:
     assert [len(c) for c in chunks] == [1000, 1000, 1000, 5]
     assert len({c[:8] for c in chunks[:3]}) == 3  # no two chunks the same bytes
     assert md5.hexdigest() == hashlib.md5(b"".join(chunks)).hexdigest()
+
+
+def test_server_context_starts_once_and_stops_what_it_started(tmp_path: Path) -> None:
+    """`with server.start():` once leaked a second gateway process per memory check."""
+    import subprocess
+    import sys
+
+    from s3latent.bench.servers import _Process
+
+    class Sleeper(_Process):
+        starts = 0
+
+        def __init__(self) -> None:
+            self.log_path = tmp_path / "sleeper.log"
+
+        def start(self) -> Sleeper:
+            Sleeper.starts += 1
+            self._spawn([sys.executable, "-c", "import time; time.sleep(60)"], {})
+            return self
+
+    server = Sleeper()
+    with server.start():
+        proc = server.proc
+        assert proc is not None and proc.poll() is None
+    assert Sleeper.starts == 1
+    assert proc.wait(5) is not None and server.proc is None
+    assert isinstance(proc, subprocess.Popen)

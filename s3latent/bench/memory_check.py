@@ -134,7 +134,7 @@ def check_backend(backend: str, size: int, workdir: Path, interval: float = 0.1)
             )
         else:
             raise ValueError(f"unknown backend {backend!r}")
-        with gateway.start(), RssSampler(gateway.pid, interval) as sampler:
+        with gateway, RssSampler(gateway.pid, interval) as sampler:
             sampler.mark("started")
             timing = asyncio.run(_check_one(gateway, size, sampler))
     finally:

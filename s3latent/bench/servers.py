@@ -78,7 +78,8 @@ class _Process:
         self.proc = None
 
     def __enter__(self) -> _Process:
-        self.start()  # type: ignore[attr-defined]
+        if self.proc is None:  # `with server.start():` must not spawn (and leak) a second one
+            self.start()  # type: ignore[attr-defined]
         return self
 
     def __exit__(
