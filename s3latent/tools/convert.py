@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import re
 import sys
 import time
 from collections import Counter, OrderedDict
@@ -26,6 +25,7 @@ from ..backends.base import Backend, ListEntry, ObjectInfo
 from ..config import Config, ConfigError
 from ..latent.container import ContainerError
 from ..objects import physical
+from ..objects.conversion import reason_category
 from ..s3.errors import S3Error
 from . import (
     UsageError,
@@ -188,23 +188,6 @@ class Summary:
 
 def _bytes(n: int) -> str:
     return f"{n} ({human_bytes(n)})"
-
-
-_POLICY = re.compile(r"^admission policy failed")
-_SIZE_MISMATCH = re.compile(r"^latent \d+x\d+ decodes to")
-
-
-def reason_category(reason: str) -> str:
-    """A refusal's kind, for counting: the converter's reasons carry per-object detail."""
-    if _POLICY.match(reason):
-        return "admission policy failed"
-    if _SIZE_MISMATCH.match(reason):
-        return "latent/image size mismatch"
-    if "conversion limit" in reason:
-        return "too large to convert"
-    if reason.startswith("the sidecar names no model"):
-        return "no model named"
-    return reason.split(":")[0].split(" (")[0].strip()[:60] or "?"
 
 
 async def find_pairs(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -238,6 +239,16 @@ def _start_after(marker: str | None, delimiter: str | None) -> str | None:
     return marker or None
 
 
+def _key_encoder(encoding: str | None) -> Callable[[str], str]:
+    """encoding-type=url percent-encodes keys and prefixes in listings; nothing else is valid."""
+    if encoding is None:
+        return lambda s: s
+    if encoding.lower() != "url":
+        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request",
+                      ArgumentName="encoding-type", ArgumentValue=encoding)
+    return lambda s: quote(s, safe="/")
+
+
 async def list_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
     q = req.query
@@ -246,10 +257,7 @@ async def list_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
         raise S3Error("InvalidArgument", "Invalid List Type specified",
                       ArgumentName="list-type", ArgumentValue=q["list-type"])
     encoding = q.get("encoding-type")
-    if encoding is not None and encoding.lower() != "url":
-        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request",
-                      ArgumentName="encoding-type", ArgumentValue=encoding)
-    enc = (lambda s: quote(s, safe="/")) if encoding else (lambda s: s)
+    enc = _key_encoder(encoding)
     prefix = q.get("prefix", "")
     delimiter = q.get("delimiter") or None
     max_keys = _int_param(req, "max-keys", 1000, 1000)
@@ -327,10 +335,7 @@ async def list_object_versions(gw: Gateway, req: S3Request) -> web.StreamRespons
     assert req.bucket is not None
     q = req.query
     encoding = q.get("encoding-type")
-    if encoding is not None and encoding.lower() != "url":
-        raise S3Error("InvalidArgument", "Invalid Encoding Method specified in Request",
-                      ArgumentName="encoding-type", ArgumentValue=encoding)
-    enc = (lambda s: quote(s, safe="/")) if encoding else (lambda s: s)
+    enc = _key_encoder(encoding)
     prefix = q.get("prefix", "")
     delimiter = q.get("delimiter") or None
     max_keys = _int_param(req, "max-keys", 1000, 1000)
