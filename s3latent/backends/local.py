@@ -23,6 +23,15 @@ A multipart object's part table (part sizes, part checksums, the object
 checksum) is part of that metadata, so it is committed with the data.
 .bucket.json is replaced the same way (temp file, fsync, rename).
 
+Reads answer one version, complete: get_object opens the file once, reads and
+checks its trailer there, and the body streams from that same open file, so
+the info (ETag, size, checksums, part table) and the bytes always belong to one
+version, whatever renames happen meanwhile; the body never reads past that
+version's data. The trailer must add up to the file's length; a file whose
+trailer does not is corrupt: 500 InternalError, logged with bucket and key.
+A write refused for lack of space (ENOSPC, EDQUOT) is InsufficientStorage
+(507); the temp file goes and the old object stays. See docs/local-backend.md.
+
 Listings come from a per-bucket sorted key index built lazily by walking the
 bucket (keys are stored in each header, so hashed names resolve) and kept
 current by this process's writes.
