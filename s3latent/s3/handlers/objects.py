@@ -328,6 +328,12 @@ async def get_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     except (ConnectionError, asyncio.CancelledError):
         log.info("client went away after %d/%d bytes of %s", sent, length, req.resource)
         raise
+    except Exception:
+        if not response.prepared:
+            raise  # nothing sent yet: the client gets the error response
+        # The status line is out; an error body now would read as object bytes. Cut the
+        # connection short instead (below), so the client sees an incomplete body.
+        log.exception("reading %s failed after %d/%d bytes", req.resource, sent, length)
     finally:
         await body.close()
     if sent != length:
