@@ -1,6 +1,6 @@
 """The local backend answers one version completely; damage and a full disk say so.
 
-Backend calls in-process, the whole app in-process (aiohttp TestServer, requests
+Backend calls in-process, the whole app in-process (tests/inprocess.py: requests
 signed by tests/sigv4_client), and boto3 against a real gateway on a small tmpfs.
 """
 
@@ -21,25 +21,21 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import requests
-from aiohttp.test_utils import TestServer
 from botocore.exceptions import ClientError
-from multidict import CIMultiDict
 
 from s3latent.backends import local
 from s3latent.backends.base import ObjectMeta
 from s3latent.backends.local import LocalBackend
-from s3latent.config import Config
 from s3latent.s3.errors import S3Error
-from s3latent.s3.server import Gateway, make_app
 from tests.gateway import GatewayProcess
-from tests.sigv4_client import USERS, sign
+from tests.inprocess import InProcessGateway, serve_gateway
+from tests.sigv4_client import sign
 
 SIZES = (0, 1, 1000, 70_000, 300_000, 700_000)  # several READ_CHUNKs apart
 
@@ -242,50 +238,20 @@ async def test_out_of_space_is_insufficient_storage_and_keeps_the_old_version(
 
 # -- the whole app, in-process --------------------------------------------------------------
 
-@dataclass
-class Served:
-    backend: LocalBackend
-    gateway: Gateway
-    server: TestServer
-    session: aiohttp.ClientSession
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.server.port}"
-
-    async def call(self, method: str, path: str, *, body: bytes = b"",
-                   headers: dict[str, str] | None = None,
-                   checksum: str | None = None) -> tuple[int, CIMultiDict[str], bytes]:
-        raw = sign(method, path, headers=headers or {}, body=body, host=self.host,
-                   checksum=checksum)
-        async with self.session.request(method, f"http://{self.host}{raw.target}",
-                                        headers=raw.headers, data=raw.body or None,
-                                        timeout=aiohttp.ClientTimeout(total=20)) as resp:
-            data = await resp.read()
-            return resp.status, resp.headers.copy(), data
-
-
 @pytest.fixture
-async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    backend = LocalBackend(tmp_path / "data")
-    gateway = Gateway(Config(users=dict(USERS)), backend)
-    server = TestServer(make_app(gateway), host="127.0.0.1")
-    await server.start_server()
-    session = aiohttp.ClientSession(auto_decompress=False)
-    try:
-        status, _, _ = await Served(backend, gateway, server, session).call("PUT", "/bkt")
-        assert status == 200
-        yield Served(backend, gateway, server, session)
-    finally:
-        await session.close()
-        await server.close()
+async def served(tmp_path: Path) -> AsyncIterator[InProcessGateway]:
+    """The real wiring in-process (tests/inprocess.py), with no read cache: these tests
+    watch the backend's files and bodies, which a cached copy would hide."""
+    async with serve_gateway(tmp_path, "[cache]\nmemory = 0\n") as gw:
+        assert (await gw.call("PUT", "/bkt")).status == 200
+        yield gw
 
 
 def crc32_b64(data: bytes) -> str:
     return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
-async def test_http_get_headers_and_body_are_one_version(served: Served) -> None:
+async def test_http_get_headers_and_body_are_one_version(served: InProcessGateway) -> None:
     """ETag, Content-Length, x-amz-checksum-crc32 and Content-Range all describe the body."""
     versions: dict[str, bytes] = {}
     rng = random.Random(11)
@@ -335,7 +301,7 @@ async def test_http_get_headers_and_body_are_one_version(served: Served) -> None
 
 
 async def test_http_damaged_trailer_is_500_internal_error(
-        served: Served, caplog: pytest.LogCaptureFixture) -> None:
+        served: InProcessGateway, caplog: pytest.LogCaptureFixture) -> None:
     await served.call("PUT", "/bkt/dir/photo.png", body=b"x" * 3000)
     damage(served.backend.root / "buckets" / "bkt" / "dir" / "photo.png.~o", "not-utf8")
     caplog.set_level(logging.ERROR)
@@ -350,7 +316,7 @@ async def test_http_damaged_trailer_is_500_internal_error(
 
 
 async def test_http_out_of_space_is_507_counted_old_version_intact(
-        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+        served: InProcessGateway, monkeypatch: pytest.MonkeyPatch) -> None:
     old = b"the old version"
     await served.call("PUT", "/bkt/k", body=old)
     fill_disk(monkeypatch, 50_000)
@@ -365,7 +331,7 @@ async def test_http_out_of_space_is_507_counted_old_version_intact(
     assert 's3latent_storage_full_total{operation="PutObject"} 1.0' in metrics
 
 
-async def test_http_client_leaving_mid_body_closes_the_file(served: Served) -> None:
+async def test_http_client_leaving_mid_body_closes_the_file(served: InProcessGateway) -> None:
     await served.call("PUT", "/bkt/big", body=os.urandom(8 * 1024 * 1024))
     for _ in range(5):
         raw = sign("GET", "/bkt/big", host=served.host)
@@ -384,7 +350,7 @@ async def test_http_client_leaving_mid_body_closes_the_file(served: Served) -> N
 
 
 async def test_http_body_failing_mid_stream_cuts_the_connection(
-        served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+        served: InProcessGateway, monkeypatch: pytest.MonkeyPatch) -> None:
     """A read failing after the status line went out must not append an error document
     to the body (which a client would take for object bytes): the connection is cut."""
     data = os.urandom(2 * 1024 * 1024)
