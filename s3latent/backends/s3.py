@@ -17,6 +17,7 @@ import base64
 import hashlib
 import logging
 import os
+import random
 import tempfile
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -91,6 +92,30 @@ _UNREACHABLE = (
     asyncio.TimeoutError,
     OSError,
 )
+
+
+# Calls whose repetition cannot change the outcome (a POST that creates or completes
+# an upload is not among them). Timeouts are never retried: a hung backend would
+# only hang again, multiplying the client's wait.
+_IDEMPOTENT_OPS = frozenset({
+    "list_buckets", "head_bucket", "create_bucket", "delete_bucket", "get_bucket_tagging",
+    "put_bucket_tagging", "delete_bucket_tagging", "list_objects_v2", "list_objects",
+    "head_object", "get_object", "put_object", "delete_object", "delete_objects",
+    "copy_object", "upload_part", "upload_part_copy", "list_parts", "list_multipart_uploads",
+    "abort_multipart_upload", "get_object_tagging", "put_object_tagging",
+    "delete_object_tagging",
+})
+
+
+def _retryable(exc: BaseException, op: str) -> bool:
+    """Connect failures (nothing was sent) always; a dropped connection for idempotent calls."""
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+        return True
+    return isinstance(exc, ConnectionClosedError) and op in _IDEMPOTENT_OPS
+
+
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(min(2.0, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random()))
 
 
 def _unquote_etag(etag: str) -> str:
@@ -189,9 +214,9 @@ class S3Backend:
         region: str = "us-east-1",
         min_part_size: int = MIN_PART_SIZE,
         max_connections: int = 128,
-        connect_timeout: float = 3.0,
-        read_timeout: float = 60.0,
-        max_attempts: int = 4,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 10.0,
+        max_attempts: int = 3,
         meta_bucket: str | None = None,
     ) -> None:
         self.name = endpoint_url
@@ -204,7 +229,9 @@ class S3Backend:
             max_pool_connections=max_connections,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            # botocore would retry read timeouts and non-idempotent calls too: _call
+            # retries itself (see _retryable).
+            retries={"mode": "standard", "total_max_attempts": 1},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             # Content-MD5 protects every body we send; a SHA-256 pass over it for the
@@ -214,6 +241,7 @@ class S3Backend:
         )
         self._client: Any = None
         self._exit_stack: Any = None
+        self._max_attempts = max(1, max_attempts)
         self._data = DataPath(endpoint_url, access_key, secret_key, region,
                               max_connections=max_connections, connect_timeout=connect_timeout,
                               read_timeout=read_timeout, max_attempts=max_attempts)
@@ -258,15 +286,26 @@ class S3Backend:
             params["Bucket"] = bucket
         if key is not None:
             params["Key"] = key
-        try:
-            return await getattr(self._client, op)(**params)
-        except ClientError as exc:
-            raise _translate(exc, op, bucket, key) from exc
-        except _UNREACHABLE as exc:
-            log.warning("backend %s unreachable during %s: %s", self.name, op, exc)
-            raise S3Error(
-                "ServiceUnavailable", "The storage backend is unreachable; retry later."
-            ) from exc
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await getattr(self._client, op)(**params)
+            except ClientError as exc:
+                error = _translate(exc, op, bucket, key)
+                if error.status >= 500 and op in _IDEMPOTENT_OPS and \
+                        attempt < self._max_attempts:
+                    await _backoff(attempt)
+                    continue
+                raise error from exc
+            except _UNREACHABLE as exc:
+                if _retryable(exc, op) and attempt < self._max_attempts:
+                    await _backoff(attempt)
+                    continue
+                log.warning("backend %s unreachable during %s: %s", self.name, op, exc)
+                raise S3Error(
+                    "ServiceUnavailable", "The storage backend is unreachable; retry later."
+                ) from exc
 
     # -- buckets ---------------------------------------------------------
     async def list_buckets(self) -> list[BucketInfo]:
@@ -862,7 +901,9 @@ def translate_status(status: int, code: str, message: str | None, op: str,
         if code == "NoSuchBucket" and bucket:
             extra = {"BucketName": bucket}
         return S3Error(code, message or None, resource=resource, **extra)
-    if status in (429, 503) or code in ("SlowDown", "Throttling", "ThrottlingException"):
+    # SlowDown only when the backend asks us to slow down; any other failure
+    # (503 ServiceUnavailable included) is the backend being unavailable.
+    if status == 429 or code in ("SlowDown", "Throttling", "ThrottlingException"):
         return S3Error("SlowDown", resource=resource)
     if status >= 500:
         log.warning("backend error on %s %s/%s: %s %s %s", op, bucket, key, status, code,
@@ -874,17 +915,21 @@ def translate_status(status: int, code: str, message: str | None, op: str,
 
 
 def backend_from_url(url: str, access_key: str | None, secret_key: str | None,
-                     region: str = "us-east-1") -> Any:
+                     region: str = "us-east-1", *, connect_timeout: float = 2.0,
+                     read_timeout: float = 10.0, max_attempts: int = 3) -> Any:
     """`file:///path` or a bare path -> LocalBackend; `http(s)://` -> S3Backend.
 
-    An S3 backend's meta bucket is S3LATENT_BACKEND_META_BUCKET when set.
+    An S3 backend's meta bucket is S3LATENT_BACKEND_META_BUCKET when set; the
+    timeouts and attempts apply to every call to an S3 backend.
     """
     if url.startswith(("http://", "https://")):
         if not access_key or not secret_key:
             raise ValueError(
                 "an S3 backend needs S3LATENT_BACKEND_ACCESS_KEY and S3LATENT_BACKEND_SECRET_KEY"
             )
-        return S3Backend(url, access_key, secret_key, region=region)
+        return S3Backend(url, access_key, secret_key, region=region,
+                         connect_timeout=connect_timeout, read_timeout=read_timeout,
+                         max_attempts=max_attempts)
     from .local import LocalBackend
 
     path = url[len("file://"):] if url.startswith("file://") else url
