@@ -118,6 +118,18 @@ async def _backoff(attempt: int) -> None:
     await asyncio.sleep(min(2.0, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random()))
 
 
+def _refuse_folder_body(key: str, size: int) -> None:
+    """S3 stores such as SeaweedFS make `dir/` a directory and drop its body.
+
+    Storing it would lose the data silently, so it is refused before the
+    backend sees it; an empty `dir/` (a folder marker) is stored as usual.
+    """
+    if key.endswith("/") and size > 0:
+        raise S3Error("InvalidArgument", "On this gateway's storage backend a key ending in "
+                      "'/' names a folder and can only hold an empty object.",
+                      ArgumentName="key", ArgumentValue=key)
+
+
 def _unquote_etag(etag: str) -> str:
     return etag.strip().strip('"')
 
@@ -431,6 +443,7 @@ class S3Backend:
             await spool.fill(body)
             if size is not None and spool.size != size:
                 raise S3Error("IncompleteBody")
+            _refuse_folder_body(key, spool.size)
             headers = _meta_headers(meta)
             if if_match is not None:
                 headers["If-Match"] = f'"{if_match}"'
@@ -489,6 +502,8 @@ class S3Backend:
         meta: ObjectMeta | None,
     ) -> ObjectInfo:
         await self._require_bucket(dst_bucket)
+        if dst_key.endswith("/"):
+            _refuse_folder_body(dst_key, (await self.head_object(src_bucket, src_key)).size)
         params: dict[str, Any] = {"CopySource": {"Bucket": src_bucket, "Key": src_key}}
         if meta is None:
             params["MetadataDirective"] = "COPY"
@@ -559,6 +574,7 @@ class S3Backend:
     async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta, *,
                                       checksum: UploadChecksum | None = None) -> str:
         await self._require_bucket(bucket)
+        _refuse_folder_body(key, 1)  # a multipart object is hardly ever empty
         params = _meta_params(meta)
         if meta.tags:
             params["Tagging"] = urlencode(meta.tags, quote_via=quote)
