@@ -83,3 +83,28 @@ def test_backend_503_without_throttle_code_is_service_unavailable() -> None:
         "ServiceUnavailable"
     assert translate_status(503, "SlowDown", None, "op", "b", "k").code == "SlowDown"
     assert translate_status(429, "", None, "op", "b", "k").code == "SlowDown"
+
+
+def test_backend_hanging_mid_body_cuts_the_client_off(
+        stack: tuple[SeaweedFS, GatewayProcess]) -> None:
+    """The status line is sent: the client must see a short body soon, not a hang."""
+    weed, gw = stack
+    s3 = gw.client(connect_timeout=2, read_timeout=30, max_attempts=1)
+    s3.create_bucket(Bucket="midbody")
+    size = 48 * 1024 * 1024  # more than the socket buffers between the three processes
+    s3.put_object(Bucket="midbody", Key="big.bin", Body=b"z" * size)
+    body = s3.get_object(Bucket="midbody", Key="big.bin")["Body"]
+    got = len(body.read(1024 * 1024))
+    assert weed.proc is not None
+    os.killpg(weed.proc.pid, signal.SIGSTOP)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Exception) as info:  # urllib3/botocore: IncompleteRead or similar
+            while chunk := body.read(1024 * 1024):
+                got += len(chunk)
+        assert "Timeout" not in type(info.value).__name__, info.value
+        assert got < size
+        assert time.monotonic() - started < BOUND + 2
+    finally:
+        os.killpg(weed.proc.pid, signal.SIGCONT)
+    assert "backend failed after" in gw.log_path.read_text(errors="replace")

@@ -328,6 +328,12 @@ async def get_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     except (ConnectionError, asyncio.CancelledError):
         log.info("client went away after %d/%d bytes of %s", sent, length, req.resource)
         raise
+    except Exception as exc:
+        # The backend failed mid-body (read timeout, dropped connection). The status
+        # line is sent, so no error answer can follow: the client sees the body cut
+        # short of its Content-Length (below), never a second response.
+        log.warning("backend failed after %d/%d bytes of %s: %r", sent, length,
+                    req.resource, exc)
     finally:
         await body.close()
     if sent != length:
