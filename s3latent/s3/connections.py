@@ -41,7 +41,13 @@ class _Guarded(asyncio.Protocol):
 
     # -- state ----------------------------------------------------------------
     def idle(self) -> bool:
-        """No request in hand: aiohttp's handler waits for the next message."""
+        """No request in hand: aiohttp's handler waits for the next message.
+
+        aiohttp's own keep-alive check reads the same private `_waiter`; should a
+        release drop it, this answers False: the cap then refuses newcomers
+        instead of evicting, and later heads are bounded by the idle timeout
+        (tests/test_connections.py notices either).
+        """
         waiter = getattr(self.inner, "_waiter", None)
         return waiter is not None and not waiter.done()
 
