@@ -126,6 +126,12 @@ def test_every_write_path_refuses_internal_metadata(s3l: Any, lbucket: str,
     s3l.copy_object(Bucket=lbucket, Key="dst.txt", MetadataDirective="REPLACE",
                     CopySource={"Bucket": lbucket, "Key": "src.txt"}, Metadata={"a": "b"})
     assert s3l.head_object(Bucket=lbucket, Key="dst.txt")["Metadata"] == {"a": "b"}
+    post = s3l.generate_presigned_post(lbucket, "form.png", Fields={"x-amz-meta-a": "b"},
+                                       Conditions=[{"x-amz-meta-a": "b"}])
+    resp = requests.post(post["url"], data=post["fields"],
+                         files={"file": ("form.png", b"png bytes")}, timeout=10)
+    assert resp.status_code == 204, resp.content
+    assert s3l.head_object(Bucket=lbucket, Key="form.png")["Metadata"] == {"a": "b"}
 
 
 def test_copy_of_a_raw_object_does_not_carry_internal_metadata(
@@ -316,3 +322,21 @@ def test_rclone_md5sum_matches_what_rclone_copy_downloads(
         data = (tmp_path / "out" / key).read_bytes()
         assert sums[key] == hashlib.md5(data).hexdigest(), key
     assert (tmp_path / "out" / ("r.png" + SIDE)).read_bytes() != sidecar  # lossy: it matters
+
+
+def test_the_front_end_reserves_the_backend_namespace() -> None:
+    """The front end refuses exactly the names the S3 backend reads back as its own, and the
+    backend refuses to store one that got past it (any case)."""
+    from s3latent.backends.base import ObjectMeta
+    from s3latent.backends.s3 import INTERNAL_PREFIX, _meta_headers, _meta_params
+    from s3latent.s3.errors import S3Error
+    from s3latent.s3.request import RESERVED_METADATA_PREFIX
+
+    assert RESERVED_METADATA_PREFIX == INTERNAL_PREFIX
+    forged = ObjectMeta(metadata={"S3LX-Rep": "latent"})
+    for encode in (_meta_params, _meta_headers):
+        with pytest.raises(S3Error) as exc:
+            encode(forged)
+        assert exc.value.code == "InvalidArgument"
+    kept = _meta_params(ObjectMeta(metadata={"a": "1"}, internal={"rep": "latent"}))
+    assert kept["Metadata"] == {"a": "1", "s3lx-rep": "latent"}
