@@ -168,7 +168,9 @@ class LatentObjectLayer(ObjectLayer):
         are listed once); one GET and one HEAD of the sidecar, once per image
         version, for those with one.
         """
-        if physical.representation(info) != "plain":
+        # `info` is trusted, physical or logical (an image cache hit): a logical ETag has
+        # no "-1", so ask the (verified) metadata, not representation().
+        if info.meta.internal.get(physical.REP) in (physical.REP_LATENT, physical.REP_STUB):
             return
         conv = self.converter
         state = conv.states.get((bucket, key))
