@@ -855,12 +855,28 @@ def _just_before(key: str) -> str:
     return key[:-1] + chr(prev) + "\U0010ffff"
 
 
-def _meta_params(meta: ObjectMeta) -> dict[str, Any]:
-    metadata = dict(meta.metadata)
+def _stored_metadata(meta: ObjectMeta) -> dict[str, str]:
+    """User, checksum and internal metadata as one backend map (names never collide).
+
+    A user name inside INTERNAL_PREFIX would be read back as the gateway's own state;
+    the front end refuses such names, and this is the last guard (never stored).
+    """
+    metadata: dict[str, str] = {}
+    for name, value in meta.metadata.items():
+        if name.lower().startswith(INTERNAL_PREFIX):
+            raise S3Error("InvalidArgument", f"User metadata names starting with "
+                          f"\"{INTERNAL_PREFIX}\" are reserved for the gateway.",
+                          ArgumentName=f"x-amz-meta-{name}")
+        metadata[name] = value
     for algorithm, value in meta.checksums.items():
         metadata[_CHECKSUM_PREFIX + algorithm] = value
     for name, value in meta.internal.items():
         metadata[INTERNAL_PREFIX + name] = value
+    return metadata
+
+
+def _meta_params(meta: ObjectMeta) -> dict[str, Any]:
+    metadata = _stored_metadata(meta)
     params: dict[str, Any] = {"ContentType": meta.content_type, "Metadata": metadata}
     for header, value in meta.headers.items():
         if header in _HEADER_PARAMS:
@@ -871,11 +887,7 @@ def _meta_params(meta: ObjectMeta) -> dict[str, Any]:
 def _meta_headers(meta: ObjectMeta) -> dict[str, str]:
     """The PUT headers that store `meta` (the data path's form of _meta_params)."""
     headers = {"Content-Type": meta.content_type}
-    metadata = dict(meta.metadata)
-    for algorithm, value in meta.checksums.items():
-        metadata[_CHECKSUM_PREFIX + algorithm] = value
-    for name, value in meta.internal.items():
-        metadata[INTERNAL_PREFIX + name] = value
+    metadata = _stored_metadata(meta)
     for name, value in metadata.items():
         headers[f"x-amz-meta-{name}"] = value
     for header, value in meta.headers.items():

@@ -26,7 +26,7 @@ from .. import xml
 from ..auth import AuthContext, sign_hex, signatures_equal, signing_key
 from ..errors import S3Error
 from ..names import check_new_key
-from ..request import check_tags
+from ..request import check_tags, check_user_metadata
 
 if TYPE_CHECKING:
     from ..server import Gateway
@@ -188,6 +188,7 @@ async def post_object(gw: Gateway, request: web.Request, bucket: str,
             meta.metadata[lower[len("x-amz-meta-"):]] = value
         elif lower in STORED_HEADERS:
             meta.headers[lower] = value
+    check_user_metadata(meta.metadata)
     if "tagging" in fields:
         meta.tags = _tags_from_xml(fields["tagging"])
     await gw.backend.head_bucket(bucket)
