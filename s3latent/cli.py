@@ -72,7 +72,7 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
     from .backends.s3 import backend_from_url
     from .decode.machinery import Machinery
     from .objects.latent import LatentObjectLayer
-    from .s3.server import Gateway
+    from .s3api.gateway import Gateway
 
     backend = backend_from_url(cfg.backend, cfg.backend_access_key, cfg.backend_secret_key,
                                cfg.region, connect_timeout=cfg.backend_connect_timeout_s,
@@ -92,8 +92,8 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
 async def _serve(cfg: Config) -> None:
     from aiohttp import web
 
-    from .s3.connections import ConnectionGuard, install_log_limits
-    from .s3.server import make_app
+    from .s3api.connections import ConnectionGuard, install_log_limits
+    from .s3api.server import make_app
 
     gw = build_gateway(cfg)
     app = make_app(gw)

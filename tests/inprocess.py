@@ -30,7 +30,8 @@ from multidict import CIMultiDict
 
 from s3latent.cli import build_gateway
 from s3latent.config import load_config
-from s3latent.s3.server import Gateway, make_app
+from s3latent.s3api.gateway import Gateway
+from s3latent.s3api.server import make_app
 from tests.sigv4_client import ACCESS_KEY, REGION, SECRET_KEY, sign
 
 T = TypeVar("T")

@@ -1,9 +1,9 @@
 """Test-only SigV4 client: crafts raw S3 requests, honest or tampered.
 
-Written from the AWS documentation independently of s3latent.s3.auth (it shares no
+Written from the AWS documentation independently of s3latent.s3api.auth (it shares no
 code with it), so a bug in one shows up as a disagreement with the other; the
 tests also check it against botocore's own signer. Checksums come from botocore's
-checksum classes, not from s3latent.s3.checksums, for the same reason.
+checksum classes, not from s3latent.s3api.checksums, for the same reason.
 """
 
 from __future__ import annotations

@@ -13,14 +13,14 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from multidict import CIMultiDict
 
-from s3latent.s3.auth import (
+from s3latent.errors import S3Error
+from s3latent.s3api.auth import (
     AuthContext,
     authenticate,
     canonical_queries,
     canonical_uris,
-    signing_key,
 )
-from s3latent.s3.errors import S3Error
+from s3latent.sigv4 import signing_key
 from tests import sigv4_client as client
 from tests.sigv4_client import ACCESS_KEY, HOST, REGION, SECRET_KEY, USERS
 

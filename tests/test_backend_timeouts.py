@@ -77,7 +77,7 @@ def test_get_head_put_answer_503_while_backend_hangs(
 
 
 def test_backend_503_without_throttle_code_is_service_unavailable() -> None:
-    from s3latent.backends.s3 import translate_status
+    from s3latent.backends.s3_datapath import translate_status
 
     assert translate_status(503, "ServiceUnavailable", None, "op", "b", "k").code == \
         "ServiceUnavailable"

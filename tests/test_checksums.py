@@ -9,7 +9,7 @@ import os
 import pytest
 from botocore import httpchecksum
 
-from s3latent.s3.checksums import (
+from s3latent.s3api.checksums import (
     ALGORITHMS,
     DIGEST_SIZES,
     checksum_b64,

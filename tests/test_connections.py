@@ -112,7 +112,7 @@ def test_keepalive_connection_idles_out_and_half_sent_second_request_times_out(
 def test_rate_limit_filter_caps_a_flood() -> None:
     import logging
 
-    from s3latent.s3.connections import RateLimitFilter
+    from s3latent.s3api.connections import RateLimitFilter
 
     limiter = RateLimitFilter(burst=5, interval=60)
     passed = sum(limiter.filter(logging.LogRecord("asyncio", logging.ERROR, __file__, 0,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from s3latent.decode.pipeline import DevicePipeline, pixels_to_uint8
-from s3latent.s3.errors import S3Error
+from s3latent.errors import S3Error
 
 
 class TinyDecoder(torch.nn.Module):

@@ -327,8 +327,8 @@ def test_the_front_end_reserves_the_backend_namespace() -> None:
     backend refuses to store one that got past it (any case)."""
     from s3latent.backends.base import ObjectMeta
     from s3latent.backends.s3 import INTERNAL_PREFIX, _meta_headers, _meta_params
-    from s3latent.s3.errors import S3Error
-    from s3latent.s3.request import RESERVED_METADATA_PREFIX
+    from s3latent.errors import S3Error
+    from s3latent.s3api.request import RESERVED_METADATA_PREFIX
 
     assert RESERVED_METADATA_PREFIX == INTERNAL_PREFIX
     forged = ObjectMeta(metadata={"S3LX-Rep": "latent"})

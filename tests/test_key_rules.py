@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from s3latent.s3 import xml
-from s3latent.s3.errors import S3Error
-from s3latent.s3.names import check_new_key
+from s3latent.errors import S3Error
+from s3latent.s3api import xml
+from s3latent.s3api.names import check_new_key
 from tests.gateway import GatewayProcess
 
 # Path-mapping stores merge these with another key (or normalise them away).

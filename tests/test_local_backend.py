@@ -17,7 +17,7 @@ import pytest
 
 from s3latent.backends.base import ObjectMeta
 from s3latent.backends.local import LocalBackend
-from s3latent.s3.errors import S3Error
+from s3latent.errors import S3Error
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:

@@ -32,7 +32,7 @@ from botocore.exceptions import ClientError
 from s3latent.backends import local
 from s3latent.backends.base import ObjectMeta
 from s3latent.backends.local import LocalBackend
-from s3latent.s3.errors import S3Error
+from s3latent.errors import S3Error
 from tests.gateway import GatewayProcess
 from tests.inprocess import InProcessGateway, serve_gateway
 from tests.sigv4_client import sign

@@ -30,10 +30,10 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from s3latent.errors import S3Error
 from s3latent.executables import require_executable
-from s3latent.s3.auth import AuthContext, authenticate
-from s3latent.s3.errors import S3Error
-from s3latent.s3.payload import READ_SIZE, PayloadReader, stored_content_encoding
+from s3latent.s3api.auth import AuthContext, authenticate
+from s3latent.s3api.payload import READ_SIZE, PayloadReader, stored_content_encoding
 from tests import sigv4_client as client
 from tests.sigv4_client import ACCESS_KEY, SECRET_KEY, USERS, make_stream
 

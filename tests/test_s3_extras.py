@@ -19,9 +19,9 @@ from multidict import CIMultiDict
 
 from s3latent.backends.base import HashedBody, ObjectMeta, UploadChecksum
 from s3latent.backends.s3 import S3Backend
-from s3latent.s3.auth import AuthContext
-from s3latent.s3.errors import S3Error
-from s3latent.s3.payload import PayloadReader
+from s3latent.errors import S3Error
+from s3latent.s3api.auth import AuthContext
+from s3latent.s3api.payload import PayloadReader
 from tests.gateway import ACCESS_KEY, SECRET_KEY, GatewayProcess
 from tests.seaweed import SeaweedFS
 

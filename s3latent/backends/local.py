@@ -54,7 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..s3.errors import S3Error
+from ..errors import S3Error
 from .base import (
     MIN_PART_SIZE,
     BucketInfo,

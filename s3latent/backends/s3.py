@@ -36,7 +36,7 @@ from botocore.exceptions import (
 )
 from cachetools import TTLCache
 
-from ..s3.errors import ERROR_CODES, S3Error
+from ..errors import S3Error
 from .base import (
     MIN_PART_SIZE,
     STORED_HEADERS,
@@ -53,7 +53,7 @@ from .base import (
     UploadInfo,
     UploadsPage,
 )
-from .s3_datapath import DataPath, parse_http_date
+from .s3_datapath import DataPath, parse_http_date, translate_status
 from .s3_meta import GRACE_S as META_GRACE_S
 from .s3_meta import (
     MetaStore,
@@ -958,34 +958,6 @@ def _translate(exc: ClientError, op: str, bucket: str | None, key: str | None) -
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500)
     return translate_status(status, str(err.get("Code", "")), err.get("Message"), op, bucket,
                             key)
-
-
-def translate_status(status: int, code: str, message: str | None, op: str,
-                     bucket: str | None, key: str | None) -> S3Error:
-    """A backend's error answer as the S3Error our client should see."""
-    if code in ("", "404", "NotFound") and status == 404:
-        code = "NoSuchKey" if key is not None else "NoSuchBucket"
-    elif code in ("", "412") and status == 412:
-        code = "PreconditionFailed"
-    elif code in ("", "304") and status == 304:
-        code = "NotModified"
-    resource = f"/{bucket}/{key}" if key else (f"/{bucket}" if bucket else None)
-    if code in ERROR_CODES and status < 500:
-        extra = {"Key": key} if code == "NoSuchKey" and key else {}
-        if code == "NoSuchBucket" and bucket:
-            extra = {"BucketName": bucket}
-        return S3Error(code, message or None, resource=resource, **extra)
-    # SlowDown only when the backend asks us to slow down; any other failure
-    # (503 ServiceUnavailable included) is the backend being unavailable.
-    if status == 429 or code in ("SlowDown", "Throttling", "ThrottlingException"):
-        return S3Error("SlowDown", resource=resource)
-    if status >= 500:
-        log.warning("backend error on %s %s/%s: %s %s %s", op, bucket, key, status, code,
-                    message)
-        return S3Error("ServiceUnavailable", "The storage backend failed; retry later.",
-                       resource=resource)
-    log.warning("unexpected backend answer on %s: %s %s %s", op, status, code, message)
-    return S3Error("InternalError", resource=resource)
 
 
 def backend_from_url(url: str, access_key: str | None, secret_key: str | None,

@@ -23,8 +23,8 @@ from urllib.parse import quote
 import aiohttp
 import xmltodict
 
-from ..s3.auth import sign_hex, signing_key
-from ..s3.errors import S3Error
+from ..errors import ERROR_CODES, S3Error
+from ..sigv4 import sign_hex, signing_key
 
 log = logging.getLogger(__name__)
 
@@ -179,8 +179,6 @@ def _error(status: int, data: bytes, bucket: str, key: str | None) -> S3Error:
             code, message = doc.get("Code", "") or "", doc.get("Message")
         except Exception:  # not XML: judge by the status alone
             code = ""
-    from .s3 import translate_status  # circular at import time
-
     return translate_status(status, code, message, "datapath", bucket, key)
 
 
@@ -196,3 +194,31 @@ def parse_http_date(value: str | None) -> datetime:
 async def iter_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
     async for chunk in resp.content.iter_chunked(READ_CHUNK):
         yield chunk
+
+
+def translate_status(status: int, code: str, message: str | None, op: str,
+                     bucket: str | None, key: str | None) -> S3Error:
+    """A backend's error answer as the S3Error our client should see."""
+    if code in ("", "404", "NotFound") and status == 404:
+        code = "NoSuchKey" if key is not None else "NoSuchBucket"
+    elif code in ("", "412") and status == 412:
+        code = "PreconditionFailed"
+    elif code in ("", "304") and status == 304:
+        code = "NotModified"
+    resource = f"/{bucket}/{key}" if key else (f"/{bucket}" if bucket else None)
+    if code in ERROR_CODES and status < 500:
+        extra = {"Key": key} if code == "NoSuchKey" and key else {}
+        if code == "NoSuchBucket" and bucket:
+            extra = {"BucketName": bucket}
+        return S3Error(code, message or None, resource=resource, **extra)
+    # SlowDown only when the backend asks us to slow down; any other failure
+    # (503 ServiceUnavailable included) is the backend being unavailable.
+    if status == 429 or code in ("SlowDown", "Throttling", "ThrottlingException"):
+        return S3Error("SlowDown", resource=resource)
+    if status >= 500:
+        log.warning("backend error on %s %s/%s: %s %s %s", op, bucket, key, status, code,
+                    message)
+        return S3Error("ServiceUnavailable", "The storage backend failed; retry later.",
+                       resource=resource)
+    log.warning("unexpected backend answer on %s: %s %s %s", op, status, code, message)
+    return S3Error("InternalError", resource=resource)

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..s3.errors import S3Error
+from ..errors import S3Error
 from .s3_datapath import DataPath
 
 log = logging.getLogger(__name__)

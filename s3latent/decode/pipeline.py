@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..s3.errors import S3Error
+from ..errors import S3Error
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from ..latent.rendition import (
 )
 from ..latent.sidecar import Sidecar, SidecarError, check_channels, parse_sidecar
 from ..models.registry import ModelUnavailable, UnknownModel
-from .conversion import MODEL_META, Refused
+from .physical import MODEL_META
+from .refusals import Refused
 
 if TYPE_CHECKING:
     from ..decode.machinery import Machinery

@@ -32,10 +32,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..backends.base import Backend, ObjectInfo, ObjectMeta
 from ..config import Config
+from ..errors import S3Error
 from ..latent.container import ContainerError, unpack
-from ..s3.errors import S3Error
 from . import physical
-from .refusals import Refusal, RefusalStore, now_iso
+from .refusals import Refusal, RefusalStore, Refused, now_iso
 
 if TYPE_CHECKING:
     from ..decode.machinery import Machinery
@@ -47,7 +47,6 @@ MAX_SIDECAR_BYTES = 64 * 1024 * 1024
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG",
                "image/webp": "WEBP"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-MODEL_META = "s3latent-model"
 SIDECAR_ETAG = "scetag"  # in a container's mirror: the sidecar it was converted with
 
 
@@ -56,18 +55,6 @@ def crash_point(name: str) -> None:
     if os.environ.get("S3LATENT_CRASH_AT") == name:
         log.warning("crashing at %s as asked by S3LATENT_CRASH_AT", name)
         os._exit(137)
-
-
-class Refused(Exception):
-    """The pair stays plain; the message is the reason recorded for it.
-
-    `durable=False` for conditions of this gateway rather than of the pair (a model
-    that failed to load): remembered until restart, not recorded in the backend.
-    """
-
-    def __init__(self, reason: str, *, durable: bool = True) -> None:
-        super().__init__(reason)
-        self.durable = durable
 
 
 def settings_fingerprint(settings: Any, models: dict[str, Any]) -> str:

@@ -32,10 +32,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from ..backends.base import Backend, ListEntry, ListPage, ObjectBody, ObjectInfo, ObjectMeta
 from ..cache.readpath import Entry, ReadCache
 from ..config import Config
+from ..errors import S3Error
 from ..latent.container import ContainerError, ContainerHeader, unpack
-from ..s3.errors import S3Error
 from . import physical
-from .conversion import MODEL_META, Converter, looks_like_image
+from .conversion import Converter, looks_like_image
 from .layer import ObjectLayer
 
 if TYPE_CHECKING:
@@ -730,7 +730,7 @@ class LatentObjectLayer(ObjectLayer):
             sidecar = await asyncio.to_thread(parse_sidecar, data)
         except SidecarError as exc:
             raise S3Error("InvalidArgument", f"Invalid latent upload: {exc}") from exc
-        model_id = sidecar.model or meta.metadata.get(MODEL_META)
+        model_id = sidecar.model or meta.metadata.get(physical.MODEL_META)
         if not model_id:
             raise S3Error("InvalidArgument", "Invalid latent upload: name the model in the "
                           "safetensors metadata 'model' or in x-amz-meta-s3latent-model.")

@@ -97,6 +97,6 @@ class ObjectLayer:
 
     async def latent_safetensors(self, bucket: str, key: str) -> tuple[ObjectInfo, bytes]:
         """The latent of a latent object as safetensors; plain objects have none."""
-        from ..s3.errors import S3Error
+        from ..errors import S3Error
 
         raise S3Error("InvalidRequest", "This object is not stored as a latent.")

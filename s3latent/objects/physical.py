@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from ..backends.base import Backend, ObjectInfo, ObjectMeta
+from ..errors import S3Error
 from ..latent.container import (
     MAX_HEADER,
     PREFIX_SIZE,
@@ -41,7 +42,6 @@ from ..latent.container import (
     IncompleteHeader,
     peek_header,
 )
-from ..s3.errors import S3Error
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,9 @@ CLAIM_READ = 4096
 # On a container, for people browsing the backend bucket: how it was stored.
 M_CODEC, M_MODEL, M_PSNR = "codec", "model", "psnr"
 
+# Client user metadata (x-amz-meta-s3latent-model) naming the decoder of a pair or latent
+# upload, where the sidecar itself does not.
+MODEL_META = "s3latent-model"
 HIDDEN_PREFIX = ".s3latent/"
 VIEWS_PREFIX = HIDDEN_PREFIX + "v/"
 REFUSALS_PREFIX = HIDDEN_PREFIX + "refused/"
@@ -347,7 +350,7 @@ async def write_single_part(
         if if_match is not None:
             current = await backend.head_object(bucket, key)
             if current.etag != if_match:
-                from ..s3.errors import S3Error
+                from ..errors import S3Error
 
                 raise S3Error("PreconditionFailed", Condition="If-Match")
         return await backend.complete_multipart_upload(

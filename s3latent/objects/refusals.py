@@ -26,13 +26,25 @@ from datetime import UTC, datetime
 from cachetools import LRUCache
 
 from ..backends.base import Backend, ObjectMeta
-from ..s3.errors import S3Error
+from ..errors import S3Error
 from . import physical
 
 log = logging.getLogger(__name__)
 
 MARKER_TYPE = "application/json"
 LIST_PAGE = 1000
+
+
+class Refused(Exception):
+    """The pair stays plain; the message is the reason recorded for it.
+
+    `durable=False` for conditions of this gateway rather than of the pair (a model
+    that failed to load): remembered until restart, not recorded in the backend.
+    """
+
+    def __init__(self, reason: str, *, durable: bool = True) -> None:
+        super().__init__(reason)
+        self.durable = durable
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,10 @@ from typing import Any
 
 from ..backends.base import Backend, ListEntry, ObjectInfo
 from ..config import Config, ConfigError
+from ..errors import S3Error
 from ..latent.container import ContainerError
 from ..objects import physical
 from ..objects.conversion import reason_category
-from ..s3.errors import S3Error
 from . import (
     UsageError,
     add_common_args,

@@ -17,9 +17,9 @@ from typing import Any
 
 from ..backends.base import Backend, ObjectInfo
 from ..config import Config, ConfigError
+from ..errors import S3Error
 from ..latent.container import VERSION, ContainerError, ContainerHeader, unpack
 from ..objects import physical
-from ..s3.errors import S3Error
 from . import (
     UsageError,
     add_common_args,

@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from urllib.parse import unquote
 
+from ..errors import S3Error
 from .auth import AuthContext
-from .errors import S3Error
 
 # Query parameters that are part of the signed resource (as botocore's HmacV1Auth).
 SUBRESOURCES = frozenset({

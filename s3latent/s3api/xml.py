@@ -9,7 +9,7 @@ from xml.parsers.expat import ExpatError
 
 import xmltodict
 
-from .errors import S3Error
+from ..errors import S3Error
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 # What XML 1.0 cannot carry, even escaped: a key holding one would break every

@@ -13,20 +13,16 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
-import hmac
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 from urllib.parse import quote_from_bytes, unquote, unquote_to_bytes
 
-from .errors import S3Error
+from ..errors import S3Error
+from ..sigv4 import ALGORITHM, SERVICE, TERMINAL, sign_hex, signatures_equal, signing_key
 
-ALGORITHM = "AWS4-HMAC-SHA256"
-SERVICE = "s3"
-TERMINAL = "aws4_request"
 AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
 MAX_PRESIGN_EXPIRES = 604800
 
@@ -74,27 +70,6 @@ class AuthContext:
 def is_valid_content_sha256(value: str) -> bool:
     """Whether `value` is one of the x-amz-content-sha256 forms S3 accepts."""
     return value in PAYLOAD_MODES or _HEX64.fullmatch(value) is not None
-
-
-@lru_cache(maxsize=1024)
-def signing_key(secret: str, date: str, region: str, service: str = SERVICE) -> bytes:
-    """kSigning for a (secret, date, region); cached because it only changes daily."""
-    key = hmac.digest(("AWS4" + secret).encode("utf-8"), date.encode("utf-8"), "sha256")
-    key = hmac.digest(key, region.encode("utf-8"), "sha256")
-    key = hmac.digest(key, service.encode("utf-8"), "sha256")
-    return hmac.digest(key, TERMINAL.encode("utf-8"), "sha256")
-
-
-def sign_hex(key: bytes, string_to_sign: str) -> str:
-    """Hex HMAC-SHA256, the form every SigV4 signature takes."""
-    return hmac.new(key, string_to_sign.encode("utf-8"), "sha256").hexdigest()
-
-
-def signatures_equal(expected: str, provided: str) -> bool:
-    """Constant-time comparison of two hex signatures (case-insensitive)."""
-    return hmac.compare_digest(
-        expected.encode("ascii"), provided.lower().encode("ascii", "replace")
-    )
 
 
 def _wire_bytes(value: str) -> bytes:

@@ -12,6 +12,7 @@ from aiohttp import web
 from cachetools import TTLCache
 
 from ...backends.base import MAX_PART_NUMBER, HashedBody, PartInfo, UploadChecksum
+from ...errors import S3Error
 from .. import xml
 from ..checksums import (
     ALGORITHMS,
@@ -22,14 +23,13 @@ from ..checksums import (
     new_checksum,
 )
 from ..conditions import check_preconditions
-from ..errors import S3Error
 from ..names import check_new_key
 from ..request import S3Request, meta_from_headers, verified_body
 from .buckets import _int_param
 from .objects import owner, parse_copy_source, reject_unsupported_write_headers
 
 if TYPE_CHECKING:
-    from ..server import Gateway
+    from ..gateway import Gateway
 
 # (bucket, key, upload id) -> (parts, result, checksum headers) of recent Completes,
 # for retried ones.

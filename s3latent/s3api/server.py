@@ -8,9 +8,7 @@ S3 defines that s3latent does not do answers 501 NotImplemented, never a guess.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import os
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -19,15 +17,13 @@ from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from ..backends.base import Backend
-from ..config import Config
-from ..objects.layer import ObjectLayer
+from ..errors import S3Error
 from . import xml
 from .auth import authenticate
-from .errors import S3Error
+from .gateway import Gateway
 from .handlers import buckets, multipart, objects, post_object
 from .names import check_bucket_name
 from .request import S3Request, parse_query, split_target
@@ -43,31 +39,6 @@ _UNSUPPORTED_SUBRESOURCES = (
     "legal-hold", "retention", "renameObject", "session",
     "metadataTable", "metadataConfiguration",
 )
-
-
-class Gateway:
-    """Everything a handler needs: config, backend, object layer, metrics."""
-
-    def __init__(self, config: Config, backend: Backend, objects: ObjectLayer | None = None,
-                 *, registry: CollectorRegistry | None = None) -> None:
-        self.config = config
-        self.backend = backend
-        self.objects = objects or ObjectLayer(backend)
-        self.registry = registry or CollectorRegistry()
-        self.requests = Counter(
-            "s3latent_requests", "S3 requests by operation and status",
-            ["operation", "status"], registry=self.registry,
-        )
-        self.latency = Histogram(
-            "s3latent_request_seconds", "S3 request latency by operation",
-            ["operation"], registry=self.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
-        self.storage_full = Counter(
-            "s3latent_storage_full", "Writes refused because the backend is out of space "
-            "(InsufficientStorage, 507)", ["operation"], registry=self.registry,
-        )
-        self.node_id = base64.b64encode(os.urandom(24)).decode()
 
 
 def route(req: S3Request) -> tuple[str, Handler]:

@@ -10,14 +10,14 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ...errors import S3Error
 from .. import xml
-from ..errors import S3Error
 from ..names import check_bucket_name
 from ..request import S3Request
 from .objects import owner, owner_acl, put_acl_unchanged
 
 if TYPE_CHECKING:
-    from ..server import Gateway
+    from ..gateway import Gateway
 
 # Sorts after every valid key character: skipping a rolled-up common prefix.
 _AFTER_PREFIX = "\U0010ffff"

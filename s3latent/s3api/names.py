@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from .errors import S3Error
+from ..errors import S3Error
 from .xml import XML_INVALID
 
 MAX_KEY_BYTES = 1024

@@ -13,10 +13,10 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from ...backends.base import ObjectBody, ObjectInfo, ObjectMeta, ObjectPart, PartTable
+from ...errors import S3Error
 from .. import xml
 from ..checksums import checksum_type_of
 from ..conditions import check_preconditions, parse_range
-from ..errors import S3Error
 from ..names import check_bucket_name, check_key, check_new_key
 from ..request import (
     S3Request,
@@ -27,7 +27,7 @@ from ..request import (
 )
 
 if TYPE_CHECKING:
-    from ..server import Gateway
+    from ..gateway import Gateway
 
 log = logging.getLogger(__name__)
 

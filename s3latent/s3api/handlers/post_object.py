@@ -22,14 +22,15 @@ from aiohttp import BodyPartReader, web
 from multidict import CIMultiDict
 
 from ...backends.base import STORED_HEADERS, ObjectMeta
+from ...errors import S3Error
+from ...sigv4 import sign_hex, signatures_equal, signing_key
 from .. import xml
-from ..auth import AuthContext, sign_hex, signatures_equal, signing_key
-from ..errors import S3Error
+from ..auth import AuthContext
 from ..names import check_new_key
 from ..request import check_tags, check_user_metadata
 
 if TYPE_CHECKING:
-    from ..server import Gateway
+    from ..gateway import Gateway
 
 MAX_FIELD = 64 * 1024
 # Fields that need no condition in the policy.

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from ..backends.base import ObjectInfo
-from .errors import S3Error
+from ..errors import S3Error
 from .request import http_date, parse_http_date
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")

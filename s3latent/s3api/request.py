@@ -12,8 +12,8 @@ from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDict
 
 from ..backends.base import STORED_HEADERS, HashedBody, ObjectMeta
+from ..errors import S3Error
 from .auth import AuthContext
-from .errors import S3Error
 from .payload import PayloadReader, stored_content_encoding
 
 MAX_SMALL_BODY = 2 * 1024 * 1024

@@ -17,6 +17,8 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
+from ..errors import S3Error
+from ..sigv4 import sign_hex, signatures_equal
 from .auth import (
     EMPTY_SHA256,
     STREAMING_PAYLOAD,
@@ -25,11 +27,8 @@ from .auth import (
     UNSIGNED_PAYLOAD,
     AuthContext,
     is_valid_content_sha256,
-    sign_hex,
-    signatures_equal,
 )
 from .checksums import ALGORITHMS, Checksum, is_valid_b64, new_checksum
-from .errors import S3Error
 
 try:  # aiohttp raises this from readline() on an over-long line
     from aiohttp.http_exceptions import LineTooLong as _LineTooLong

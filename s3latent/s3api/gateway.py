@@ -1,0 +1,41 @@
+"""What every handler is given: configuration, the object store, metrics.
+
+Kept apart from the server module so the handlers can name it without importing the
+server (which imports them).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from ..backends.base import Backend
+from ..config import Config
+from ..objects.layer import ObjectLayer
+
+
+class Gateway:
+    """Everything a handler needs: config, backend, object layer, metrics."""
+
+    def __init__(self, config: Config, backend: Backend, objects: ObjectLayer | None = None,
+                 *, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.backend = backend
+        self.objects = objects or ObjectLayer(backend)
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "s3latent_requests", "S3 requests by operation and status",
+            ["operation", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "s3latent_request_seconds", "S3 request latency by operation",
+            ["operation"], registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.storage_full = Counter(
+            "s3latent_storage_full", "Writes refused because the backend is out of space "
+            "(InsufficientStorage, 507)", ["operation"], registry=self.registry,
+        )
+        self.node_id = base64.b64encode(os.urandom(24)).decode()
