@@ -37,6 +37,7 @@ from botocore.exceptions import (
 from cachetools import TTLCache
 
 from ..errors import S3Error
+from ..httpdate import parse_http_date
 from .base import (
     MIN_PART_SIZE,
     STORED_HEADERS,
@@ -53,7 +54,7 @@ from .base import (
     UploadInfo,
     UploadsPage,
 )
-from .s3_datapath import DataPath, parse_http_date, translate_status
+from .s3_datapath import DataPath, translate_status
 from .s3_meta import GRACE_S as META_GRACE_S
 from .s3_meta import (
     MetaStore,
@@ -907,7 +908,7 @@ def _info_from_headers(key: str, headers: Any) -> ObjectInfo:
         "ContentType": headers.get("Content-Type"),
         "ContentLength": headers.get("Content-Length", 0),
         "ETag": headers.get("ETag", ""),
-        "LastModified": parse_http_date(headers.get("Last-Modified")),
+        "LastModified": parse_http_date(headers.get("Last-Modified")) or datetime.now(UTC),
         "PartsCount": headers.get("x-amz-mp-parts-count"),
         "ResponseMetadata": {"HTTPHeaders": {n.lower(): v for n, v in headers.items()}},
     }

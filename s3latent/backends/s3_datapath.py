@@ -16,7 +16,6 @@ import os
 import random
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -180,15 +179,6 @@ def _error(status: int, data: bytes, bucket: str, key: str | None) -> S3Error:
         except Exception:  # not XML: judge by the status alone
             code = ""
     return translate_status(status, code, message, "datapath", bucket, key)
-
-
-def parse_http_date(value: str | None) -> datetime:
-    if not value:
-        return datetime.now(UTC)
-    try:
-        return parsedate_to_datetime(value).astimezone(UTC)
-    except (TypeError, ValueError):
-        return datetime.now(UTC)
 
 
 async def iter_body(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -11,7 +11,6 @@ this widens compatibility without letting a signature cover a different request.
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import re
 from collections.abc import Iterator, Mapping
@@ -21,6 +20,7 @@ from typing import Any
 from urllib.parse import quote_from_bytes, unquote, unquote_to_bytes
 
 from ..errors import S3Error
+from ..httpdate import parse_http_date
 from ..sigv4 import ALGORITHM, SERVICE, TERMINAL, sign_hex, signatures_equal, signing_key
 
 AMZ_DATE_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -266,23 +266,13 @@ def _parse_authorization(value: str, headers: Mapping[str, str]) -> _Parsed:
         amz_date = amz_date.strip()
     else:
         http_date = headers.get("Date")
-        when = _parse_http_date(http_date) if http_date else None
+        when = parse_http_date(http_date)
         amz_date = when.strftime(AMZ_DATE_FORMAT) if when else None
     if when is None or amz_date is None:
         raise S3Error(
             "AccessDenied", "AWS authentication requires a valid Date or x-amz-date header"
         )
     return _Parsed(access_key, date, region, service, terminal, signed, signature, amz_date, when)
-
-
-def _parse_http_date(value: str) -> datetime | None:
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed is None:
-        return None
-    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _unquote(text: str) -> str:

@@ -8,7 +8,7 @@ from datetime import datetime
 
 from ..backends.base import ObjectInfo
 from ..errors import S3Error
-from .request import http_date, parse_http_date
+from ..httpdate import format_http_date, parse_http_date
 
 _RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -45,7 +45,7 @@ def check_preconditions(headers: Mapping[str, str], info: ObjectInfo, *, prefix:
     not_modified = "PreconditionFailed" if prefix else "NotModified"
     # A 304 carries the validators a 200 would have (RFC 9110 15.4.5).
     validators = {} if prefix else {"ETag": f'"{info.etag}"',
-                                    "Last-Modified": http_date(info.last_modified)}
+                                    "Last-Modified": format_http_date(info.last_modified)}
 
     if if_match is not None:
         if not etag_matches(if_match, info.etag):

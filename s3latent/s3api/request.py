@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import email.utils
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
@@ -99,20 +97,6 @@ def split_target(
 
 def parse_query(query_string: str) -> MultiDict[str]:
     return MultiDict(parse_qsl(query_string, keep_blank_values=True))
-
-
-def http_date(value: datetime) -> str:
-    return email.utils.format_datetime(value.astimezone(UTC), usegmt=True)
-
-
-def parse_http_date(value: str) -> datetime | None:
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if parsed is None:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def meta_from_headers(req: S3Request) -> ObjectMeta:

@@ -12,10 +12,10 @@ import base64
 import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from urllib.parse import unquote
 
 from ..errors import S3Error
+from ..httpdate import parse_http_date
 from .auth import AuthContext
 
 # Query parameters that are part of the signed resource (as botocore's HmacV1Auth).
@@ -89,15 +89,10 @@ def authenticate_v2(method: str, path: str, query_string: str, headers: Mapping[
     else:
         access_key, _, signature = auth[4:].strip().rpartition(":")
         raw_date = headers.get("x-amz-date") or headers.get("Date")
-        try:
-            when = parsedate_to_datetime(raw_date) if raw_date else None
-        except (TypeError, ValueError):
-            when = None
+        when = parse_http_date(raw_date)
         if when is None:
             raise S3Error("AccessDenied", "AWS authentication requires a valid Date or "
                           "x-amz-date header")
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
         if abs(now - when) > max_skew:
             raise S3Error("RequestTimeTooSkewed", RequestTime=raw_date or "",
                           ServerTime=now.strftime("%Y-%m-%dT%H:%M:%SZ"))

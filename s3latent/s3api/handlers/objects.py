@@ -14,6 +14,7 @@ from aiohttp import web
 
 from ...backends.base import ObjectBody, ObjectInfo, ObjectMeta, ObjectPart, PartTable
 from ...errors import S3Error
+from ...httpdate import format_http_date
 from .. import xml
 from ..checksums import checksum_type_of
 from ..conditions import check_preconditions, parse_range
@@ -21,7 +22,6 @@ from ..names import check_bucket_name, check_key, check_new_key
 from ..request import (
     S3Request,
     check_tags,
-    http_date,
     meta_from_headers,
     verified_body,
 )
@@ -66,7 +66,7 @@ def object_headers(info: ObjectInfo) -> dict[str, str]:
     meta = info.meta
     headers = {
         "ETag": f'"{info.etag}"',
-        "Last-Modified": http_date(info.last_modified),
+        "Last-Modified": format_http_date(info.last_modified),
         "Content-Type": meta.content_type,
         "Accept-Ranges": "bytes",
     }
@@ -643,6 +643,6 @@ async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamRespon
         body["StorageClass"] = "STANDARD"
     if "ObjectSize" in wanted:
         body["ObjectSize"] = info.size
-    headers = {"Last-Modified": http_date(info.last_modified)}
+    headers = {"Last-Modified": format_http_date(info.last_modified)}
     return web.Response(body=xml.render("GetObjectAttributesResponse", body),
                         content_type="application/xml", headers=headers)
