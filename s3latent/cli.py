@@ -70,7 +70,7 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
     from prometheus_client import CollectorRegistry
 
     from .backends.s3 import backend_from_url
-    from .decode.machinery import Machinery
+    from .decode.services import DecodeServices
     from .objects.latent import LatentObjectLayer
     from .s3api.gateway import Gateway
 
@@ -84,7 +84,7 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
         from .cache.readpath import ReadCache
 
         cache = ReadCache(cfg.cache, registry)
-    objects = LatentObjectLayer(backend, cfg, Machinery(cfg, registry), registry=registry,
+    objects = LatentObjectLayer(backend, cfg, DecodeServices(cfg, registry), registry=registry,
                                 background=background, cache=cache)
     return Gateway(cfg, backend, objects, registry=registry)
 

@@ -40,7 +40,7 @@ T = TypeVar("T")
 # client costs about a millisecond instead of a tenth of a second.
 _SESSION = boto3.session.Session()
 _SESSION_LOCK = threading.Lock()
-# Thread pools the decode machinery starts (s3latent.decode): joined at shutdown.
+# Thread pools the decode services start (s3latent.decode): joined at shutdown.
 _POOL_THREADS = re.compile(r"^(render|decode-)")
 
 
@@ -187,7 +187,7 @@ async def serve_gateway(tmp_path: Path, config: str = "") -> AsyncIterator[InPro
     """The gateway on a local backend under `tmp_path`, configured by TOML `config`.
 
     Everything is stopped on exit: client session, server (and with it the object
-    layer's workers, sweeper and decode machinery, via the app's cleanup), and the
+    layer's workers, sweeper and decode decoding, via the app's cleanup), and the
     decode thread pools are joined.
     """
     cfg_file = tmp_path / "s3latent.toml"
@@ -208,7 +208,7 @@ async def serve_gateway(tmp_path: Path, config: str = "") -> AsyncIterator[InPro
 
 
 async def _join_pool_threads(timeout: float = 10.0) -> None:
-    """The machinery shuts its pools down without waiting; wait here, so no test leaks
+    """The decode services shut their pools down without waiting; wait here, so no test leaks
     a thread into the next."""
     for thread in threading.enumerate():
         if _POOL_THREADS.match(thread.name):

@@ -8,7 +8,7 @@ import pytest
 
 from s3latent.bench.trace import generate, read_csv, write_csv
 from s3latent.cache.dual import DualCache
-from s3latent.cache.policies import LRUCache, S3FIFOCache, make_cache
+from s3latent.cache.policies import LRUByteCache, S3FIFOByteCache, make_cache
 from s3latent.cache.resizer import AdaptiveResizer
 
 
@@ -27,7 +27,7 @@ def test_byte_accounting_and_shrink(policy: str) -> None:
 
 
 def test_lru_order() -> None:
-    cache = LRUCache(30)
+    cache = LRUByteCache(30)
     for k in "abc":
         cache.put(k, k, 10)
     cache.get("a")
@@ -35,7 +35,7 @@ def test_lru_order() -> None:
 
 
 def test_s3fifo_keeps_reused_and_drops_one_hit_wonders() -> None:
-    cache = S3FIFOCache(100)
+    cache = S3FIFOByteCache(100)
     cache.put("hot", 1, 10)
     cache.get("hot")  # accessed while in the small queue: promoted on eviction
     for i in range(30):  # a scan of one-hit wonders

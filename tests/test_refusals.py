@@ -281,7 +281,7 @@ def test_in_process_layer_reads_the_record(tmp_path: Path,
     from prometheus_client import CollectorRegistry
 
     from s3latent.config import load_config
-    from s3latent.decode.machinery import Machinery
+    from s3latent.decode.services import DecodeServices
     from s3latent.objects.latent import LatentObjectLayer
 
     gw = GatewayProcess(f"file://{tmp_path / 'data'}", tmp_path, config=_config(tiny_model))
@@ -303,7 +303,7 @@ def test_in_process_layer_reads_the_record(tmp_path: Path,
         backend = LocalBackend(tmp_path / "data")
         await backend.start()
         registry = CollectorRegistry()
-        layer = LatentObjectLayer(backend, cfg, Machinery(cfg, registry), registry=registry,
+        layer = LatentObjectLayer(backend, cfg, DecodeServices(cfg, registry), registry=registry,
                                   background=False)
         try:
             await layer.head("inproc", "i.png")

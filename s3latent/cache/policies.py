@@ -34,7 +34,7 @@ class ByteCache(Protocol):
     def __len__(self) -> int: ...
 
 
-class LRUCache:
+class LRUByteCache:
     """Least recently used, by bytes."""
 
     def __init__(self, capacity: int) -> None:
@@ -90,7 +90,7 @@ class LRUCache:
         return len(self._items)
 
 
-class S3FIFOCache:
+class S3FIFOByteCache:
     """S3-FIFO by bytes; see the module docstring."""
 
     SMALL_RATIO = 0.1
@@ -194,7 +194,7 @@ class S3FIFOCache:
 def make_cache(policy: str, capacity: int) -> ByteCache:
     name = DEFAULT_POLICY if policy == "default" else policy
     if name == "lru":
-        return LRUCache(capacity)
+        return LRUByteCache(capacity)
     if name == "s3fifo":
-        return S3FIFOCache(capacity)
+        return S3FIFOByteCache(capacity)
     raise ValueError(f"unknown cache policy {policy!r}: lru, s3fifo or default")

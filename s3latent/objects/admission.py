@@ -34,7 +34,7 @@ from .physical import MODEL_META
 from .refusals import Refused
 
 if TYPE_CHECKING:
-    from ..decode.machinery import Machinery
+    from ..decode.services import DecodeServices
 
 # Lossy codecs fall back to these, in order, when their rendition fails the policy.
 FALLBACK = {"q4": ("q6", "q8", "lossless"), "q6": ("q8", "lossless"), "q8": ("lossless",),
@@ -54,13 +54,13 @@ class Admission:
 class Admitter:
     """The admission policy and container building of one gateway."""
 
-    def __init__(self, machinery: Machinery) -> None:
-        self.machinery = machinery
+    def __init__(self, decoding: DecodeServices) -> None:
+        self.decoding = decoding
 
     async def admit(self, settings: BucketSettings, key: str, image: ObjectInfo,
                     image_bytes: bytes, side: ObjectInfo, side_bytes: bytes) -> Admission:
         """Decide and build the container; raises Refused with the reason."""
-        await self.machinery.ready()
+        await self.decoding.ready()
         try:
             sidecar = await asyncio.to_thread(parse_sidecar, side_bytes)
         except SidecarError as exc:
@@ -71,7 +71,7 @@ class Admitter:
             raise Refused("the sidecar names no model (metadata 'model' or "
                           "x-amz-meta-s3latent-model)")
         try:
-            spec = self.machinery.models.spec(model_id)
+            spec = self.decoding.models.spec(model_id)
             check_channels(sidecar, spec.latent_channels)
         except UnknownModel as exc:
             raise Refused(f"unknown model: {exc}") from exc
@@ -94,7 +94,7 @@ class Admitter:
         def image_psnr(restored: torch.Tensor) -> float:
             """Admission fidelity of a candidate latent, rendered exactly as reads will."""
             future = asyncio.run_coroutine_threadsafe(
-                self.machinery.decode_pixels(model_id, restored.float()), loop)
+                self.decoding.decode_pixels(model_id, restored.float()), loop)
             data, _ = encode_rendition_sized(future.result(), render_settings, len(image_bytes))
             if len(data) != len(image_bytes):
                 # Too noisy to fit the upload's length even re-encoded harder: a finer step
@@ -119,7 +119,7 @@ class Admitter:
             restored = await asyncio.to_thread(codec.decode, payload, params,
                                                tuple(sidecar.latent.shape), sidecar.raw_dtype)
             try:
-                pixels = await self.machinery.decode_pixels(model_id, restored.float())
+                pixels = await self.decoding.decode_pixels(model_id, restored.float())
             except ModelUnavailable as exc:
                 raise Refused(f"model unavailable: {exc}", durable=False) from exc
             rendition, used = await asyncio.to_thread(
@@ -137,14 +137,14 @@ class Admitter:
     async def admit_latent_only(self, settings: BucketSettings, sidecar: Sidecar, model_id: str,
                                 fmt: str, content_type: str, meta: ObjectMeta) -> Admission:
         """A latent with no upload to compare against: the reference is its own decode."""
-        await self.machinery.ready()
-        reference = await self.machinery.decode_pixels(model_id, sidecar.latent.float())
+        await self.decoding.ready()
+        reference = await self.decoding.decode_pixels(model_id, sidecar.latent.float())
         render_settings = settings_for_format(fmt)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
 
         def pixel_psnr(restored: torch.Tensor) -> float:
             future = asyncio.run_coroutine_threadsafe(
-                self.machinery.decode_pixels(model_id, restored.float()), loop)
+                self.decoding.decode_pixels(model_id, restored.float()), loop)
             return psnr(future.result(), reference)
 
         for codec_name in (settings.codec, *FALLBACK.get(settings.codec, ())):
@@ -162,7 +162,7 @@ class Admitter:
             else:
                 restored = await asyncio.to_thread(codec.decode, payload, params,
                                                    tuple(sidecar.latent.shape), sidecar.raw_dtype)
-                pixels = await self.machinery.decode_pixels(model_id, restored.float())
+                pixels = await self.decoding.decode_pixels(model_id, restored.float())
             value = await asyncio.to_thread(psnr, pixels, reference)
             if value == float("inf") or (settings.policy == "perceptual"
                                          and value >= settings.min_psnr):
@@ -176,7 +176,7 @@ class Admitter:
                     encoder=settings_dict(used),
                     psnr=None if value == float("inf") else value,
                     render_profile=render_profile(used, model_id, "float32",
-                                                  self.machinery.device_kind),
+                                                  self.decoding.device_kind),
                     sidecar=None, user_metadata=dict(meta.metadata))
                 return Admission(pack(header, payload), header, rendition)
         raise AssertionError("the lossless fallback always reproduces the reference")
@@ -209,7 +209,7 @@ class Admitter:
             encoder=settings_dict(render_settings),
             psnr=None if fidelity == float("inf") else fidelity,
             render_profile=render_profile(render_settings, model_id, "float32",
-                                          self.machinery.device_kind),
+                                          self.decoding.device_kind),
             sidecar=SidecarInfo(
                 suffix=settings.sidecar_suffix,
                 size=len(side_bytes),

@@ -38,7 +38,7 @@ from . import physical
 from .refusals import Refusal, RefusalStore, Refused, now_iso
 
 if TYPE_CHECKING:
-    from ..decode.machinery import Machinery
+    from ..decode.services import DecodeServices
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +118,13 @@ class Converter:
         self,
         backend: Backend,
         config: Config,
-        machinery: Machinery,
+        decoding: DecodeServices,
         *,
         registry: CollectorRegistry,
     ) -> None:
         self.backend = backend
         self.config = config
-        self.machinery = machinery
+        self.decoding = decoding
         self._admitter: Any = None
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
         self._queued: set[tuple[str, str]] = set()
@@ -162,7 +162,7 @@ class Converter:
         if self._admitter is None:
             from .admission import Admitter
 
-            self._admitter = Admitter(self.machinery)
+            self._admitter = Admitter(self.decoding)
         return self._admitter
 
     # -- lifecycle -------------------------------------------------------

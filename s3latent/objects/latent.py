@@ -39,7 +39,7 @@ from .conversion import Converter, looks_like_image
 from .layer import ObjectLayer
 
 if TYPE_CHECKING:
-    from ..decode.machinery import Machinery
+    from ..decode.services import DecodeServices
 
 log = logging.getLogger(__name__)
 
@@ -87,15 +87,15 @@ def _slice(data: bytes, byte_range: tuple[int, int] | None) -> bytes | memoryvie
 class LatentObjectLayer(ObjectLayer):
     """See the module docstring."""
 
-    def __init__(self, backend: Backend, config: Config, machinery: Machinery, *,
+    def __init__(self, backend: Backend, config: Config, decoding: DecodeServices, *,
                  registry: CollectorRegistry, background: bool = True,
                  cache: ReadCache | None = None) -> None:
         super().__init__(backend)
         self._background = background
         self.cache = cache
         self.config = config
-        self.machinery = machinery
-        self.converter = Converter(backend, config, machinery, registry=registry)
+        self.decoding = decoding
+        self.converter = Converter(backend, config, decoding, registry=registry)
         # (bucket, key, physical etag) -> logical (size, etag, last_modified)
         self._views: LRUCache[tuple[str, str, str], physical.LogicalView | None] = \
             LRUCache(maxsize=200_000)
@@ -132,7 +132,7 @@ class LatentObjectLayer(ObjectLayer):
             task.cancel()
         await asyncio.gather(*self._repair_tasks, return_exceptions=True)
         await self.converter.close()
-        await self.machinery.close()
+        await self.decoding.close()
 
     def state(self, bucket: str, key: str) -> str | None:
         return self.converter.states.get((bucket, key))
@@ -211,7 +211,7 @@ class LatentObjectLayer(ObjectLayer):
                 return hit.info, BytesBody(_slice(hit.data, byte_range))
             warm = cache.latent(bucket, key)
             if warm is not None:
-                renderer = (await self.machinery.ready()).renderer
+                renderer = (await self.decoding.ready()).renderer
                 data, _ = await renderer.rendition(bucket, key, warm.physical_etag,
                                                         warm.data, self._unpacker(bucket, key))
                 logical = self._checked(bucket, key, warm.info, data)
@@ -299,7 +299,7 @@ class LatentObjectLayer(ObjectLayer):
             self.read_latency.labels("sidecar").observe(time.perf_counter() - started)
             return self._checked(bucket, key, info, data), BytesBody(_slice(data, byte_range))
         container = Entry(physical.logical_info(info), raw, info.etag)
-        renderer = (await self.machinery.ready()).renderer
+        renderer = (await self.decoding.ready()).renderer
         data, _ = await renderer.rendition(bucket, key, info.etag, raw,
                                                 self._unpacker(bucket, key))
         logical = self._checked(bucket, key, info, data)
@@ -722,7 +722,7 @@ class LatentObjectLayer(ObjectLayer):
                 raise S3Error("EntityTooLarge", "A latent upload may be at most 64 MiB.")
             chunks.append(chunk)
         data = b"".join(chunks)
-        await self.machinery.ready()
+        await self.decoding.ready()
         from ..latent.sidecar import SidecarError, check_channels, parse_sidecar
         from ..models.registry import ModelUnavailable, UnknownModel
 
@@ -740,7 +740,7 @@ class LatentObjectLayer(ObjectLayer):
                           f"must be one of png, jpeg, webp (got {wanted!r}).")
         fmt, content_type = _FORMATS[wanted]
         try:
-            spec = self.machinery.models.spec(model_id)
+            spec = self.decoding.models.spec(model_id)
             check_channels(sidecar, spec.latent_channels)
         except UnknownModel as exc:
             raise S3Error("InvalidArgument", f"Invalid latent upload: {exc}") from exc

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from .renderer import Renderer
 
 
-class Machinery:
+class DecodeServices:
     """See the module docstring."""
 
     def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
@@ -74,7 +74,7 @@ class Machinery:
     def built(self) -> bool:
         return self._renderer is not None
 
-    async def ready(self) -> Machinery:
+    async def ready(self) -> DecodeServices:
         if self._renderer is None:
             async with self._lock:
                 if self._renderer is None:
@@ -99,12 +99,12 @@ class Machinery:
 
     @property
     def models(self) -> ModelRegistry:
-        assert self._models is not None, "await Machinery.ready() first"
+        assert self._models is not None, "await DecodeServices.ready() first"
         return self._models
 
     @property
     def renderer(self) -> Renderer:
-        assert self._renderer is not None, "await Machinery.ready() first"
+        assert self._renderer is not None, "await DecodeServices.ready() first"
         return self._renderer
 
     @property
