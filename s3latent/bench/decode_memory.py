@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -123,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .gateway_bench import machine_info
 
     rows: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="s3l-decmem-") as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
             pixels: dict[str, Any] = {}
@@ -153,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine_info(),
             "command": "s3latent bench decode-memory " + " ".join(argv or sys.argv[1:]),
             "latent": "seeded N(0,1), 32 channels, size/8 per side", "rows": rows,
+            "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         }, indent=2) + "\n")
     return 0 if all("error" not in r for r in rows) else 1
 
