@@ -13,19 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from s3latent.bench.servers import GatewayServer, SeaweedServer
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -192,252 +190,36 @@ class TargetRun:
         }
 
 
-def free_port(avoid: set[int] | None = None) -> int:
-    """A loopback port free now (racy by nature; the launchers retry on failure)."""
-    avoid = avoid or set()
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in avoid:
-            avoid.add(port)
-            return port
+def gateway_config_text() -> str:
+    """The gateway's TOML config: every suite user may sign."""
+    lines = ["# written by compat_tests/run_s3tests.py: the s3-tests users"]
+    for user in USERS.values():
+        lines += [
+            "[[users]]",
+            f"access_key = {json.dumps(user['access_key'])}",
+            f"secret_key = {json.dumps(user['secret_key'])}",
+            "",
+        ]
+    return "\n".join(lines)
 
 
-def wait_http(
-    url: str, ok: Iterable[int], proc: subprocess.Popen[bytes], timeout: float, log: Path
-) -> None:
-    """Poll until the URL answers with an expected status; fail fast if the process dies."""
-    ok = set(ok)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited ({proc.returncode}):\n{tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status in ok:
-                    return
-        except urllib.error.HTTPError as exc:
-            if exc.code in ok:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not come up in {timeout:.0f}s:\n{tail(log)}")
+def start_seaweedfs(workdir: Path) -> SeaweedServer:
+    """SeaweedFS with the suite's users as S3 identities (the direct baseline)."""
+    users = [(s, u["access_key"], u["secret_key"]) for s, u in USERS.items()]
+    return SeaweedServer(
+        workdir / "seaweedfs", access_key=BACKEND_KEYS[0], secret_key=BACKEND_KEYS[1],
+        identities=users,
+    ).start()
 
 
-def tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the process group we started, then SIGKILL if it lingers."""
-    if proc is None or proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-    except ProcessLookupError:
-        pass
-
-
-class SeaweedServer:
-    """`weed mini` on free loopback ports, with the suite's users as S3 identities."""
-
-    def __init__(self, workdir: Path, weed: str = "weed") -> None:
-        self.workdir = workdir
-        self.weed = shutil.which(weed) or weed
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.s3_port = 0
-        self.log_path = workdir / "seaweedfs.log"
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.s3_port}"
-
-    def identities(self) -> dict[str, object]:
-        actions = ["Admin", "Read", "Write", "List", "Tagging"]
-        keys = [(s, u["access_key"], u["secret_key"]) for s, u in USERS.items()]
-        keys.append(("s3latent-backend", *BACKEND_KEYS))
-        return {
-            "identities": [
-                {
-                    "name": name.replace(" ", "-"),
-                    "credentials": [{"accessKey": ak, "secretKey": sk}],
-                    "actions": actions,
-                }
-                for name, ak, sk in keys
-            ]
-        }
-
-    def start(self, timeout: float = 90.0) -> SeaweedServer:
-        cfg = self.workdir / "seaweedfs-s3.json"
-        cfg.write_text(json.dumps(self.identities(), indent=1))
-        data = self.workdir / "seaweedfs-data"
-        data.mkdir(parents=True, exist_ok=True)
-        for attempt in range(3):
-            used: set[int] = set()
-            ports = {
-                name: free_port(used)
-                for name in (
-                    "s3.port",
-                    "s3.port.grpc",
-                    "master.port",
-                    "master.port.grpc",
-                    "volume.port",
-                    "volume.port.grpc",
-                    "filer.port",
-                    "filer.port.grpc",
-                    "admin.port",
-                    "admin.port.grpc",
-                    "webdav.port",
-                    "s3.port.iceberg",
-                    "s3.port.lance",
-                )
-            }
-            self.s3_port = ports["s3.port"]
-            args = [
-                self.weed,
-                "mini",
-                f"-dir={data}",
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                f"-s3.config={cfg}",
-                "-webdav=false",
-                "-admin.ui=false",
-                *(f"-{k}={v}" for k, v in ports.items()),
-            ]
-            log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir, start_new_session=True
-            )
-            log.close()
-            try:
-                wait_http(self.endpoint + "/", (200, 403), self.proc, timeout, self.log_path)
-                self._wait_writable(timeout)
-                return self
-            except RuntimeError:
-                stop_process(self.proc)
-                if attempt == 2:
-                    raise
-        return self
-
-    def _wait_writable(self, timeout: float) -> None:
-        """S3 answers before volumes are ready; wait until a bucket round-trip works."""
-        import boto3
-
-        client = boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=BACKEND_KEYS[0],
-            aws_secret_access_key=BACKEND_KEYS[1],
-        )
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            try:
-                client.create_bucket(Bucket="s3latent-warmup")
-                client.put_object(Bucket="s3latent-warmup", Key="k", Body=b"x")
-                client.delete_object(Bucket="s3latent-warmup", Key="k")
-                client.delete_bucket(Bucket="s3latent-warmup")
-                return
-            except Exception as exc:
-                last = exc
-                time.sleep(0.5)
-        raise RuntimeError(f"SeaweedFS never became writable: {last}\n{tail(self.log_path)}")
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
-
-
-class GatewayServer:
-    """`python -m s3latent serve` over a backend, accepting every suite user."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        backend: str,
-        backend_keys: tuple[str, str] | None,
-        name: str = "gateway",
-    ) -> None:
-        self.workdir = workdir
-        self.backend = backend
-        self.backend_keys = backend_keys
-        self.name = name
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / f"{name}.log"
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def config_text(self) -> str:
-        lines = ["# written by compat_tests/run_s3tests.py: the s3-tests users"]
-        for user in USERS.values():
-            lines += [
-                "[[users]]",
-                f"access_key = {json.dumps(user['access_key'])}",
-                f"secret_key = {json.dumps(user['secret_key'])}",
-                "",
-            ]
-        return "\n".join(lines)
-
-    def start(self, timeout: float = 60.0) -> GatewayServer:
-        cfg = self.workdir / f"{self.name}.toml"
-        cfg.write_text(self.config_text())
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        env.pop("S3LATENT_ACCESS_KEY", None)
-        env.pop("S3LATENT_SECRET_KEY", None)
-        if self.backend_keys:
-            env["S3LATENT_BACKEND_ACCESS_KEY"], env["S3LATENT_BACKEND_SECRET_KEY"] = (
-                self.backend_keys
-            )
-        for attempt in range(3):
-            self.port = free_port()
-            args = [
-                sys.executable,
-                "-m",
-                "s3latent",
-                "serve",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--backend",
-                self.backend,
-                "--config",
-                str(cfg),
-            ]
-            log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(
-                args,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.workdir,
-                start_new_session=True,
-            )
-            log.close()
-            try:
-                wait_http(self.endpoint + "/health", (200,), self.proc, timeout, self.log_path)
-                return self
-            except RuntimeError:
-                stop_process(self.proc)
-                if attempt == 2:
-                    raise
-        return self
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        self.proc = None
+def start_gateway(workdir: Path, backend: str, backend_keys: tuple[str, str] | None,
+                  name: str) -> GatewayServer:
+    """A gateway over `backend` that accepts every suite user (and no other key)."""
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    return GatewayServer(
+        backend, workdir, backend_keys=backend_keys, access_key=None,
+        config_text=gateway_config_text(), env={"PYTHONPATH": pythonpath}, name=name,
+    ).start()
 
 
 def write_s3tests_conf(path: Path, endpoint: str, bucket_prefix: str) -> Path:
@@ -871,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     servers: list[GatewayServer] = []
     try:
         if {"gateway", "seaweedfs"} & set(args.targets):
-            weed = SeaweedServer(workdir).start()
+            weed = start_seaweedfs(workdir)
             print(f"SeaweedFS at {weed.endpoint}", file=sys.stderr)
         for target in args.targets:
             if target == "seaweedfs":
@@ -882,12 +664,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             if target == "gateway":
                 assert weed is not None
-                gw = GatewayServer(workdir, weed.endpoint, BACKEND_KEYS, name=target)
+                gw = start_gateway(workdir, weed.endpoint, BACKEND_KEYS, target)
             else:
-                gw = GatewayServer(
-                    workdir, f"file://{workdir / 'gateway-local-data'}", None, name=target
-                )
-            servers.append(gw.start())
+                gw = start_gateway(workdir, f"file://{workdir / 'gateway-local-data'}", None,
+                                   target)
+            servers.append(gw)
             runs.append(run_suite(target, gw.endpoint, python, suite, workdir, args, has_timeout))
             gw.stop()
     finally:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import resource
 import signal
 import sys
 from typing import Any
@@ -75,7 +76,9 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
     from .s3.server import Gateway
 
     backend = backend_from_url(cfg.backend, cfg.backend_access_key, cfg.backend_secret_key,
-                               cfg.region)
+                               cfg.region, connect_timeout=cfg.backend_connect_timeout_s,
+                               read_timeout=cfg.backend_read_timeout_s,
+                               max_attempts=cfg.backend_max_attempts)
     registry = CollectorRegistry()
     cache = None
     if cfg.cache.memory > 0:
@@ -90,27 +93,51 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
 async def _serve(cfg: Config) -> None:
     from aiohttp import web
 
+    from .s3.connections import ConnectionGuard, install_log_limits
     from .s3.server import make_app
 
     gw = build_gateway(cfg)
     app = make_app(gw)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=False)
+    log = logging.getLogger("s3latent")
+    loop = asyncio.get_running_loop()
+    install_log_limits(loop)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=False,
+                           keepalive_timeout=cfg.idle_timeout_s)
     await runner.setup()
     host, port = cfg.listen_host_port
-    site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-    await site.start()
-    log = logging.getLogger("s3latent")
-    log.info("s3latent %s listening on http://%s:%d, backend %s, %d user(s)",
-             __version__, host, port, gw.backend.name, len(cfg.users))
+    max_connections = _connection_cap(cfg.max_connections, log)
+    guard = ConnectionGuard(header_timeout=cfg.header_timeout_s,
+                            max_connections=max_connections)
+    # Our own listening socket (not TCPSite) so every connection passes the guard.
+    assert runner.server is not None
+    server = await loop.create_server(guard.factory(runner.server), host, port, backlog=1024,
+                                      reuse_address=True)
+    log.info("s3latent %s listening on http://%s:%d, backend %s, %d user(s), "
+             "at most %d connections", __version__, host, port, gw.backend.name,
+             len(cfg.users), max_connections)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
         log.info("shutting down: finishing requests in flight")
     finally:
+        server.close()
         await runner.cleanup()
+
+
+def _connection_cap(configured: int, log: logging.Logger) -> int:
+    """The configured cap, lowered to leave file descriptors for the backend and files."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    usable = max(16, soft - 256)
+    if configured > usable:
+        log.warning("max_connections %d lowered to %d: the process may open %d files "
+                    "(ulimit -n); 256 stay for the backend and files", configured, usable,
+                    soft)
+        return usable
+    return configured
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,6 +132,25 @@ class Config:
     log_format: str = "text"  # or "json"
     conversion_workers: int = 2
     sweep_interval_s: float = 300.0
+    # Backend calls: well below botocore's 60 s, so a client of a hung backend
+    # gets our 503 in seconds rather than its own SDK timeout.
+    backend_connect_timeout_s: float = 2.0
+    backend_read_timeout_s: float = 10.0
+    backend_max_attempts: int = 3
+    # Client connections (s3/connections.py): one client must not exhaust the
+    # gateway's file descriptors with connections that never send a request.
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 60.0
+    max_connections: int = 4096
+
+    def validate_limits(self) -> None:
+        """Zero or negative timeouts would disable a guard silently; refuse them."""
+        for name in ("backend_connect_timeout_s", "backend_read_timeout_s",
+                     "header_timeout_s", "idle_timeout_s"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"[server] {name} must be > 0")
+        if self.backend_max_attempts < 1 or self.max_connections < 1:
+            raise ConfigError("[server] backend_max_attempts and max_connections must be >= 1")
 
     def bucket(self, name: str) -> BucketSettings:
         """Most specific match wins: exact name, then glob patterns, then "*"."""
@@ -188,6 +207,13 @@ def load_config(
         cfg.conversion_workers = int(server["conversion_workers"])
     if "sweep_interval_s" in server:
         cfg.sweep_interval_s = float(server["sweep_interval_s"])
+    for name in ("backend_connect_timeout_s", "backend_read_timeout_s", "header_timeout_s",
+                 "idle_timeout_s"):
+        if name in server:
+            setattr(cfg, name, float(server[name]))
+    for name in ("backend_max_attempts", "max_connections"):
+        if name in server:
+            setattr(cfg, name, int(server[name]))
 
     for user in data.get("users", []):
         try:
@@ -224,4 +250,5 @@ def load_config(
         if value is not None:
             setattr(cfg, name, value)
     cfg.listen_host_port  # noqa: B018 - validates early
+    cfg.validate_limits()
     return cfg

@@ -4,100 +4,37 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import boto3
-import requests
 from botocore.config import Config as BotoConfig
+
+from s3latent.bench.servers import GatewayServer, free_port
 
 ACCESS_KEY = "test-access-key"
 SECRET_KEY = "test-secret-key-0123456789"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+__all__ = ["ACCESS_KEY", "SECRET_KEY", "GatewayProcess", "free_port"]
 
 
-class GatewayProcess:
-    """`python -m s3latent serve` in a subprocess; logs go to a file."""
+class GatewayProcess(GatewayServer):
+    """The package's gateway launcher with the tests' credentials and client helpers."""
 
     def __init__(self, backend: str, workdir: Path, *, config: str | None = None,
                  backend_keys: tuple[str, str] | None = None,
-                 extra_args: list[str] | None = None) -> None:
-        self.backend = backend
-        self.workdir = workdir
-        self.config_text = config
-        self.backend_keys = backend_keys
-        self.extra_args = extra_args or []
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = workdir / f"gateway-{uuid.uuid4().hex[:6]}.log"
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+                 extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        super().__init__(backend, workdir, backend_keys=backend_keys, access_key=ACCESS_KEY,
+                         secret_key=SECRET_KEY, config_text=config, extra_args=extra_args,
+                         env=env)
 
     def start(self, timeout: float = 60.0) -> GatewayProcess:
-        self.port = free_port()
-        env = dict(os.environ)
-        env.update(S3LATENT_ACCESS_KEY=ACCESS_KEY, S3LATENT_SECRET_KEY=SECRET_KEY,
-                   PYTHONUNBUFFERED="1")
-        if self.backend_keys:
-            env["S3LATENT_BACKEND_ACCESS_KEY"], env["S3LATENT_BACKEND_SECRET_KEY"] = (
-                self.backend_keys
-            )
-        args = [sys.executable, "-m", "s3latent", "serve", "--listen",
-                f"127.0.0.1:{self.port}", "--backend", self.backend, *self.extra_args]
-        if self.config_text is not None:
-            cfg = self.workdir / f"config-{self.port}.toml"
-            cfg.write_text(self.config_text)
-            args += ["--config", str(cfg)]
-        log = open(self.log_path, "ab")  # handed to the child
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited early:\n{self.log()}")
-            try:
-                if requests.get(self.endpoint + "/health", timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"gateway did not become healthy:\n{self.log()}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.proc = None
+        super().start(timeout)
+        return self
 
     def kill(self) -> None:
         """A crash: SIGKILL, no cleanup."""
         self.stop(signal.SIGKILL)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-8000:]
-        except OSError:
-            return ""
 
     def client(self, **config: Any) -> Any:
         """boto3 S3 client with the SDK's default settings unless overridden."""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,9 +11,10 @@ from typing import Any
 import pytest
 import requests
 
+from s3latent.executables import require_executable
 from tests.gateway import GatewayProcess
 
-AWS = shutil.which("aws") or str(Path(sys.executable).parent / "aws")
+AWS = require_executable("aws", "awscli")
 
 
 def aws(gateway: GatewayProcess, home: Path, *args: str, check: bool = True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -19,8 +18,9 @@ from s3latent.bench.gateway_bench import (
     target_check,
 )
 from s3latent.bench.servers import SeaweedServer
+from s3latent.executables import find_executable
 
-needs_weed = pytest.mark.skipif(shutil.which("weed") is None, reason="no `weed` binary")
+needs_weed = pytest.mark.skipif(find_executable("weed") is None, reason="no `weed` binary")
 
 
 def test_percentile_nearest_rank() -> None:

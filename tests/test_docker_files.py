@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -116,7 +117,7 @@ def health_server() -> Iterator[tuple[int, type[_Health]]]:
 def _run_health_cmd(argv: list[str], port: int) -> int:
     """Run a container health check here, aimed at the test server instead of :9000."""
     assert argv[0] == "python"
-    argv = [shutil.which("python") or "python"] + [a.replace(":9000", f":{port}") for a in argv[1:]]
+    argv = [sys.executable] + [a.replace(":9000", f":{port}") for a in argv[1:]]
     return subprocess.run(argv, capture_output=True, timeout=30).returncode
 
 

@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
-import shutil
 import ssl
 import subprocess
 import threading
@@ -31,6 +30,7 @@ import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
+from s3latent.executables import require_executable
 from s3latent.s3.auth import AuthContext, authenticate
 from s3latent.s3.errors import S3Error
 from s3latent.s3.payload import READ_SIZE, PayloadReader, stored_content_encoding
@@ -982,7 +982,6 @@ def test_s3fs(http_server: ServerThread) -> None:
     assert fs.cat("fsb/dir/ü file.bin") == data
 
 
-@pytest.mark.skipif(shutil.which("aws") is None, reason="AWS CLI not installed")
 def test_aws_cli(http_server: ServerThread, tmp_path: Path) -> None:
     source = tmp_path / "in file.bin"
     data = os.urandom(70_000)
@@ -995,7 +994,7 @@ def test_aws_cli(http_server: ServerThread, tmp_path: Path) -> None:
         "AWS_CONFIG_FILE": str(tmp_path / "none"),
         "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
     }
-    base = ["aws", "--endpoint-url", http_server.endpoint]
+    base = [require_executable("aws", "awscli"), "--endpoint-url", http_server.endpoint]
     started = time.monotonic()
     done = subprocess.run(
         [*base, "s3", "cp", str(source), "s3://cli/up+load ü.bin"],

@@ -23,6 +23,15 @@ A multipart object's part table (part sizes, part checksums, the object
 checksum) is part of that metadata, so it is committed with the data.
 .bucket.json is replaced the same way (temp file, fsync, rename).
 
+Reads answer one version, complete: get_object opens the file once, reads and
+checks its trailer there, and the body streams from that same open file, so
+the info (ETag, size, checksums, part table) and the bytes always belong to one
+version, whatever renames happen meanwhile; the body never reads past that
+version's data. The trailer must add up to the file's length; a file whose
+trailer does not is corrupt: 500 InternalError, logged with bucket and key.
+A write refused for lack of space (ENOSPC, EDQUOT) is InsufficientStorage
+(507); the temp file goes and the old object stays. See docs/local-backend.md.
+
 Listings come from a per-bucket sorted key index built lazily by walking the
 bucket (keys are stored in each header, so hashed names resolve) and kept
 current by this process's writes.
@@ -32,8 +41,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import errno
 import hashlib
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -41,7 +52,7 @@ import struct
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from ..s3.errors import S3Error
 from .base import (
@@ -65,6 +76,8 @@ _TRAILER = struct.Struct(">I4s")
 OBJ_SUFFIX = ".~o"
 MAX_COMPONENT = 180
 READ_CHUNK = 256 * 1024
+
+log = logging.getLogger(__name__)
 
 
 def _escape_component(component: str) -> str:
@@ -105,69 +118,154 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _read_header(f: Any) -> dict[str, Any]:
-    """The metadata trailer of an object file (the data starts at offset 0)."""
-    f.seek(-_TRAILER.size, os.SEEK_END)
+class CorruptObject(Exception):
+    """An object (or part) file whose trailer does not describe it: damaged on disk."""
+
+
+def _read_header(f: BinaryIO) -> dict[str, Any]:
+    """The metadata trailer of an open object file, checked against the file's length.
+
+    The data starts at offset 0 and must be exactly header["size"] bytes long:
+    a trailer that does not add up is CorruptObject, never a guess at the data.
+    """
+    total = os.fstat(f.fileno()).st_size
+    if total < _TRAILER.size:
+        raise CorruptObject(f"file of {total} bytes has no trailer")
+    f.seek(total - _TRAILER.size)
     length, magic = _TRAILER.unpack(f.read(_TRAILER.size))
     if magic != MAGIC:
-        raise ValueError("not an s3latent object file")
-    f.seek(-_TRAILER.size - length, os.SEEK_END)
-    return json.loads(f.read(length))
+        raise CorruptObject("no s3latent trailer (bad magic)")
+    if length > total - _TRAILER.size:
+        raise CorruptObject(f"trailer claims {length} bytes of metadata in a file of {total}")
+    f.seek(total - _TRAILER.size - length)
+    try:
+        header = json.loads(f.read(length))
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise CorruptObject(f"unreadable metadata: {exc}") from None
+    if not isinstance(header, dict):
+        raise CorruptObject("metadata is not an object")
+    size = header.get("size")
+    if not isinstance(size, int) or size + length + _TRAILER.size != total:
+        raise CorruptObject(f"metadata says {size!r} data bytes, the file holds "
+                            f"{total - length - _TRAILER.size}")
+    return header
+
+
+def _info_from_header(header: dict[str, Any]) -> ObjectInfo:
+    try:
+        table = header.get("part_table")
+        return ObjectInfo(header["key"], header["size"], header["etag"],
+                          datetime.fromisoformat(header["mtime"]),
+                          _meta_from_json(header["meta"]), parts_count=header.get("parts"),
+                          part_table=PartTable.from_json(table) if table else None)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CorruptObject(f"metadata lacks or mangles a field: {exc!r}") from None
+
+
+def _corrupt(what: str, exc: CorruptObject) -> S3Error:
+    """Log a damaged stored file with what it holds; the client gets a 500 that says so."""
+    log.error("stored %s is corrupt: %s", what, exc)
+    return S3Error("InternalError", "The stored object is corrupt; it cannot be read. "
+                   "The gateway's log names it.")
+
+
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _check_space(exc: OSError, what: str) -> None:
+    """Raise InsufficientStorage if the file system refused a write for lack of space.
+
+    Otherwise return, and the caller re-raises `exc` (a 500 InternalError).
+    """
+    if exc.errno in _NO_SPACE:
+        log.error("out of space writing %s: %s", what, exc)
+        raise S3Error("InsufficientStorage") from exc
 
 
 class _Writer:
-    """A temp file that becomes an object file on commit."""
+    """A temp file that becomes an object file on commit.
 
-    def __init__(self, tmp_dir: Path) -> None:
+    A write the file system refuses for lack of space (ENOSPC, EDQUOT) raises
+    InsufficientStorage; the caller aborts, so the old object stays as it was.
+    """
+
+    def __init__(self, tmp_dir: Path, what: str) -> None:
         self.path = tmp_dir / f"{secrets.token_hex(12)}.tmp"
-        self.file = open(self.path, "wb")  # closed by commit/abort
+        self.what = what
+        try:
+            self.file = open(self.path, "wb")  # closed by commit/abort
+        except OSError as exc:
+            _check_space(exc, what)
+            raise
         self.md5 = hashlib.md5()
         self.size = 0
 
     def write(self, chunk: bytes, hash_it: bool = True) -> None:
         if hash_it:
             self.md5.update(chunk)
-        self.file.write(chunk)
+        try:
+            self.file.write(chunk)
+        except OSError as exc:
+            _check_space(exc, self.what)
+            raise
         self.size += len(chunk)
 
     def commit(self, header: dict[str, Any], target: Path) -> None:
         """Append the metadata trailer, fsync, rename into place: the commit point."""
         encoded = json.dumps(header, separators=(",", ":")).encode()
-        self.file.write(encoded + _TRAILER.pack(len(encoded), MAGIC))
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.file.write(encoded + _TRAILER.pack(len(encoded), MAGIC))
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            _check_space(exc, self.what)
+            raise
         os.replace(self.path, target)
         _fsync_dir(target.parent)
 
     def abort(self) -> None:
         try:
             self.file.close()
+        except OSError:
+            pass  # flushing the buffer failed (no space): the file goes anyway
         finally:
             self.path.unlink(missing_ok=True)
 
 
 class _LocalBody:
-    def __init__(self, path: Path, offset: int, length: int) -> None:
-        self._path, self._offset, self._length = path, offset, length
-        self._file: Any = None
+    """A byte range of an object file that is already open.
+
+    The file was opened, and its trailer read, by get_object: the body is the
+    data of that very version, whatever renames happen to the path meanwhile
+    (the open file keeps the replaced inode alive). close() releases it; readers
+    always call it (also on a client that leaves mid-body).
+    """
+
+    def __init__(self, file: BinaryIO, offset: int, length: int, what: str) -> None:
+        self._file: BinaryIO | None = file
+        self._offset, self._length, self._what = offset, length, what
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        self._file = await asyncio.to_thread(open, self._path, "rb")
-        await asyncio.to_thread(self._file.seek, self._offset)
+        file = self._file
+        if file is None:
+            raise ValueError("body already closed")
+        await asyncio.to_thread(file.seek, self._offset)
         left = self._length
         while left > 0:
-            chunk = await asyncio.to_thread(self._file.read, min(READ_CHUNK, left))
-            if not chunk:
-                raise S3Error("InternalError", "The stored object is shorter than recorded.")
+            chunk = await asyncio.to_thread(file.read, min(READ_CHUNK, left))
+            if not chunk:  # the file was validated on open: only outside damage gets here
+                raise _corrupt(self._what, CorruptObject(
+                    f"ended {left} bytes early while being read"))
             left -= len(chunk)
             yield chunk
 
     async def close(self) -> None:
-        if self._file is not None:
-            await asyncio.to_thread(self._file.close)
-            self._file = None
+        file, self._file = self._file, None
+        if file is not None:
+            # A read still running in a thread holds the buffered file's lock: close waits.
+            await asyncio.to_thread(file.close)
 
 
 class LocalBackend:
@@ -235,7 +333,11 @@ class LocalBackend:
                 if recorded is not None and owner is not None and recorded != owner:
                     raise S3Error("BucketAlreadyExists", resource=bucket, BucketName=bucket)
                 raise S3Error("BucketAlreadyOwnedByYou", resource=bucket, BucketName=bucket)
-            d.mkdir(parents=True, exist_ok=True)
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                _check_space(exc, f"bucket {bucket}")
+                raise
             record: dict[str, Any] = {"name": bucket, "created": _now().isoformat()}
             if owner is not None:
                 record["owner"] = owner
@@ -252,10 +354,15 @@ class LocalBackend:
         """Replace .bucket.json atomically (temp file, fsync, rename, fsync dir)."""
         d = self._bucket_dir(bucket)
         tmp = self._tmp / f"{secrets.token_hex(8)}.tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps(record))
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "w") as f:
+                f.write(json.dumps(record))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            _check_space(exc, f"the record of bucket {bucket}")
+            raise
         os.replace(tmp, d / ".bucket.json")
         _fsync_dir(d)
 
@@ -322,10 +429,15 @@ class LocalBackend:
         for dirpath, _, files in os.walk(self._bucket_dir(bucket)):
             for name in files:
                 if name.endswith(OBJ_SUFFIX):
+                    path = os.path.join(dirpath, name)
                     try:
-                        with open(os.path.join(dirpath, name), "rb") as f:
+                        with open(path, "rb") as f:
                             keys.append(_read_header(f)["key"])
-                    except (OSError, ValueError, KeyError):
+                    except FileNotFoundError:
+                        continue  # deleted while we walked
+                    except (OSError, CorruptObject, KeyError) as exc:
+                        log.error("stored object %s is unreadable, left out of listings: %s",
+                                  path, exc)
                         continue
         return sorted(keys)
 
@@ -346,38 +458,51 @@ class LocalBackend:
             del keys[i]
 
     # -- objects -------------------------------------------------------------
-    def _read_info(self, bucket: str, key: str) -> tuple[ObjectInfo, Path, int]:
+    def _open(self, bucket: str, key: str) -> tuple[ObjectInfo, BinaryIO]:
+        """Open the object file and read its trailer: the info and data of ONE version.
+
+        The caller owns the returned file and must close it.
+        """
         path = self._object_path(bucket, key)
         try:
-            with open(path, "rb") as f:
-                header = _read_header(f)
-                offset = 0
+            f: BinaryIO = open(path, "rb")  # closed by the caller, or below on error
         except FileNotFoundError:
             if not (self._bucket_dir(bucket) / ".bucket.json").exists():
                 raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket) from None
             raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", Key=key) from None
         except NotADirectoryError:
             raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", Key=key) from None
-        table = header.get("part_table")
-        info = ObjectInfo(key, header["size"], header["etag"],
-                          datetime.fromisoformat(header["mtime"]),
-                          _meta_from_json(header["meta"]), parts_count=header.get("parts"),
-                          part_table=PartTable.from_json(table) if table else None)
-        return info, path, offset
+        try:
+            return _info_from_header(_read_header(f)), f
+        except CorruptObject as exc:
+            f.close()
+            raise _corrupt(f"object {bucket}/{key!r} ({path})", exc) from None
+        except BaseException:
+            f.close()
+            raise
+
+    def _read_info(self, bucket: str, key: str) -> ObjectInfo:
+        info, f = self._open(bucket, key)
+        f.close()
+        return info
 
     async def head_object(self, bucket: str, key: str) -> ObjectInfo:
-        info, _, _ = await asyncio.to_thread(self._read_info, bucket, key)
-        return info
+        return await asyncio.to_thread(self._read_info, bucket, key)
 
     async def get_object(self, bucket: str, key: str,
                          byte_range: tuple[int, int] | None = None
                          ) -> tuple[ObjectInfo, _LocalBody]:
-        info, path, offset = await asyncio.to_thread(self._read_info, bucket, key)
+        """Info and body from one open of the file, so they always describe one version."""
+        info, f = await asyncio.to_thread(self._open, bucket, key)
         first, last = byte_range if byte_range is not None else (0, info.size - 1)
-        return info, _LocalBody(path, offset + first, max(0, last - first + 1))
+        if byte_range is not None and last >= info.size:
+            # The caller sized the range from an earlier HEAD; clip it to this version
+            # (the front end compares ETags and answers InvalidRange itself).
+            last = info.size - 1
+        return info, _LocalBody(f, first, max(0, last - first + 1), f"object {bucket}/{key!r}")
 
-    async def _receive(self, body: AsyncIterable[bytes]) -> _Writer:
-        writer = await asyncio.to_thread(_Writer, self._tmp)
+    async def _receive(self, body: AsyncIterable[bytes], what: str) -> _Writer:
+        writer = await asyncio.to_thread(_Writer, self._tmp, what)
         hashed = isinstance(body, HashedBody)
         try:
             async for chunk in body:
@@ -396,7 +521,7 @@ class LocalBackend:
                          if_none_match: str | None = None) -> ObjectInfo:
         await self.head_bucket(bucket)
         path = self._object_path(bucket, key)
-        writer = await self._receive(body)
+        writer = await self._receive(body, f"object {bucket}/{key!r}")
         try:
             if size is not None and writer.size != size:
                 raise S3Error("IncompleteBody")
@@ -466,7 +591,7 @@ class LocalBackend:
         info, body = await self.get_object(src_bucket, src_key)
         new_meta = meta if meta is not None else info.meta
         try:
-            writer = await self._receive(body)
+            writer = await self._receive(body, f"object {dst_bucket}/{dst_key!r}")
         finally:
             await body.close()
         try:
@@ -534,7 +659,7 @@ class LocalBackend:
         async with self._lock(bucket, key):
             info, body = await self.get_object(bucket, key)
             try:
-                writer = await self._receive(body)
+                writer = await self._receive(body, f"object {bucket}/{key!r}")
             finally:
                 await body.close()
             info.meta.tags = dict(tags)
@@ -575,11 +700,21 @@ class LocalBackend:
             if checksum is not None:
                 record["checksum"] = {"algorithm": checksum.algorithm, "type": checksum.type}
             tmp = self._tmp / f"{upload_id}.json.tmp"
-            tmp.write_text(json.dumps(record))
+            try:
+                tmp.write_text(json.dumps(record))
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                shutil.rmtree(d, ignore_errors=True)
+                _check_space(exc, f"upload {upload_id} of {bucket}/{key!r}")
+                raise
             os.replace(tmp, d / "upload.json")
             _fsync_dir(d)
 
-        await asyncio.to_thread(create)
+        try:
+            await asyncio.to_thread(create)
+        except OSError as exc:  # mkdir of the upload's directory
+            _check_space(exc, f"upload {upload_id} of {bucket}/{key!r}")
+            raise
         return upload_id
 
     async def upload_checksum(self, bucket: str, key: str,
@@ -592,7 +727,8 @@ class LocalBackend:
                           body: AsyncIterable[bytes], *, size: int | None = None) -> str:
         record = await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
         checksum = _upload_checksum(record)
-        writer = await self._receive(body)
+        writer = await self._receive(
+            body, f"part {part_number} of upload {upload_id} ({bucket}/{key!r})")
         try:
             if size is not None and writer.size != size:
                 raise S3Error("IncompleteBody")
@@ -615,13 +751,17 @@ class LocalBackend:
     def _parts(self, upload_id: str) -> list[tuple[PartInfo, Path, int]]:
         out = []
         for path in sorted(self._upload_dir(upload_id).glob("part-*")):
-            with open(path, "rb") as f:
-                header = _read_header(f)
-                offset = 0
-            out.append((PartInfo(int(path.name[5:]), header["etag"], header["size"],
-                                 datetime.fromisoformat(header["mtime"]),
-                                 dict(header.get("meta", {}).get("checksums", {}))),
-                        path, offset))
+            try:
+                with open(path, "rb") as f:
+                    header = _read_header(f)
+                part = PartInfo(int(path.name[5:]), header["etag"], header["size"],
+                                datetime.fromisoformat(header["mtime"]),
+                                dict(header.get("meta", {}).get("checksums", {})))
+            except FileNotFoundError:
+                continue  # replaced or the upload ended meanwhile
+            except (CorruptObject, KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise _corrupt(f"part {path}", CorruptObject(str(exc))) from None
+            out.append((part, path, 0))
         return out
 
     async def list_parts(self, bucket: str, key: str, upload_id: str, *,
@@ -661,14 +801,25 @@ class LocalBackend:
         )
 
         def assemble(info: ObjectInfo) -> None:
-            writer = _Writer(self._tmp)
+            writer = _Writer(self._tmp, f"object {bucket}/{key!r} (completing {upload_id})")
             try:
-                for part, path, offset in chosen:
+                for part, path, _ in chosen:
+                    # Read the part file's own trailer again from this open: a part
+                    # re-uploaded since it was listed is not the part the client named.
                     with open(path, "rb") as f:
-                        f.seek(offset)
+                        try:
+                            header = _read_header(f)
+                        except CorruptObject as exc:
+                            raise _corrupt(f"part {path}", exc) from None
+                        if header.get("etag") != part.etag or header["size"] != part.size:
+                            raise S3Error("InvalidPart", UploadId=upload_id,
+                                          PartNumber=str(part.part_number))
+                        f.seek(0)
                         left = part.size
                         while left:
                             chunk = f.read(min(1024 * 1024, left))
+                            if not chunk:
+                                raise _corrupt(f"part {path}", CorruptObject("ended early"))
                             writer.write(chunk, hash_it=False)
                             left -= len(chunk)
                 info.size = writer.size

@@ -17,6 +17,7 @@ import base64
 import hashlib
 import logging
 import os
+import random
 import tempfile
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -91,6 +92,45 @@ _UNREACHABLE = (
     asyncio.TimeoutError,
     OSError,
 )
+
+
+# Calls whose repetition cannot change the outcome (a POST that creates or completes
+# an upload is not among them). Timeouts are never retried: a hung backend would
+# only hang again, multiplying the client's wait.
+_IDEMPOTENT_OPS = frozenset({
+    "list_buckets", "head_bucket", "create_bucket", "delete_bucket", "get_bucket_tagging",
+    "put_bucket_tagging", "delete_bucket_tagging", "list_objects_v2", "list_objects",
+    "head_object", "get_object", "put_object", "delete_object", "delete_objects",
+    "copy_object", "upload_part", "upload_part_copy", "list_parts", "list_multipart_uploads",
+    "abort_multipart_upload", "get_object_tagging", "put_object_tagging",
+    "delete_object_tagging",
+})
+
+
+def _retryable(exc: BaseException, op: str) -> bool:
+    """Connect failures (nothing was sent) always; a dropped connection for idempotent calls."""
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError)):
+        return True
+    return isinstance(exc, ConnectionClosedError) and op in _IDEMPOTENT_OPS
+
+
+async def _backoff(attempt: int) -> None:
+    await asyncio.sleep(min(2.0, 0.05 * 2 ** (attempt - 1)) * (0.5 + random.random()))
+
+
+# Stores such as SeaweedFS make `dir/` a directory and drop its body. A client key
+# ending in '/' is therefore stored as key + FOLDER_MARK: a character clients cannot
+# write (names.check_new_key refuses it), sorting before every one they can, so
+# listings keep their order, prefixes and delimiters (docs/s3-compat.md, "Key rules").
+FOLDER_MARK = "\x01"
+
+
+def _to_backend(key: str) -> str:
+    return key + FOLDER_MARK if key.endswith("/") else key
+
+
+def _from_backend(key: str) -> str:
+    return key[:-1] if key.endswith("/" + FOLDER_MARK) else key
 
 
 def _unquote_etag(etag: str) -> str:
@@ -189,9 +229,9 @@ class S3Backend:
         region: str = "us-east-1",
         min_part_size: int = MIN_PART_SIZE,
         max_connections: int = 128,
-        connect_timeout: float = 3.0,
-        read_timeout: float = 60.0,
-        max_attempts: int = 4,
+        connect_timeout: float = 2.0,
+        read_timeout: float = 10.0,
+        max_attempts: int = 3,
         meta_bucket: str | None = None,
     ) -> None:
         self.name = endpoint_url
@@ -204,7 +244,9 @@ class S3Backend:
             max_pool_connections=max_connections,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            # botocore would retry read timeouts and non-idempotent calls too: _call
+            # retries itself (see _retryable).
+            retries={"mode": "standard", "total_max_attempts": 1},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             # Content-MD5 protects every body we send; a SHA-256 pass over it for the
@@ -214,6 +256,7 @@ class S3Backend:
         )
         self._client: Any = None
         self._exit_stack: Any = None
+        self._max_attempts = max(1, max_attempts)
         self._data = DataPath(endpoint_url, access_key, secret_key, region,
                               max_connections=max_connections, connect_timeout=connect_timeout,
                               read_timeout=read_timeout, max_attempts=max_attempts)
@@ -257,16 +300,27 @@ class S3Backend:
         if bucket is not None:
             params["Bucket"] = bucket
         if key is not None:
-            params["Key"] = key
-        try:
-            return await getattr(self._client, op)(**params)
-        except ClientError as exc:
-            raise _translate(exc, op, bucket, key) from exc
-        except _UNREACHABLE as exc:
-            log.warning("backend %s unreachable during %s: %s", self.name, op, exc)
-            raise S3Error(
-                "ServiceUnavailable", "The storage backend is unreachable; retry later."
-            ) from exc
+            params["Key"] = _to_backend(key)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await getattr(self._client, op)(**params)
+            except ClientError as exc:
+                error = _translate(exc, op, bucket, key)
+                if error.status >= 500 and op in _IDEMPOTENT_OPS and \
+                        attempt < self._max_attempts:
+                    await _backoff(attempt)
+                    continue
+                raise error from exc
+            except _UNREACHABLE as exc:
+                if _retryable(exc, op) and attempt < self._max_attempts:
+                    await _backoff(attempt)
+                    continue
+                log.warning("backend %s unreachable during %s: %s", self.name, op, exc)
+                raise S3Error(
+                    "ServiceUnavailable", "The storage backend is unreachable; retry later."
+                ) from exc
 
     # -- buckets ---------------------------------------------------------
     async def list_buckets(self) -> list[BucketInfo]:
@@ -399,7 +453,7 @@ class S3Backend:
                 headers["If-None-Match"] = if_none_match
             headers["Content-MD5"] = spool.content_md5
             headers["Content-Length"] = str(spool.size)
-            resp = await self._data.request("PUT", bucket, key, headers=headers,
+            resp = await self._data.request("PUT", bucket, _to_backend(key), headers=headers,
                                             body=spool.payload())
             etag = _unquote_etag(resp.headers.get("ETag", "")) or spool.md5_hex
             resp.release()
@@ -409,11 +463,30 @@ class S3Backend:
 
     async def head_object(self, bucket: str, key: str) -> ObjectInfo:
         try:
-            resp = await self._data.request("HEAD", bucket, key)
+            resp = await self._folder_fallback("HEAD", bucket, key)
         except S3Error as exc:
             raise await self._not_found(exc, bucket) from None
         resp.release()
         return _info_from_headers(key, resp.headers)
+
+    async def _folder_fallback(self, method: str, bucket: str, key: str,
+                               headers: dict[str, str] | None = None) -> Any:
+        """A folder key's own object, else an empty marker stored as plain `dir/` earlier.
+
+        SeaweedFS answers a plain `dir/` with the object `dir` when there is one: only
+        an empty answer can be a marker, anything else is another key's data.
+        """
+        try:
+            return await self._data.request(method, bucket, _to_backend(key), headers=headers)
+        except S3Error as exc:
+            if exc.code != "NoSuchKey" or not key.endswith("/"):
+                raise
+            missing = exc
+        resp = await self._data.request(method, bucket, key, headers=headers)
+        if resp.headers.get("Content-Length") != "0":
+            resp.release()
+            raise missing
+        return resp
 
     async def get_object(
         self, bucket: str, key: str, byte_range: tuple[int, int] | None = None
@@ -422,7 +495,7 @@ class S3Backend:
         if byte_range is not None:
             headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         try:
-            resp = await self._data.request("GET", bucket, key, headers=headers)
+            resp = await self._folder_fallback("GET", bucket, key, headers=headers)
         except S3Error as exc:
             raise await self._not_found(exc, bucket) from None
         info = _info_from_headers(key, resp.headers)
@@ -435,6 +508,8 @@ class S3Backend:
         await self._require_bucket(bucket)
         try:
             await self._call("delete_object", bucket, key)
+            if key.endswith("/"):  # a marker stored as plain `dir/` before FOLDER_MARK
+                await self._call("delete_object", bucket, None, Key=key)
         except S3Error as exc:
             if exc.code != "NoSuchKey":
                 raise
@@ -450,7 +525,15 @@ class S3Backend:
         meta: ObjectMeta | None,
     ) -> ObjectInfo:
         await self._require_bucket(dst_bucket)
-        params: dict[str, Any] = {"CopySource": {"Bucket": src_bucket, "Key": src_key}}
+        source = _to_backend(src_key)
+        if src_key.endswith("/"):  # which of the two forms holds it (see _folder_fallback)
+            try:
+                (await self._data.request("HEAD", src_bucket, source)).release()
+            except S3Error as exc:
+                if exc.code != "NoSuchKey":
+                    raise
+                source = src_key
+        params: dict[str, Any] = {"CopySource": {"Bucket": src_bucket, "Key": source}}
         if meta is None:
             params["MetadataDirective"] = "COPY"
         else:
@@ -483,15 +566,20 @@ class S3Backend:
         if start_after:
             # Some stores (SeaweedFS) skip the prefix "X/" when asked to start after "X";
             # start just before X instead and drop what is not after it.
-            params["StartAfter"] = _just_before(start_after)
+            # After a folder key: after its marked form (which also passes a plain `dir/`).
+            params["StartAfter"] = (_to_backend(start_after) if start_after.endswith("/")
+                                    else _just_before(start_after))
             params["MaxKeys"] = min(max_keys + 1, 1000)
         resp = await self._call("list_objects_v2", bucket, **params)
-        entries = [
-            ListEntry(o["Key"], o["Size"], _unquote_etag(o.get("ETag", "")),
-                      _utc(o.get("LastModified")))
-            for o in resp.get("Contents", [])
-            if not start_after or o["Key"] > start_after
-        ]
+        entries: list[ListEntry] = []
+        for o in resp.get("Contents", []):
+            key = _from_backend(o["Key"])
+            if start_after and key <= start_after:
+                continue
+            if entries and entries[-1].key == key:
+                entries.pop()  # plain `dir/` then `dir/` + FOLDER_MARK: the latter is it
+            entries.append(ListEntry(key, o["Size"], _unquote_etag(o.get("ETag", "")),
+                                     _utc(o.get("LastModified"))))
         prefixes = [p["Prefix"] for p in resp.get("CommonPrefixes", [])
                     if not start_after or p["Prefix"] > start_after]
         truncated = bool(resp.get("IsTruncated"))
@@ -525,6 +613,9 @@ class S3Backend:
             params["Tagging"] = urlencode(meta.tags, quote_via=quote)
         resp = await self._call("create_multipart_upload", bucket, key, **params)
         upload_id: str = resp["UploadId"]
+        if key.endswith("/"):
+            # SeaweedFS lists uploads without encoding: FOLDER_MARK comes back as U+FFFD.
+            await self.meta.put(upload_prefix(upload_id) + "key.json", {"key": key})
         if checksum is not None:
             # Lost on a crash before this write, with the answer: the client retries.
             await self.meta.put(upload_prefix(upload_id) + "checksum.json",
@@ -561,7 +652,7 @@ class S3Backend:
             if size is not None and spool.size != size:
                 raise S3Error("IncompleteBody")
             resp = await self._data.request(
-                "PUT", bucket, key,
+                "PUT", bucket, _to_backend(key),
                 query={"partNumber": str(part_number), "uploadId": upload_id},
                 headers={"Content-MD5": spool.content_md5, "Content-Length": str(spool.size)},
                 body=spool.payload(),
@@ -683,7 +774,7 @@ class S3Backend:
         if table is not None:  # tables of the objects this one replaced
             self._cleanup(object_prefix(bucket, key),
                           keep=self._table_name(bucket, key, info.etag), grace_s=META_GRACE_S)
-        if upload_checksum is not None:
+        if upload_checksum is not None or key.endswith("/"):
             self._cleanup(upload_prefix(upload_id))
         return info
 
@@ -707,10 +798,19 @@ class S3Backend:
         except (KeyError, TypeError, ValueError):
             return None
 
+    async def _upload_key(self, listed: str, upload_id: str) -> str:
+        """The client's key of a listed upload (a folder key's mark may come back mangled)."""
+        if listed.endswith(("/" + FOLDER_MARK, "/\ufffd")):
+            record = await self.meta.get(upload_prefix(upload_id) + "key.json")
+            if record is not None:
+                return str(record["key"])
+        return _from_backend(listed)
+
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         await self.list_parts(bucket, key, upload_id, max_parts=1)  # NoSuchUpload if gone
         await self._call("abort_multipart_upload", bucket, key, UploadId=upload_id)
-        if await self.upload_checksum(bucket, key, upload_id) is not None:
+        if await self.upload_checksum(bucket, key, upload_id) is not None or \
+                key.endswith("/"):
             self._cleanup(upload_prefix(upload_id))
         self._upload_checksums.pop(upload_id, None)
 
@@ -728,19 +828,20 @@ class S3Backend:
         if delimiter:
             params["Delimiter"] = delimiter
         if key_marker:
-            params["KeyMarker"] = key_marker
+            params["KeyMarker"] = _to_backend(key_marker)
             if upload_id_marker:
                 params["UploadIdMarker"] = upload_id_marker
         resp = await self._call("list_multipart_uploads", bucket, **params)
         uploads = [
-            UploadInfo(u["Key"], u["UploadId"], _utc(u.get("Initiated")))
+            UploadInfo(await self._upload_key(u["Key"], u["UploadId"]), u["UploadId"],
+                       _utc(u.get("Initiated")))
             for u in resp.get("Uploads", [])
         ]
         return UploadsPage(
             uploads,
             [p["Prefix"] for p in resp.get("CommonPrefixes", [])],
             bool(resp.get("IsTruncated")),
-            resp.get("NextKeyMarker") or None,
+            _from_backend(resp.get("NextKeyMarker") or "") or None,
             resp.get("NextUploadIdMarker") or None,
         )
 
@@ -754,12 +855,28 @@ def _just_before(key: str) -> str:
     return key[:-1] + chr(prev) + "\U0010ffff"
 
 
-def _meta_params(meta: ObjectMeta) -> dict[str, Any]:
-    metadata = dict(meta.metadata)
+def _stored_metadata(meta: ObjectMeta) -> dict[str, str]:
+    """User, checksum and internal metadata as one backend map (names never collide).
+
+    A user name inside INTERNAL_PREFIX would be read back as the gateway's own state;
+    the front end refuses such names, and this is the last guard (never stored).
+    """
+    metadata: dict[str, str] = {}
+    for name, value in meta.metadata.items():
+        if name.lower().startswith(INTERNAL_PREFIX):
+            raise S3Error("InvalidArgument", f"User metadata names starting with "
+                          f"\"{INTERNAL_PREFIX}\" are reserved for the gateway.",
+                          ArgumentName=f"x-amz-meta-{name}")
+        metadata[name] = value
     for algorithm, value in meta.checksums.items():
         metadata[_CHECKSUM_PREFIX + algorithm] = value
     for name, value in meta.internal.items():
         metadata[INTERNAL_PREFIX + name] = value
+    return metadata
+
+
+def _meta_params(meta: ObjectMeta) -> dict[str, Any]:
+    metadata = _stored_metadata(meta)
     params: dict[str, Any] = {"ContentType": meta.content_type, "Metadata": metadata}
     for header, value in meta.headers.items():
         if header in _HEADER_PARAMS:
@@ -770,11 +887,7 @@ def _meta_params(meta: ObjectMeta) -> dict[str, Any]:
 def _meta_headers(meta: ObjectMeta) -> dict[str, str]:
     """The PUT headers that store `meta` (the data path's form of _meta_params)."""
     headers = {"Content-Type": meta.content_type}
-    metadata = dict(meta.metadata)
-    for algorithm, value in meta.checksums.items():
-        metadata[_CHECKSUM_PREFIX + algorithm] = value
-    for name, value in meta.internal.items():
-        metadata[INTERNAL_PREFIX + name] = value
+    metadata = _stored_metadata(meta)
     for name, value in metadata.items():
         headers[f"x-amz-meta-{name}"] = value
     for header, value in meta.headers.items():
@@ -862,7 +975,9 @@ def translate_status(status: int, code: str, message: str | None, op: str,
         if code == "NoSuchBucket" and bucket:
             extra = {"BucketName": bucket}
         return S3Error(code, message or None, resource=resource, **extra)
-    if status in (429, 503) or code in ("SlowDown", "Throttling", "ThrottlingException"):
+    # SlowDown only when the backend asks us to slow down; any other failure
+    # (503 ServiceUnavailable included) is the backend being unavailable.
+    if status == 429 or code in ("SlowDown", "Throttling", "ThrottlingException"):
         return S3Error("SlowDown", resource=resource)
     if status >= 500:
         log.warning("backend error on %s %s/%s: %s %s %s", op, bucket, key, status, code,
@@ -874,17 +989,21 @@ def translate_status(status: int, code: str, message: str | None, op: str,
 
 
 def backend_from_url(url: str, access_key: str | None, secret_key: str | None,
-                     region: str = "us-east-1") -> Any:
+                     region: str = "us-east-1", *, connect_timeout: float = 2.0,
+                     read_timeout: float = 10.0, max_attempts: int = 3) -> Any:
     """`file:///path` or a bare path -> LocalBackend; `http(s)://` -> S3Backend.
 
-    An S3 backend's meta bucket is S3LATENT_BACKEND_META_BUCKET when set.
+    An S3 backend's meta bucket is S3LATENT_BACKEND_META_BUCKET when set; the
+    timeouts and attempts apply to every call to an S3 backend.
     """
     if url.startswith(("http://", "https://")):
         if not access_key or not secret_key:
             raise ValueError(
                 "an S3 backend needs S3LATENT_BACKEND_ACCESS_KEY and S3LATENT_BACKEND_SECRET_KEY"
             )
-        return S3Backend(url, access_key, secret_key, region=region)
+        return S3Backend(url, access_key, secret_key, region=region,
+                         connect_timeout=connect_timeout, read_timeout=read_timeout,
+                         max_attempts=max_attempts)
     from .local import LocalBackend
 
     path = url[len("file://"):] if url.startswith("file://") else url

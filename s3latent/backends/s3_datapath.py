@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 UNSIGNED = "UNSIGNED-PAYLOAD"
 _RETRY_STATUSES = {500, 502, 503, 504}
 READ_CHUNK = 256 * 1024
+# The slowest upload to the backend we wait for (bytes/s) before answering 503.
+MIN_UPLOAD_RATE = 1024 * 1024
 
 
 class BackendUnavailable(Exception):
@@ -92,6 +95,21 @@ class DataPath:
                                     f"SignedHeaders={signed}, Signature={signature}")
         del headers["host"]  # aiohttp sends Host itself, with the same value
 
+    def _timeout_for(self, body: Any) -> aiohttp.ClientTimeout:
+        """sock_read bounds each read (body chunks too), but not a stalled upload.
+
+        A backend that stops reading leaves our writes waiting forever, so a
+        request with a body also gets a total bound: the read timeout plus the
+        body at MIN_UPLOAD_RATE.
+        """
+        size = _body_size(body)
+        if not size:
+            return self._timeout
+        return aiohttp.ClientTimeout(
+            sock_connect=self._timeout.sock_connect, sock_read=self._timeout.sock_read,
+            total=(self._timeout.sock_connect or 0) + (self._timeout.sock_read or 0)
+            + size / MIN_UPLOAD_RATE)
+
     async def request(self, method: str, bucket: str, key: str | None, *,
                       query: Mapping[str, str] | None = None,
                       headers: Mapping[str, str] | None = None,
@@ -115,9 +133,12 @@ class DataPath:
                 body.seek(0)
             try:
                 resp = await self._session.request(method, url, headers=signed, data=body,
+                                                   timeout=self._timeout_for(body),
                                                    skip_auto_headers=("Content-Type",))
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                if attempt < self._max_attempts:
+                # Every data-path call is idempotent (GET, HEAD, PUT, UploadPart), but a
+                # timeout is not retried: a hung backend would hang each attempt again.
+                if not isinstance(exc, TimeoutError) and attempt < self._max_attempts:
                     await _backoff(attempt)
                     continue
                 log.warning("backend %s unreachable: %s %s: %s", self.endpoint, method, path,
@@ -133,6 +154,17 @@ class DataPath:
                 await _backoff(attempt)
                 continue
             raise _error(resp.status, data, bucket, key)
+
+
+def _body_size(body: Any) -> int:
+    if body is None:
+        return 0
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        return len(body)
+    try:
+        return os.fstat(body.fileno()).st_size
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 async def _backoff(attempt: int) -> None:

@@ -32,6 +32,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from yarl import URL
 
+from ..executables import find_executable
 from .servers import GatewayServer, SeaweedServer
 
 KiB = 1024
@@ -390,7 +391,7 @@ def machine_info() -> dict[str, Any]:
     except OSError:
         pass
     info["nproc_available"] = len(os.sched_getaffinity(0))
-    weed = shutil.which("weed")
+    weed = find_executable("weed")
     if weed:
         try:
             out = subprocess.run([weed, "version"], capture_output=True, text=True, timeout=10)

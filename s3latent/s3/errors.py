@@ -38,6 +38,13 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "You did not provide the number of bytes specified by the Content-Length HTTP header.",
     ),
     "InternalError": (500, "We encountered an internal error. Please try again."),
+    # Not an AWS code (S3 never fills up); 507 as MinIO answers a full drive. Not retried
+    # by SDKs, which is right: retrying a full disk does not make room.
+    "InsufficientStorage": (
+        507,
+        "The storage backend is out of space. The object was not stored; any previous "
+        "version of it is intact. Free space or delete objects, then retry.",
+    ),
     "InvalidAccessKeyId": (
         403,
         "The AWS Access Key Id you provided does not exist in our records.",

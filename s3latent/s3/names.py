@@ -6,6 +6,7 @@ import ipaddress
 import re
 
 from .errors import S3Error
+from .xml import XML_INVALID
 
 MAX_KEY_BYTES = 1024
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -35,3 +36,30 @@ def check_key(key: str) -> None:
         raise S3Error("InvalidArgument", "Object key is not valid UTF-8.") from exc
     if size > MAX_KEY_BYTES:
         raise S3Error("KeyTooLongError", Size=str(size), MaxSizeAllowed=str(MAX_KEY_BYTES))
+
+
+def check_new_key(key: str) -> None:
+    """The rules for a key being written: S3's, plus those that keep keys distinct.
+
+    Storage backends that map keys to file paths (SeaweedFS's filer, most
+    file-system stores) merge `a//b` into `a/b` and resolve `.` and `..`
+    segments, so two client keys would land on one stored object; such keys
+    are refused on every backend, so a bucket's keys never depend on where it
+    is stored. Keys with characters XML 1.0 cannot carry are refused too
+    (docs/s3-compat.md, "Key rules"). Reads and deletes accept any key.
+    """
+    check_key(key)
+    if XML_INVALID.search(key):
+        raise S3Error("InvalidArgument", "Object keys may not contain characters that "
+                      "XML 1.0 cannot represent (control characters other than tab, "
+                      "newline and carriage return, U+FFFE, U+FFFF).",
+                      ArgumentName="key")
+    segments = key.split("/")
+    for i, segment in enumerate(segments):
+        if segment in (".", ".."):
+            raise S3Error("InvalidArgument", "Object keys may not contain '.' or '..' "
+                          "path segments.", ArgumentName="key", ArgumentValue=key)
+        if not segment and i < len(segments) - 1:
+            raise S3Error("InvalidArgument", "Object keys may not start with '/' or "
+                          "contain '//' (empty path segments).", ArgumentName="key",
+                          ArgumentValue=key)

@@ -18,6 +18,9 @@ from .payload import PayloadReader, stored_content_encoding
 
 MAX_SMALL_BODY = 2 * 1024 * 1024
 MAX_USER_METADATA = 2048
+# User metadata names the gateway keeps for itself in an S3 backend (backends.s3's
+# INTERNAL_PREFIX): a client writing one could forge the gateway's own state.
+RESERVED_METADATA_PREFIX = "s3lx-"
 
 
 @dataclass
@@ -139,10 +142,28 @@ def meta_from_headers(req: S3Request) -> ObjectMeta:
             Size=str(size),
             MaxSizeAllowed=str(MAX_USER_METADATA),
         )
+    check_user_metadata(meta.metadata)
     tagging = headers.get("x-amz-tagging")
     if tagging:
         meta.tags = parse_tag_query(tagging)
     return meta
+
+
+def check_user_metadata(metadata: dict[str, str]) -> None:
+    """Refuse user metadata in the gateway's reserved namespace (names already lower case).
+
+    Refused rather than dropped: a client that sends such a name (e.g. copying objects
+    with their metadata out of a gateway's backend bucket) learns why at once, and
+    nothing it stores is silently changed.
+    """
+    for name in metadata:
+        if name.startswith(RESERVED_METADATA_PREFIX):
+            raise S3Error(
+                "InvalidArgument",
+                f"User metadata names starting with \"{RESERVED_METADATA_PREFIX}\" are reserved "
+                "for the gateway.",
+                ArgumentName=f"x-amz-meta-{name}",
+            )
 
 
 def parse_tag_query(value: str) -> dict[str, str]:

@@ -63,6 +63,10 @@ class Gateway:
             ["operation"], registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        self.storage_full = Counter(
+            "s3latent_storage_full", "Writes refused because the backend is out of space "
+            "(InsufficientStorage, 507)", ["operation"], registry=self.registry,
+        )
         self.node_id = base64.b64encode(os.urandom(24)).decode()
 
 
@@ -233,6 +237,8 @@ def make_app(gw: Gateway) -> web.Application:
                 operation, handler = route(s3req)
                 response = await handler(gw, s3req)
         except S3Error as exc:
+            if exc.code == "InsufficientStorage":
+                gw.storage_full.labels(operation).inc()
             response = error_response(exc, request_id, gw.node_id,
                                       head=request.method == "HEAD", resource=resource)
         except UnicodeDecodeError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 from xml.parsers.expat import ExpatError
@@ -11,6 +12,9 @@ import xmltodict
 from .errors import S3Error
 
 S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+# What XML 1.0 cannot carry, even escaped: a key holding one would break every
+# listing page without encoding-type=url (names.check_new_key refuses such keys).
+XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 MAX_XML_BODY = 2 * 1024 * 1024
 
 
@@ -31,6 +35,11 @@ def _clean(value: Any) -> Any:
         return "true" if value else "false"
     if isinstance(value, datetime):
         return iso8601(value)
+    if isinstance(value, str) and XML_INVALID.search(value):
+        # A key stored before the write-time rule (or by another client of the
+        # backend): U+FFFD keeps the document well-formed; encoding-type=url
+        # gives the exact key.
+        return XML_INVALID.sub("\ufffd", value)
     return value
 
 

@@ -143,10 +143,7 @@ async def _stub(backend: Backend, bucket: str, info: ObjectInfo, report: dict[st
         if side is None
         else {k: v for k, v in dataclasses.asdict(side).items() if k != "header_b64"}
     )
-    logical = report.get("logical", {})
-    report["matches_container"] = (
-        side is not None and side.etag == logical.get("etag") and side.size == logical.get("size")
-    )
+    report["matches_container"] = physical.stub_holds(info, image_key, header)
     report["image_model"], report["image_codec"] = header.model, header.codec
 
 

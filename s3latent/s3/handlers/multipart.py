@@ -23,7 +23,7 @@ from ..checksums import (
 )
 from ..conditions import check_preconditions
 from ..errors import S3Error
-from ..names import check_key
+from ..names import check_new_key
 from ..request import S3Request, meta_from_headers, verified_body
 from .buckets import _int_param
 from .objects import owner, parse_copy_source, reject_unsupported_write_headers
@@ -125,7 +125,7 @@ def _part_number(req: S3Request) -> int:
 
 async def create_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
-    check_key(req.key)
+    check_new_key(req.key)
     reject_unsupported_write_headers(req)
     meta = meta_from_headers(req)
     checksum = upload_checksum_from_headers(req)

@@ -17,7 +17,7 @@ from .. import xml
 from ..checksums import checksum_type_of
 from ..conditions import check_preconditions, parse_range
 from ..errors import S3Error
-from ..names import check_bucket_name, check_key
+from ..names import check_bucket_name, check_key, check_new_key
 from ..request import (
     S3Request,
     check_tags,
@@ -328,6 +328,13 @@ async def get_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     except (ConnectionError, asyncio.CancelledError):
         log.info("client went away after %d/%d bytes of %s", sent, length, req.resource)
         raise
+    except Exception as exc:
+        if not response.prepared:
+            raise  # nothing sent yet: the client gets the error response
+        # The backend failed mid-body (read timeout, dropped connection, damaged file). The
+        # status line is out, so no error answer can follow (it would read as object bytes):
+        # the client sees the body cut short of its Content-Length (below).
+        log.warning("reading %s failed after %d/%d bytes: %r", req.resource, sent, length, exc)
     finally:
         await body.close()
     if sent != length:
@@ -344,7 +351,7 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     if "x-amz-copy-source" in req.headers:
         return await copy_object(gw, req)
     assert req.bucket is not None and req.key is not None
-    check_key(req.key)
+    check_new_key(req.key)
     reject_unsupported_write_headers(req)
     meta = meta_from_headers(req)
     reader = req.payload()
@@ -402,7 +409,7 @@ def parse_copy_source(value: str) -> tuple[str, str]:
 
 async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
-    check_key(req.key)
+    check_new_key(req.key)
     reject_unsupported_write_headers(req)
     src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
     source = await gw.objects.head(src_bucket, src_key)

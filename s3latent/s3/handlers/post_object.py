@@ -25,8 +25,8 @@ from ...backends.base import STORED_HEADERS, ObjectMeta
 from .. import xml
 from ..auth import AuthContext, sign_hex, signatures_equal, signing_key
 from ..errors import S3Error
-from ..names import check_key
-from ..request import check_tags
+from ..names import check_new_key
+from ..request import check_tags, check_user_metadata
 
 if TYPE_CHECKING:
     from ..server import Gateway
@@ -177,7 +177,7 @@ async def post_object(gw: Gateway, request: web.Request, bucket: str,
     key = fields["key"].replace("${filename}", filename)
     fields["key"] = key
     length_range = _check_conditions(conditions, fields, bucket)
-    check_key(key)
+    check_new_key(key)
     acl = fields.get("acl")
     if acl is not None and acl not in ("private", "bucket-owner-full-control"):
         raise S3Error("NotImplemented", f"Canned ACL {acl!r} is not supported by s3latent.")
@@ -188,6 +188,7 @@ async def post_object(gw: Gateway, request: web.Request, bucket: str,
             meta.metadata[lower[len("x-amz-meta-"):]] = value
         elif lower in STORED_HEADERS:
             meta.headers[lower] = value
+    check_user_metadata(meta.metadata)
     if "tagging" in fields:
         meta.tags = _tags_from_xml(fields["tagging"])
     await gw.backend.head_bucket(bucket)

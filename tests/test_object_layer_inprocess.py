@@ -1,0 +1,236 @@
+"""The latent object layer in-process (tests/inprocess.py), with a tiny decoder model.
+
+The model and the image + sidecar pairs come from tests/test_latent_objects.py (a
+seeded TAESD-architecture decoder loaded through the registry from the config). The
+tests wait for background conversion with the layer's own drain, never by polling,
+and see the read path through /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.inprocess import InProcessGateway, config_text, serve_gateway
+from tests.test_latent_objects import make_pair, tiny_model  # noqa: F401 - fixture
+
+BKT = "lat"
+SUFFIX = ".latent.safetensors"
+_PAIRS: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+
+
+async def start(tmp_path: Path, model: dict[str, str], extra: str = "", codec: str = "q8"
+                ) -> AsyncIterator[InProcessGateway]:
+    """A gateway with the tiny model and `codec` for every bucket, bucket BKT created."""
+    async with serve_gateway(tmp_path, config_text(models={"tiny": model}, codec=codec,
+                                                   extra=extra)) as gw:
+        await gw.run(lambda s3: s3.create_bucket(Bucket=BKT))
+        yield gw
+
+
+@pytest.fixture
+async def gw(tmp_path: Path, tiny_model: dict[str, str]  # noqa: F811
+             ) -> AsyncIterator[InProcessGateway]:
+    async for served in start(tmp_path, tiny_model):
+        yield served
+
+
+async def put_pair(gw: InProcessGateway, model: dict[str, str], key: str = "img.png",
+                   seed: int = 1) -> tuple[bytes, bytes]:
+    """Upload a pair and wait for its conversion; HEAD must then say latent."""
+    if (model["decoder"], seed) not in _PAIRS:  # making one loads the model: 0.4 s
+        _PAIRS[model["decoder"], seed] = make_pair(model, seed=seed)[:2]
+    image, sidecar = _PAIRS[model["decoder"], seed]
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key=key, Body=image,
+                                          ContentType="image/png"))
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key=key + SUFFIX, Body=sidecar))
+    await gw.settle()
+    head = await head_of(gw, key)
+    headers = head["ResponseMetadata"]["HTTPHeaders"]
+    assert headers.get("x-s3latent-representation") == "latent", headers
+    return image, sidecar
+
+
+async def head_of(gw: InProcessGateway, key: str) -> dict[str, Any]:
+    return await gw.run(lambda s3: s3.head_object(Bucket=BKT, Key=key))
+
+
+async def get_of(gw: InProcessGateway, key: str, **kw: Any) -> tuple[dict[str, Any], bytes]:
+    def call(s3: Any) -> tuple[dict[str, Any], bytes]:
+        got = s3.get_object(Bucket=BKT, Key=key, **kw)
+        return got, got["Body"].read()
+
+    return await gw.run(call)
+
+
+async def listing(gw: InProcessGateway) -> dict[str, dict[str, Any]]:
+    page = await gw.run(lambda s3: s3.list_objects_v2(Bucket=BKT))
+    return {o["Key"]: o for o in page.get("Contents", [])}
+
+
+def md5_etag(data: bytes) -> str:
+    return f'"{hashlib.md5(data).hexdigest()}"'
+
+
+async def decodes(gw: InProcessGateway) -> float:
+    """Latents decoded so far (conversion checks included): the batch-size histogram's sum."""
+    return await gw.metric("s3latent_decode_batch_size_sum")
+
+
+async def views(gw: InProcessGateway, key: str
+                ) -> tuple[dict[str, Any], dict[str, Any], bytes, dict[str, Any]]:
+    """(HEAD, GET, GET's body, listing entry) of `key`."""
+    head = await head_of(gw, key)
+    got, data = await get_of(gw, key)
+    return head, got, data, (await listing(gw))[key]
+
+
+def assert_views_agree(key: str, head: dict[str, Any], got: dict[str, Any], data: bytes,
+                       listed: dict[str, Any]) -> None:
+    """The bytes GET sends are described by their own headers, and HEAD, GET and the
+    listing say the same size and ETag."""
+    assert got["ETag"] == md5_etag(data) and got["ContentLength"] == len(data), key
+    assert head["ETag"] == got["ETag"] == listed["ETag"], key
+    assert head["ContentLength"] == len(data) == listed["Size"], key
+
+
+async def test_pair_converts_and_the_image_views_agree(
+        gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    image, sidecar = await put_pair(gw, tiny_model)
+    assert sorted(await listing(gw)) == ["img.png", "img.png" + SUFFIX]
+    head, got, data, listed = await views(gw, "img.png")
+    assert_views_agree("img.png", head, got, data, listed)
+    assert len(data) == len(image)  # the rendition keeps the upload's length
+    assert got["ContentType"] == "image/png"
+    assert got["ResponseMetadata"]["HTTPHeaders"]["x-s3latent-representation"] == "latent"
+    # The sidecar key: same length as uploaded (dequantised values with a lossy codec).
+    head, got, data, listed = await views(gw, "img.png" + SUFFIX)
+    assert len(data) == len(sidecar) == head["ContentLength"] == listed["Size"]
+    assert got["ContentLength"] == len(data)
+
+
+async def test_sidecar_key_views_agree_with_a_lossless_codec(
+        tmp_path: Path, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    async for gw in start(tmp_path, tiny_model, codec="lossless"):
+        _, sidecar = await put_pair(gw, tiny_model)
+        head, got, data, listed = await views(gw, "img.png" + SUFFIX)
+        assert data == sidecar
+        assert_views_agree("sidecar", head, got, data, listed)
+
+
+@pytest.mark.xfail(strict=True, reason="lossy codec: HEAD and ListObjectsV2 give the sidecar "
+                   "key the uploaded sidecar's ETag, GET sends dequantised bytes with their own "
+                   "MD5 as ETag (and logs 'render profile changed?' on every GET)")
+async def test_sidecar_key_views_agree_with_a_lossy_codec(
+        gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    await put_pair(gw, tiny_model)
+    head, got, data, listed = await views(gw, "img.png" + SUFFIX)
+    assert_views_agree("sidecar", head, got, data, listed)
+    # A client revalidating with the ETag HEAD gave gets the bytes it described.
+    reply = await gw.call("GET", f"/{BKT}/img.png{SUFFIX}", headers={"If-None-Match":
+                                                                     head["ETag"]})
+    assert reply.status == 304, reply
+
+
+async def test_ranged_gets_of_a_latent_object(gw: InProcessGateway,
+                                              tiny_model: dict[str, str]  # noqa: F811
+                                              ) -> None:
+    await put_pair(gw, tiny_model)
+    _, whole = await get_of(gw, "img.png")
+    size = len(whole)
+    for header, start_, end in (("bytes=0-99", 0, 99), ("bytes=100-1099", 100, 1099),
+                                ("bytes=-50", size - 50, size - 1),
+                                ("bytes=500-", 500, size - 1),
+                                ("bytes=0-10000000", 0, size - 1)):
+        got, part = await get_of(gw, "img.png", Range=header)
+        assert part == whole[start_:end + 1], header
+        assert got["ContentRange"] == f"bytes {start_}-{end}/{size}", header
+        assert got["ContentLength"] == len(part) and got["ETag"] == md5_etag(whole), header
+
+
+async def test_range_past_a_latent_objects_end_is_416(gw: InProcessGateway,
+                                                      tiny_model: dict[str, str]  # noqa: F811
+                                                      ) -> None:
+    await put_pair(gw, tiny_model)
+    size = (await head_of(gw, "img.png"))["ContentLength"]
+    reply = await gw.call("GET", f"/{BKT}/img.png", headers={"Range": f"bytes={size}-"})
+    assert reply.status == 416 and reply.error_code() == "InvalidRange"
+    assert reply.headers["Content-Range"] == f"bytes */{size}"
+
+
+async def test_plain_overwrite_of_the_image_makes_it_plain(gw: InProcessGateway,
+                                                           tiny_model: dict[str, str]  # noqa: F811
+                                                           ) -> None:
+    await put_pair(gw, tiny_model)
+    _, side_before = await get_of(gw, "img.png" + SUFFIX)
+    new = b"not the decode of that latent"
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=new,
+                                          ContentType="image/png"))
+    await gw.settle()  # the rewrite queues a conversion; it must not take the new bytes
+    head = await head_of(gw, "img.png")
+    assert head["ResponseMetadata"]["HTTPHeaders"]["x-s3latent-representation"] == "plain"
+    got, data = await get_of(gw, "img.png")
+    assert data == new and got["ETag"] == md5_etag(new) == head["ETag"]
+    # The sidecar key still reads as it did, now from a real object.
+    got, side = await get_of(gw, "img.png" + SUFFIX)
+    assert side == side_before and got["ETag"] == md5_etag(side)
+    listed = await listing(gw)
+    assert listed["img.png"]["Size"] == len(new)
+    assert listed["img.png" + SUFFIX]["Size"] == len(side)
+
+
+@pytest.mark.parametrize("deleted", ["image", "sidecar"])
+async def test_deleting_one_key_of_a_pair_keeps_the_other(gw: InProcessGateway,
+                                                          tiny_model: dict[str, str],  # noqa: F811
+                                                          deleted: str) -> None:
+    await put_pair(gw, tiny_model)
+    keys = {"image": "img.png", "sidecar": "img.png" + SUFFIX}
+    gone, kept = keys[deleted], keys["sidecar" if deleted == "image" else "image"]
+    _, before = await get_of(gw, kept)
+    await gw.run(lambda s3: s3.delete_object(Bucket=BKT, Key=gone))
+    await gw.settle()
+    missing = await gw.error(lambda s3: s3.head_object(Bucket=BKT, Key=gone))
+    assert missing["ResponseMetadata"]["HTTPStatusCode"] == 404
+    got, data = await get_of(gw, kept)
+    assert data == before and got["ETag"] == md5_etag(data)
+    head = await head_of(gw, kept)
+    assert head["ContentLength"] == len(data) and head["ETag"] == got["ETag"]
+    assert sorted(await listing(gw)) == [kept]
+
+
+async def test_read_cache_serves_the_second_get(gw: InProcessGateway,
+                                                tiny_model: dict[str, str]  # noqa: F811
+                                                ) -> None:
+    await put_pair(gw, tiny_model)
+    _, first = await get_of(gw, "img.png")
+    assert await gw.metric("s3latent_read_path_total", path="miss") == 1
+    _, second = await get_of(gw, "img.png")
+    assert second == first
+    hits = (await gw.metric("s3latent_read_path_total", path="latent_hit")
+            + await gw.metric("s3latent_read_path_total", path="image_hit"))
+    assert hits == 1
+    assert await gw.metric("s3latent_read_path_total", path="miss") == 1
+    # A write drops what the cache held for the key.
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=b"plain now",
+                                          ContentType="image/png"))
+    await gw.settle()
+    assert (await get_of(gw, "img.png"))[1] == b"plain now"
+
+
+async def test_concurrent_cold_gets_decode_once(tmp_path: Path,
+                                                tiny_model: dict[str, str]  # noqa: F811
+                                                ) -> None:
+    # The decoder waits up to 300 ms for company, so the second GET surely arrives
+    # while the first is still being decoded.
+    async for gw in start(tmp_path, tiny_model, "[decode]\nmax_wait_ms = 300\n"):
+        await put_pair(gw, tiny_model)
+        before = await decodes(gw)
+        (got1, one), (got2, two) = await asyncio.gather(get_of(gw, "img.png"),
+                                                        get_of(gw, "img.png"))
+        assert one == two and got1["ETag"] == got2["ETag"] == md5_etag(one)
+        assert await decodes(gw) - before == 1
