@@ -94,6 +94,25 @@ class DecodeSettings:
     queue_depth: int = 64
     cpu_threads: int = 0  # 0: torch default
     compile: bool = False
+    # Bytes all decodes in flight may use together (estimated); a batch waits for room.
+    memory_budget: int = 4 * 1024**3
+    # New conversions decode in tiles of this many latent pixels per side when a side is
+    # longer (or the untiled estimate exceeds memory_budget); 0 turns tiling off.
+    tile_size: int = 128
+    tile_overlap: int = -1  # latent pixels; -1: per model kind (TAE 8, AutoencoderKL 16)
+    # Largest decoded image (pixels) a latent may have to be converted or uploaded alone.
+    max_image_pixels: int = 4096 * 4096
+
+    def validate(self) -> None:
+        """Settings that would fail on the first large decode fail at start instead."""
+        if self.memory_budget < 1:
+            raise ConfigError("[decode] memory_budget must be positive")
+        if self.tile_size < 0 or (self.tile_size and self.tile_size < 16):
+            raise ConfigError("[decode] tile_size must be 0 (off) or at least 16")
+        if self.tile_overlap > self.tile_size // 2 and self.tile_size:
+            raise ConfigError("[decode] tile_overlap may be at most tile_size / 2")
+        if self.max_image_pixels < 1:
+            raise ConfigError("[decode] max_image_pixels must be positive")
 
 
 @dataclass
@@ -156,8 +175,9 @@ def _dataclass_from(cls: type, table: dict[str, Any], where: str) -> Any:
     if unknown:
         raise ConfigError(f"unknown setting(s) in [{where}]: {', '.join(sorted(unknown))}")
     values = dict(table)
-    if "memory" in values:
-        values["memory"] = parse_size(values["memory"])
+    for name in ("memory", "memory_budget"):
+        if name in values:
+            values[name] = parse_size(values[name])
     return cls(**values)
 
 
@@ -213,6 +233,7 @@ def load_config(
         cfg.cache.validate()
     if "decode" in data:
         cfg.decode = _dataclass_from(DecodeSettings, data["decode"], "decode")
+        cfg.decode.validate()
 
     access = env.get("S3LATENT_ACCESS_KEY")
     secret = env.get("S3LATENT_SECRET_KEY")

@@ -400,3 +400,41 @@ def test_read_path_tiers_and_concurrent_reads(s3l: Any, lbucket: str,
     # An overwrite drops the cached copies at once.
     s3l.put_object(Bucket=lbucket, Key="hot.png", Body=b"replaced", ContentType="text/plain")
     assert s3l.get_object(Bucket=lbucket, Key="hot.png")["Body"].read() == b"replaced"
+
+
+def test_pixel_ceiling_refuses_large_latents_up_front(tiny_model: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    """decode.max_image_pixels: a latent-only PUT over it is a 400 before any decode; a pair
+    over it stays plain with the reason recorded."""
+    gw = GatewayProcess(f"file://{tmp_path / 'data'}", tmp_path,
+                        config=_config(tiny_model, extra="[decode]\nmax_image_pixels = 16384\n"))
+    gw.start()
+    try:
+        s3 = gw.client()
+        s3.create_bucket(Bucket="ceiling")
+        image, sidecar, _ = make_pair(tiny_model, seed=8, h=16, w=24)  # 192x128 = 24576 px
+        with pytest.raises(ClientError) as exc:
+            s3.put_object(Bucket="ceiling", Key="big.png", Body=sidecar, ContentType=LATENT_TYPE)
+        err = exc.value.response
+        assert err["ResponseMetadata"]["HTTPStatusCode"] == 400
+        assert err["Error"]["Code"] == "InvalidArgument"
+        assert "192x128" in err["Error"]["Message"] and "16384" in err["Error"]["Message"]
+        assert err["ResponseMetadata"]["RequestId"]
+        with pytest.raises(ClientError):
+            s3.head_object(Bucket="ceiling", Key="big.png")
+        _, small, _ = make_pair(tiny_model, seed=9)  # 128x128: at the ceiling, accepted
+        s3.put_object(Bucket="ceiling", Key="ok.png", Body=small, ContentType=LATENT_TYPE)
+        assert s3.head_object(Bucket="ceiling", Key="ok.png")["ContentLength"] > 0
+
+        s3.put_object(Bucket="ceiling", Key="p.png", Body=image, ContentType="image/png")
+        s3.put_object(Bucket="ceiling", Key="p.png.latent.safetensors", Body=sidecar)
+        deadline, state = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and "refused" not in state:
+            head = s3.head_object(Bucket="ceiling", Key="p.png")
+            state = head["ResponseMetadata"]["HTTPHeaders"].get("x-s3latent-state", "")
+            time.sleep(0.2)
+        assert "refused" in state and "max_image_pixels" in state
+        assert head["ResponseMetadata"]["HTTPHeaders"]["x-s3latent-representation"] == "plain"
+        assert s3.get_object(Bucket="ceiling", Key="p.png")["Body"].read() == image
+    finally:
+        gw.stop()

@@ -13,6 +13,14 @@ are probed: the first batch of each (model, shape, dtype, batch size) is also
 decoded one latent at a time; if any byte differs, that batch size is decoded
 one at a time from then on, and the one-at-a-time results are what callers get.
 
+Memory: every batch is charged its estimated peak (activations and outputs,
+`estimate_decode_bytes`) against one `MemoryBudget` shared by all devices. A
+batch is cut short so its estimate fits the budget, and waits (asynchronously,
+first come first served) until in-flight decodes leave room; one decode larger
+than the whole budget runs alone. A job may carry a `Tiling` (recorded in its
+container): it is then decoded tile by tile (`decode_tiled`), one latent at a
+time, so its bytes never depend on batching.
+
 Stage 1 (decompress, dequantise) and stage 3 (image encoding) run on the
 caller's thread pool; only stage 2 lives here.
 """
@@ -22,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,10 +40,17 @@ import numpy as np
 import torch
 
 from ..errors import S3Error
+from ..models.tiling import (
+    OUTPUT_BYTES_PER_PX,
+    Tiling,
+    decoder_act_bytes_per_px,
+    estimate_decode_bytes,
+)
 
 log = logging.getLogger(__name__)
 
 DecoderLookup = Callable[[str, torch.device], Any]
+DEFAULT_BUDGET = 4 * 1024**3  # bytes; DecodeSettings.memory_budget
 
 
 @dataclass
@@ -43,6 +58,7 @@ class _Job:
     model_id: str
     latent: torch.Tensor  # [C, h, w]
     future: asyncio.Future[np.ndarray]
+    tiling: Tiling | None = None
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -53,8 +69,63 @@ class PipelineStats:
     rejected: int = 0
     decode_seconds: float = 0.0
     batch_sizes: list[int] = field(default_factory=list)
+    budget_waits: int = 0  # batches that waited for room in the memory budget
     # (model, shape, dtype, batch size) -> batched output equals one-at-a-time output
     batch_invariance: dict[tuple[Any, ...], bool] = field(default_factory=dict)
+
+
+class MemoryBudget:
+    """Bytes that decodes in flight may use together; acquirers wait in arrival order.
+
+    A request larger than the whole budget is granted when nothing else holds any (it runs
+    alone instead of never). Async only: waiting never blocks the event loop.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = max(1, int(total))
+        self.used = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def _fits(self, n: int) -> bool:
+        return self.used == 0 or self.used + n <= self.total
+
+    def would_wait(self, n: int) -> bool:
+        """Whether `acquire(n)` would wait now."""
+        return bool(self._waiters) or not self._fits(n)
+
+    async def acquire(self, n: int) -> None:
+        """Take `n` bytes, waiting for room; pair with `release(n)`."""
+        if not self._waiters and self._fits(n):
+            self.used += n
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (n, future)
+        self._waiters.append(entry)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(n)  # granted just as we were cancelled: give it back
+            else:
+                self._waiters.remove(entry)
+                self._grant()
+            raise
+
+    def release(self, n: int) -> None:
+        self.used -= n
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self._fits(self._waiters[0][0]):
+            n, future = self._waiters.popleft()
+            if future.cancelled():
+                continue
+            self.used += n
+            future.set_result(None)
 
 
 def pixels_to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -83,6 +154,14 @@ def deterministic_cuda() -> None:
     torch.backends.cudnn.allow_tf32 = False
 
 
+def _batch_cost(cost: tuple[int, int, bool], size: int) -> int:
+    """Estimated peak of a batch of `size` from (activations, output, sequential) of one job:
+    decoders that run a batch one latent at a time hold every output but one latent's
+    activations; others hold all of it at once."""
+    act, out, sequential = cost
+    return act * (1 if sequential else size) + out * size
+
+
 class DevicePipeline:
     """Batches decodes for one device; see the module docstring."""
 
@@ -97,8 +176,10 @@ class DevicePipeline:
         cpu_threads: int = 0,
         compile: bool = False,
         on_batch: Callable[[int, float], None] | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.device = device
+        self.budget = budget if budget is not None else MemoryBudget(DEFAULT_BUDGET)
         self._compile = compile
         self._compiled: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
         self._decoders = decoders
@@ -141,14 +222,16 @@ class DevicePipeline:
         self._groups.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def decode(self, model_id: str, latent: torch.Tensor) -> np.ndarray:
-        """uint8 HxWx3 pixels for one latent [C,h,w]; SlowDown when the queue is full."""
+    async def decode(self, model_id: str, latent: torch.Tensor,
+                     tiling: Tiling | None = None) -> np.ndarray:
+        """uint8 HxWx3 pixels for one latent [C,h,w], tiled as given (None: untiled);
+        SlowDown when the queue is full."""
         if self._pending >= self.queue_depth:
             self.stats.rejected += 1
             raise S3Error("SlowDown", "The decode queue is full; retry shortly.")
         self.start()
-        job = _Job(model_id, latent, asyncio.get_running_loop().create_future())
-        key = (model_id, tuple(latent.shape), latent.dtype)
+        job = _Job(model_id, latent, asyncio.get_running_loop().create_future(), tiling)
+        key = (model_id, tuple(latent.shape), latent.dtype, tiling)
         self._groups.setdefault(key, []).append(job)
         self._pending += 1
         self._wakeup.set()
@@ -170,21 +253,46 @@ class DevicePipeline:
                                            max(0.0, deadline - time.perf_counter()))
                 except TimeoutError:
                     break
-            batch, rest = jobs[: self.max_batch], jobs[self.max_batch :]
+            try:
+                per_job = await self._costs(key)
+            except Exception as exc:  # the model cannot load: every waiter learns why
+                del self._groups[key]
+                self._pending -= len(jobs)
+                for job in jobs:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            jobs = self._groups.get(key, [])  # more may have joined while the model loaded
+            size = min(self.max_batch, len(jobs))
+            while size > 1 and _batch_cost(per_job, size) > self.budget.total:
+                size -= 1  # never a batch the budget cannot hold at once
+            batch, rest = jobs[:size], jobs[size:]
             if rest:
                 self._groups[key] = rest
                 self._groups.move_to_end(key)
             else:
                 del self._groups[key]
+            taken = len(batch)
             batch = [j for j in batch if not j.future.cancelled()]
             if not batch:
-                self._pending -= len(jobs) - len(rest)
+                self._pending -= taken
                 continue
+            cost = _batch_cost(per_job, len(batch))
+            if self.budget.would_wait(cost):
+                self.stats.budget_waits += 1
+            try:
+                await self.budget.acquire(cost)
+            except BaseException:
+                self._pending -= taken
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(S3Error("ServiceUnavailable"))
+                raise
             try:
                 started = time.perf_counter()
                 pixels = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, self._decode_batch, key[0], [j.latent for j in batch]
-                )
+                    self._executor, self._decode_batch, key[0], [j.latent for j in batch],
+                    key[3])
                 elapsed = time.perf_counter() - started
                 self.stats.batches += 1
                 self.stats.decoded += len(batch)
@@ -200,10 +308,31 @@ class DevicePipeline:
                     if not job.future.done():
                         job.future.set_exception(exc)
             finally:
-                self._pending -= len(jobs) - len(rest)
+                self.budget.release(cost)
+                self._pending -= taken
 
-    def _decode_batch(self, model_id: str, latents: list[torch.Tensor]) -> list[np.ndarray]:
+    async def _costs(self, key: tuple[Any, ...]) -> tuple[int, int, bool]:
+        """(activation bytes, output bytes) of one job of this group, and whether a batch of
+        them runs one latent at a time."""
+        model_id, shape, _dtype, tiling = key
+        decoder = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._decoders, model_id, self.device)
+        _, h, w = shape
+        down = int(getattr(decoder, "downscale", 8))
+        total = estimate_decode_bytes(h, w, down, decoder_act_bytes_per_px(decoder), tiling)
+        out = OUTPUT_BYTES_PER_PX * h * w * down * down
+        sequential = tiling is not None or bool(getattr(decoder, "batch_invariant", False))
+        return total - out, out, sequential
+
+    def _decode_batch(self, model_id: str, latents: list[torch.Tensor],
+                      tiling: Tiling | None = None) -> list[np.ndarray]:
         decoder = self._decoders(model_id, self.device)
+        if tiling is not None:
+            # tiles are decoded one latent at a time: batch-independent by construction
+            def tiled(batch: torch.Tensor) -> torch.Tensor:
+                return decoder.decode_tiled(batch, tiling)
+
+            return [self._run_decode(tiled, decoder.dtype, [x])[0] for x in latents]
         decode = decoder.decode
         if self._compile:
             # torch.compile behind a setting: first batches of each shape pay the compile.
@@ -242,11 +371,13 @@ class DecodePipeline:
     def __init__(self, decoders: DecoderLookup, *, device: str = "auto", max_batch: int = 8,
                  max_wait_ms: float = 5.0, queue_depth: int = 64, cpu_threads: int = 0,
                  compile: bool = False,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+                 on_batch: Callable[[int, float], None] | None = None,
+                 memory_budget: int = DEFAULT_BUDGET) -> None:
+        self.budget = MemoryBudget(memory_budget)  # one for all devices: they share the host
         self.devices = [
             DevicePipeline(d, decoders, max_batch=max_batch, max_wait_ms=max_wait_ms,
                            queue_depth=queue_depth, cpu_threads=cpu_threads, compile=compile,
-                           on_batch=on_batch)
+                           on_batch=on_batch, budget=self.budget)
             for d in pick_devices(device)
         ]
 
@@ -254,9 +385,10 @@ class DecodePipeline:
     def depth(self) -> int:
         return sum(d.depth for d in self.devices)
 
-    async def decode(self, model_id: str, latent: torch.Tensor) -> np.ndarray:
+    async def decode(self, model_id: str, latent: torch.Tensor,
+                     tiling: Tiling | None = None) -> np.ndarray:
         target = min(self.devices, key=lambda d: d.depth)
-        return await target.decode(model_id, latent)
+        return await target.decode(model_id, latent, tiling)
 
     async def close(self) -> None:
         for d in self.devices:

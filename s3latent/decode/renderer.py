@@ -21,6 +21,7 @@ from ..latent import codec as codecs
 from ..latent.container import ContainerHeader, unpack
 from ..latent.rendition import PILLOW, RenderSettings, encode_rendition_sized
 from ..models.registry import ModelRegistry
+from ..models.tiling import Tiling
 from .pipeline import DecodePipeline
 
 
@@ -39,9 +40,10 @@ class Renderer:
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
-    async def decode_pixels(self, model_id: str, latent: torch.Tensor) -> np.ndarray:
-        """uint8 HxWx3 for a latent [C,h,w] (stage 2 only)."""
-        return await self.pipeline.decode(model_id, latent)
+    async def decode_pixels(self, model_id: str, latent: torch.Tensor,
+                            tiling: Tiling | None = None) -> np.ndarray:
+        """uint8 HxWx3 for a latent [C,h,w] (stage 2 only), tiled as given."""
+        return await self.pipeline.decode(model_id, latent, tiling)
 
     async def rendition(self, bucket: str, key: str, etag: str, raw: bytes,
                         header_check: Callable[[bytes], tuple[ContainerHeader, bytes]] | None
@@ -71,7 +73,8 @@ class Renderer:
         latent = await self._run(_dequantise, header, payload)
         decoded = time.perf_counter()
         self.stage_seconds["decompress"] += decoded - started
-        pixels = await self.pipeline.decode(header.model, latent)
+        # the tiling recorded at conversion; none recorded (older containers): untiled
+        pixels = await self.pipeline.decode(header.model, latent, header_tiling(header))
         encoded = time.perf_counter()
         self.stage_seconds["decode"] += encoded - decoded
         settings = RenderSettings(**header.encoder)
@@ -88,6 +91,20 @@ def _dequantise(header: ContainerHeader, payload: bytes) -> torch.Tensor:
     codec = codecs.get_codec(header.codec, model=header.model)
     latent = codec.decode(payload, header.codec_params, tuple(header.shape), header.dtype)
     return latent.float()
+
+
+TILING_KEY = "tiling"  # in ContainerHeader.extra; absent: the object decodes untiled
+
+
+def header_tiling(header: ContainerHeader) -> Tiling | None:
+    """How this container's latent is decoded: the tiling recorded at conversion, or None."""
+    return Tiling.from_json(header.extra.get(TILING_KEY))
+
+
+def tiling_extra(tiling: Tiling | None) -> dict[str, Any]:
+    """ContainerHeader.extra for a conversion with this tiling: nothing when untiled, so
+    untiled headers stay exactly what they were before tiling existed."""
+    return {} if tiling is None else {TILING_KEY: tiling.to_json()}
 
 
 def settings_dict(settings: RenderSettings) -> dict[str, Any]:

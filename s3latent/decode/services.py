@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..models.registry import ModelRegistry
+    from ..models.tiling import Tiling
     from .renderer import Renderer
 
 
@@ -49,6 +50,17 @@ class DecodeServices:
             stages.labels(stage).set_function(
                 lambda stage=stage: self._renderer.stage_seconds[stage] if self._renderer
                 else 0.0)
+        waits = Gauge("s3latent_decode_budget_waits",
+                      "Decode batches that waited for room in decode.memory_budget",
+                      registry=registry)
+        waits.set_function(lambda: sum(d.stats.budget_waits for d in
+                                       self._renderer.pipeline.devices)
+                           if self._renderer else 0)
+        in_use = Gauge("s3latent_decode_memory_bytes",
+                       "Estimated bytes held by decodes in flight (decode.memory_budget)",
+                       registry=registry)
+        in_use.set_function(lambda: self._renderer.pipeline.budget.used
+                            if self._renderer else 0)
         rejected = Gauge("s3latent_decode_rejected", "Decodes refused with SlowDown (queue full)",
                          registry=registry)
         rejected.set_function(lambda: sum(d.stats.rejected for d in
@@ -93,7 +105,8 @@ class DecodeServices:
                                   max_wait_ms=cfg.decode.max_wait_ms,
                                   queue_depth=cfg.decode.queue_depth,
                                   cpu_threads=cfg.decode.cpu_threads,
-                                  compile=cfg.decode.compile, on_batch=self._on_batch)
+                                  compile=cfg.decode.compile, on_batch=self._on_batch,
+                                  memory_budget=cfg.decode.memory_budget)
         self._models = models
         self._renderer = Renderer(models, pipeline)
 
@@ -111,9 +124,40 @@ class DecodeServices:
     def device_kind(self) -> str:
         return self.renderer.device_kind
 
-    async def decode_pixels(self, model_id: str, latent: torch.Tensor) -> np.ndarray:
+    async def decode_pixels(self, model_id: str, latent: torch.Tensor,
+                            tiling: Tiling | None = None) -> np.ndarray:
         await self.ready()
-        return await self.renderer.decode_pixels(model_id, latent)
+        return await self.renderer.decode_pixels(model_id, latent, tiling)
+
+    def image_pixels(self, model_id: str, shape: tuple[int, ...] | list[int]) -> int:
+        """Pixels of the image a latent [C, h, w] of this model decodes to."""
+        down = self.models.spec(model_id).downscale
+        return int(shape[-2]) * int(shape[-1]) * down * down
+
+    def over_pixel_ceiling(self, model_id: str, shape: tuple[int, ...] | list[int]) -> str | None:
+        """Why a latent is refused up front for its size (decode.max_image_pixels), or None."""
+        pixels, ceiling = self.image_pixels(model_id, shape), self._config.decode.max_image_pixels
+        if pixels <= ceiling:
+            return None
+        down = self.models.spec(model_id).downscale
+        return (f"the decoded image would be {int(shape[-1]) * down}x{int(shape[-2]) * down} "
+                f"({pixels} pixels), over the {ceiling}-pixel conversion limit "
+                f"(decode.max_image_pixels)")
+
+    def plan_tiling(self, model_id: str, shape: tuple[int, ...] | list[int]) -> Tiling | None:
+        """The tiling a new conversion of this latent records (None: untiled).
+
+        From the shape, the model kind and the [decode] settings only, so every decode of one
+        conversion (admission's and every later read) uses the same one.
+        """
+        from ..models.tiling import default_overlap, plan_tiling, planning_act_bytes_per_px
+
+        spec = self.models.spec(model_id)
+        cfg = self._config.decode
+        overlap = cfg.tile_overlap if cfg.tile_overlap >= 0 else default_overlap(spec.kind)
+        return plan_tiling(int(shape[-2]), int(shape[-1]), spec.downscale,
+                           planning_act_bytes_per_px(spec.kind), tile=cfg.tile_size,
+                           overlap=overlap, budget=cfg.memory_budget)
 
     async def close(self) -> None:
         if self._renderer is not None:

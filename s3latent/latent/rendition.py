@@ -280,11 +280,17 @@ def encoder_version(name: str) -> str:
         return "missing"
 
 
-def render_profile(settings: RenderSettings, model_id: str, dtype: str, device_kind: str) -> str:
-    """A short stable name for everything that shapes rendition bytes."""
+def render_profile(settings: RenderSettings, model_id: str, dtype: str, device_kind: str,
+                   tiling: str | None = None) -> str:
+    """A short stable name for everything that shapes rendition bytes.
+
+    `tiling` describes a tiled decode (models/tiling.py); untiled profiles are unchanged.
+    """
     parts = [model_id, dtype, device_kind, f"torch-{torch.__version__}",
              f"pillow-{PIL.__version__}", _settings_repr(settings)]
     if settings.encoder != PILLOW:
         parts.insert(5, f"{settings.encoder}-{encoder_version(settings.encoder)}")
+    if tiling is not None:
+        parts.append(tiling)
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return f"{model_id}/{dtype}/{device_kind}/{digest}"

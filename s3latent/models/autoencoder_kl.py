@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .tiling import Tiling, blend_tiles
+
 __all__ = [
     "VAE_ARCHS",
     "VAEArch",
@@ -225,6 +227,35 @@ class VAEDecoder(nn.Module):
             out = torch.cat(parts)
         else:
             out = self.vae.decode(z, return_dict=False)[0]
+        return out.mul_(0.5).add_(0.5)
+
+    @property
+    def act_bytes_per_px(self) -> int:
+        """Activation bytes per output pixel, for memory estimates: the last up block runs
+        128 channels at full resolution with GroupNorm/SiLU temporaries (about eight maps)."""
+        return 8 * 128 * torch.finfo(self.dtype).bits // 8
+
+    @torch.inference_mode()
+    def decode_tiled(self, latents: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+        """Like `decode`, with bounded memory: the whole VAE runs on overlapping latent tiles
+        whose outputs are blended (`blend_tiles`); its attention and GroupNorm see one tile."""
+        if latents.ndim == 3:
+            latents = latents.unsqueeze(0)
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            raise ValueError(
+                f"{self.model_id}: latents must be [B, {self.latent_channels}, h, w], "
+                f"got {tuple(latents.shape)}"
+            )
+        z = latents.to(device=self.device, dtype=torch.float32)
+        z = (z / self.scaling_factor + self.shift_factor).to(self.dtype)
+
+        def run(t: torch.Tensor) -> torch.Tensor:
+            if self._channels_last:
+                t = t.contiguous(memory_format=torch.channels_last)
+            return self.vae.decode(t, return_dict=False)[0]
+
+        out = torch.cat([blend_tiles(run, z[i : i + 1], tiling, self.downscale)
+                         for i in range(z.shape[0])])
         return out.mul_(0.5).add_(0.5)
 
     @torch.inference_mode()

@@ -6,6 +6,8 @@ from typing import Protocol
 
 import torch
 
+from .tiling import Tiling
+
 
 class LatentDecoder(Protocol):
     """A loaded model that turns sidecar latents back into pixels.
@@ -22,6 +24,10 @@ class LatentDecoder(Protocol):
     dtype: torch.dtype
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_tiled(self, latents: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+        """`decode` in overlapping tiles (models/tiling.py): bounded memory, same shape out."""
+        ...
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Inverse of decode where the model ships an encoder (tests, corpora)."""

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .tiling import Tiling, blend_tiles
+
 __all__ = [
     "TAE_ARCHS",
     "TAEArch",
@@ -96,6 +98,10 @@ class TAEBlock(nn.Module):
         if self.pool is not None:
             x = x + self.pool(x)
         return self.fuse(self.conv(x) + self.skip(x))
+
+
+# Decoder layers before the first upsampling: SoftClamp, conv, ReLU and three blocks.
+_HEAD_LAYERS = 6
 
 
 def build_tae_decoder(arch: TAEArch) -> nn.Sequential:
@@ -250,6 +256,29 @@ class TAEDecoder(nn.Module):
         if self.scaling_factor != 1.0 or self.shift_factor != 0.0:
             z = (z - self.shift_factor) * self.scaling_factor
         return z
+
+    @property
+    def act_bytes_per_px(self) -> int:
+        """Activation bytes per output pixel, for memory estimates (about four live maps)."""
+        return 4 * self.arch.width * torch.finfo(self.dtype).bits // 8
+
+    @torch.inference_mode()
+    def decode_tiled(self, latents: torch.Tensor, tiling: Tiling) -> torch.Tensor:
+        """Like `decode`, with bounded memory: the latent-resolution head runs on the whole
+        latent (TAEF2's GroupNorm branch keeps whole-image statistics), the upsampling tail,
+        which holds nearly all the memory and sees only a few latent pixels around each
+        output pixel, runs on overlapping tiles that are blended (`blend_tiles`)."""
+        z = self._prepare(latents, self.latent_channels, "latents")
+        if self.scaling_factor != 1.0 or self.shift_factor != 0.0:
+            z = z / self.scaling_factor + self.shift_factor
+        head, tail = self.decoder[:_HEAD_LAYERS], self.decoder[_HEAD_LAYERS:]
+
+        def run_tail(t: torch.Tensor) -> torch.Tensor:
+            return tail(t.contiguous(memory_format=torch.channels_last))
+
+        # one latent at a time: bytes independent of batching, as in `decode`
+        return torch.cat([blend_tiles(run_tail, head(z[i : i + 1]), tiling, self.downscale)
+                          for i in range(z.shape[0])])
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return self.decode(latents)

@@ -18,7 +18,7 @@ import torch
 
 from ..backends.base import ObjectInfo, ObjectMeta
 from ..config import BucketSettings
-from ..decode.renderer import settings_dict
+from ..decode.renderer import settings_dict, tiling_extra
 from ..latent import codec as codecs
 from ..latent.container import ContainerHeader, SidecarInfo, pack
 from ..latent.fidelity import decode_image_bytes, psnr
@@ -30,6 +30,7 @@ from ..latent.rendition import (
 )
 from ..latent.sidecar import Sidecar, SidecarError, check_channels, parse_sidecar
 from ..models.registry import ModelUnavailable, UnknownModel
+from ..models.tiling import Tiling
 from .physical import MODEL_META
 from .refusals import Refused
 
@@ -77,6 +78,10 @@ class Admitter:
             raise Refused(f"unknown model: {exc}") from exc
         except SidecarError as exc:
             raise Refused(f"bad sidecar: {exc}") from exc
+        too_large = self.decoding.over_pixel_ceiling(model_id, sidecar.latent.shape)
+        if too_large:
+            raise Refused(too_large)
+        tiling = self.decoding.plan_tiling(model_id, sidecar.latent.shape)
         try:
             upload, info = await asyncio.to_thread(decode_image_bytes, image_bytes)
         except Exception as exc:
@@ -94,7 +99,7 @@ class Admitter:
         def image_psnr(restored: torch.Tensor) -> float:
             """Admission fidelity of a candidate latent, rendered exactly as reads will."""
             future = asyncio.run_coroutine_threadsafe(
-                self.decoding.decode_pixels(model_id, restored.float()), loop)
+                self.decoding.decode_pixels(model_id, restored.float(), tiling), loop)
             data, _ = encode_rendition_sized(future.result(), render_settings, len(image_bytes))
             if len(data) != len(image_bytes):
                 # Too noisy to fit the upload's length even re-encoded harder: a finer step
@@ -119,7 +124,7 @@ class Admitter:
             restored = await asyncio.to_thread(codec.decode, payload, params,
                                                tuple(sidecar.latent.shape), sidecar.raw_dtype)
             try:
-                pixels = await self.decoding.decode_pixels(model_id, restored.float())
+                pixels = await self.decoding.decode_pixels(model_id, restored.float(), tiling)
             except ModelUnavailable as exc:
                 raise Refused(f"model unavailable: {exc}", durable=False) from exc
             rendition, used = await asyncio.to_thread(
@@ -127,7 +132,8 @@ class Admitter:
             ok, fidelity, why = await self._policy(settings, rendition, image_bytes, upload)
             if ok:
                 header = self._header(model_id, sidecar, codec_name, params, payload, image,
-                                      rendition, used, fidelity, side, side_bytes, settings)
+                                      rendition, used, fidelity, side, side_bytes, settings,
+                                      tiling)
                 return Admission(pack(header, payload), header, rendition)
             reasons.append(f"{codec_name}: {why}")
             if settings.policy == "exact" and codec.lossless:
@@ -138,13 +144,19 @@ class Admitter:
                                 fmt: str, content_type: str, meta: ObjectMeta) -> Admission:
         """A latent with no upload to compare against: the reference is its own decode."""
         await self.decoding.ready()
-        reference = await self.decoding.decode_pixels(model_id, sidecar.latent.float())
+        too_large = self.decoding.over_pixel_ceiling(model_id, sidecar.latent.shape)
+        if too_large:  # the PUT handler answers 400 before this; never decode one
+            raise ValueError(too_large)
+        # Every decode of this admission, the reference included, uses the tiling recorded
+        # in the container, so the fidelity judged is that of what reads will serve.
+        tiling = self.decoding.plan_tiling(model_id, sidecar.latent.shape)
+        reference = await self.decoding.decode_pixels(model_id, sidecar.latent.float(), tiling)
         render_settings = settings_for_format(fmt)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
 
         def pixel_psnr(restored: torch.Tensor) -> float:
             future = asyncio.run_coroutine_threadsafe(
-                self.decoding.decode_pixels(model_id, restored.float()), loop)
+                self.decoding.decode_pixels(model_id, restored.float(), tiling), loop)
             return psnr(future.result(), reference)
 
         for codec_name in (settings.codec, *FALLBACK.get(settings.codec, ())):
@@ -162,7 +174,7 @@ class Admitter:
             else:
                 restored = await asyncio.to_thread(codec.decode, payload, params,
                                                    tuple(sidecar.latent.shape), sidecar.raw_dtype)
-                pixels = await self.decoding.decode_pixels(model_id, restored.float())
+                pixels = await self.decoding.decode_pixels(model_id, restored.float(), tiling)
             value = await asyncio.to_thread(psnr, pixels, reference)
             if value == float("inf") or (settings.policy == "perceptual"
                                          and value >= settings.min_psnr):
@@ -176,8 +188,9 @@ class Admitter:
                     encoder=settings_dict(used),
                     psnr=None if value == float("inf") else value,
                     render_profile=render_profile(used, model_id, "float32",
-                                                  self.decoding.device_kind),
-                    sidecar=None, user_metadata=dict(meta.metadata))
+                                                  self.decoding.device_kind,
+                                                  tiling.describe() if tiling else None),
+                    sidecar=None, user_metadata=dict(meta.metadata), extra=tiling_extra(tiling))
                 return Admission(pack(header, payload), header, rendition)
         raise AssertionError("the lossless fallback always reproduces the reference")
 
@@ -194,7 +207,7 @@ class Admitter:
     def _header(self, model_id: str, sidecar: Sidecar, codec_name: str, params: dict[str, Any],
                 payload: bytes, image: ObjectInfo, rendition: bytes, render_settings: Any,
                 fidelity: float, side: ObjectInfo, side_bytes: bytes,
-                settings: BucketSettings) -> ContainerHeader:
+                settings: BucketSettings, tiling: Tiling | None) -> ContainerHeader:
         return ContainerHeader(
             model=model_id,
             shape=list(sidecar.latent.shape),
@@ -209,7 +222,8 @@ class Admitter:
             encoder=settings_dict(render_settings),
             psnr=None if fidelity == float("inf") else fidelity,
             render_profile=render_profile(render_settings, model_id, "float32",
-                                          self.decoding.device_kind),
+                                          self.decoding.device_kind,
+                                          tiling.describe() if tiling else None),
             sidecar=SidecarInfo(
                 suffix=settings.sidecar_suffix,
                 size=len(side_bytes),
@@ -221,4 +235,5 @@ class Admitter:
                 shape=list(sidecar.raw_shape),
             ),
             user_metadata=dict(image.meta.metadata),
+            extra=tiling_extra(tiling),
         )

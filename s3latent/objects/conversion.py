@@ -31,7 +31,7 @@ from cachetools import LRUCache
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..backends.base import Backend, ObjectInfo, ObjectMeta
-from ..config import Config
+from ..config import Config, DecodeSettings
 from ..errors import S3Error
 from ..latent.container import ContainerError, unpack
 from . import physical
@@ -57,11 +57,18 @@ def crash_point(name: str) -> None:
         os._exit(137)
 
 
-def settings_fingerprint(settings: Any, models: dict[str, Any]) -> str:
-    """What a pair is judged under: a refusal holds only while this stays the same."""
+def settings_fingerprint(settings: Any, models: dict[str, Any],
+                         max_image_pixels: int | None = None) -> str:
+    """What a pair is judged under: a refusal holds only while this stays the same.
+
+    The pixel ceiling counts only when it differs from the default, so refusals recorded
+    before it existed keep their fingerprint.
+    """
     judged = {"codec": settings.codec, "policy": settings.policy,
               "min_psnr": settings.min_psnr, "suffix": settings.sidecar_suffix,
               "models": models}
+    if max_image_pixels is not None and max_image_pixels != DecodeSettings.max_image_pixels:
+        judged["max_image_pixels"] = max_image_pixels
     text = json.dumps(judged, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -402,7 +409,8 @@ class Converter:
 
     def fingerprint(self, bucket: str) -> str:
         """The settings fingerprint refusals in `bucket` are judged under now."""
-        return settings_fingerprint(self.config.bucket(bucket), self.config.models)
+        return settings_fingerprint(self.config.bucket(bucket), self.config.models,
+                                    self.config.decode.max_image_pixels)
 
     def refusal_for(self, bucket: str, key: str, image_etag: str) -> Refusal | None:
         """The refusal known in memory for this image version, if any."""

@@ -746,6 +746,9 @@ class LatentObjectLayer(ObjectLayer):
             raise S3Error("InvalidArgument", f"Invalid latent upload: {exc}") from exc
         except SidecarError as exc:
             raise S3Error("InvalidArgument", f"Invalid latent upload: {exc}") from exc
+        too_large = self.decoding.over_pixel_ceiling(model_id, sidecar.latent.shape)
+        if too_large:  # refused before any decode: its memory and time are what is bounded
+            raise S3Error("InvalidArgument", f"Invalid latent upload: {too_large}.")
         settings = self.config.bucket(bucket)
         try:
             admission = await self.converter.admitter().admit_latent_only(
