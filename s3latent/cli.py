@@ -63,7 +63,7 @@ def setup_logging(fmt: str, level: str) -> None:
 
 
 def build_gateway(cfg: Config, *, background: bool = True) -> Any:
-    """Backend, latent-aware object layer and gateway for a config.
+    """Backend, the latent-aware store over it, and the gateway for a config.
 
     `background=False` leaves out the conversion workers and the sweeper (tools
     that drive the converter themselves).
@@ -72,7 +72,7 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
 
     from .backends.s3 import backend_from_url
     from .decode.services import DecodeServices
-    from .objects.latent import LatentObjectLayer
+    from .objects.latent_store import LatentStore
     from .s3api.gateway import Gateway
 
     backend = backend_from_url(cfg.backend, cfg.backend_access_key, cfg.backend_secret_key,
@@ -85,9 +85,9 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
         from .cache.readpath import ReadCache
 
         cache = ReadCache(cfg.cache, registry)
-    objects = LatentObjectLayer(backend, cfg, DecodeServices(cfg, registry), registry=registry,
-                                background=background, cache=cache)
-    return Gateway(cfg, backend, objects, registry=registry)
+    store = LatentStore(backend, cfg, DecodeServices(cfg, registry), registry=registry,
+                        background=background, cache=cache)
+    return Gateway(cfg, store, registry=registry)
 
 
 async def _serve(cfg: Config) -> None:
@@ -113,7 +113,7 @@ async def _serve(cfg: Config) -> None:
     server = await loop.create_server(guard.factory(runner.server), host, port, backlog=1024,
                                       reuse_address=True)
     log.info("s3latent %s listening on http://%s:%d, backend %s, %d user(s), "
-             "at most %d connections", __version__, host, port, gw.backend.name,
+             "at most %d connections", __version__, host, port, gw.store.name,
              len(cfg.users), max_connections)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

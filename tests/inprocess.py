@@ -70,12 +70,12 @@ class InProcessGateway:
 
     @property
     def backend(self) -> Any:
-        return self.gateway.backend
+        return self.gateway.store.backend
 
     @property
-    def objects(self) -> Any:
-        """The object layer (`gw.objects`): latent-aware with build_gateway."""
-        return self.gateway.objects
+    def store(self) -> Any:
+        """The one store the handlers use (`gw.store`): latent-aware with build_gateway."""
+        return self.gateway.store
 
     @property
     def host(self) -> str:
@@ -154,17 +154,17 @@ class InProcessGateway:
     async def settle(self) -> None:
         """Wait until background conversions and index repairs are done.
 
-        The latent layer queues a conversion when either key of a pair is written
+        The latent store queues a conversion when either key of a pair is written
         (before the PUT answers), so after the PUTs a test awaits this instead of
         polling HEAD.
         """
-        objects = self.objects
-        converter = getattr(objects, "converter", None)
+        store = self.store
+        converter = getattr(store, "converter", None)
         for _ in range(10):  # a conversion can queue index repairs and vice versa
             if converter is not None:
                 await converter.drain()
-            if hasattr(objects, "settle"):
-                await objects.settle()
+            if hasattr(store, "settle"):
+                await store.settle()
             if converter is None or converter.idle.is_set():
                 return
         raise AssertionError("background work did not settle")

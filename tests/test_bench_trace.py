@@ -18,9 +18,9 @@ def test_map_keys_is_deterministic_and_first_appearance_ordered() -> None:
 
 def test_parse_metrics_reads_paths_and_alpha() -> None:
     text = (
-        "# TYPE s3latent_read_path_total counter\n"
-        's3latent_read_path_total{path="image_hit"} 7.0\n'
-        's3latent_read_path_total{path="miss"} 3.0\n'
+        "# TYPE s3latent_read_seconds histogram\n"
+        's3latent_read_seconds_count{path="image_hit"} 7.0\n'
+        's3latent_read_seconds_count{path="miss"} 3.0\n'
         "# TYPE s3latent_cache_alpha gauge\n"
         "s3latent_cache_alpha 0.35\n"
     )

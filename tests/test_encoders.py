@@ -232,7 +232,8 @@ class _FakePipeline:
         self.pixels = pixels
         self.devices = [SimpleNamespace(device=torch.device("cpu"))]
 
-    async def decode(self, model_id: str, latent: torch.Tensor) -> np.ndarray:
+    async def decode(self, model_id: str, latent: torch.Tensor,
+                     tiling: object = None) -> np.ndarray:
         return self.pixels
 
     async def close(self) -> None:

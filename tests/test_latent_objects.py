@@ -352,7 +352,7 @@ def test_concurrent_cold_misses_share_one_fetch_and_decode(
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(prefix))
 
-    misses = 's3latent_read_path_total{path="miss"}'
+    misses = 's3latent_read_seconds_count{path="miss"}'
     before = metric(misses), metric("s3latent_read_shared_misses_total")
     with ThreadPoolExecutor(8) as pool:
         bodies = list(pool.map(lambda _: s3l.get_object(Bucket=lbucket,
@@ -376,7 +376,7 @@ def test_read_path_tiers_and_concurrent_reads(s3l: Any, lbucket: str,
         text = requests.get(latent_gateway.endpoint + "/metrics", timeout=5).text
         out = {}
         for line in text.splitlines():
-            if line.startswith("s3latent_read_path_total{"):
+            if line.startswith("s3latent_read_seconds_count{"):
                 name = line.split('path="')[1].split('"')[0]
                 out[name] = float(line.rsplit(" ", 1)[1])
         return out

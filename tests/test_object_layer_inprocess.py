@@ -205,13 +205,13 @@ async def test_read_cache_serves_the_second_get(gw: InProcessGateway,
                                                 ) -> None:
     await put_pair(gw, tiny_model)
     _, first = await get_of(gw, "img.png")
-    assert await gw.metric("s3latent_read_path_total", path="miss") == 1
+    assert await gw.metric("s3latent_read_seconds_count", path="miss") == 1
     _, second = await get_of(gw, "img.png")
     assert second == first
-    hits = (await gw.metric("s3latent_read_path_total", path="latent_hit")
-            + await gw.metric("s3latent_read_path_total", path="image_hit"))
+    hits = (await gw.metric("s3latent_read_seconds_count", path="latent_hit")
+            + await gw.metric("s3latent_read_seconds_count", path="image_hit"))
     assert hits == 1
-    assert await gw.metric("s3latent_read_path_total", path="miss") == 1
+    assert await gw.metric("s3latent_read_seconds_count", path="miss") == 1
     # A write drops what the cache held for the key.
     await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=b"plain now",
                                           ContentType="image/png"))

@@ -282,7 +282,7 @@ def test_in_process_layer_reads_the_record(tmp_path: Path,
 
     from s3latent.config import load_config
     from s3latent.decode.services import DecodeServices
-    from s3latent.objects.latent import LatentObjectLayer
+    from s3latent.objects.latent_store import LatentStore
 
     gw = GatewayProcess(f"file://{tmp_path / 'data'}", tmp_path, config=_config(tiny_model))
     gw.start()
@@ -301,12 +301,12 @@ def test_in_process_layer_reads_the_record(tmp_path: Path,
     async def run() -> tuple[str | None, str, float]:
         cfg = load_config(str(config_file), backend=f"file://{tmp_path / 'data'}")
         backend = LocalBackend(tmp_path / "data")
-        await backend.start()
         registry = CollectorRegistry()
-        layer = LatentObjectLayer(backend, cfg, DecodeServices(cfg, registry), registry=registry,
-                                  background=False)
+        layer = LatentStore(backend, cfg, DecodeServices(cfg, registry), registry=registry,
+                            background=False)
+        await layer.start()
         try:
-            await layer.head("inproc", "i.png")
+            await layer.head_object("inproc", "i.png")
             seen = layer.state("inproc", "i.png")
             outcome = await layer.converter.convert("inproc", "i.png")
             attempts = registry.get_sample_value("s3latent_conversion_attempts_total") or 0.0

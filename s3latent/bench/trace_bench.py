@@ -13,7 +13,7 @@ The three latent configurations read the same converted bucket (loaded and conve
 once by a loader gateway without a cache, then stopped), so their backend bytes are the
 same objects. The trace's GETs are replayed closed-loop by ``--concurrency`` workers in
 trace order with a thin async S3 client; latency is the client's, request to last byte.
-Hit ratios come from the gateway's ``s3latent_read_path_total`` deltas, backend bytes
+Hit ratios come from the gateway's ``s3latent_read_seconds_count`` deltas, backend bytes
 from listing the backend directly (physical sizes).
 """
 
@@ -263,7 +263,7 @@ def parse_metrics(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name == "s3latent_read_path_total":
+            if s.name == "s3latent_read_seconds_count":
                 out[s.labels.get("path", "")] = s.value
             elif s.name == "s3latent_cache_alpha":
                 out["alpha"] = s.value

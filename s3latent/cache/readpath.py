@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 
 from ..backends.base import ObjectInfo
 from ..config import CacheSettings
@@ -55,12 +55,6 @@ class ReadCache:
                                         policy=settings.policy,
                                         promote_after=settings.promote_after)
                         if settings.adaptive else None)
-        self.latency = Histogram(
-            "s3latent_read_path_seconds", "GET latency by path", ["path"], registry=registry,
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-                     5, 10))
-        self.requests = Counter("s3latent_read_path", "GETs by path", ["path"],
-                                registry=registry)
         alpha = Gauge("s3latent_cache_alpha", "Share of the cache budget for images",
                       registry=registry)
         alpha.set_function(lambda: self.dual.alpha)
@@ -107,8 +101,8 @@ class ReadCache:
 
     def record(self, bucket: str, key: str, path: str, seconds: float, image_size: int,
                latent_size: int) -> None:
-        self.latency.labels(path).observe(seconds)
-        self.requests.labels(path).inc()
+        """One read's path and latency, for the resizer (the object layer's histogram has
+        the same samples for /metrics)."""
         if self.resizer is None or path not in PATHS:
             return
         estimates = self.resizer.estimates

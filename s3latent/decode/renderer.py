@@ -22,6 +22,7 @@ from ..latent.container import ContainerHeader, unpack
 from ..latent.rendition import PILLOW, RenderSettings, encode_rendition_sized
 from ..models.registry import ModelRegistry
 from ..models.tiling import Tiling
+from ..singleflight import SingleFlight
 from .pipeline import DecodePipeline
 
 
@@ -33,7 +34,7 @@ class Renderer:
         self.models = models
         self.pipeline = pipeline
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="render")
-        self._inflight: dict[tuple[str, str, str], asyncio.Future[bytes]] = {}
+        self._inflight: SingleFlight[tuple[str, str, str], bytes] = SingleFlight()
         self.device_kind = pipeline.devices[0].device.type
         self.stage_seconds: dict[str, float] = {"decompress": 0.0, "decode": 0.0, "encode": 0.0}
 
@@ -45,31 +46,20 @@ class Renderer:
         """uint8 HxWx3 for a latent [C,h,w] (stage 2 only), tiled as given."""
         return await self.pipeline.decode(model_id, latent, tiling)
 
-    async def rendition(self, bucket: str, key: str, etag: str, raw: bytes,
-                        header_check: Callable[[bytes], tuple[ContainerHeader, bytes]] | None
-                        = None) -> tuple[bytes, str]:
-        """(rendition bytes, path) for the container `raw` stored at (bucket, key, etag)."""
-        ident = (bucket, key, etag)
-        pending = self._inflight.get(ident)
-        if pending is not None:
-            return await asyncio.shield(pending), "shared"
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._inflight[ident] = future
-        try:
-            data = await self._render(raw, header_check or unpack)
-            future.set_result(data)
-            return data, "decode"
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters get it, nobody logs it as lost
-            raise
-        finally:
-            del self._inflight[ident]
+    async def rendition(self, bucket: str, key: str, etag: str, raw: bytes
+                        ) -> tuple[bytes, str]:
+        """(rendition bytes, path) for the container `raw` stored at (bucket, key, etag).
 
-    async def _render(self, raw: bytes,
-                      unpacker: Callable[[bytes], tuple[ContainerHeader, bytes]]) -> bytes:
+        Concurrent renditions of one stored object share one decode ("shared"). A container
+        that cannot be read raises ContainerError; what that means for a client (a corrupt
+        object, counted and logged with its key) is the caller's to say.
+        """
+        data, shared = await self._inflight.run((bucket, key, etag), lambda: self._render(raw))
+        return data, "shared" if shared else "decode"
+
+    async def _render(self, raw: bytes) -> bytes:
         started = time.perf_counter()
-        header, payload = await self._run(unpacker, raw)
+        header, payload = await self._run(unpack, raw)
         latent = await self._run(_dequantise, header, payload)
         decoded = time.perf_counter()
         self.stage_seconds["decompress"] += decoded - started

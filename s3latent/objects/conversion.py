@@ -25,6 +25,7 @@ import os
 import re
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache
@@ -142,6 +143,9 @@ class Converter:
         # (bucket, image key) -> the refusal HEAD's state is about; bounded.
         self._refused: LRUCache[tuple[str, str], Refusal] = LRUCache(maxsize=100_000)
         self.refusals = RefusalStore(backend)
+        # Told (bucket, key) after the converter rewrote a key (container or stub), so cached
+        # reads of the plain object go, as for a client's write (the store sets it).
+        self.on_written: Callable[[str, str], None] | None = None
         # One conversion of a key at a time (a PUT can re-queue a key being converted).
         self._key_locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
         self.results = Counter("s3latent_conversions", "Conversion outcomes",
@@ -315,6 +319,7 @@ class Converter:
                 self.results.labels("superseded", "newer write").inc()
                 return "superseded by a newer write"
             raise
+        self._written(bucket, key)
         self.results.labels("admitted", admission.header.codec).inc()
         self._set_state(bucket, key, None)
         self._refused.pop((bucket, key), None)
@@ -374,10 +379,15 @@ class Converter:
             if exc.code in ("PreconditionFailed", "NoSuchKey"):
                 return "sidecar changed meanwhile; kept as it is"
             raise
+        self._written(bucket, side_key)
         await self._index(bucket, side_key, written.etag,
                           physical.LogicalView(side.size, etag, side.last_modified),
                           replaced=side)
         return "sidecar stubbed"
+
+    def _written(self, bucket: str, key: str) -> None:
+        if self.on_written is not None:
+            self.on_written(bucket, key)
 
     async def _index(self, bucket: str, key: str, physical_etag: str,
                      view: physical.LogicalView, *, replaced: ObjectInfo) -> None:

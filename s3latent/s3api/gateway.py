@@ -11,19 +11,20 @@ import os
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from ..backends.base import Backend
 from ..config import Config
-from ..objects.layer import ObjectLayer
+from ..objects.store import ForwardingStore
 
 
 class Gateway:
-    """Everything a handler needs: config, backend, object layer, metrics."""
+    """Everything a handler needs: config, the one store (objects.store), metrics.
 
-    def __init__(self, config: Config, backend: Backend, objects: ObjectLayer | None = None,
-                 *, registry: CollectorRegistry | None = None) -> None:
+    Handlers reach storage only through `store`: the backend is behind it.
+    """
+
+    def __init__(self, config: Config, store: ForwardingStore, *,
+                 registry: CollectorRegistry | None = None) -> None:
         self.config = config
-        self.backend = backend
-        self.objects = objects or ObjectLayer(backend)
+        self.store = store
         self.registry = registry or CollectorRegistry()
         self.requests = Counter(
             "s3latent_requests", "S3 requests by operation and status",

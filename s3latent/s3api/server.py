@@ -248,12 +248,10 @@ def make_app(gw: Gateway) -> web.Application:
     app.on_response_prepare.append(add_ids)
 
     async def on_startup(_: web.Application) -> None:
-        await gw.backend.start()
-        await gw.objects.start()
+        await gw.store.start()
 
     async def on_cleanup(_: web.Application) -> None:
-        await gw.objects.close()
-        await gw.backend.close()
+        await gw.store.close()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
@@ -263,7 +261,7 @@ def make_app(gw: Gateway) -> web.Application:
 
 def _refuse_internal_bucket(gw: Gateway, bucket: str, *, creating: bool) -> None:
     """The backend's meta bucket (S3 backends) is the gateway's, never a client's."""
-    if bucket == getattr(gw.backend, "meta_bucket", None):
+    if bucket == gw.store.meta_bucket:
         if creating:
             raise S3Error("BucketAlreadyExists", resource=bucket, BucketName=bucket)
         raise S3Error("AccessDenied", resource=f"/{bucket}")
@@ -274,8 +272,8 @@ async def _internal(gw: Gateway, path: str) -> web.Response:
         return web.Response(body=generate_latest(gw.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
     try:
-        await asyncio.wait_for(gw.backend.list_buckets(), timeout=5)
+        await asyncio.wait_for(gw.store.list_buckets(), timeout=5)
     except (S3Error, TimeoutError) as exc:
-        return web.json_response({"status": "unhealthy", "backend": gw.backend.name,
+        return web.json_response({"status": "unhealthy", "backend": gw.store.name,
                                   "error": str(exc)}, status=503)
-    return web.json_response({"status": "ok", "backend": gw.backend.name})
+    return web.json_response({"status": "ok", "backend": gw.store.name})

@@ -329,14 +329,12 @@ async def convert_prefix(
         from ..cli import build_gateway
 
         gateway = build_gateway(cfg, background=False)
-        backend = gateway.backend
+        backend = gateway.store.backend
     elif backend is None:
         backend = make_backend(cfg)
     await backend.start()
     try:
-        if gateway is not None:
-            await gateway.objects.start()  # no-op without background tasks
-        converter = gateway.objects.converter if gateway is not None else None
+        converter = gateway.store.converter if gateway is not None else None
         await backend.head_bucket(bucket)
         suffix = cfg.bucket(bucket).sidecar_suffix
         bar = _progress(progress)
@@ -373,8 +371,9 @@ async def convert_prefix(
         bar.close()
     finally:
         if gateway is not None:
-            await gateway.objects.close()
-        await backend.close()
+            await gateway.store.close()  # the decode services, then the backend
+        else:
+            await backend.close()
     summary.seconds = time.perf_counter() - started
     return summary, [r for r in results if r is not None]
 

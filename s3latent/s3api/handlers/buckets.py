@@ -41,7 +41,7 @@ def _xml(body: bytes, status: int = 200, headers: dict[str, str] | None = None) 
 
 
 async def list_buckets(gw: Gateway, req: S3Request) -> web.StreamResponse:
-    buckets = await gw.backend.list_buckets()
+    buckets = await gw.store.list_buckets()
     body = xml.render(
         "ListAllMyBucketsResult",
         {
@@ -74,25 +74,25 @@ async def create_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
                 f"The {location} location constraint is incompatible with the region "
                 f"specific endpoint this request was sent to.",
             )
-    await gw.backend.create_bucket(req.bucket, owner=req.auth.access_key)
+    await gw.store.create_bucket(req.bucket, owner=req.auth.access_key)
     return web.Response(status=200, headers={"Location": f"/{req.bucket}"})
 
 
 async def head_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
-    await gw.backend.head_bucket(req.bucket)
+    await gw.store.head_bucket(req.bucket)
     return web.Response(status=200, headers={"x-amz-bucket-region": gw.config.region})
 
 
 async def delete_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
-    await gw.objects.delete_bucket(req.bucket)
+    await gw.store.delete_bucket(req.bucket)
     return web.Response(status=204)
 
 
 async def get_bucket_location(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
-    await gw.backend.head_bucket(req.bucket)
+    await gw.store.head_bucket(req.bucket)
     region = gw.config.region
     location = "" if region == "us-east-1" else region
     return _xml(xml.render("LocationConstraint", {"#text": location}))
@@ -101,7 +101,7 @@ async def get_bucket_location(gw: Gateway, req: S3Request) -> web.StreamResponse
 async def get_bucket_versioning(gw: Gateway, req: S3Request) -> web.StreamResponse:
     """Versioning is never enabled on s3latent buckets: the empty configuration."""
     assert req.bucket is not None
-    await gw.backend.head_bucket(req.bucket)
+    await gw.store.head_bucket(req.bucket)
     return _xml(xml.render("VersioningConfiguration", {}))
 
 
@@ -113,7 +113,7 @@ async def put_bucket_versioning(gw: Gateway, req: S3Request) -> web.StreamRespon
     mfa = xml.text(doc.get("MfaDelete")).strip()
     if status not in ("", "Enabled", "Suspended") or mfa not in ("", "Enabled", "Disabled"):
         raise S3Error("MalformedXML")
-    await gw.backend.head_bucket(req.bucket)
+    await gw.store.head_bucket(req.bucket)
     raise S3Error("NotImplemented", "Versioning is not supported by s3latent: buckets are "
                   "unversioned (GetBucketVersioning answers an empty configuration).")
 
@@ -160,7 +160,7 @@ def parse_bucket_tags(body: bytes) -> dict[str, str]:
 async def get_bucket_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
     """The tag set sorted by key, as object tags are; NoSuchTagSet when there is none."""
     assert req.bucket is not None
-    tags = await gw.backend.get_bucket_tags(req.bucket)
+    tags = await gw.store.get_bucket_tags(req.bucket)
     if not tags:
         raise S3Error("NoSuchTagSet", resource=req.resource, BucketName=req.bucket)
     tag_list = [{"Key": k, "Value": tags[k]} for k in sorted(tags)]
@@ -171,34 +171,34 @@ async def put_bucket_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
     """Replaces the bucket's tag set; an empty TagSet removes it."""
     assert req.bucket is not None
     tags = parse_bucket_tags(await req.read_small_body())
-    await gw.backend.put_bucket_tags(req.bucket, tags or None)
+    await gw.store.put_bucket_tags(req.bucket, tags or None)
     return web.Response(status=204)
 
 
 async def delete_bucket_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
     """Idempotent, as on S3: 204 whether or not the bucket had tags."""
     assert req.bucket is not None
-    await gw.backend.put_bucket_tags(req.bucket, None)
+    await gw.store.put_bucket_tags(req.bucket, None)
     return web.Response(status=204)
 
 
 async def get_bucket_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
-    await gw.backend.head_bucket(req.bucket)
+    await gw.store.head_bucket(req.bucket)
     return _xml(owner_acl(req))
 
 
 async def put_bucket_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
     """Canned owner-only ACLs on an existing bucket: acknowledged, nothing to change."""
     assert req.bucket is not None
-    await gw.backend.head_bucket(req.bucket)
+    await gw.store.head_bucket(req.bucket)
     await put_acl_unchanged(req)
     return web.Response(status=200)
 
 
 async def get_bucket_not_configured(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
-    await gw.backend.head_bucket(req.bucket)
+    await gw.store.head_bucket(req.bucket)
     for param, code in NOT_CONFIGURED.items():
         if param in req.query:
             raise S3Error(code, resource=req.resource, BucketName=req.bucket)
@@ -271,13 +271,13 @@ async def list_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
     else:
         start = _start_after(q.get("marker"), delimiter)
 
-    await gw.backend.head_bucket(req.bucket)
+    await gw.store.head_bucket(req.bucket)
     if max_keys == 0:
         entries: list[Any] = []
         prefixes: list[str] = []
         truncated, last = False, None
     else:
-        page = await gw.objects.list(req.bucket, prefix=prefix, delimiter=delimiter,
+        page = await gw.store.list_objects(req.bucket, prefix=prefix, delimiter=delimiter,
                                      start_after=start, max_keys=max_keys)
         entries, prefixes = page.entries, page.common_prefixes
         truncated, last = page.is_truncated, page.next_start_after
@@ -348,12 +348,12 @@ async def list_object_versions(gw: Gateway, req: S3Request) -> web.StreamRespons
     if version_marker and version_marker != "null":
         raise S3Error("InvalidArgument", "Invalid version id specified",
                       ArgumentName="version-id-marker", ArgumentValue=version_marker)
-    await gw.backend.head_bucket(req.bucket)
+    await gw.store.head_bucket(req.bucket)
     entries: list[Any] = []
     prefixes: list[str] = []
     truncated, last = False, None
     if max_keys:
-        page = await gw.objects.list(req.bucket, prefix=prefix, delimiter=delimiter,
+        page = await gw.store.list_objects(req.bucket, prefix=prefix, delimiter=delimiter,
                                      start_after=_start_after(key_marker, delimiter),
                                      max_keys=max_keys)
         entries, prefixes = page.entries, page.common_prefixes

@@ -129,8 +129,8 @@ async def create_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResp
     reject_unsupported_write_headers(req)
     meta = meta_from_headers(req)
     checksum = upload_checksum_from_headers(req)
-    await gw.backend.head_bucket(req.bucket)
-    upload_id = await gw.backend.create_multipart_upload(req.bucket, req.key, meta,
+    await gw.store.head_bucket(req.bucket)
+    upload_id = await gw.store.create_multipart_upload(req.bucket, req.key, meta,
                                                          checksum=checksum)
     headers = {}
     if checksum is not None:
@@ -150,12 +150,12 @@ async def upload_part(gw: Gateway, req: S3Request) -> web.StreamResponse:
     number = _part_number(req)
     upload_id = _upload_id(req)
     reader = req.payload()
-    checksum = await gw.backend.upload_checksum(req.bucket, req.key, upload_id)
+    checksum = await gw.store.upload_checksum(req.bucket, req.key, upload_id)
     if checksum is not None:
         # Every part of such an upload keeps a checksum of the upload's algorithm,
         # whether or not the client sent one (as S3 does).
         reader.compute(checksum.algorithm)
-    etag = await gw.backend.upload_part(
+    etag = await gw.store.upload_part(
         req.bucket, req.key, upload_id, number, verified_body(reader, None),
         size=reader.decoded_length,
     )
@@ -169,17 +169,17 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     number = _part_number(req)
     upload_id = _upload_id(req)
     src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
-    source = await gw.objects.head(src_bucket, src_key)
+    source = await gw.store.head_object(src_bucket, src_key)
     check_preconditions(req.headers, source, prefix="x-amz-copy-source-")
     byte_range = _copy_range(req.header("x-amz-copy-source-range"), source.size)
-    checksum = await gw.backend.upload_checksum(req.bucket, req.key, upload_id)
-    info, body = await gw.objects.get(src_bucket, src_key, byte_range)
+    checksum = await gw.store.upload_checksum(req.bucket, req.key, upload_id)
+    info, body = await gw.store.get_object(src_bucket, src_key, byte_range)
     hashed = _ChecksummedBody(body, checksum.algorithm if checksum else None)
     try:
         if info.etag != source.etag:
             check_preconditions(req.headers, info, prefix="x-amz-copy-source-")
         size = (byte_range[1] - byte_range[0] + 1) if byte_range else info.size
-        etag = await gw.backend.upload_part(
+        etag = await gw.store.upload_part(
             req.bucket, req.key, upload_id, number, hashed, size=size
         )
     finally:
@@ -253,7 +253,7 @@ async def _all_parts(gw: Gateway, bucket: str, key: str, upload_id: str) -> dict
     stored: dict[int, PartInfo] = {}
     marker = 0
     while True:
-        page, truncated = await gw.backend.list_parts(bucket, key, upload_id,
+        page, truncated = await gw.store.list_parts(bucket, key, upload_id,
                                                       part_number_marker=marker)
         stored.update({p.part_number: p for p in page})
         if not truncated or not page:
@@ -270,7 +270,7 @@ async def _object_checksum(gw: Gateway, req: S3Request, upload_id: str,
     """
     assert req.bucket is not None and req.key is not None
     claimed = _object_checksum_header(req)
-    checksum = await gw.backend.upload_checksum(req.bucket, req.key, upload_id)
+    checksum = await gw.store.upload_checksum(req.bucket, req.key, upload_id)
     claimed_type = req.header("x-amz-checksum-type")
     if checksum is None:
         if claimed is not None or claimed_type is not None:
@@ -320,12 +320,9 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
     done_key = (req.bucket, req.key, upload_id)
     try:
         checksums = await _object_checksum(gw, req, upload_id, parts, part_checksums)
-        gw.objects.invalidate(req.bucket, req.key)
-        replaced = await gw.objects.before_overwrite(req.bucket, req.key)
         stored_checksum = next(iter(checksums.values()), None)
-        info = await gw.backend.complete_multipart_upload(req.bucket, req.key, upload_id, parts,
-                                                          checksum=stored_checksum)
-        await gw.objects.after_overwrite(req.bucket, req.key, replaced)
+        info = await gw.store.complete_multipart_upload(req.bucket, req.key, upload_id, parts,
+                                                        checksum=stored_checksum)
     except S3Error as exc:
         # A retried Complete whose first answer was lost: answer it again (S3 does).
         previous = COMPLETED.get(done_key)
@@ -334,7 +331,6 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
         _, info, checksums = previous
     else:
         COMPLETED[done_key] = (parts, info, checksums)
-    gw.objects.invalidate(req.bucket, req.key)
     result: dict[str, Any] = {
         "Location": f"http://{req.http.host}/{req.bucket}/{req.key}",
         "Bucket": req.bucket,
@@ -349,7 +345,7 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
 
 async def abort_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
-    await gw.backend.abort_multipart_upload(req.bucket, req.key, _upload_id(req))
+    await gw.store.abort_multipart_upload(req.bucket, req.key, _upload_id(req))
     return web.Response(status=204)
 
 
@@ -358,10 +354,10 @@ async def list_parts(gw: Gateway, req: S3Request) -> web.StreamResponse:
     upload_id = _upload_id(req)
     marker = _int_param(req, "part-number-marker", 0, MAX_PART_NUMBER)
     max_parts = _int_param(req, "max-parts", 1000, 1000)
-    parts, truncated = await gw.backend.list_parts(
+    parts, truncated = await gw.store.list_parts(
         req.bucket, req.key, upload_id, part_number_marker=marker, max_parts=max_parts
     )
-    checksum = await gw.backend.upload_checksum(req.bucket, req.key, upload_id)
+    checksum = await gw.store.upload_checksum(req.bucket, req.key, upload_id)
     result: dict[str, Any] = {
         "Bucket": req.bucket,
         "Key": req.key,
@@ -394,8 +390,8 @@ async def list_multipart_uploads(gw: Gateway, req: S3Request) -> web.StreamRespo
     assert req.bucket is not None
     q = req.query
     max_uploads = _int_param(req, "max-uploads", 1000, 1000)
-    await gw.backend.head_bucket(req.bucket)
-    page = await gw.backend.list_multipart_uploads(
+    await gw.store.head_bucket(req.bucket)
+    page = await gw.store.list_multipart_uploads(
         req.bucket,
         prefix=q.get("prefix", ""),
         delimiter=q.get("delimiter") or None,

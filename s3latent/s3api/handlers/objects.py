@@ -58,7 +58,7 @@ async def part_table(gw: Gateway, bucket: str, key: str, info: ObjectInfo) -> Pa
         return info.part_table
     if multipart_count(info) is None:
         return None
-    return await gw.backend.get_part_table(bucket, key, info.etag)
+    return await gw.store.get_part_table(bucket, key, info.etag)
 
 
 def object_headers(info: ObjectInfo) -> dict[str, str]:
@@ -123,7 +123,7 @@ def reject_unsupported_write_headers(req: S3Request) -> None:
 
 def _read_headers(req: S3Request, info: ObjectInfo, gw: Gateway) -> dict[str, str]:
     headers = object_headers(info)
-    state = gw.objects.state(req.bucket or "", req.key or "")
+    state = gw.store.state(req.bucket or "", req.key or "")
     if state:
         headers["x-s3latent-state"] = state
     for param, header in RESPONSE_OVERRIDES.items():
@@ -237,14 +237,14 @@ async def _resolve_read(gw: Gateway, req: S3Request) -> _Read:
     range_header = req.header("Range")
     part_number = _part_number_param(req)
     if req.method == "GET" and not range_header and part_number is None:
-        info, body = await gw.objects.get(bucket, key)
+        info, body = await gw.store.get_object(bucket, key)
         try:
             check_preconditions(req.headers, info)
         except BaseException:
             await body.close()
             raise
         return _Read(info, None, body)
-    info = await gw.objects.head(bucket, key)
+    info = await gw.store.head_object(bucket, key)
     check_preconditions(req.headers, info)
     if part_number is not None:
         read = await _part_read(gw, req, info, part_number)
@@ -256,7 +256,7 @@ async def _resolve_read(gw: Gateway, req: S3Request) -> _Read:
     if read.body is not None:  # an empty part
         return read
     byte_range = read.byte_range
-    info2, body = await gw.objects.get(bucket, key, byte_range)
+    info2, body = await gw.store.get_object(bucket, key, byte_range, known=info)
     if info2.etag != info.etag:
         # Replaced between the two calls: evaluate against what we will send.
         try:
@@ -284,7 +284,7 @@ def wants_latent(req: S3Request) -> bool:
 
 async def get_latent(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
-    info, data = await gw.objects.latent_safetensors(req.bucket, req.key)
+    info, data = await gw.store.latent_safetensors(req.bucket, req.key)
     check_preconditions(req.headers, info)
     headers = object_headers(info)
     headers["x-s3latent-representation"] = "latent"
@@ -355,8 +355,7 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     reject_unsupported_write_headers(req)
     meta = meta_from_headers(req)
     reader = req.payload()
-    gw.objects.invalidate(req.bucket, req.key)
-    info = await gw.objects.put(
+    info = await gw.store.put_object(
         req.bucket,
         req.key,
         verified_body(reader, meta),
@@ -365,7 +364,6 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
         if_match=_unquoted(req.header("If-Match")),
         if_none_match=req.header("If-None-Match"),
     )
-    gw.objects.invalidate(req.bucket, req.key)
     headers = {"ETag": f'"{info.etag}"'}
     headers.update({f"x-amz-checksum-{a}": v for a, v in reader.checksums.items()})
     if reader.checksums:
@@ -383,10 +381,8 @@ async def delete_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     if version is not None and version != "null":
         raise S3Error("InvalidArgument", "Invalid version id specified",
                       ArgumentName="versionId", ArgumentValue=version)
-    await gw.backend.head_bucket(req.bucket)
-    gw.objects.invalidate(req.bucket, req.key)
-    await gw.objects.delete(req.bucket, req.key)
-    gw.objects.invalidate(req.bucket, req.key)
+    await gw.store.head_bucket(req.bucket)
+    await gw.store.delete_object(req.bucket, req.key)
     return web.Response(status=204)
 
 
@@ -412,7 +408,7 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     check_new_key(req.key)
     reject_unsupported_write_headers(req)
     src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
-    source = await gw.objects.head(src_bucket, src_key)
+    source = await gw.store.head_object(src_bucket, src_key)
     check_preconditions(req.headers, source, prefix="x-amz-copy-source-")
     directive = (req.header("x-amz-metadata-directive") or "COPY").upper()
     tag_directive = (req.header("x-amz-tagging-directive") or "COPY").upper()
@@ -431,7 +427,7 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
         if tag_directive == "REPLACE":
             meta.tags = meta_from_headers(req).tags
         else:
-            meta.tags = await gw.backend.get_tags(src_bucket, src_key)
+            meta.tags = await gw.store.get_tags(src_bucket, src_key)
     elif (src_bucket, src_key) == (req.bucket, req.key) and not req.header("x-amz-storage-class"):
         raise S3Error(
             "InvalidRequest",
@@ -439,9 +435,7 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
             "without changing the object's metadata, storage class, website redirect location "
             "or encryption attributes.",
         )
-    gw.objects.invalidate(req.bucket, req.key)
-    info = await gw.objects.copy(src_bucket, src_key, req.bucket, req.key, meta)
-    gw.objects.invalidate(req.bucket, req.key)
+    info = await gw.store.copy_object(src_bucket, src_key, req.bucket, req.key, meta)
     body = xml.render("CopyObjectResult", {"LastModified": info.last_modified,
                                            "ETag": f'"{info.etag}"'})
     return web.Response(body=body, content_type="application/xml")
@@ -454,7 +448,7 @@ async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
     if not objects or len(objects) > 1000:
         raise S3Error("MalformedXML")
     quiet = xml.text(doc.get("Quiet")).strip().lower() == "true"
-    await gw.backend.head_bucket(req.bucket)
+    await gw.store.head_bucket(req.bucket)
     limiter = asyncio.Semaphore(_DELETE_CONCURRENCY)
 
     async def one(entry: object) -> dict[str, str]:
@@ -470,9 +464,7 @@ async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
             if version is not None and xml.text(version) != "null":
                 raise S3Error("NotImplemented", "Versioned deletes are not supported.")
             async with limiter:
-                gw.objects.invalidate(req.bucket, key)
-                await gw.objects.delete(req.bucket, key)
-                gw.objects.invalidate(req.bucket, key)
+                await gw.store.delete_object(req.bucket, key)
         except S3Error as exc:
             result.update({"Code": exc.code, "Message": exc.message, "Error": "1"})
         return result
@@ -490,8 +482,8 @@ async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
 
 async def get_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
-    await gw.objects.head(req.bucket, req.key)
-    tags = await gw.backend.get_tags(req.bucket, req.key)
+    await gw.store.head_object(req.bucket, req.key)
+    tags = await gw.store.get_tags(req.bucket, req.key)
     tag_list = [{"Key": k, "Value": tags[k]} for k in sorted(tags)]
     body = xml.render("Tagging", {"TagSet": {"Tag": tag_list} if tag_list else ""})
     return web.Response(body=body, content_type="application/xml")
@@ -512,24 +504,20 @@ async def put_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
             raise S3Error("InvalidTag", "Cannot provide multiple Tags with the same key")
         tags[key] = xml.text(tag.get("Value"))
     check_tags(tags)
-    await gw.objects.head(req.bucket, req.key)
-    await gw.backend.put_tags(req.bucket, req.key, tags)
-    gw.objects.invalidate(req.bucket, req.key)
+    await gw.store.put_tags(req.bucket, req.key, tags)
     return web.Response(status=200)
 
 
 async def delete_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
-    await gw.objects.head(req.bucket, req.key)
-    await gw.backend.put_tags(req.bucket, req.key, {})
-    gw.objects.invalidate(req.bucket, req.key)
+    await gw.store.put_tags(req.bucket, req.key, {})
     return web.Response(status=204)
 
 
 async def get_object_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
     """There are no ACLs: the owner (any configured user) has full control."""
     assert req.bucket is not None and req.key is not None
-    await gw.objects.head(req.bucket, req.key)
+    await gw.store.head_object(req.bucket, req.key)
     return web.Response(body=owner_acl(req), content_type="application/xml")
 
 
@@ -553,7 +541,7 @@ async def put_acl_unchanged(req: S3Request) -> None:
 async def put_object_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
     """Canned owner-only ACLs on an existing object: acknowledged, nothing to change."""
     assert req.bucket is not None and req.key is not None
-    await gw.objects.head(req.bucket, req.key)
+    await gw.store.head_object(req.bucket, req.key)
     await put_acl_unchanged(req)
     return web.Response(status=200)
 
@@ -624,7 +612,7 @@ async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamRespon
                       ArgumentName="x-amz-object-attributes")
     max_parts = _header_int(req, "x-amz-max-parts", 1000, 1000)
     marker = _header_int(req, "x-amz-part-number-marker", 0, 10000)
-    info = await gw.objects.head(req.bucket, req.key)
+    info = await gw.store.head_object(req.bucket, req.key)
     check_preconditions(req.headers, info)
     count = multipart_count(info)
     table = None

@@ -192,7 +192,7 @@ async def post_object(gw: Gateway, request: web.Request, bucket: str,
     check_user_metadata(meta.metadata)
     if "tagging" in fields:
         meta.tags = _tags_from_xml(fields["tagging"])
-    await gw.backend.head_bucket(bucket)
+    await gw.store.head_bucket(bucket)
 
     async def body() -> AsyncIterator[bytes]:
         size = 0
@@ -209,9 +209,7 @@ async def post_object(gw: Gateway, request: web.Request, bucket: str,
             raise S3Error("EntityTooSmall", ProposedSize=str(size),
                           MinSizeAllowed=str(length_range[0]))
 
-    gw.objects.invalidate(bucket, key)
-    info = await gw.objects.put(bucket, key, body(), meta)
-    gw.objects.invalidate(bucket, key)
+    info = await gw.store.put_object(bucket, key, body(), meta)
     location = f"http://{request.host}/{bucket}/{key}"
     headers = {"ETag": f'"{info.etag}"', "Location": location}
     redirect = fields.get("success_action_redirect")

@@ -1,0 +1,222 @@
+"""The one store the S3 handlers talk to.
+
+It has the backend's operation set under the backend's names (backends/base.py documents
+the contract) and forwards whatever it does not change, like a forwarding blob store. What a
+write implies besides the write itself happens here, never in a handler: cached reads of the
+key are dropped before and after it, what described the replaced object is tidied, conversion
+is scheduled, and write listeners (the cluster's owner invalidation, for one) hear that the key
+changed. `ForwardingStore` is the plain gateway; `objects.latent_store.LatentStore` overrides
+the operations latent objects change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterable, Callable
+
+from ..backends.base import (
+    Backend,
+    BucketInfo,
+    ListPage,
+    ObjectBody,
+    ObjectInfo,
+    ObjectMeta,
+    PartInfo,
+    PartTable,
+    UploadChecksum,
+    UploadsPage,
+)
+from ..errors import S3Error
+
+log = logging.getLogger(__name__)
+
+# Called with (bucket, key) after a write or delete of the key committed (conversions too).
+WriteListener = Callable[[str, str], None]
+
+
+class ForwardingStore:
+    """Plain objects: every operation goes to the backend; writes fire their hooks."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._listeners: list[WriteListener] = []
+
+    # -- life cycle and identity ---------------------------------------------
+    @property
+    def name(self) -> str:
+        """The backend's name (for logs and /health)."""
+        return str(self.backend.name)
+
+    @property
+    def meta_bucket(self) -> str | None:
+        """The backend bucket holding the gateway's own records, if it has one."""
+        return getattr(self.backend, "meta_bucket", None)
+
+    async def start(self) -> None:
+        """Start the backend, then background work (conversion workers, sweeper)."""
+        await self.backend.start()
+
+    async def close(self) -> None:
+        """Stop background work, then the backend."""
+        await self.backend.close()
+
+    # -- change notification ---------------------------------------------------
+    def add_write_listener(self, listener: WriteListener) -> None:
+        """`listener(bucket, key)` runs after every committed write or delete of a key."""
+        self._listeners.append(listener)
+
+    def invalidate(self, bucket: str, key: str) -> None:
+        """Drop what this process caches for `key` (a write here, or a peer's word)."""
+
+    def changed(self, bucket: str, key: str) -> None:
+        """`key` was written or deleted: drop cached reads and tell the listeners."""
+        self.invalidate(bucket, key)
+        for listener in self._listeners:
+            try:
+                listener(bucket, key)
+            except Exception:  # a listener's failure never fails the write that happened
+                log.exception("write listener failed for %s/%s", bucket, key)
+
+    def state(self, bucket: str, key: str) -> str | None:
+        """Why an object is not (yet) latent: for x-s3latent-state on HEAD and GET."""
+        return None
+
+    # -- buckets ---------------------------------------------------------------
+    async def list_buckets(self) -> list[BucketInfo]:
+        return await self.backend.list_buckets()
+
+    async def create_bucket(self, bucket: str, owner: str | None = None) -> None:
+        await self.backend.create_bucket(bucket, owner=owner)
+
+    async def head_bucket(self, bucket: str) -> BucketInfo:
+        return await self.backend.head_bucket(bucket)
+
+    async def delete_bucket(self, bucket: str) -> None:
+        """BucketNotEmpty only when a client could still list something in it."""
+        await self.backend.delete_bucket(bucket)
+
+    async def get_bucket_tags(self, bucket: str) -> dict[str, str] | None:
+        return await self.backend.get_bucket_tags(bucket)
+
+    async def put_bucket_tags(self, bucket: str, tags: dict[str, str] | None) -> None:
+        await self.backend.put_bucket_tags(bucket, tags)
+
+    # -- objects ---------------------------------------------------------------
+    async def head_object(self, bucket: str, key: str) -> ObjectInfo:
+        return await self.backend.head_object(bucket, key)
+
+    async def get_object(self, bucket: str, key: str,
+                         byte_range: tuple[int, int] | None = None, *,
+                         known: ObjectInfo | None = None) -> tuple[ObjectInfo, ObjectBody]:
+        """The object's info and body; `known` is what a HEAD of it just said, if any."""
+        return await self.backend.get_object(bucket, key, byte_range)
+
+    async def put_object(self, bucket: str, key: str, body: AsyncIterable[bytes],
+                         meta: ObjectMeta, *, size: int | None = None,
+                         if_match: str | None = None,
+                         if_none_match: str | None = None) -> ObjectInfo:
+        self.invalidate(bucket, key)
+        info = await self._put_object(bucket, key, body, meta, size=size, if_match=if_match,
+                                      if_none_match=if_none_match)
+        self.changed(bucket, key)
+        return info
+
+    async def _put_object(self, bucket: str, key: str, body: AsyncIterable[bytes],
+                          meta: ObjectMeta, *, size: int | None, if_match: str | None,
+                          if_none_match: str | None) -> ObjectInfo:
+        return await self.backend.put_object(bucket, key, body, meta, size=size,
+                                             if_match=if_match, if_none_match=if_none_match)
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        self.invalidate(bucket, key)
+        await self._delete_object(bucket, key)
+        self.changed(bucket, key)
+
+    async def _delete_object(self, bucket: str, key: str) -> None:
+        await self.backend.delete_object(bucket, key)
+
+    async def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+                          meta: ObjectMeta | None) -> ObjectInfo:
+        self.invalidate(dst_bucket, dst_key)
+        info = await self._copy_object(src_bucket, src_key, dst_bucket, dst_key, meta)
+        self.changed(dst_bucket, dst_key)
+        return info
+
+    async def _copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+                           meta: ObjectMeta | None) -> ObjectInfo:
+        return await self.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key, meta)
+
+    async def list_objects(self, bucket: str, *, prefix: str = "",
+                           delimiter: str | None = None, start_after: str | None = None,
+                           max_keys: int = 1000) -> ListPage:
+        return await self.backend.list_objects(bucket, prefix=prefix, delimiter=delimiter,
+                                               start_after=start_after, max_keys=max_keys)
+
+    async def get_tags(self, bucket: str, key: str) -> dict[str, str]:
+        return await self.backend.get_tags(bucket, key)
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        await self.head_object(bucket, key)  # NoSuchKey as a client sees keys
+        await self.backend.put_tags(bucket, key, tags)
+        self.changed(bucket, key)
+
+    async def get_part_table(self, bucket: str, key: str, etag: str) -> PartTable | None:
+        return await self.backend.get_part_table(bucket, key, etag)
+
+    async def latent_safetensors(self, bucket: str, key: str) -> tuple[ObjectInfo, bytes]:
+        """The latent of a latent object as safetensors; plain objects have none."""
+        raise S3Error("InvalidRequest", "This object is not stored as a latent.")
+
+    # -- multipart uploads -----------------------------------------------------
+    async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta, *,
+                                      checksum: UploadChecksum | None = None) -> str:
+        return await self.backend.create_multipart_upload(bucket, key, meta, checksum=checksum)
+
+    async def upload_checksum(self, bucket: str, key: str,
+                              upload_id: str) -> UploadChecksum | None:
+        return await self.backend.upload_checksum(bucket, key, upload_id)
+
+    async def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int,
+                          body: AsyncIterable[bytes], *, size: int | None = None) -> str:
+        return await self.backend.upload_part(bucket, key, upload_id, part_number, body,
+                                              size=size)
+
+    async def list_parts(self, bucket: str, key: str, upload_id: str, *,
+                         part_number_marker: int = 0,
+                         max_parts: int = 1000) -> tuple[list[PartInfo], bool]:
+        return await self.backend.list_parts(bucket, key, upload_id,
+                                             part_number_marker=part_number_marker,
+                                             max_parts=max_parts)
+
+    async def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
+                                        parts: list[tuple[int, str]], *,
+                                        if_match: str | None = None,
+                                        checksum: str | None = None) -> ObjectInfo:
+        """Complete an upload onto `key`: an overwrite like a PUT, with the same hooks."""
+        self.invalidate(bucket, key)
+        replaced = await self._before_overwrite(bucket, key)
+        info = await self.backend.complete_multipart_upload(
+            bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)
+        await self._after_overwrite(bucket, key, replaced)
+        self.changed(bucket, key)
+        return info
+
+    async def _before_overwrite(self, bucket: str, key: str) -> ObjectInfo | None:
+        """A write that bypasses put_object is about to replace `key`; what it replaces."""
+        return None
+
+    async def _after_overwrite(self, bucket: str, key: str,
+                               replaced: ObjectInfo | None) -> None:
+        """That write landed: tidy what described the replaced object, schedule conversion."""
+
+    async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
+        await self.backend.abort_multipart_upload(bucket, key, upload_id)
+
+    async def list_multipart_uploads(self, bucket: str, *, prefix: str = "",
+                                     delimiter: str | None = None,
+                                     key_marker: str | None = None,
+                                     upload_id_marker: str | None = None,
+                                     max_uploads: int = 1000) -> UploadsPage:
+        return await self.backend.list_multipart_uploads(
+            bucket, prefix=prefix, delimiter=delimiter, key_marker=key_marker,
+            upload_id_marker=upload_id_marker, max_uploads=max_uploads)

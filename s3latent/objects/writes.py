@@ -1,0 +1,327 @@
+"""Writes of latent objects: pairs, overwrites, copies, deletes, latent-only uploads.
+
+Both keys of a converted pair stay readable whatever a client writes: before a container is
+overwritten or deleted, its stub is written back as the real sidecar (materialize_sidecar).
+A write schedules the conversion of the pair it completes; a delete of one key of a refused
+pair drops the refusal. A replaced container or stub loses its listing index entry (best
+effort: a stale entry names a physical ETag that no longer exists, so it is never used).
+Cache invalidation and write notifications are the store's (objects.store), not done here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from datetime import UTC, datetime
+
+from ..backends.base import ObjectInfo, ObjectMeta
+from ..errors import S3Error
+from . import physical
+from .context import LatentContext, readable, writable
+from .conversion import looks_like_image
+
+log = logging.getLogger(__name__)
+
+LATENT_CONTENT_TYPE = "application/vnd.s3latent.latent+safetensors"
+FORMAT_META = "s3latent-format"
+_FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"),
+            "jpg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+MAX_LATENT_UPLOAD = 64 * 1024 * 1024
+
+
+class LatentWrites:
+    """See the module docstring."""
+
+    def __init__(self, ctx: LatentContext) -> None:
+        self.ctx = ctx
+
+    async def put_object(self, bucket: str, key: str, body: AsyncIterable[bytes],
+                         meta: ObjectMeta, *, size: int | None = None,
+                         if_match: str | None = None,
+                         if_none_match: str | None = None) -> ObjectInfo:
+        """Store `key`; a converted image's stub becomes its sidecar again first."""
+        writable(key)
+        settings = self.ctx.config.bucket(bucket)
+        if meta.content_type.split(";")[0].strip().lower() == LATENT_CONTENT_TYPE:
+            return await self._put_latent_only(bucket, key, body, meta, size=size,
+                                               if_match=if_match, if_none_match=if_none_match)
+        image_like = looks_like_image(key, meta.content_type)
+        sidecar_like = settings.convert and key.endswith(settings.sidecar_suffix)
+        current = None
+        if if_match is not None or if_none_match is not None or image_like or sidecar_like:
+            current = await self.ctx.head_or_none(bucket, key)
+            if current is not None:
+                _check_write_conditions(physical.logical_info(current), if_match, if_none_match)
+                if physical.representation(current) == physical.REP_LATENT:
+                    await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
+            elif if_match is not None:
+                raise S3Error("NoSuchKey", Key=key)
+        info = await self.ctx.backend.put_object(bucket, key, body, meta, size=size)
+        if current is not None:
+            await self._unindex(bucket, current)
+        if settings.convert:
+            if key.endswith(settings.sidecar_suffix):
+                self.ctx.converter.schedule(bucket, key[: -len(settings.sidecar_suffix)])
+            elif image_like:
+                self.ctx.converter.schedule(bucket, key)
+        return info
+
+    async def materialize_sidecar(self, bucket: str, image_key: str, suffix: str) -> None:
+        """The container at image_key is going away: make its stub a real sidecar again."""
+        side_key = image_key + suffix
+        stub = await self.ctx.head_or_none(bucket, side_key)
+        if stub is None or physical.representation(stub) != physical.REP_STUB or \
+                stub.meta.internal.get(physical.L_IMAGE) != image_key:
+            return
+        data = await self.ctx.sidecar_bytes(bucket, stub)
+        meta = ObjectMeta(content_type=stub.meta.content_type,
+                          metadata=dict(stub.meta.metadata), headers=dict(stub.meta.headers),
+                          tags=await self.ctx.backend.get_tags(bucket, side_key))
+
+        async def once() -> AsyncIterator[bytes]:
+            yield data
+
+        try:
+            await self.ctx.backend.put_object(bucket, side_key, once(), meta, size=len(data),
+                                          if_match=stub.etag)
+        except S3Error as exc:
+            if exc.code != "PreconditionFailed":
+                raise
+            return
+        await self._unindex(bucket, stub)
+
+    async def _unindex(self, bucket: str, replaced: ObjectInfo) -> None:
+        """`replaced` (a container, stub or plain "-1" object) was overwritten or deleted:
+        drop its listing index entry (best effort; a stale entry is never used)."""
+        try:
+            await physical.drop_view_index(self.ctx.backend, bucket, replaced)
+        except S3Error as exc:
+            log.info("stale listing index entry of %s/%s left: %s", bucket, replaced.key, exc)
+
+    async def _index(self, bucket: str, key: str, physical_etag: str,
+                     view: physical.LogicalView) -> None:
+        """A container was written at `key`: record its view for listings (best effort)."""
+        self.ctx.views[(bucket, key, physical_etag)] = view
+        try:
+            await physical.write_view_index(self.ctx.backend, bucket, key, physical_etag, view)
+        except S3Error as exc:
+            log.info("listing index of %s/%s not written: %s", bucket, key, exc)
+
+    async def delete_object(self, bucket: str, key: str) -> None:
+        """Delete `key`, keeping the other key of a converted pair readable."""
+        if physical.is_hidden(key):
+            return  # not a client's object: deleting it "succeeds" like any missing key
+        settings = self.ctx.config.bucket(bucket)
+        current = await self.ctx.head_or_none(bucket, key)
+        if current is not None and physical.representation(current) == physical.REP_LATENT:
+            await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
+        await self.ctx.backend.delete_object(bucket, key)
+        if current is not None:
+            await self._unindex(bucket, current)
+        if settings.convert:
+            await self._drop_refusal(bucket, key, settings.sidecar_suffix, current)
+
+    async def _drop_refusal(self, bucket: str, key: str, suffix: str,
+                            current: ObjectInfo | None) -> None:
+        """One key of a refused pair was deleted: its refusal marker goes too."""
+        if key.endswith(suffix):
+            image_key = key[: -len(suffix)]
+        elif looks_like_image(key, current.meta.content_type if current else None):
+            image_key = key
+        else:
+            return
+        self.ctx.converter.forget_refusal(bucket, image_key)
+        try:
+            if await self.ctx.converter.refusals.drop(bucket, image_key):
+                self.ctx.converter.marker_ops.labels("delete").inc()
+        except S3Error as exc:
+            log.warning("refusal marker of %s/%s not deleted: %s", bucket, image_key, exc)
+
+    async def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+                          meta: ObjectMeta | None) -> ObjectInfo:
+        """Copy as a client sees it: a container's copy is a container, a stub's a sidecar."""
+        readable(src_key)
+        writable(dst_key)
+        stored = await self.ctx.backend.head_object(src_bucket, src_key)
+        source = await self.ctx.trusted(src_bucket, stored)
+        rep = physical.representation(source)
+        current = await self.ctx.head_or_none(dst_bucket, dst_key)
+        if current is not None and physical.representation(current) == physical.REP_LATENT:
+            await self.materialize_sidecar(dst_bucket, dst_key,
+                                            self.ctx.config.bucket(dst_bucket).sidecar_suffix)
+        if rep == "plain":
+            if meta is None and stored.meta.internal:
+                # The backend would copy the source's internal metadata (unverified
+                # claims, written around the gateway): the copy gets the client's part only.
+                meta = ObjectMeta(content_type=stored.meta.content_type,
+                                  metadata=dict(stored.meta.metadata),
+                                  headers=dict(stored.meta.headers),
+                                  tags=await self.ctx.backend.get_tags(src_bucket, src_key),
+                                  checksums=dict(source.meta.checksums))
+            copied = await self.ctx.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key,
+                                                    meta)
+            if current is not None:
+                await self._unindex(dst_bucket, current)
+            return copied
+        if rep == physical.REP_STUB:
+            data = await self.ctx.sidecar_bytes(src_bucket, source)
+            new_meta = meta or ObjectMeta(
+                content_type=source.meta.content_type, metadata=dict(source.meta.metadata),
+                headers=dict(source.meta.headers),
+                tags=await self.ctx.backend.get_tags(src_bucket, src_key))
+
+            async def once() -> AsyncIterator[bytes]:
+                yield data
+
+            copied = await self.ctx.backend.put_object(dst_bucket, dst_key, once(), new_meta,
+                                                   size=len(data))
+            if current is not None:
+                await self._unindex(dst_bucket, current)
+            return copied
+        # A container stays a container: the copy is latent too.
+        info, body = await self.ctx.backend.get_object(src_bucket, src_key)
+        try:
+            raw = b"".join([chunk async for chunk in body])
+        finally:
+            await body.close()
+        view = physical.logical_view(info)
+        assert view is not None
+        now = datetime.now(UTC)
+        internal = physical.mirror(physical.REP_LATENT, view.size, view.etag, now,
+                                   **physical.storage_of(info.meta.internal))
+        if meta is None:
+            new_meta = ObjectMeta(content_type=info.meta.content_type,
+                                  metadata=dict(info.meta.metadata),
+                                  headers=dict(info.meta.headers),
+                                  tags=await self.ctx.backend.get_tags(src_bucket, src_key),
+                                  internal=internal)
+        else:
+            new_meta = ObjectMeta(content_type=meta.content_type, metadata=meta.metadata,
+                                  headers=meta.headers, tags=meta.tags, internal=internal)
+        written = await physical.write_single_part(self.ctx.backend, dst_bucket, dst_key, raw,
+                                                   new_meta)
+        if current is not None:
+            await self._unindex(dst_bucket, current)
+        await self._index(dst_bucket, dst_key, written.etag,
+                          physical.LogicalView(view.size, view.etag, now))
+        return ObjectInfo(dst_key, view.size, view.etag, now, new_meta)
+
+    async def _put_latent_only(self, bucket: str, key: str, body: AsyncIterable[bytes],
+                               meta: ObjectMeta, *, size: int | None, if_match: str | None,
+                               if_none_match: str | None) -> ObjectInfo:
+        limit = MAX_LATENT_UPLOAD
+        if size is not None and size > limit:
+            raise S3Error("EntityTooLarge", "A latent upload may be at most 64 MiB.")
+        chunks, total = [], 0
+        async for chunk in body:
+            total += len(chunk)
+            if total > limit:
+                raise S3Error("EntityTooLarge", "A latent upload may be at most 64 MiB.")
+            chunks.append(chunk)
+        data = b"".join(chunks)
+        await self.ctx.decoding.ready()
+        from ..latent.sidecar import SidecarError, check_channels, parse_sidecar
+        from ..models.registry import ModelUnavailable, UnknownModel
+
+        try:
+            sidecar = await asyncio.to_thread(parse_sidecar, data)
+        except SidecarError as exc:
+            raise S3Error("InvalidArgument", f"Invalid latent upload: {exc}") from exc
+        model_id = sidecar.model or meta.metadata.get(physical.MODEL_META)
+        if not model_id:
+            raise S3Error("InvalidArgument", "Invalid latent upload: name the model in the "
+                          "safetensors metadata 'model' or in x-amz-meta-s3latent-model.")
+        wanted = meta.metadata.get(FORMAT_META, "png").lower()
+        if wanted not in _FORMATS:
+            raise S3Error("InvalidArgument", f"Invalid latent upload: x-amz-meta-{FORMAT_META} "
+                          f"must be one of png, jpeg, webp (got {wanted!r}).")
+        fmt, content_type = _FORMATS[wanted]
+        try:
+            spec = self.ctx.decoding.models.spec(model_id)
+            check_channels(sidecar, spec.latent_channels)
+        except UnknownModel as exc:
+            raise S3Error("InvalidArgument", f"Invalid latent upload: {exc}") from exc
+        except SidecarError as exc:
+            raise S3Error("InvalidArgument", f"Invalid latent upload: {exc}") from exc
+        too_large = self.ctx.decoding.over_pixel_ceiling(model_id, sidecar.latent.shape)
+        if too_large:  # refused before any decode: its memory and time are what is bounded
+            raise S3Error("InvalidArgument", f"Invalid latent upload: {too_large}.")
+        settings = self.ctx.config.bucket(bucket)
+        try:
+            admission = await self.ctx.converter.admitter().admit_latent_only(
+                settings, sidecar, model_id, fmt, content_type, meta)
+        except ModelUnavailable as exc:
+            raise S3Error("ServiceUnavailable", f"The model {model_id} is unavailable: "
+                          f"{exc}") from exc
+        current = await self.ctx.head_or_none(bucket, key)
+        if current is not None:
+            _check_write_conditions(physical.logical_info(current), if_match, if_none_match)
+            if physical.representation(current) == physical.REP_LATENT:
+                await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
+        elif if_match is not None:
+            raise S3Error("NoSuchKey", Key=key)
+        now = datetime.now(UTC)
+        user_meta = {k: v for k, v in meta.metadata.items() if k not in (FORMAT_META,)}
+        header = admission.header
+        new_meta = ObjectMeta(content_type=content_type, metadata=user_meta,
+                              headers=meta.headers, tags=meta.tags,
+                              internal=physical.mirror(
+                                  physical.REP_LATENT, header.size, header.etag, now,
+                                  **physical.storage_mirror(header.codec, header.model,
+                                                            header.psnr)))
+        written = await physical.write_single_part(self.ctx.backend, bucket, key,
+                                                   admission.container, new_meta)
+        if current is not None:
+            await self._unindex(bucket, current)
+        await self._index(bucket, key, written.etag,
+                          physical.LogicalView(header.size, header.etag, now))
+        return ObjectInfo(key, admission.header.size, admission.header.etag,
+                          now, new_meta)
+
+    async def before_overwrite(self, bucket: str, key: str) -> ObjectInfo | None:
+        """A converted image's stub becomes its sidecar again, as for a PUT."""
+        current = await self.ctx.head_or_none(bucket, key)
+        if current is not None and physical.representation(current) == physical.REP_LATENT:
+            await self.materialize_sidecar(bucket, key,
+                                            self.ctx.config.bucket(bucket).sidecar_suffix)
+        return current
+
+    async def after_overwrite(self, bucket: str, key: str, replaced: ObjectInfo | None) -> None:
+        """That write landed: its replaced object's index entry goes, conversion is queued."""
+        if replaced is not None:
+            await self._unindex(bucket, replaced)
+        settings = self.ctx.config.bucket(bucket)
+        if settings.convert and not physical.is_hidden(key):
+            if key.endswith(settings.sidecar_suffix):
+                self.ctx.converter.schedule(bucket, key[: -len(settings.sidecar_suffix)])
+            elif looks_like_image(key, None):
+                self.ctx.converter.schedule(bucket, key)
+
+    async def delete_bucket(self, bucket: str) -> None:
+        """The gateway's hidden records go with the bucket once no client key is left."""
+        first = await self.ctx.backend.list_objects(bucket, max_keys=1)
+        if first.entries and not physical.is_hidden(first.entries[0].key):
+            raise S3Error("BucketNotEmpty", BucketName=bucket)
+        if first.entries:  # the hidden range comes first; is anything listed after it?
+            after = await self.ctx.backend.list_objects(bucket, start_after=physical.HIDDEN_END,
+                                                    max_keys=1)
+            if after.entries:
+                raise S3Error("BucketNotEmpty", BucketName=bucket)
+        while True:
+            page = await self.ctx.backend.list_objects(bucket, prefix=physical.HIDDEN_PREFIX)
+            for entry in page.entries:
+                await self.ctx.backend.delete_object(bucket, entry.key)
+            if not page.is_truncated:
+                break
+        await self.ctx.backend.delete_bucket(bucket)
+
+
+def _check_write_conditions(current: ObjectInfo, if_match: str | None,
+                            if_none_match: str | None) -> None:
+    """If-Match / If-None-Match of a write, against what the client sees at the key."""
+    if if_none_match is not None and if_none_match.strip() == "*":
+        raise S3Error("PreconditionFailed", Condition="If-None-Match")
+    if if_match is not None and if_match.strip('"') not in (current.etag, "*"):
+        raise S3Error("PreconditionFailed", Condition="If-Match")
+
