@@ -150,6 +150,28 @@ async def test_ranged_gets_of_a_latent_object(gw: InProcessGateway,
         assert got["ContentLength"] == len(part) and got["ETag"] == md5_etag(whole), header
 
 
+@pytest.mark.parametrize("cache", ["2GiB", "0"])
+async def test_a_cold_ranged_get_of_a_latent_object_is_one_backend_get(
+        tmp_path: Path, tiny_model: dict[str, str], cache: str) -> None:  # noqa: F811
+    """The handler's HEAD says the object is latent, so the GET fetches the container whole
+    at once instead of a range it would throw away (with the read cache and without)."""
+    async for gw in start(tmp_path, tiny_model, f'[cache]\nmemory = "{cache}"\n'):
+        await put_pair(gw, tiny_model)
+        backend = gw.store.backend
+        calls: list[tuple[int, int] | None] = []
+        real_get = backend.get_object
+
+        async def counting_get(bucket: str, key: str,
+                               byte_range: tuple[int, int] | None = None) -> Any:
+            calls.append(byte_range)
+            return await real_get(bucket, key, byte_range)
+
+        backend.get_object = counting_get
+        got, part = await get_of(gw, "img.png", Range="bytes=10-109")
+        assert len(part) == 100 and got["ContentRange"].startswith("bytes 10-109/")
+        assert calls == [None], calls
+
+
 async def test_range_past_a_latent_objects_end_is_416(gw: InProcessGateway,
                                                       tiny_model: dict[str, str]  # noqa: F811
                                                       ) -> None:
