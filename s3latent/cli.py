@@ -62,6 +62,17 @@ def setup_logging(fmt: str, level: str) -> None:
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 
+def build_backend(cfg: Config) -> Any:
+    """The backend a config names, with its timeouts, retries and meta bucket (not started)."""
+    from .backends.s3 import backend_from_url
+
+    return backend_from_url(cfg.backend, cfg.backend_access_key, cfg.backend_secret_key,
+                            cfg.region, connect_timeout=cfg.backend_connect_timeout_s,
+                            read_timeout=cfg.backend_read_timeout_s,
+                            max_attempts=cfg.backend_max_attempts,
+                            meta_bucket=cfg.backend_meta_bucket)
+
+
 def build_gateway(cfg: Config, *, background: bool = True) -> Any:
     """Backend, the latent-aware store over it, and the gateway for a config.
 
@@ -70,15 +81,11 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
     """
     from prometheus_client import CollectorRegistry
 
-    from .backends.s3 import backend_from_url
     from .decode.services import DecodeServices
     from .objects.latent_store import LatentStore
     from .s3api.gateway import Gateway
 
-    backend = backend_from_url(cfg.backend, cfg.backend_access_key, cfg.backend_secret_key,
-                               cfg.region, connect_timeout=cfg.backend_connect_timeout_s,
-                               read_timeout=cfg.backend_read_timeout_s,
-                               max_attempts=cfg.backend_max_attempts)
+    backend = build_backend(cfg)
     registry = CollectorRegistry()
     cache = None
     if cfg.cache.memory > 0:

@@ -102,6 +102,9 @@ class DecodeSettings:
     tile_overlap: int = -1  # latent pixels; -1: per model kind (TAE 8, AutoencoderKL 16)
     # Largest decoded image (pixels) a latent may have to be converted or uploaded alone.
     max_image_pixels: int = 4096 * 4096
+    # PNG encoder of new conversions: auto (fpng if installed, else Pillow), pillow, fpng.
+    # Also S3LATENT_PNG_ENCODER. Stored renditions keep the encoder they were made with.
+    png_encoder: str = "auto"
 
     def validate(self) -> None:
         """Settings that would fail on the first large decode fail at start instead."""
@@ -113,6 +116,9 @@ class DecodeSettings:
             raise ConfigError("[decode] tile_overlap may be at most tile_size / 2")
         if self.max_image_pixels < 1:
             raise ConfigError("[decode] max_image_pixels must be positive")
+        if self.png_encoder not in ("auto", "pillow", "fpng"):
+            raise ConfigError("[decode] png_encoder (S3LATENT_PNG_ENCODER) must be auto, pillow "
+                              f"or fpng, not {self.png_encoder!r}")
 
 
 @dataclass
@@ -123,6 +129,9 @@ class Config:
     region: str = "us-east-1"
     users: dict[str, str] = field(default_factory=dict)
     backend_access_key: str | None = None
+    # The S3 backend's bucket for the gateway's own records (S3LATENT_BACKEND_META_BUCKET);
+    # None: derived from the backend identity, so gateways sharing an account share it.
+    backend_meta_bucket: str | None = None
     backend_secret_key: str | None = None
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     buckets: dict[str, BucketSettings] = field(default_factory=dict)
@@ -245,6 +254,11 @@ def load_config(
         cfg.users[DEFAULT_ACCESS_KEY] = DEFAULT_SECRET_KEY
     cfg.backend_access_key = env.get("S3LATENT_BACKEND_ACCESS_KEY", cfg.backend_access_key)
     cfg.backend_secret_key = env.get("S3LATENT_BACKEND_SECRET_KEY", cfg.backend_secret_key)
+    cfg.backend_meta_bucket = (env.get("S3LATENT_BACKEND_META_BUCKET")
+                               or server.get("backend_meta_bucket") or cfg.backend_meta_bucket)
+    if env.get("S3LATENT_PNG_ENCODER"):
+        cfg.decode.png_encoder = env["S3LATENT_PNG_ENCODER"].strip().lower()
+    cfg.decode.validate()
 
     for name, value in overrides.items():
         if value is not None:

@@ -25,6 +25,7 @@ import torch
 from botocore.exceptions import ClientError
 from PIL import Image
 
+from s3latent.config import ConfigError, load_config
 from s3latent.decode.renderer import Renderer, settings_dict
 from s3latent.latent import codec as codecs
 from s3latent.latent.container import ContainerHeader, pack, unpack
@@ -179,8 +180,7 @@ def test_fpng_too_large_ends_exactly_where_pillow_would() -> None:
 
 # -- choosing the encoder for new conversions -------------------------------------------------
 
-def test_new_png_conversions_prefer_fpng_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(PNG_ENCODER_ENV, raising=False)
+def test_new_png_conversions_prefer_fpng_when_installed() -> None:
     png = _png(_pixels())
     expected = FPNG if HAVE_FPNG else PILLOW
     assert settings_for_upload(png).encoder == expected
@@ -189,22 +189,28 @@ def test_new_png_conversions_prefer_fpng_when_installed(monkeypatch: pytest.Monk
     Image.fromarray(_pixels()).save(jpeg, "JPEG", quality=90)
     assert settings_for_upload(jpeg.getvalue()).encoder == PILLOW
     assert settings_for_format("WEBP").encoder == PILLOW
-    monkeypatch.setenv(PNG_ENCODER_ENV, "pillow")
-    assert settings_for_upload(png).encoder == PILLOW
-    monkeypatch.setenv(PNG_ENCODER_ENV, "zopfli")
-    with pytest.raises(ValueError, match=PNG_ENCODER_ENV):
-        settings_for_upload(png)
+    assert settings_for_upload(png, "pillow").encoder == PILLOW
+    with pytest.raises(ValueError, match="png_encoder"):
+        settings_for_upload(png, "zopfli")
+
+
+def test_png_encoder_is_configured_in_one_place(tmp_path: Path) -> None:
+    """[decode] png_encoder, or S3LATENT_PNG_ENCODER over it; nothing else reads the env."""
+    assert load_config(env={}).decode.png_encoder == "auto"
+    cfg_file = tmp_path / "c.toml"
+    cfg_file.write_text('[decode]\npng_encoder = "pillow"\n')
+    assert load_config(cfg_file, env={}).decode.png_encoder == "pillow"
+    assert load_config(cfg_file, env={PNG_ENCODER_ENV: "FPNG"}).decode.png_encoder == "fpng"
+    with pytest.raises(ConfigError, match="png_encoder"):
+        load_config(env={PNG_ENCODER_ENV: "zopfli"})
 
 
 @pytest.mark.usefixtures("no_fpng")
-def test_missing_fpng_new_conversions_fall_back_unless_required(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(PNG_ENCODER_ENV, raising=False)
+def test_missing_fpng_new_conversions_fall_back_unless_required() -> None:
     assert not encoder_installed(FPNG)
     assert settings_for_upload(_png(_pixels())) == RenderSettings("PNG")
-    monkeypatch.setenv(PNG_ENCODER_ENV, "fpng")
     with pytest.raises(EncoderUnavailable, match="fpng"):
-        settings_for_upload(_png(_pixels()))
+        settings_for_upload(_png(_pixels()), "fpng")
 
 
 # -- reads never substitute an encoder -------------------------------------------------------

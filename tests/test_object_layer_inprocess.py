@@ -162,7 +162,8 @@ async def test_a_cold_ranged_get_of_a_latent_object_is_one_backend_get(
         real_get = backend.get_object
 
         async def counting_get(bucket: str, key: str,
-                               byte_range: tuple[int, int] | None = None) -> Any:
+                               byte_range: tuple[int, int] | None = None,
+                               calls: list[Any] = calls, real_get: Any = real_get) -> Any:
             calls.append(byte_range)
             return await real_get(bucket, key, byte_range)
 

@@ -73,9 +73,6 @@ BUCKET_CACHE_TTL = 10.0
 # Our own metadata rides in the backend's user metadata under this prefix.
 INTERNAL_PREFIX = "s3lx-"
 _CHECKSUM_PREFIX = INTERNAL_PREFIX + "cks-"
-# The meta bucket (s3_meta): S3LATENT_BACKEND_META_BUCKET, else derived from the
-# backend identity so that gateways sharing a backend account share it.
-META_BUCKET_ENV = "S3LATENT_BACKEND_META_BUCKET"
 _NO_CHECKSUM = UploadChecksum("", "")
 
 _HEADER_PARAMS = {
@@ -263,7 +260,7 @@ class S3Backend:
                               read_timeout=read_timeout, max_attempts=max_attempts)
         # Buckets known to exist -> (creation time, when checked).
         self._buckets: dict[str, tuple[datetime, float]] = {}
-        self.meta_bucket = meta_bucket or os.environ.get(META_BUCKET_ENV) or (
+        self.meta_bucket = meta_bucket or (
             "s3latent-meta-" + hashlib.sha256(access_key.encode()).hexdigest()[:16])
         self.meta = MetaStore(self.meta_bucket, self._call, self._data)
         # upload id -> its checksum (_NO_CHECKSUM: none), to spare a record read per part.
@@ -963,11 +960,13 @@ def _translate(exc: ClientError, op: str, bucket: str | None, key: str | None) -
 
 def backend_from_url(url: str, access_key: str | None, secret_key: str | None,
                      region: str = "us-east-1", *, connect_timeout: float = 2.0,
-                     read_timeout: float = 10.0, max_attempts: int = 3) -> Any:
+                     read_timeout: float = 10.0, max_attempts: int = 3,
+                     meta_bucket: str | None = None) -> Any:
     """`file:///path` or a bare path -> LocalBackend; `http(s)://` -> S3Backend.
 
-    An S3 backend's meta bucket is S3LATENT_BACKEND_META_BUCKET when set; the
-    timeouts and attempts apply to every call to an S3 backend.
+    An S3 backend keeps the gateway's records in `meta_bucket` (None: a name derived
+    from the backend identity, so gateways sharing an account share it); the timeouts
+    and attempts apply to every call to an S3 backend.
     """
     if url.startswith(("http://", "https://")):
         if not access_key or not secret_key:
@@ -976,7 +975,7 @@ def backend_from_url(url: str, access_key: str | None, secret_key: str | None,
             )
         return S3Backend(url, access_key, secret_key, region=region,
                          connect_timeout=connect_timeout, read_timeout=read_timeout,
-                         max_attempts=max_attempts)
+                         max_attempts=max_attempts, meta_bucket=meta_bucket)
     from .local import LocalBackend
 
     path = url[len("file://"):] if url.startswith("file://") else url

@@ -35,6 +35,11 @@ class DecodeServices:
         if registry is not None:
             self._register(registry)
 
+
+    @property
+    def config(self) -> Config:
+        """The gateway's configuration (decode settings, models)."""
+        return self._config
     def _register(self, registry: CollectorRegistry) -> None:
         self._batches = Histogram("s3latent_decode_batch_size", "Latents per decode batch",
                                   registry=registry, buckets=(1, 2, 4, 8, 16, 32, 64))

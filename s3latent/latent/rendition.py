@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from PIL import Image, JpegImagePlugin
 
 Format = Literal["PNG", "JPEG", "WEBP"]
 PILLOW, FPNG = "pillow", "fpng"
-PNG_ENCODER_ENV = "S3LATENT_PNG_ENCODER"  # auto (default) | pillow | fpng
+PNG_ENCODER_ENV = "S3LATENT_PNG_ENCODER"  # auto (default) | pillow | fpng; read by config
 FAST_EXTRA_HINT = "pip install 'fpng>=0.1,<0.2' (a dependency of s3latent)"
 _PNG_PAD_TYPE = b"paDd"  # ancillary, private, safe-to-copy: decoders skip it
 _STD_LUMA = (16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24,
@@ -89,31 +88,30 @@ def encoder_installed(name: str) -> bool:
     return True
 
 
-def preferred_png_encoder() -> str:
+def preferred_png_encoder(choice: str = "auto") -> str:
     """The encoder new PNG conversions name: fpng when installed, unless configured off.
 
-    S3LATENT_PNG_ENCODER: "auto" (default: fpng if installed, else Pillow),
-    "pillow", or "fpng" (required: EncoderUnavailable when missing).
+    `choice` ([decode] png_encoder, or S3LATENT_PNG_ENCODER): "auto" (fpng if installed,
+    else Pillow), "pillow", or "fpng" (required: EncoderUnavailable when missing).
     """
-    choice = os.environ.get(PNG_ENCODER_ENV, "auto").strip().lower() or "auto"
     if choice == PILLOW:
         return PILLOW
     if choice == FPNG:
         _load_fpng()
         return FPNG
     if choice != "auto":
-        raise ValueError(f"{PNG_ENCODER_ENV} must be auto, pillow or fpng, not {choice!r}")
+        raise ValueError(f"png_encoder must be auto, pillow or fpng, not {choice!r}")
     return FPNG if encoder_installed(FPNG) else PILLOW
 
 
-def settings_for_format(fmt: Format) -> RenderSettings:
+def settings_for_format(fmt: Format, png_encoder: str = "auto") -> RenderSettings:
     """Default settings for a new rendition of `fmt` with no upload to resemble."""
     if fmt == "PNG":
-        return RenderSettings("PNG", encoder=preferred_png_encoder())
+        return RenderSettings("PNG", encoder=preferred_png_encoder(png_encoder))
     return RenderSettings(fmt)
 
 
-def settings_for_upload(data: bytes) -> RenderSettings:
+def settings_for_upload(data: bytes, png_encoder: str = "auto") -> RenderSettings:
     """Fixed settings resembling the uploaded file, so the rendition is of similar size."""
     with Image.open(io.BytesIO(data)) as im:
         fmt = im.format
@@ -126,7 +124,7 @@ def settings_for_upload(data: bytes) -> RenderSettings:
         if fmt == "WEBP":
             return RenderSettings("WEBP", webp_lossless=b"VP8L" in data[12:40],
                                   webp_quality=90)
-    return settings_for_format("PNG")
+    return settings_for_format("PNG", png_encoder)
 
 
 def _estimate_jpeg_quality(im: Image.Image) -> int:

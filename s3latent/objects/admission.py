@@ -92,7 +92,8 @@ class Admitter:
         if (h * spec.downscale, w * spec.downscale) != upload.shape[:2]:
             raise Refused(f"latent {h}x{w} decodes to {h * spec.downscale}x"
                           f"{w * spec.downscale}, image is {upload.shape[0]}x{upload.shape[1]}")
-        render_settings = await asyncio.to_thread(settings_for_upload, image_bytes)
+        render_settings = await asyncio.to_thread(settings_for_upload, image_bytes,
+                                                  self.decoding.config.decode.png_encoder)
         reasons = []
         loop = asyncio.get_running_loop()
 
@@ -151,7 +152,8 @@ class Admitter:
         # in the container, so the fidelity judged is that of what reads will serve.
         tiling = self.decoding.plan_tiling(model_id, sidecar.latent.shape)
         reference = await self.decoding.decode_pixels(model_id, sidecar.latent.float(), tiling)
-        render_settings = settings_for_format(fmt)  # type: ignore[arg-type]
+        render_settings = settings_for_format(
+            fmt, self.decoding.config.decode.png_encoder)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
 
         def pixel_psnr(restored: torch.Tensor) -> float:

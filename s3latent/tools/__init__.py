@@ -73,9 +73,9 @@ def setup_tool_logging(level: str) -> None:
 
 def make_backend(cfg: Config) -> Backend:
     """The backend the gateway would use for this config (not started)."""
-    from ..backends.s3 import backend_from_url
+    from ..cli import build_backend
 
-    return backend_from_url(cfg.backend, cfg.backend_access_key, cfg.backend_secret_key, cfg.region)
+    return build_backend(cfg)
 
 
 async def read_header(
