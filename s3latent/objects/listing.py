@@ -182,11 +182,13 @@ class LatentListing:
         async def repair() -> None:
             try:
                 async with self._repair_limit:
-                    if await physical.write_view_index(self.backend, bucket, key,
+                    if await physical.write_view_index(self.ctx.backend, bucket, key,
                                                        physical_etag, view):
                         self.list_backend_calls.labels("index_write").inc()
             except S3Error as exc:
                 log.info("listing index of %s/%s not repaired: %s", bucket, key, exc)
+            except Exception:  # a bug must not vanish with its background task
+                log.exception("listing index repair of %s/%s failed", bucket, key)
             finally:
                 self._repairs.discard(ident)
 
