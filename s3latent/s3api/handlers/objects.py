@@ -334,7 +334,7 @@ async def get_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
         # The backend failed mid-body (read timeout, dropped connection, damaged file). The
         # status line is out, so no error answer can follow (it would read as object bytes):
         # the client sees the body cut short of its Content-Length (below).
-        log.warning("reading %s failed after %d/%d bytes: %r", req.resource, sent, length, exc)
+        log.warning("backend failed after %d/%d bytes of %s: %r", sent, length, req.resource, exc)
     finally:
         await body.close()
     if sent != length:
