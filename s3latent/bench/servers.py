@@ -240,6 +240,7 @@ class GatewayServer(_Process):
         python: list[str] | None = None,
         log_level: str = "INFO",
         name: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.backend = backend
         self.log_level = log_level
@@ -253,7 +254,10 @@ class GatewayServer(_Process):
         # The interpreter command; a profiler wrapper (py-spy record -- python) fits here.
         self.python = python or [sys.executable]
         self.name = name or f"gateway-{uuid.uuid4().hex[:6]}"
-        self.port = 0
+        # A port chosen before the start (a cluster's nodes name each other in their
+        # configs); None: a free one, chosen again if it is taken meanwhile.
+        self.fixed_port = port
+        self.port = port or 0
         self.log_path = self.workdir / f"{self.name}.log"
 
     @property
@@ -280,8 +284,9 @@ class GatewayServer(_Process):
             path = self.workdir / f"{self.name}.toml"
             path.write_text(self.config_text)
             config = ["--config", str(path)]
-        for attempt in range(_START_ATTEMPTS):
-            self.port = free_port()
+        attempts = 1 if self.fixed_port else _START_ATTEMPTS
+        for attempt in range(attempts):
+            self.port = self.fixed_port or free_port()
             args = [
                 *self.python, "-m", "s3latent", "serve", "--listen", f"127.0.0.1:{self.port}",
                 "--backend", self.backend, "--log-level", self.log_level, *config,
@@ -294,7 +299,7 @@ class GatewayServer(_Process):
             except RuntimeError:
                 _stop(self.proc)
                 self.proc = None
-                if attempt == _START_ATTEMPTS - 1:
+                if attempt == attempts - 1:
                     raise
         return self
 
