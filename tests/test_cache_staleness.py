@@ -92,7 +92,8 @@ async def gw(tmp_path: Path, tiny_model: dict[str, str]  # noqa: F811
 
 async def put(gw: InProcessGateway, key: str, body: bytes, bucket: str = PLAIN) -> None:
     await gw.run(lambda s3: s3.put_object(Bucket=bucket, Key=key, Body=body,
-                                          ContentType="image/png"))
+                                          ContentType="image/png", Metadata={"Origin": "t"},
+                                          CacheControl="max-age=60"))
 
 
 async def get(gw: InProcessGateway, key: str, bucket: str = PLAIN) -> bytes:
@@ -167,7 +168,7 @@ async def test_metadata_only_replacement_is_a_change(gw: InProcessGateway) -> No
     """Same bytes (same ETag), new Content-Type: a GET must not keep sending the old one."""
     await put(gw, "a.png", b"one")
     await get(gw, "a.png")
-    await asyncio.sleep(1.05)  # Last-Modified has one-second resolution
+    # Within the same second (Last-Modified's resolution): the metadata tells it apart.
     await physical.put_small(gw.backend, PLAIN, "a.png", b"one",
                              ObjectMeta(content_type="image/webp"))
     await asyncio.sleep(R + 0.05)
@@ -339,7 +340,8 @@ def test_two_gateways_without_cluster_stay_within_the_bound(
     # B revalidated what it had cached and found it unchanged at least once, with SeaweedFS's
     # own HEAD and GET answers (a mismatch of their Last-Modified would make every check fail).
     time.sleep(R + 0.05)
-    a.put_object(Bucket=bucket, Key="keep.png", Body=b"kept", ContentType="image/png")
+    a.put_object(Bucket=bucket, Key="keep.png", Body=b"kept", ContentType="image/png",
+                 Metadata={"Origin": "test"}, CacheControl="max-age=60")
     _read(b, bucket, "keep.png")
     time.sleep(R + 0.05)
     before = _metric(pair_of_gateways[1], "fresh")

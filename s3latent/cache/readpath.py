@@ -9,7 +9,8 @@ memory to work with in comparisons.
 Entries are keyed by (bucket, key) and dropped when a write or delete of the
 key goes through this node. Writes elsewhere (another gateway, `s3latent
 convert`, any tool on the backend) are caught by revalidation: every entry
-remembers the backend object it came from (physical ETag and Last-Modified) and
+remembers the backend object it came from (physical ETag, Last-Modified and the
+headers GET sends from its metadata) and
 when the backend last showed that object (`confirmed`, monotonic); an entry
 older than `[cache] revalidate_after` is checked with one backend HEAD before it
 is served (objects.reads), and dropped if the object changed or is gone. So no
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -37,16 +37,17 @@ OUTCOMES = ("fresh", "changed", "gone", "error")
 class Entry:
     """A cached object: its logical info and bytes (rendition, or container).
 
-    `physical_etag` and `physical_modified` name the backend object the bytes came from
-    (a container's, not the rendition's logical ETag); `confirmed` is when (time.monotonic)
-    the backend last showed that object, taken *before* the call that showed it, so
-    staleness is never underestimated. An entry without a source never counts as current.
+    `physical_etag` and `source` name the backend object the bytes came from (a
+    container's ETag, not the rendition's logical one; `source_of`); `confirmed` is when
+    (time.monotonic) the backend last showed that object, taken *before* the call that
+    showed it, so staleness is never underestimated. An entry without a source never counts
+    as current.
     """
 
     info: ObjectInfo
     data: bytes
     physical_etag: str = ""
-    physical_modified: datetime | None = None
+    source: tuple[object, ...] = ()
     confirmed: float = float("-inf")
 
     def __len__(self) -> int:
@@ -55,21 +56,24 @@ class Entry:
     @classmethod
     def of(cls, info: ObjectInfo, data: bytes, source: ObjectInfo, confirmed: float) -> Entry:
         """`data` sent as `info`, made from the backend object `source` seen at `confirmed`."""
-        return cls(info, data, source.etag, source.last_modified, confirmed)
+        return cls(info, data, source.etag, source_of(source), confirmed)
 
     def derived(self, info: ObjectInfo, data: bytes) -> Entry:
         """Another form of the same source (a rendition of this container), as fresh as it."""
-        return Entry(info, data, self.physical_etag, self.physical_modified, self.confirmed)
+        return Entry(info, data, self.physical_etag, self.source, self.confirmed)
 
     def same_source(self, current: ObjectInfo | None) -> bool:
-        """Whether the backend object `current` (a HEAD's answer) is the one this came from.
+        """Whether the backend object `current` (a HEAD's answer) is the one this came from."""
+        return current is not None and bool(self.source) and source_of(current) == self.source
 
-        Last-Modified is compared too: an in-place copy that replaces only metadata keeps
-        the ETag but changes what GET must send (Content-Type, x-amz-meta-*).
-        """
-        return current is not None and bool(self.physical_etag) and \
-            current.etag == self.physical_etag and \
-            (self.physical_modified is None or current.last_modified == self.physical_modified)
+
+def source_of(info: ObjectInfo) -> tuple[object, ...]:
+    """What identifies a backend object's version for the cache: its ETag, and what a
+    replacement that keeps the bytes (an in-place copy with new metadata: same ETag) changes
+    in what GET sends: Last-Modified, Content-Type, user metadata, stored headers."""
+    meta = info.meta
+    return (info.etag, info.last_modified, meta.content_type, tuple(sorted(meta.metadata.items())),
+            tuple(sorted(meta.headers.items())))
 
 
 class ReadCache:
@@ -198,4 +202,4 @@ class ReadCache:
 
 
 def _same(a: Entry, b: Entry) -> bool:
-    return (a.physical_etag, a.physical_modified) == (b.physical_etag, b.physical_modified)
+    return bool(a.source) and a.source == b.source
