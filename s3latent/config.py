@@ -20,6 +20,8 @@ DEFAULT_ACCESS_KEY = "s3latent"
 DEFAULT_SECRET_KEY = "s3latent-secret"
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,22 @@ def parse_size(value: str | int) -> int:
     power = "KMGT".index(unit[0]) + 1 if unit[0] in "KMGT" else 0
     mult = (1024 if unit.endswith("IB") else 1000) ** power
     return int(number * mult)
+
+
+def parse_duration(value: str | int | float) -> float:
+    """'250ms' -> 0.25, '1s' -> 1.0, '2m' -> 120.0; plain numbers are seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"not a duration: {value!r} (use e.g. 250ms, 1s, 0)")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION_RE.match(str(value))
+        if not m:
+            raise ConfigError(f"not a duration: {value!r} (use e.g. 250ms, 1s, 0)")
+        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+    if not 0.0 <= seconds < float("inf"):
+        raise ConfigError(f"not a duration: {value!r} (must be 0 or more)")
+    return seconds
 
 
 @dataclass
@@ -73,6 +91,10 @@ class CacheSettings:
     alpha_min: float = 0.05
     alpha_max: float = 0.95
     sample_rate: float = 0.1  # share of keys the resizer's shadow caches replay
+    # Seconds a cache entry is served without asking the backend whether the object it came
+    # from is still there unchanged (bounded staleness across gateways and direct writes);
+    # 0: every hit asks.
+    revalidate_after: float = 1.0
 
     def validate(self) -> None:
         """A split outside [0, 1] or an empty shadow sample would fail later, on a read."""
@@ -84,6 +106,9 @@ class CacheSettings:
             raise ConfigError("[cache] sample_rate must be in (0, 1]")
         if self.window < 1 or self.alpha_step <= 0 or self.memory < 0 or self.promote_after < 1:
             raise ConfigError("[cache] window, alpha_step and promote_after must be positive")
+        if not 0.0 <= self.revalidate_after <= 3600.0:
+            raise ConfigError("[cache] revalidate_after must be between 0 and 1h (staleness "
+                              "is bounded by it)")
 
 
 @dataclass
@@ -231,6 +256,11 @@ def _dataclass_from(cls: type, table: dict[str, Any], where: str) -> Any:
     for name in ("memory", "memory_budget"):
         if name in values:
             values[name] = parse_size(values[name])
+    if "revalidate_after" in values:
+        try:
+            values["revalidate_after"] = parse_duration(values["revalidate_after"])
+        except ConfigError as exc:
+            raise ConfigError(f"[{where}] revalidate_after: {exc}") from exc
     return cls(**values)
 
 

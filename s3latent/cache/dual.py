@@ -67,6 +67,21 @@ class DualCache:
     def put_latent(self, key: Hashable, data: Any) -> None:
         self._latents.put(key, data, len(data))
 
+    def peek_image(self, key: Hashable) -> Any | None:
+        """The image-tier value without counting a hit or touching recency."""
+        return self._images.peek(key)
+
+    def peek_latent(self, key: Hashable) -> Any | None:
+        """The latent-tier value without counting a hit or touching recency."""
+        return self._latents.peek(key)
+
+    def drop_image(self, key: Hashable) -> None:
+        self._images.remove(key)
+
+    def drop_latent(self, key: Hashable) -> None:
+        self._latents.remove(key)
+        self._hits.pop(key, None)
+
     def invalidate(self, key: Hashable) -> None:
         self._images.remove(key)
         self._latents.remove(key)

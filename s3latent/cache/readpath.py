@@ -7,34 +7,73 @@ the image tier too, so an image store without latents (ImgStore) gets the same
 memory to work with in comparisons.
 
 Entries are keyed by (bucket, key) and dropped when a write or delete of the
-key goes through this node. Several nodes in front of one backend keep their
-own caches; route a key's writes and reads to one owner (DESIGN.md "Scale"),
-or accept reads that lag another node's write until eviction.
+key goes through this node. Writes elsewhere (another gateway, `s3latent
+convert`, any tool on the backend) are caught by revalidation: every entry
+remembers the backend object it came from (physical ETag, Last-Modified and the
+headers GET sends from its metadata) and
+when the backend last showed that object (`confirmed`, monotonic); an entry
+older than `[cache] revalidate_after` is checked with one backend HEAD before it
+is served (objects.reads), and dropped if the object changed or is gone. So no
+entry is served more than `revalidate_after` after the backend stopped holding
+its object (docs/configuration.md, "Cached reads and staleness").
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..backends.base import ObjectInfo
 from ..config import CacheSettings
 
 PLAIN_CACHE_MAX = 16 * 1024 * 1024
 PATHS = ("image_hit", "latent_hit", "miss", "plain")
+OUTCOMES = ("fresh", "changed", "gone", "error")
 
 
 @dataclass
 class Entry:
-    """A cached object: its logical info and bytes (rendition, or container)."""
+    """A cached object: its logical info and bytes (rendition, or container).
+
+    `physical_etag` and `source` name the backend object the bytes came from (a
+    container's ETag, not the rendition's logical one; `source_of`); `confirmed` is when
+    (time.monotonic) the backend last showed that object, taken *before* the call that
+    showed it, so staleness is never underestimated. An entry without a source never counts
+    as current.
+    """
 
     info: ObjectInfo
     data: bytes
     physical_etag: str = ""
+    source: tuple[object, ...] = ()
+    confirmed: float = float("-inf")
 
     def __len__(self) -> int:
         return len(self.data)
+
+    @classmethod
+    def of(cls, info: ObjectInfo, data: bytes, source: ObjectInfo, confirmed: float) -> Entry:
+        """`data` sent as `info`, made from the backend object `source` seen at `confirmed`."""
+        return cls(info, data, source.etag, source_of(source), confirmed)
+
+    def derived(self, info: ObjectInfo, data: bytes) -> Entry:
+        """Another form of the same source (a rendition of this container), as fresh as it."""
+        return Entry(info, data, self.physical_etag, self.source, self.confirmed)
+
+    def same_source(self, current: ObjectInfo | None) -> bool:
+        """Whether the backend object `current` (a HEAD's answer) is the one this came from."""
+        return current is not None and bool(self.source) and source_of(current) == self.source
+
+
+def source_of(info: ObjectInfo) -> tuple[object, ...]:
+    """What identifies a backend object's version for the cache: its ETag, and what a
+    replacement that keeps the bytes (an in-place copy with new metadata: same ETag) changes
+    in what GET sends: Last-Modified, Content-Type, user metadata, stored headers."""
+    meta = info.meta
+    return (info.etag, info.last_modified, meta.content_type, tuple(sorted(meta.metadata.items())),
+            tuple(sorted(meta.headers.items())))
 
 
 class ReadCache:
@@ -70,6 +109,13 @@ class ReadCache:
                       registry=registry)
         ratio.labels("image").set_function(lambda: self._ratio("image"))
         ratio.labels("latent").set_function(lambda: self._ratio("latent"))
+        self.revalidations = Counter(
+            "s3latent_cache_revalidations",
+            "Backend HEADs checking a cache entry older than revalidate_after, by outcome: "
+            "fresh (served), changed or gone (dropped, read again), error (request failed)",
+            ["outcome"], registry=registry)
+        for outcome in OUTCOMES:
+            self.revalidations.labels(outcome)
 
     def _ratio(self, tier: str) -> float:
         stats = self.dual.stats
@@ -85,10 +131,50 @@ class ReadCache:
         return entry if isinstance(entry, Entry) else None
 
     def put_latent(self, bucket: str, key: str, entry: Entry) -> None:
+        """Keep a container; an image-tier entry of another source goes (never two truths)."""
+        other = self.dual.peek_image((bucket, key))
+        if isinstance(other, Entry) and not _same(other, entry):
+            self.dual.drop_image((bucket, key))
         self.dual.put_latent((bucket, key), entry)  # type: ignore[arg-type]
 
     def put_image(self, bucket: str, key: str, entry: Entry) -> None:
+        """Keep an image; a latent-tier entry of another source goes."""
+        other = self.dual.peek_latent((bucket, key))
+        if isinstance(other, Entry) and not _same(other, entry):
+            self.dual.drop_latent((bucket, key))
         self.dual.put_image((bucket, key), entry)  # type: ignore[arg-type]
+
+    # -- staleness -------------------------------------------------------------
+    @property
+    def revalidate_after(self) -> float:
+        return self.settings.revalidate_after
+
+    def due(self, entry: Entry, now: float | None = None) -> bool:
+        """Whether `entry` must be checked against the backend before it is served."""
+        now = time.monotonic() if now is None else now
+        return now - entry.confirmed >= self.settings.revalidate_after
+
+    def observed(self, bucket: str, key: str, current: ObjectInfo | None,
+                 asked: float) -> None:
+        """The backend said, to a call made at `asked`, that `key` is `current` (None: gone).
+
+        Entries of both tiers from that object count as confirmed then; the others are
+        dropped. Every HEAD of the key calls this, so HEAD and GET of one key on this node
+        do not disagree.
+        """
+        ident = (bucket, key)
+        for peek, drop in ((self.dual.peek_image, self.dual.drop_image),
+                           (self.dual.peek_latent, self.dual.drop_latent)):
+            entry = peek(ident)
+            if not isinstance(entry, Entry):
+                continue
+            if entry.same_source(current):
+                entry.confirmed = max(entry.confirmed, asked)
+            else:
+                drop(ident)
+
+    def count_revalidation(self, outcome: str) -> None:
+        self.revalidations.labels(outcome).inc()
 
     def should_promote(self, bucket: str, key: str) -> bool:
         return self.dual.should_promote((bucket, key))
@@ -113,3 +199,7 @@ class ReadCache:
             self._estimate.clear()
             for candidate, value in self.resizer.estimates.items():
                 self._estimate.labels(f"{candidate:.2f}").set(value)
+
+
+def _same(a: Entry, b: Entry) -> bool:
+    return bool(a.source) and a.source == b.source

@@ -6,6 +6,11 @@ concurrent renditions of a stored object share one decode). A GET of a stub serv
 rebuilt from its image's container. Whatever is sent, its length and ETag are those of the
 bytes (`_checked`). HEAD answers from the backend's metadata, never the body, and says why a
 plain image stayed plain (x-s3latent-state) even after a restart.
+
+Staleness is bounded (cache/readpath.py): a cache entry last confirmed more than
+`[cache] revalidate_after` ago is checked with one backend HEAD (shared by concurrent hits of
+the key) before it is served, and every HEAD of a key reconciles its cache entries with what
+the backend said, so HEAD and GET of one key on one node agree.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SAFETENSORS_TYPE = "application/octet-stream"
 _Shared = tuple[ObjectInfo, memoryview] | None  # what a cache miss hands to concurrent ones
+_GONE = ("NoSuchKey", "NoSuchBucket")
 
 
 class BytesBody:
@@ -85,14 +91,30 @@ class LatentReads:
         self.shared_misses = Counter("s3latent_read_shared_misses",
                                      "Cache misses answered by another miss's fetch",
                                      registry=registry)
+        # Revalidations under way: concurrent hits of a key due for one share its HEAD
+        # (None: the object is gone).
+        self._revalidations: SingleFlight[tuple[str, str], ObjectInfo | None] = SingleFlight()
 
     # -- HEAD ------------------------------------------------------------------
     async def head_object(self, bucket: str, key: str) -> ObjectInfo:
         readable(key)
         ctx = self.ctx
-        info = await ctx.trusted(bucket, await ctx.backend.head_object(bucket, key))
+        info = await ctx.trusted(bucket, await self._head(bucket, key))
         await self.refusal_state(bucket, key, info)
         return physical.logical_info(info)
+
+    async def _head(self, bucket: str, key: str) -> ObjectInfo:
+        """The backend's HEAD of `key`; the cache learns from it (confirm or drop entries)."""
+        cache, asked = self.ctx.cache, time.monotonic()
+        try:
+            info = await self.ctx.backend.head_object(bucket, key)
+        except S3Error as exc:
+            if cache is not None and exc.code in _GONE:
+                cache.observed(bucket, key, None, asked)
+            raise
+        if cache is not None:
+            cache.observed(bucket, key, info, asked)
+        return info
 
     async def refusal_state(self, bucket: str, key: str, info: ObjectInfo) -> None:
         """Make x-s3latent-state say why a plain image stayed plain, after restarts too.
@@ -145,15 +167,15 @@ class LatentReads:
         cache = self.ctx.cache
         if cache is not None:
             hit = cache.image(bucket, key)
-            if hit is not None:
+            if hit is not None and await self._current(bucket, key, hit):
                 self._record(bucket, key, "image_hit", started, hit, None)
                 await self.refusal_state(bucket, key, hit.info)
                 return hit.info, BytesBody(_slice(hit.data, byte_range))
             warm = cache.latent(bucket, key)
-            if warm is not None:
+            if warm is not None and await self._current(bucket, key, warm):
                 data = await self._render(bucket, key, warm.physical_etag, warm.data)
                 logical = self._checked(bucket, key, warm.info, data)
-                image = Entry(logical, data)
+                image = warm.derived(logical, data)
                 if cache.should_promote(bucket, key):
                     cache.put_image(bucket, key, image)
                 self._record(bucket, key, "latent_hit", started, image, warm)
@@ -173,6 +195,37 @@ class LatentReads:
                 return info, BytesBody(_slice(body.data, byte_range))
             await body.close()
         return await self._miss(bucket, key, byte_range, started)
+
+    async def _current(self, bucket: str, key: str, entry: Entry) -> bool:
+        """Whether a cache entry may be served: confirmed within revalidate_after, or the
+        backend still holds the object it came from (one HEAD, shared by concurrent hits).
+
+        A changed or missing object drops the key's entries (the read goes on as a miss).
+        A backend failure fails the read as a miss would: serving the entry anyway could
+        exceed the staleness bound while the backend is unreachable.
+        """
+        cache = self.ctx.cache
+        assert cache is not None
+        if not cache.due(entry):
+            return True
+
+        async def revalidate() -> ObjectInfo | None:
+            try:
+                current: ObjectInfo | None = await self._head(bucket, key)
+            except S3Error as exc:
+                if exc.code not in _GONE:
+                    cache.count_revalidation("error")
+                    raise
+                current = None
+            except Exception:
+                cache.count_revalidation("error")
+                raise
+            cache.count_revalidation("gone" if current is None else
+                                     "fresh" if entry.same_source(current) else "changed")
+            return current
+
+        current, _ = await self._revalidations.run((bucket, key), revalidate)
+        return entry.same_source(current)
 
     async def _shared_miss(self, bucket: str, key: str, started: float
                            ) -> tuple[ObjectInfo, ObjectBody]:
@@ -196,6 +249,7 @@ class LatentReads:
     async def _miss(self, bucket: str, key: str, byte_range: tuple[int, int] | None,
                     started: float) -> tuple[ObjectInfo, ObjectBody]:
         ctx, cache = self.ctx, self.ctx.cache
+        asked = time.monotonic()  # what the backend sends is at least this fresh
         info, body = await ctx.backend.get_object(bucket, key, byte_range)
         try:
             info = await ctx.trusted(bucket, info)
@@ -215,7 +269,7 @@ class LatentReads:
                 data = b"".join([chunk async for chunk in body])
             finally:
                 await body.close()
-            entry = Entry(info, data)
+            entry = Entry.of(info, data, info, asked)
             cache.put_image(bucket, key, entry)
             self._record(bucket, key, "plain", started, entry, None)
             return info, BytesBody(data)
@@ -238,12 +292,12 @@ class LatentReads:
             data = await ctx.sidecar_bytes(bucket, info)
             self.latency.labels("sidecar").observe(time.perf_counter() - started)
             return self._checked(bucket, key, info, data), BytesBody(_slice(data, byte_range))
-        container = Entry(physical.logical_info(info), raw, info.etag)
+        container = Entry.of(physical.logical_info(info), raw, info, asked)
         data = await self._render(bucket, key, info.etag, raw)
         logical = self._checked(bucket, key, info, data)
         if cache is not None:
             cache.put_latent(bucket, key, container)
-        self._record(bucket, key, "miss", started, Entry(logical, data), container)
+        self._record(bucket, key, "miss", started, container.derived(logical, data), container)
         return logical, BytesBody(_slice(data, byte_range))
 
     async def _render(self, bucket: str, key: str, physical_etag: str, raw: bytes) -> bytes:
@@ -290,7 +344,7 @@ class LatentReads:
         """The latent of a latent object as a safetensors file (`?x-s3latent-want=latent`)."""
         readable(key)
         ctx = self.ctx
-        info = await ctx.trusted(bucket, await ctx.backend.head_object(bucket, key))
+        info = await ctx.trusted(bucket, await self._head(bucket, key))
         rep = physical.representation(info)
         if rep == physical.REP_STUB:
             data = await ctx.sidecar_bytes(bucket, info)
