@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.inprocess import InProcessGateway, config_text, serve_gateway
 from tests.test_latent_objects import make_pair, tiny_model  # noqa: F401 - fixture
@@ -254,3 +255,150 @@ async def test_concurrent_cold_gets_decode_once(tmp_path: Path,
                                                         get_of(gw, "img.png"))
         assert one == two and got1["ETag"] == got2["ETag"] == md5_etag(one)
         assert await decodes(gw) - before == 1
+
+
+async def test_delete_bucket_waits_for_a_conversion_in_the_bucket(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conversion that read a pair just before the client deleted both keys writes its
+    refusal marker afterwards. DeleteBucket answers only once that conversion is done,
+    and no gateway write reaches the bucket after the bucket is deleted: on SeaweedFS
+    such a PUT creates the bucket again (the deleted bucket came back in ListBuckets).
+    """
+    bucket = "going"
+    held, release = asyncio.Event(), asyncio.Event()
+    refusals = gw.store.converter.refusals
+    write_marker = refusals.write
+
+    async def held_write(*args: Any, **kwargs: Any) -> bool:
+        held.set()
+        await release.wait()
+        return await write_marker(*args, **kwargs)
+
+    monkeypatch.setattr(refusals, "write", held_write)
+    backend = gw.backend
+    real_put, real_delete_bucket = backend.put_object, backend.delete_bucket
+    events: list[str] = []
+
+    async def put_object(name: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if name == bucket:
+            events.append(f"put {key}")
+        return await real_put(name, key, *args, **kwargs)
+
+    async def delete_bucket(name: str) -> None:
+        await real_delete_bucket(name)
+        if name == bucket:
+            events.append("bucket deleted")
+
+    monkeypatch.setattr(backend, "put_object", put_object)
+    monkeypatch.setattr(backend, "delete_bucket", delete_bucket)
+    sidecar = make_pair(tiny_model, seed=21)[1]
+    await gw.run(lambda s3: s3.create_bucket(Bucket=bucket))
+    await gw.run(lambda s3: s3.put_object(Bucket=bucket, Key="m.png", Body=b"not an image",
+                                          ContentType="text/plain"))
+    await gw.run(lambda s3: s3.put_object(Bucket=bucket, Key="m.png" + SUFFIX, Body=sidecar))
+    try:
+        await asyncio.wait_for(held.wait(), 60)  # judged and refused; marker not yet written
+        await gw.run(lambda s3: s3.delete_objects(Bucket=bucket, Delete={"Objects": [
+            {"Key": "m.png"}, {"Key": "m.png" + SUFFIX}]}))
+        deleting = asyncio.ensure_future(gw.run(lambda s3: s3.delete_bucket(Bucket=bucket)))
+        # Only the unfixed gateway can answer here (in milliseconds); the fixed one cannot
+        # answer before `release`, however long this waits.
+        done, _ = await asyncio.wait({deleting}, timeout=1.0)
+        assert not done, "DeleteBucket answered while a conversion in the bucket ran"
+    finally:
+        release.set()
+    await deleting
+    await gw.settle()
+    assert events[-1] == "bucket deleted", events
+    names = await gw.run(lambda s3: [b["Name"] for b in s3.list_buckets()["Buckets"]])
+    assert bucket not in names
+
+
+async def sidecar_now(gw: InProcessGateway, key: str = "img.png" + SUFFIX) -> bytes | str:
+    """The sidecar key's bytes, or the error code its GET answers."""
+    def call(s3: Any) -> bytes | str:
+        try:
+            return bytes(s3.get_object(Bucket=BKT, Key=key)["Body"].read())
+        except ClientError as exc:
+            return str(exc.response["Error"]["Code"])
+
+    return await gw.run(call)
+
+
+async def test_image_overwritten_between_container_and_stub_keeps_the_sidecar(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PUT of the image lands after the conversion wrote the container and before it
+    stubbed the sidecar: the stub must not be written (it would point at an image that
+    is no container any more, and the sidecar's bytes would be gone for good)."""
+    image, sidecar = make_pair(tiny_model, seed=1)[:2]
+    backend = gw.backend
+    real_put = backend.put_object
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def put_object(bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        # The container's listing-index entry: written between container and stub.
+        if key.startswith(".s3latent/v/img.png ") and not held.is_set():
+            held.set()
+            await release.wait()
+        return await real_put(bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "put_object", put_object)
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=image,
+                                          ContentType="image/png"))
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png" + SUFFIX, Body=sidecar))
+    try:
+        await asyncio.wait_for(held.wait(), 60)
+        await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=b"plain now",
+                                              ContentType="text/plain"))
+    finally:
+        release.set()
+    await gw.settle()
+    assert (await get_of(gw, "img.png"))[1] == b"plain now"
+    assert await sidecar_now(gw) == sidecar
+
+
+async def test_conversion_during_an_overwrite_does_not_stub_the_sidecar(
+        tmp_path: Path, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PUT onto a converted image makes the stub a real sidecar again, then writes the
+    image. A conversion of the key in between (the sweeper sees a real sidecar beside a
+    container) must not stub it again: with a lossless codec the sidecar is byte-identical
+    to the one the container holds, and the stub would outlive the container."""
+    async for gw in start(tmp_path, tiny_model, codec="lossless"):
+        await _conversion_during_overwrite(gw, tiny_model, monkeypatch)
+
+
+async def _conversion_during_overwrite(gw: InProcessGateway, model: dict[str, str],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    _, sidecar = await put_pair(gw, model)
+    backend = gw.backend
+    real_put, real_get = backend.put_object, backend.get_object
+    held, release = asyncio.Event(), asyncio.Event()
+
+    async def put_object(bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key == "img.png":  # the sidecar is real again; the image not yet replaced
+            held.set()
+            await release.wait()
+        return await real_put(bucket, key, *args, **kwargs)
+
+    async def get_object(bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key == "img.png" + SUFFIX and held.is_set():
+            release.set()  # the conversion read the pair: let the image write go on
+        return await real_get(bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "put_object", put_object)
+    monkeypatch.setattr(backend, "get_object", get_object)
+    overwrite = asyncio.ensure_future(gw.run(lambda s3: s3.put_object(
+        Bucket=BKT, Key="img.png", Body=b"plain now", ContentType="text/plain")))
+    try:
+        await asyncio.wait_for(held.wait(), 60)
+        gw.store.converter.schedule(BKT, "img.png")  # as a sweep would
+        await asyncio.wait_for(release.wait(), 60)
+    finally:
+        release.set()
+    await overwrite
+    await gw.settle()
+    assert (await get_of(gw, "img.png"))[1] == b"plain now"
+    assert await sidecar_now(gw) == sidecar

@@ -3,6 +3,7 @@ and bucket owners, with boto3 through the gateway on both backends."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import uuid
@@ -590,6 +591,49 @@ async def test_s3_backend_records_outlive_the_process(seaweedfs: SeaweedFS,
         await third.delete_bucket(name)
     finally:
         await third.close()
+
+
+async def test_a_listing_answered_before_a_bucket_deletion_does_not_revive_it(
+        seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ListBuckets answered before DeleteBucket but read after it (the sweeper and
+    bucket checks list concurrently with requests) must not leave the deleted bucket
+    cached as existing: a PUT would then pass the bucket check, and SeaweedFS creates
+    a bucket on PUT, so the deleted bucket would come back."""
+    backend = S3Backend(seaweedfs.endpoint, seaweedfs.access_key, seaweedfs.secret_key)
+    await backend.start()
+    name = f"gone-{uuid.uuid4().hex[:8]}"
+    real_call = backend._call
+    answered, deleted = asyncio.Event(), asyncio.Event()
+
+    async def call(op: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        result = await real_call(op, *args, **kwargs)
+        if op == "list_buckets" and not answered.is_set():  # the first listing is held
+            answered.set()
+            await deleted.wait()
+        return result
+
+    async def once() -> AsyncIterator[bytes]:
+        yield b"x"
+
+    try:
+        await backend.create_bucket(name)
+        monkeypatch.setattr(backend, "_call", call)
+        stale = asyncio.ensure_future(backend.list_buckets())
+        await answered.wait()  # the backend answered: `name` exists
+        await backend.delete_bucket(name)
+        deleted.set()
+        assert name in [b.name for b in await stale]
+        with pytest.raises(S3Error) as err:
+            await backend.put_object(name, "k", once(), ObjectMeta(), size=1)
+        assert err.value.code == "NoSuchBucket"
+        assert name not in [b.name for b in await backend.list_buckets()]
+    finally:
+        deleted.set()
+        monkeypatch.undo()
+        if name in [b.name for b in await backend.list_buckets()]:  # revived: clean up
+            await backend.delete_object(name, "k")
+            await backend.delete_bucket(name)
+        await backend.close()
 
 
 # -- ACL writes that change nothing ------------------------------------------------------------

@@ -70,6 +70,10 @@ SPOOL_MEMORY = 8 * 1024 * 1024
 READ_CHUNK = 256 * 1024
 # How long a bucket seen to exist is trusted without asking the backend again.
 BUCKET_CACHE_TTL = 10.0
+# How long a bucket deletion is remembered, so that a bucket listing sent before it (and
+# answered with the bucket) is not cached as proof the bucket exists; far above any
+# backend call's duration.
+DELETION_MEMORY_S = 600.0
 # Our own metadata rides in the backend's user metadata under this prefix.
 INTERNAL_PREFIX = "s3lx-"
 _CHECKSUM_PREFIX = INTERNAL_PREFIX + "cks-"
@@ -260,6 +264,8 @@ class S3Backend:
                               read_timeout=read_timeout, max_attempts=max_attempts)
         # Buckets known to exist -> (creation time, when checked).
         self._buckets: dict[str, tuple[datetime, float]] = {}
+        # Buckets this process deleted -> when the deletion was answered.
+        self._deleted: dict[str, float] = {}
         self.meta_bucket = meta_bucket or (
             "s3latent-meta-" + hashlib.sha256(access_key.encode()).hexdigest()[:16])
         self.meta = MetaStore(self.meta_bucket, self._call, self._data)
@@ -323,6 +329,7 @@ class S3Backend:
     # -- buckets ---------------------------------------------------------
     async def list_buckets(self) -> list[BucketInfo]:
         """The backend's buckets, without the meta bucket."""
+        sent = time.monotonic()
         resp = await self._call("list_buckets")
         infos = [BucketInfo(b["Name"], _utc(b.get("CreationDate"))) for b in resp["Buckets"]]
         if any(b.name == self.meta_bucket for b in infos):
@@ -331,7 +338,11 @@ class S3Backend:
             self.meta.exists = False
         infos = [b for b in infos if b.name != self.meta_bucket]
         now = time.monotonic()
-        self._buckets = {b.name: (b.created, now) for b in infos}
+        self._deleted = {b: t for b, t in self._deleted.items() if now - t < DELETION_MEMORY_S}
+        # A bucket deleted since this listing was sent may be in it: not cached as existing
+        # (a PUT let through to SeaweedFS would create it again).
+        self._buckets = {b.name: (b.created, now) for b in infos
+                         if self._deleted.get(b.name, float("-inf")) < sent}
         return infos
 
     async def create_bucket(self, bucket: str, owner: str | None = None) -> None:
@@ -418,6 +429,7 @@ class S3Backend:
         if page.entries or page.common_prefixes:
             raise S3Error("BucketNotEmpty", resource=bucket, BucketName=bucket)
         await self._call("delete_bucket", bucket)
+        self._deleted[bucket] = time.monotonic()
         self._buckets.pop(bucket, None)
         if self.meta.exists:  # best effort: leftovers match nothing that exists
             try:

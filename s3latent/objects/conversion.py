@@ -25,7 +25,8 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache
@@ -36,6 +37,7 @@ from ..config import Config, DecodeSettings
 from ..errors import S3Error
 from ..latent.container import ContainerError, unpack
 from . import physical
+from .bucket_gate import BucketGate
 from .refusals import Refusal, RefusalStore, Refused, now_iso
 
 if TYPE_CHECKING:
@@ -148,6 +150,11 @@ class Converter:
         self.on_written: Callable[[str, str], None] | None = None
         # One conversion of a key at a time (a PUT can re-queue a key being converted).
         self._key_locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+        # Conversions and sweeps write into buckets: DeleteBucket waits them out (gate.closed).
+        self.gate = BucketGate()
+        # (bucket, image key) -> lock held while a stub is written for the container at the
+        # image key, and by client writes that replace or delete that key (pair_lock).
+        self._pair_locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
         self.results = Counter("s3latent_conversions", "Conversion outcomes",
                                ["result", "reason"], registry=registry)
         self.attempts = Counter("s3latent_conversion_attempts",
@@ -190,6 +197,27 @@ class Converter:
         self._workers.clear()
         self._sweeper = None
 
+    @asynccontextmanager
+    async def pair_lock(self, bucket: str, image_key: str) -> AsyncIterator[None]:
+        """Orders stub writes against client writes of the image key.
+
+        A stub is only a pointer: written after the container at `image_key` was replaced
+        or deleted, the sidecar's bytes are gone for good. `_finish_stub` checks that the
+        container is still there and writes the stub inside this lock; a client write or
+        delete of `image_key` holds it from the HEAD that decides whether the stub must
+        become a real sidecar again until its own write has landed.
+        """
+        ident = (bucket, image_key)
+        lock, users = self._pair_locks.setdefault(ident, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                self._pair_locks.pop(ident, None)
+
     def schedule(self, bucket: str, image_key: str) -> None:
         item = (bucket, image_key)
         if item in self._queued:
@@ -222,7 +250,7 @@ class Converter:
             lock, users = self._key_locks.setdefault((bucket, key), (asyncio.Lock(), [0]))
             users[0] += 1
             try:
-                async with lock:
+                async with self.gate.work(bucket), lock:
                     outcome = await self.convert(bucket, key)
                 self.seconds.observe(time.perf_counter() - started)
                 log.info("conversion of %s/%s: %s", bucket, key, outcome)
@@ -273,7 +301,8 @@ class Converter:
                 expected = image.meta.internal.get(SIDECAR_ETAG)
                 if expected is None:  # a latent-only upload or a copy: holds no sidecar
                     return "already latent; the sidecar key is not its sidecar"
-                return await self._finish_stub(bucket, key, expected, side_key, side, None)
+                return await self._finish_stub(bucket, key, image.etag, expected, side_key,
+                                               side, None)
             return "already latent"
         if rep_side != "plain":
             return "sidecar key holds a stub of another image"
@@ -327,15 +356,16 @@ class Converter:
         await self._index(bucket, key, written.etag, view, replaced=image)
         if marker_left:
             await self._drop_marker(bucket, key)
-        outcome = await self._finish_stub(bucket, key, side.etag, side_key, side,
+        outcome = await self._finish_stub(bucket, key, written.etag, side.etag, side_key, side,
                                           (admission, side_bytes))
         crash_point("after-stub")
         return (f"admitted: {admission.header.codec}, {len(admission.container)} bytes for a "
                 f"{image.size}-byte image, psnr {admission.header.psnr} dB; "
                 + outcome)
 
-    async def _finish_stub(self, bucket: str, key: str, expected: str, side_key: str,
-                           side: ObjectInfo, converted: tuple[Any, bytes] | None) -> str:
+    async def _finish_stub(self, bucket: str, key: str, container_etag: str, expected: str,
+                           side_key: str, side: ObjectInfo,
+                           converted: tuple[Any, bytes] | None) -> str:
         """Replace the real sidecar by a stub, if it is the one the container holds.
 
         The stub mirrors the sidecar key as it will be served: same size, and the ETag
@@ -371,14 +401,23 @@ class Converter:
                                      side.last_modified, **{physical.L_IMAGE: key,
                                                             physical.S_SOURCE: side.etag}),
         )
-        try:
-            written = await physical.write_single_part(self.backend, bucket, side_key,
-                                                       physical.stub_body(key), meta,
-                                                       if_match=side.etag)
-        except S3Error as exc:
-            if exc.code in ("PreconditionFailed", "NoSuchKey"):
-                return "sidecar changed meanwhile; kept as it is"
-            raise
+        async with self.pair_lock(bucket, key):
+            try:  # the container is still at `key` (and stays while the lock is held)
+                current = await self.backend.head_object(bucket, key)
+            except S3Error as exc:
+                if exc.code not in ("NoSuchKey", "NoSuchBucket"):
+                    raise
+                current = None
+            if current is None or current.etag != container_etag:
+                return "image replaced or deleted meanwhile; sidecar kept as it is"
+            try:
+                written = await physical.write_single_part(self.backend, bucket, side_key,
+                                                           physical.stub_body(key), meta,
+                                                           if_match=side.etag)
+            except S3Error as exc:
+                if exc.code in ("PreconditionFailed", "NoSuchKey"):
+                    return "sidecar changed meanwhile; kept as it is"
+                raise
         self._written(bucket, side_key)
         await self._index(bucket, side_key, written.etag,
                           physical.LogicalView(side.size, etag, side.last_modified),
@@ -466,7 +505,8 @@ class Converter:
             if not settings.convert:
                 continue
             try:
-                f, r = await self._sweep_bucket(bucket.name, settings.sidecar_suffix)
+                async with self.gate.work(bucket.name):
+                    f, r = await self._sweep_bucket(bucket.name, settings.sidecar_suffix)
             except S3Error as exc:
                 if exc.code != "NoSuchBucket":
                     raise

@@ -9,7 +9,8 @@ ForwardingStore; so are the write hooks (invalidation before and after, write li
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -107,6 +108,11 @@ class LatentStore(ForwardingStore):
     async def _copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                            meta: ObjectMeta | None) -> ObjectInfo:
         return await self.writes.copy_object(src_bucket, src_key, dst_bucket, dst_key, meta)
+
+    @asynccontextmanager
+    async def _overwriting(self, bucket: str, key: str) -> AsyncIterator[None]:
+        async with self.writes.overwriting(bucket, key):
+            yield
 
     async def _before_overwrite(self, bucket: str, key: str) -> ObjectInfo | None:
         return await self.writes.before_overwrite(bucket, key)

@@ -181,7 +181,7 @@ class LatentListing:
 
         async def repair() -> None:
             try:
-                async with self._repair_limit:
+                async with self.ctx.converter.gate.work(bucket), self._repair_limit:
                     if await physical.write_view_index(self.ctx.backend, bucket, key,
                                                        physical_etag, view):
                         self.list_backend_calls.labels("index_write").inc()

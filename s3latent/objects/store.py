@@ -12,7 +12,8 @@ the operations latent objects change.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from ..backends.base import (
     Backend,
@@ -194,12 +195,19 @@ class ForwardingStore:
                                         checksum: str | None = None) -> ObjectInfo:
         """Complete an upload onto `key`: an overwrite like a PUT, with the same hooks."""
         self.invalidate(bucket, key)
-        replaced = await self._before_overwrite(bucket, key)
-        info = await self.backend.complete_multipart_upload(
-            bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)
-        await self._after_overwrite(bucket, key, replaced)
+        async with self._overwriting(bucket, key):
+            replaced = await self._before_overwrite(bucket, key)
+            info = await self.backend.complete_multipart_upload(
+                bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)
+            await self._after_overwrite(bucket, key, replaced)
         self.changed(bucket, key)
         return info
+
+    @asynccontextmanager
+    async def _overwriting(self, bucket: str, key: str) -> AsyncIterator[None]:
+        """Held around _before_overwrite, the write and _after_overwrite (the latent store
+        writes no sidecar stub for `key` meanwhile); nothing to hold here."""
+        yield
 
     async def _before_overwrite(self, bucket: str, key: str) -> ObjectInfo | None:
         """A write that bypasses put_object is about to replace `key`; what it replaces."""

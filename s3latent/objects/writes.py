@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from ..backends.base import ObjectInfo, ObjectMeta
@@ -44,20 +45,24 @@ class LatentWrites:
         writable(key)
         settings = self.ctx.config.bucket(bucket)
         if meta.content_type.split(";")[0].strip().lower() == LATENT_CONTENT_TYPE:
-            return await self._put_latent_only(bucket, key, body, meta, size=size,
-                                               if_match=if_match, if_none_match=if_none_match)
+            async with self.ctx.converter.pair_lock(bucket, key):  # no stub written meanwhile
+                return await self._put_latent_only(bucket, key, body, meta, size=size,
+                                                   if_match=if_match,
+                                                   if_none_match=if_none_match)
         image_like = looks_like_image(key, meta.content_type)
         sidecar_like = settings.convert and key.endswith(settings.sidecar_suffix)
         current = None
-        if if_match is not None or if_none_match is not None or image_like or sidecar_like:
-            current = await self.ctx.head_or_none(bucket, key)
-            if current is not None:
-                _check_write_conditions(physical.logical_info(current), if_match, if_none_match)
-                if physical.representation(current) == physical.REP_LATENT:
-                    await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
-            elif if_match is not None:
-                raise S3Error("NoSuchKey", Key=key)
-        info = await self.ctx.backend.put_object(bucket, key, body, meta, size=size)
+        async with self.ctx.converter.pair_lock(bucket, key):  # no stub written meanwhile
+            if if_match is not None or if_none_match is not None or image_like or sidecar_like:
+                current = await self.ctx.head_or_none(bucket, key)
+                if current is not None:
+                    _check_write_conditions(physical.logical_info(current), if_match,
+                                            if_none_match)
+                    if physical.representation(current) == physical.REP_LATENT:
+                        await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
+                elif if_match is not None:
+                    raise S3Error("NoSuchKey", Key=key)
+            info = await self.ctx.backend.put_object(bucket, key, body, meta, size=size)
         if current is not None:
             await self._unindex(bucket, current)
         if settings.convert:
@@ -113,10 +118,11 @@ class LatentWrites:
         if physical.is_hidden(key):
             return  # not a client's object: deleting it "succeeds" like any missing key
         settings = self.ctx.config.bucket(bucket)
-        current = await self.ctx.head_or_none(bucket, key)
-        if current is not None and physical.representation(current) == physical.REP_LATENT:
-            await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
-        await self.ctx.backend.delete_object(bucket, key)
+        async with self.ctx.converter.pair_lock(bucket, key):  # no stub written meanwhile
+            current = await self.ctx.head_or_none(bucket, key)
+            if current is not None and physical.representation(current) == physical.REP_LATENT:
+                await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
+            await self.ctx.backend.delete_object(bucket, key)
         if current is not None:
             await self._unindex(bucket, current)
         if settings.convert:
@@ -143,6 +149,11 @@ class LatentWrites:
         """Copy as a client sees it: a container's copy is a container, a stub's a sidecar."""
         readable(src_key)
         writable(dst_key)
+        async with self.ctx.converter.pair_lock(dst_bucket, dst_key):  # no stub meanwhile
+            return await self._copy_object(src_bucket, src_key, dst_bucket, dst_key, meta)
+
+    async def _copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+                           meta: ObjectMeta | None) -> ObjectInfo:
         stored = await self.ctx.backend.head_object(src_bucket, src_key)
         source = await self.ctx.trusted(src_bucket, stored)
         rep = physical.representation(source)
@@ -279,6 +290,13 @@ class LatentWrites:
         return ObjectInfo(key, admission.header.size, admission.header.etag,
                           now, new_meta)
 
+    @asynccontextmanager
+    async def overwriting(self, bucket: str, key: str) -> AsyncIterator[None]:
+        """Around before_overwrite .. after_overwrite: no stub is written for `key` meanwhile
+        (Converter.pair_lock)."""
+        async with self.ctx.converter.pair_lock(bucket, key):
+            yield
+
     async def before_overwrite(self, bucket: str, key: str) -> ObjectInfo | None:
         """A converted image's stub becomes its sidecar again, as for a PUT."""
         current = await self.ctx.head_or_none(bucket, key)
@@ -299,22 +317,35 @@ class LatentWrites:
                 self.ctx.converter.schedule(bucket, key)
 
     async def delete_bucket(self, bucket: str) -> None:
-        """The gateway's hidden records go with the bucket once no client key is left."""
+        """The gateway's hidden records go with the bucket once no client key is left.
+
+        Background work on the bucket (a conversion of a pair the client just deleted,
+        a sweep, an index repair) is waited for and held back meanwhile: a hidden record
+        it wrote after the clean-up would make the deletion fail, or, written after it,
+        bring the bucket back on SeaweedFS (bucket_gate.py).
+        """
+        await self._no_client_keys(bucket)
+        async with self.ctx.converter.gate.closed(bucket):
+            await self._no_client_keys(bucket)  # again: a client may have written meanwhile
+            while True:
+                page = await self.ctx.backend.list_objects(bucket,
+                                                           prefix=physical.HIDDEN_PREFIX)
+                for entry in page.entries:
+                    await self.ctx.backend.delete_object(bucket, entry.key)
+                if not page.is_truncated:
+                    break
+            await self.ctx.backend.delete_bucket(bucket)
+
+    async def _no_client_keys(self, bucket: str) -> None:
+        """BucketNotEmpty unless every key left in `bucket` is one of the gateway's own."""
         first = await self.ctx.backend.list_objects(bucket, max_keys=1)
         if first.entries and not physical.is_hidden(first.entries[0].key):
             raise S3Error("BucketNotEmpty", BucketName=bucket)
         if first.entries:  # the hidden range comes first; is anything listed after it?
             after = await self.ctx.backend.list_objects(bucket, start_after=physical.HIDDEN_END,
-                                                    max_keys=1)
+                                                        max_keys=1)
             if after.entries:
                 raise S3Error("BucketNotEmpty", BucketName=bucket)
-        while True:
-            page = await self.ctx.backend.list_objects(bucket, prefix=physical.HIDDEN_PREFIX)
-            for entry in page.entries:
-                await self.ctx.backend.delete_object(bucket, entry.key)
-            if not page.is_truncated:
-                break
-        await self.ctx.backend.delete_bucket(bucket)
 
 
 def _check_write_conditions(current: ObjectInfo, if_match: str | None,
