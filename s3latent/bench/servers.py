@@ -240,6 +240,7 @@ class GatewayServer(_Process):
         python: list[str] | None = None,
         log_level: str = "INFO",
         name: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.backend = backend
         self.log_level = log_level
@@ -253,7 +254,10 @@ class GatewayServer(_Process):
         # The interpreter command; a profiler wrapper (py-spy record -- python) fits here.
         self.python = python or [sys.executable]
         self.name = name or f"gateway-{uuid.uuid4().hex[:6]}"
-        self.port = 0
+        # A fixed port (chosen in advance, e.g. so that a cluster's nodes can name each
+        # other before any of them starts); None: a free one, a new one on each retry.
+        self.fixed_port = port
+        self.port = port or 0
         self.log_path = self.workdir / f"{self.name}.log"
 
     @property
@@ -281,7 +285,7 @@ class GatewayServer(_Process):
             path.write_text(self.config_text)
             config = ["--config", str(path)]
         for attempt in range(_START_ATTEMPTS):
-            self.port = free_port()
+            self.port = self.fixed_port or free_port()
             args = [
                 *self.python, "-m", "s3latent", "serve", "--listen", f"127.0.0.1:{self.port}",
                 "--backend", self.backend, "--log-level", self.log_level, *config,
