@@ -88,6 +88,7 @@ class Replay:
     per_node_requests: list[int]
     deltas: list[dict[str, float]]  # per node: metric deltas (see node_counters)
     depth: list[list[float]]  # per node: sampled decode queue depths
+    ring: list[int]  # per node: live ring members at the end (0: no cluster)
     digests: dict[str, str] = field(default_factory=dict)
 
 
@@ -100,17 +101,17 @@ OwnerFn = Callable[[str, str], int]
 def owner_function(nodes: Sequence[str]) -> OwnerFn | None:
     """(bucket, key) -> index in `nodes` of the key's owner, by the cluster's own ring code.
 
-    None when the cluster package is not there (independent nodes only, no skew by owner).
+    `nodes` are spelled as the cluster normalises them (scheme://host:port). None when the
+    cluster package is not in this tree (independent nodes only, no skew by owner).
     """
     try:
-        from ..cluster.ring import Ring  # type: ignore[import-not-found]
+        from ..cluster import ring  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
         return None
-    ring = Ring(list(nodes))
     index = {n: i for i, n in enumerate(nodes)}
 
     def owner(bucket: str, key: str) -> int:
-        return index[ring.owner(bucket, key)]
+        return index[ring.owner(nodes, bucket, key)]
 
     return owner
 
@@ -181,7 +182,7 @@ def node_counters(text: str) -> dict[str, float]:
                 out["decodes"] = s.value
             elif s.name == "s3latent_decode_batch_size_count":
                 out["decode_batches"] = s.value
-            elif s.name.startswith("s3latent_cluster_"):
+            elif s.name.startswith("s3latent_cluster_") and not s.name.endswith("_created"):
                 labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
                 out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
     return out
@@ -195,19 +196,32 @@ def queue_depth(text: str) -> float:
     return float("nan")
 
 
-def cluster_count(deltas: dict[str, float], word: str, exclude: str = "") -> float:
-    """Sum of the cluster counters whose name contains `word` (e.g. forward, spill)."""
+def cluster_count(deltas: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of one cluster counter's samples whose labels include `labels`."""
     total = 0.0
-    for name, v in deltas.items():
-        base = name.split("{", 1)[0]
-        if not base.startswith("s3latent_cluster_") or word not in base:
+    for key, v in deltas.items():
+        base, _, rest = key.partition("{")
+        if base != name:
             continue
-        if exclude and exclude in name:
-            continue
-        if base.endswith(("_created", "_bucket", "_sum")):
-            continue
-        total += v
+        have = dict(p.split("=", 1) for p in rest.rstrip("}").split(",") if "=" in p)
+        if all(have.get(k) == want for k, want in labels.items()):
+            total += v
     return total
+
+
+async def wait_for_ring(clients: Sequence[TraceClient], members: int, within_s: float) -> None:
+    """Until every node's ring has `members` live nodes (peers join on their health checks)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        seen = [
+            node_counters(await c.metrics()).get("s3latent_cluster_ring_members", 0.0)
+            for c in clients
+        ]
+        if all(int(v) == members for v in seen):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"ring members per node {seen}, expected {members} each")
+        await asyncio.sleep(0.2)
 
 
 # -- replay ---------------------------------------------------------------------------------
@@ -274,7 +288,8 @@ async def replay(
         {k: a.get(k, 0.0) - b.get(k, 0.0) for k in a.keys() | b.keys()}
         for a, b in zip(after, before, strict=True)
     ]
-    return Replay(latencies, wall, errors, per_node, deltas, depth, digests)
+    ring = [int(a.get("s3latent_cluster_ring_members", 0.0)) for a in after]
+    return Replay(latencies, wall, errors, per_node, deltas, depth, ring, digests)
 
 
 def summarise(r: Replay) -> dict[str, Any]:
@@ -300,6 +315,7 @@ def summarise(r: Replay) -> dict[str, Any]:
                 "queue_max": max(samples) if samples else 0.0,
                 "queue_mean": round(sum(samples) / len(samples), 3) if samples else 0.0,
                 "queue_samples": len(samples),
+                "ring_members": r.ring[i],
             }
         )
     return {
@@ -313,8 +329,16 @@ def summarise(r: Replay) -> dict[str, Any]:
         "hit_ratio": round(hits / cached, 4) if cached else 0.0,
         "image_hit_ratio": round(paths["image_hit"] / cached, 4) if cached else 0.0,
         "decodes": int(sum(d.get("decodes", 0.0) for d in r.deltas)),
-        "forwarded": int(cluster_count(cluster, "forward")),
-        "spilled": int(cluster_count(cluster, "spill", exclude="received")),
+        "forwarded": int(cluster_count(cluster, "s3latent_cluster_forwarded_total", result="ok")),
+        "forward_fallbacks": int(
+            cluster_count(cluster, "s3latent_cluster_forwarded_total", result="fallback")
+        ),
+        "spilled": int(
+            cluster_count(cluster, "s3latent_cluster_spilled_decodes_total", direction="sent")
+        ),
+        "spill_failed": int(
+            cluster_count(cluster, "s3latent_cluster_spilled_decodes_total", direction="failed")
+        ),
         "paths": paths,
         "cluster_metrics": {k: round(v, 3) for k, v in sorted(cluster.items()) if v},
         "nodes": nodes,
@@ -616,6 +640,8 @@ async def _run(
                 for c in clients:
                     await c.__aenter__()
                 try:
+                    if cluster is not None:
+                        await wait_for_ring(clients, n_nodes, within_s=30.0)
                     res = await replay(
                         clients, bucket, run_keys, concurrency=args.concurrency,
                         sample_s=args.sample_ms / 1000, warmup=warmup,
