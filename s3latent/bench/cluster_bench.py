@@ -415,37 +415,31 @@ def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 def plot(path: Path, results: dict[str, dict[str, dict[str, Any]]], title: str) -> Path:
-    """Per configuration: mean and p99 latency, hit ratio, per-node mean queue depth.
-
-    The x axis is the run's index (the table's row order): stacked line panels are what
-    the Pillow plotter draws, so runs are its points.
-    """
-    from .plot import Panel, line_plot
+    """Grouped bars per run: mean and p99 latency, aggregate hit ratio, per-node queue depth."""
+    from .plot import Panel, bar_plot
 
     runs = [(w, n, c) for w, r in results.items() for n in CONFIGS if (c := r.get(n))]
-    x = list(range(1, len(runs) + 1))
-    depth_series = {
-        f"node {i}": [c["nodes"][i]["queue_mean"] if i < len(c["nodes"]) else 0.0
-                      for _, _, c in runs]
-        for i in range(max((len(c["nodes"]) for _, _, c in runs), default=0))
-    }
-    labels = ", ".join(f"{i}={w}/{n}" for i, (w, n, _) in zip(x, runs, strict=True))
-    return line_plot(
+    most = max((len(c["nodes"]) for _, _, c in runs), default=0)
+
+    def node_series(field: str) -> dict[str, list[float]]:
+        return {
+            f"node {i}": [c["nodes"][i][field] if i < len(c["nodes"]) else float("nan")
+                          for _, _, c in runs]
+            for i in range(most)
+        }
+
+    return bar_plot(
         path,
-        x,
+        [f"{w}: {n}" for w, n, _ in runs],
         [
-            Panel(
-                "latency ms",
-                {"mean": [c["mean_ms"] for _, _, c in runs],
-                 "p99": [c["p99_ms"] for _, _, c in runs]},
-                0.0,
-            ),
+            Panel("latency ms", {"mean": [c["mean_ms"] for _, _, c in runs],
+                                 "p99": [c["p99_ms"] for _, _, c in runs]}),
             Panel("hit ratio", {"aggregate": [c["hit_ratio"] for _, _, c in runs]}, 0.0, 1.0),
-            Panel("queue depth", depth_series, 0.0),
+            Panel("queue mean", node_series("queue_mean")),
+            Panel("queue max", node_series("queue_max")),
         ],
         title=title,
-        xlabel=labels,
-        width=max(900, 110 * len(runs) + 230),
+        width=max(900, 150 * len(runs) + 230),
     )
 
 
@@ -490,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--skewed-configs",
         default=",".join(DEFAULT_SKEWED),
-        help="configurations on the skewed workload ('' for none; needs the cluster's ring)",
+        help="configurations on the skewed workload ('' for none; needs the cluster's ring); "
+        "known: " + ", ".join(CONFIGS),
     )
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--plot", help="PNG of latency, hit ratio and queue depth per run")
