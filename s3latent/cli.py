@@ -9,6 +9,7 @@ import logging
 import resource
 import signal
 import sys
+import time
 from typing import Any
 
 from . import __version__
@@ -93,9 +94,17 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
         from .cache.readpath import ReadCache
 
         cache = ReadCache(cfg.cache, registry)
-    store = LatentStore(backend, cfg, DecodeServices(cfg, registry), registry=registry,
-                        background=background, cache=cache)
-    return Gateway(cfg, store, registry=registry)
+    decoding = DecodeServices(cfg, registry)
+    store = LatentStore(backend, cfg, decoding, registry=registry, background=background,
+                        cache=cache)
+    cluster = None
+    if cfg.cluster is not None and background:
+        from .cluster.node import Cluster
+
+        cluster = Cluster(cfg, store, decoding, registry=registry)
+        store.add_write_listener(cluster.on_write)  # owners drop what a write replaced
+        store.ctx.offload = cluster.offload  # decode spillover
+    return Gateway(cfg, store, registry=registry, cluster=cluster)
 
 
 async def _serve(cfg: Config) -> None:
@@ -109,8 +118,9 @@ async def _serve(cfg: Config) -> None:
     log = logging.getLogger("s3latent")
     loop = asyncio.get_running_loop()
     install_log_limits(loop)
+    # What is left after the grace period (cli._leave) is cut quickly, not after aiohttp's 60 s.
     runner = web.AppRunner(app, access_log=None, handler_cancellation=False,
-                           keepalive_timeout=cfg.idle_timeout_s)
+                           keepalive_timeout=cfg.idle_timeout_s, shutdown_timeout=1.0)
     await runner.setup()
     host, port = cfg.listen_host_port
     max_connections = _connection_cap(cfg.max_connections, log)
@@ -128,10 +138,40 @@ async def _serve(cfg: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await stop.wait()
-        log.info("shutting down: finishing requests in flight")
+        await _leave(gw, server, log)
     finally:
         server.close()
         await runner.cleanup()
+
+
+async def _leave(gw: Any, server: asyncio.Server, log: logging.Logger) -> None:
+    """Graceful stop: say so, take no new connections, let requests in flight finish.
+
+    /health answers 503 "leaving" (a load balancer stops sending), peers hear it and drop
+    this node from the ring, the listening socket closes, responses close their connections,
+    and requests in flight get `shutdown_grace_s` to finish before the rest is cut.
+    """
+    grace = gw.config.shutdown_grace_s
+    log.info("shutting down: %d request(s) in flight, up to %.0f s to finish", gw.in_flight,
+             grace)
+    gw.leaving = True
+    started = time.monotonic()
+    if gw.cluster is not None:
+        try:
+            await asyncio.wait_for(gw.cluster.leave(), timeout=max(0.1, min(grace, 2.0)))
+        except TimeoutError:
+            log.warning("not every peer heard that this node is leaving")
+    server.close()  # no new connections; those open finish their requests
+    if gw.in_flight:
+        try:
+            await asyncio.wait_for(gw.drained.wait(),
+                                   timeout=max(0.0, grace - (time.monotonic() - started)))
+        except TimeoutError:
+            pass
+    if gw.in_flight:
+        log.warning("grace period over: %d request(s) still in flight are cut", gw.in_flight)
+    else:
+        log.info("requests in flight finished; stopping")
 
 
 def _connection_cap(configured: int, log: logging.Logger) -> int:

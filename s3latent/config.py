@@ -122,6 +122,47 @@ class DecodeSettings:
 
 
 @dataclass
+class ClusterSettings:
+    """A fleet of gateways over one backend (docs/cluster.md); absent: a lone gateway.
+
+    The shared secret is never in the file: it comes from S3LATENT_CLUSTER_SECRET.
+    """
+
+    self: str = ""  # this node's URL as its peers reach it
+    nodes: list[str] = field(default_factory=list)  # every node, itself included
+    health_interval_s: float = 1.0
+    health_timeout_s: float = 1.0
+    fail_after: int = 2  # consecutive failed health checks before a peer leaves the ring
+    forward: bool = True  # owner routing of GET/HEAD
+    spill: bool = True  # decode spillover to less-loaded peers
+    spill_threshold: int = 4  # local decode queue depth above which decodes may spill
+    shutdown_grace_s: float = 20.0
+    secret: str = field(default="", repr=False)  # from the environment only
+
+    def validate(self) -> None:
+        """A fleet that cannot agree on its members must not start."""
+        if not _node_url_ok(self.self) or self.self.startswith("dns+"):
+            raise ConfigError('[cluster] self must be this node\'s URL, e.g. '
+                              '"http://10.0.0.1:9000"')
+        if not self.nodes or not all(isinstance(n, str) and _node_url_ok(n)
+                                     for n in self.nodes):
+            raise ConfigError('[cluster] nodes must list every node\'s URL ("http://host:port" '
+                              'or "dns+http://name:port")')
+        if not (self.health_interval_s > 0 and self.health_timeout_s > 0):
+            raise ConfigError("[cluster] health_interval_s and health_timeout_s must be > 0")
+        if self.fail_after < 1 or self.spill_threshold < 0 or self.shutdown_grace_s < 0:
+            raise ConfigError("[cluster] fail_after must be >= 1, spill_threshold and "
+                              "shutdown_grace_s >= 0")
+
+
+_NODE_URL_RE = re.compile(r"^(dns\+)?https?://[^/\s?#]+:\d+/?$")
+
+
+def _node_url_ok(url: object) -> bool:
+    return isinstance(url, str) and bool(_NODE_URL_RE.match(url))
+
+
+@dataclass
 class Config:
     listen: str = DEFAULT_LISTEN
     backend: str = DEFAULT_BACKEND
@@ -151,6 +192,9 @@ class Config:
     header_timeout_s: float = 10.0
     idle_timeout_s: float = 60.0
     max_connections: int = 4096
+    # Graceful stop (SIGTERM): requests in flight get this long to finish, cluster or not.
+    shutdown_grace_s: float = 20.0
+    cluster: ClusterSettings | None = None
 
     def validate_limits(self) -> None:
         """Zero or negative timeouts would disable a guard silently; refuse them."""
@@ -217,7 +261,7 @@ def load_config(
     if "sweep_interval_s" in server:
         cfg.sweep_interval_s = float(server["sweep_interval_s"])
     for name in ("backend_connect_timeout_s", "backend_read_timeout_s", "header_timeout_s",
-                 "idle_timeout_s"):
+                 "idle_timeout_s", "shutdown_grace_s"):
         if name in server:
             setattr(cfg, name, float(server[name]))
     for name in ("backend_max_attempts", "max_connections"):
@@ -243,6 +287,22 @@ def load_config(
     if "decode" in data:
         cfg.decode = _dataclass_from(DecodeSettings, data["decode"], "decode")
         cfg.decode.validate()
+
+    if "cluster" in data:
+        table = dict(data["cluster"])
+        if "secret" in table:
+            raise ConfigError("[cluster] secret must not be in the config file: set "
+                              "S3LATENT_CLUSTER_SECRET in the environment")
+        cfg.cluster = _dataclass_from(ClusterSettings, table, "cluster")
+        cfg.cluster.nodes = list(cfg.cluster.nodes)
+        cfg.cluster.validate()
+        secret = env.get("S3LATENT_CLUSTER_SECRET", "")
+        if len(secret) < 16:
+            raise ConfigError("[cluster] needs S3LATENT_CLUSTER_SECRET in the environment "
+                              "(the fleet's shared secret, at least 16 characters)")
+        cfg.cluster.secret = secret
+        if "shutdown_grace_s" in table:
+            cfg.shutdown_grace_s = float(table["shutdown_grace_s"])
 
     access = env.get("S3LATENT_ACCESS_KEY")
     secret = env.get("S3LATENT_SECRET_KEY")

@@ -23,10 +23,11 @@ class GatewayProcess(GatewayServer):
 
     def __init__(self, backend: str, workdir: Path, *, config: str | None = None,
                  backend_keys: tuple[str, str] | None = None,
-                 extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 extra_args: list[str] | None = None, env: dict[str, str] | None = None,
+                 port: int | None = None, name: str | None = None) -> None:
         super().__init__(backend, workdir, backend_keys=backend_keys, access_key=ACCESS_KEY,
                          secret_key=SECRET_KEY, config_text=config, extra_args=extra_args,
-                         env=env)
+                         env=env, port=port, name=name)
 
     def start(self, timeout: float = 60.0) -> GatewayProcess:
         super().start(timeout)

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "s3latent"
 LOWER = ("s3latent.objects", "s3latent.cache", "s3latent.decode", "s3latent.models",
          "s3latent.latent", "s3latent.backends", "s3latent.errors", "s3latent.sigv4",
          "s3latent.httpdate", "s3latent.singleflight", "s3latent.config",
-         "s3latent.executables")
+         "s3latent.executables", "s3latent.cluster")
 UPPER = ("s3latent.s3api", "s3latent.cli", "s3latent.tools", "s3latent.bench")
 
 

@@ -254,8 +254,8 @@ class GatewayServer(_Process):
         # The interpreter command; a profiler wrapper (py-spy record -- python) fits here.
         self.python = python or [sys.executable]
         self.name = name or f"gateway-{uuid.uuid4().hex[:6]}"
-        # A fixed port (chosen in advance, e.g. so that a cluster's nodes can name each
-        # other before any of them starts); None: a free one, a new one on each retry.
+        # A port chosen before the start (a cluster's nodes name each other in their
+        # configs); None: a free one, chosen again if it is taken meanwhile.
         self.fixed_port = port
         self.port = port or 0
         self.log_path = self.workdir / f"{self.name}.log"
@@ -284,7 +284,8 @@ class GatewayServer(_Process):
             path = self.workdir / f"{self.name}.toml"
             path.write_text(self.config_text)
             config = ["--config", str(path)]
-        for attempt in range(_START_ATTEMPTS):
+        attempts = 1 if self.fixed_port else _START_ATTEMPTS
+        for attempt in range(attempts):
             self.port = self.fixed_port or free_port()
             args = [
                 *self.python, "-m", "s3latent", "serve", "--listen", f"127.0.0.1:{self.port}",
@@ -298,7 +299,7 @@ class GatewayServer(_Process):
             except RuntimeError:
                 _stop(self.proc)
                 self.proc = None
-                if attempt == _START_ATTEMPTS - 1:
+                if attempt == attempts - 1:
                     raise
         return self
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from cachetools import LRUCache
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 RESERVED = "Keys under .s3latent/ are reserved for the gateway's own records."
 
+# (bucket, key, physical etag, container bytes) -> the rendition from elsewhere, or None to
+# render here. The cluster installs one (decode spillover); objects/ never imports it.
+Offload = Callable[[str, str, str, bytes], Awaitable[bytes | None]]
+
 
 class LatentContext:
     """See the module docstring."""
@@ -43,6 +48,7 @@ class LatentContext:
         self.decoding = decoding
         self.cache = cache
         self.converter = converter
+        self.offload: Offload | None = None  # decode spillover, when in a cluster
         # (bucket, key, physical etag) -> logical (size, etag, last_modified); None: plain
         self.views: LRUCache[tuple[str, str, str], physical.LogicalView | None] = \
             LRUCache(maxsize=200_000)

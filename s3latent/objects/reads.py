@@ -247,6 +247,15 @@ class LatentReads:
         return logical, BytesBody(_slice(data, byte_range))
 
     async def _render(self, bucket: str, key: str, physical_etag: str, raw: bytes) -> bytes:
+        """The rendition of a stored container: from a less-loaded peer (spillover) or here.
+
+        A peer's rendition is checked by `_checked` like a local one (renditions are
+        deterministic per render profile, so it is byte-identical).
+        """
+        if self.ctx.offload is not None:
+            spilled = await self.ctx.offload(bucket, key, physical_etag, raw)
+            if spilled is not None:
+                return spilled
         renderer = (await self.ctx.decoding.ready()).renderer
         try:
             data, _ = await renderer.rendition(bucket, key, physical_etag, raw)

@@ -6,13 +6,18 @@ server (which imports them).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..config import Config
 from ..objects.store import ForwardingStore
+
+if TYPE_CHECKING:
+    from ..cluster.node import Cluster
 
 
 class Gateway:
@@ -22,9 +27,14 @@ class Gateway:
     """
 
     def __init__(self, config: Config, store: ForwardingStore, *,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 cluster: Cluster | None = None) -> None:
         self.config = config
         self.store = store
+        self.cluster = cluster  # None: a lone gateway
+        self.leaving = False  # shutting down: /health answers 503, connections close
+        self.in_flight = 0  # requests being handled (graceful shutdown waits for them)
+        self.drained = asyncio.Event()  # set when leaving and the last one finished
         self.registry = registry or CollectorRegistry()
         self.requests = Counter(
             "s3latent_requests", "S3 requests by operation and status",

@@ -21,7 +21,7 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ..errors import S3Error
-from . import xml
+from . import peer, xml
 from .auth import authenticate
 from .gateway import Gateway
 from .handlers import buckets, multipart, objects, post_object
@@ -170,6 +170,15 @@ def make_app(gw: Gateway) -> web.Application:
     """The aiohttp application serving S3 on `gw`'s backend."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        gw.in_flight += 1
+        try:
+            return await _handle(request)
+        finally:
+            gw.in_flight -= 1
+            if gw.leaving and gw.in_flight == 0:
+                gw.drained.set()
+
+    async def _handle(request: web.Request) -> web.StreamResponse:
         request_id = secrets.token_hex(8).upper()
         request["request_id"] = request_id
         started = time.perf_counter()
@@ -180,7 +189,21 @@ def make_app(gw: Gateway) -> web.Application:
                 request.raw_path, request.headers.get("Host"), gw.config.domain
             )
             resource = f"/{bucket}/{key}" if key else (f"/{bucket}" if bucket else "/")
-            if _is_internal_endpoint(request):
+            if peer.is_peer_request(gw, bucket, key):
+                # Before S3 authentication: only the cluster's signature opens these.
+                operation, answer = await peer.dispatch(gw, request)
+                if isinstance(answer, S3Request):  # a read forwarded by a peer: serve it
+                    request_id, resource = answer.request_id, answer.resource
+                    assert answer.bucket is not None
+                    check_bucket_name(answer.bucket)
+                    _refuse_internal_bucket(gw, answer.bucket, creating=False)
+                    operation, handler = route(answer)
+                    if operation not in peer.FORWARDABLE:
+                        raise S3Error("AccessDenied", "Peers forward only GET and HEAD.")
+                    response = await handler(gw, answer)
+                else:
+                    response = answer
+            elif _is_internal_endpoint(request):
                 operation = request.path.lstrip("/")
                 response = await _internal(gw, request.path)
             elif bucket is not None and post_object.is_post_object(request, bucket, key):
@@ -206,7 +229,13 @@ def make_app(gw: Gateway) -> web.Application:
                 s3req = S3Request(request, request_id, bucket, key,
                                   parse_query(raw_query), auth)
                 operation, handler = route(s3req)
-                response = await handler(gw, s3req)
+                forwarded = None
+                if gw.cluster is not None and operation in peer.FORWARDABLE:
+                    assert bucket is not None and key is not None
+                    node = gw.cluster.forward_target(bucket, key)
+                    if node is not None:
+                        forwarded = await peer.forward_read(gw, s3req, node)
+                response = forwarded or await handler(gw, s3req)
         except S3Error as exc:
             if exc.code == "InsufficientStorage":
                 gw.storage_full.labels(operation).inc()
@@ -241,6 +270,8 @@ def make_app(gw: Gateway) -> web.Application:
         response.headers.setdefault("x-amz-request-id", request.get("request_id", ""))
         response.headers.setdefault("x-amz-id-2", gw.node_id)
         response.headers["Server"] = "s3latent"
+        if gw.leaving:  # shutting down: the client's next request goes to another node
+            response.force_close()
 
     app = web.Application(client_max_size=0)
     # Any path, newlines included (S3 keys may contain them).
@@ -249,8 +280,12 @@ def make_app(gw: Gateway) -> web.Application:
 
     async def on_startup(_: web.Application) -> None:
         await gw.store.start()
+        if gw.cluster is not None:
+            await gw.cluster.start()
 
     async def on_cleanup(_: web.Application) -> None:
+        if gw.cluster is not None:
+            await gw.cluster.close()
         await gw.store.close()
 
     app.on_startup.append(on_startup)
@@ -271,9 +306,13 @@ async def _internal(gw: Gateway, path: str) -> web.Response:
     if path == "/metrics":
         return web.Response(body=generate_latest(gw.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
+    if gw.leaving:  # a load balancer stops sending here; peers drop this node
+        return web.json_response({"status": "leaving", "backend": gw.store.name}, status=503)
     try:
         await asyncio.wait_for(gw.store.list_buckets(), timeout=5)
     except (S3Error, TimeoutError) as exc:
         return web.json_response({"status": "unhealthy", "backend": gw.store.name,
                                   "error": str(exc)}, status=503)
+    if gw.leaving:  # checked after the backend call too: SIGTERM may arrive meanwhile
+        return web.json_response({"status": "leaving", "backend": gw.store.name}, status=503)
     return web.json_response({"status": "ok", "backend": gw.store.name})

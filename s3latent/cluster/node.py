@@ -1,0 +1,369 @@
+"""This node's view of the fleet: membership, owners, and what it asks of its peers.
+
+Membership: every `health_interval_s` each peer's health endpoint is asked (with
+`health_timeout_s`); a peer that fails `fail_after` checks in a row, or says it is leaving,
+leaves the ring until it answers healthy again. The live set is this node plus its healthy
+peers, and every key's owner is the rendezvous winner over it (cluster.ring). Nothing here is
+ever the only copy of anything: a node holds caches, the backend holds the data.
+
+What this node asks of peers, all signed with the cluster secret (cluster.peerauth):
+forwarded reads (the front end streams them), invalidations after writes, leave notices on
+shutdown, and renders when its decode queue is deep (spillover). Any failure of a peer falls
+back to doing the work here: a client never sees an error because a peer is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlencode, urlsplit
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from yarl import URL
+
+from ..config import ClusterSettings, Config
+from . import peerauth, ring
+
+if TYPE_CHECKING:
+    from ..decode.services import DecodeServices
+    from ..objects.store import ForwardingStore
+
+log = logging.getLogger("s3latent.cluster")
+
+# How long a forwarded read may wait for the owner's response headers (a cold latent read
+# includes a decode), and between body chunks.
+FORWARD_READ_TIMEOUT_S = 30.0
+RENDER_TIMEOUT_S = 30.0
+INVALIDATE_TIMEOUT_S = 2.0
+# Request headers a forwarded read does not pass on: hop-by-hop, the client's credentials
+# (the receiving node checked them; the owner trusts the peer signature instead), framing.
+_NOT_FORWARDED = frozenset({
+    "host", "authorization", "content-length", "transfer-encoding", "connection",
+    "keep-alive", "expect", "upgrade", "te", "trailer", "proxy-authorization",
+    "proxy-connection",
+})
+
+
+class PeerUnavailable(Exception):
+    """A peer could not be reached or did not answer in time: do the work here."""
+
+
+def normalize(url: str) -> str:
+    """scheme://host:port, lower case, no trailing slash: one spelling per node."""
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def object_path(bucket: str, key: str) -> str:
+    """The peer path of a forwarded read; the key is one segment ('/' and '.' encoded too)."""
+    return (f"{peerauth.PREFIX}object/{quote(bucket, safe='')}/"
+            f"{quote(key, safe='').replace('.', '%2E')}")
+
+
+@dataclass
+class PeerState:
+    """What the last health checks said about one peer."""
+
+    url: str
+    live: bool = False
+    failures: int = 0
+    depth: int = 0
+    leaving: bool = False
+
+
+class Cluster:
+    """See the module docstring."""
+
+    def __init__(self, config: Config, store: ForwardingStore,
+                 decoding: DecodeServices | None, *, registry: CollectorRegistry) -> None:
+        assert config.cluster is not None
+        self.config = config
+        self.settings: ClusterSettings = config.cluster
+        self.self_url = normalize(self.settings.self)
+        self.store = store
+        self.decoding = decoding
+        self.peers: dict[str, PeerState] = {}
+        self.leaving = False
+        self._session: aiohttp.ClientSession | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._resolved = asyncio.Event()
+        self.forwarded = Counter(
+            "s3latent_cluster_forwarded", "Reads forwarded to their owner (result=ok), or "
+            "served here because the owner could not be reached (result=fallback)",
+            ["result"], registry=registry)
+        self.forwarded_in = Counter("s3latent_cluster_forwarded_received",
+                                    "Reads a peer forwarded to this node (their owner)",
+                                    registry=registry)
+        self.spilled = Counter(
+            "s3latent_cluster_spilled_decodes", "Decodes spilled to a peer (sent), done here "
+            "for a peer (received), or sent and failed, then done here (failed)",
+            ["direction"], registry=registry)
+        self.invalidations = Counter(
+            "s3latent_cluster_invalidations", "Owner invalidations after writes: sent, "
+            "received, failed (to send)", ["result"], registry=registry)
+        members = Gauge("s3latent_cluster_ring_members", "Live nodes in the ring, this one "
+                        "included", registry=registry)
+        members.set_function(lambda: len(self.live_nodes()))
+        self.peer_live = Gauge("s3latent_cluster_peer_live", "1 while a peer is in the ring",
+                               ["peer"], registry=registry)
+
+    # -- life cycle --------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the peer connection pool and start health checks."""
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        self._poller = asyncio.create_task(self._poll())
+
+    async def close(self) -> None:
+        """Stop health checks, let invalidations in flight finish (briefly), close the pool."""
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        if self._background:
+            await asyncio.wait(self._background, timeout=INVALIDATE_TIMEOUT_S)
+        if self._session is not None:
+            await self._session.close()
+
+    async def leave(self) -> None:
+        """Shutting down: health says leaving, and every live peer hears it now."""
+        self.leaving = True
+        peers = [p.url for p in self.peers.values() if p.live]
+        await asyncio.gather(*(self._post(url, "leave", {}, limit_s=self.settings.
+                                          health_timeout_s) for url in peers),
+                             return_exceptions=True)
+
+    # -- membership ----------------------------------------------------------------
+    def live_nodes(self) -> list[str]:
+        """This node (unless leaving) and the peers in the ring."""
+        nodes = [p.url for p in self.peers.values() if p.live and not p.leaving]
+        if not self.leaving or not nodes:
+            nodes.append(self.self_url)
+        return nodes
+
+    def owner(self, bucket: str, key: str) -> str:
+        """The live node that owns (bucket, key); a sidecar's owner is its image's."""
+        suffix = self.config.bucket(bucket).sidecar_suffix
+        return ring.owner(self.live_nodes(), bucket, ring.image_key(key, suffix))
+
+    def forward_target(self, bucket: str, key: str) -> str | None:
+        """The owner to forward a read of (bucket, key) to, or None to serve it here."""
+        if not self.settings.forward or self.leaving:
+            return None
+        node = self.owner(bucket, key)
+        return None if node == self.self_url else node
+
+    def depth(self) -> int:
+        """Decodes waiting or running on this node."""
+        if self.decoding is None or not self.decoding.built:
+            return 0
+        return int(self.decoding.renderer.pipeline.depth)
+
+    def health(self) -> dict[str, object]:
+        """What peers learn from this node's health endpoint."""
+        return {"node": self.self_url, "depth": self.depth(), "leaving": self.leaving}
+
+    def peer_left(self, node: str) -> None:
+        """A peer said it is leaving: out of the ring until its health says otherwise."""
+        state = self.peers.get(normalize(node))
+        if state is not None:
+            state.leaving = True
+            self._set_live(state, False)
+
+    def peer_failed(self, node: str) -> None:
+        """A request to a peer failed: out of the ring until its next good health check."""
+        state = self.peers.get(normalize(node))
+        if state is not None and state.live:
+            state.failures = max(state.failures, self.settings.fail_after)
+            self._set_live(state, False)
+            log.warning("peer %s unreachable: out of the ring until healthy", node)
+
+    def _set_live(self, state: PeerState, live: bool) -> None:
+        if state.live != live:
+            log.info("peer %s %s the ring", state.url, "joins" if live else "leaves")
+        state.live = live
+        self.peer_live.labels(state.url).set(1 if live else 0)
+
+    async def _resolve(self) -> set[str]:
+        """Every node URL, dns+http://name:port entries resolved to one URL per address."""
+        urls: set[str] = set()
+        for entry in self.settings.nodes:
+            if not entry.startswith("dns+"):
+                urls.add(normalize(entry))
+                continue
+            parts = urlsplit(entry[len("dns+"):])
+            host, port = parts.hostname or "", parts.port or 80
+            try:
+                infos = await asyncio.to_thread(socket.getaddrinfo, host, port,
+                                                type=socket.SOCK_STREAM)
+            except OSError as exc:
+                log.warning("cluster node name %s did not resolve: %s", host, exc)
+                continue
+            for info in infos:
+                address = str(info[4][0])
+                if ":" in address:
+                    address = f"[{address}]"
+                urls.add(f"{parts.scheme.lower()}://{address}:{port}")
+        return urls
+
+    async def _poll(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                urls = await self._resolve()
+                urls.discard(self.self_url)
+                for url in list(self.peers):
+                    if url not in urls:
+                        self._set_live(self.peers.pop(url), False)
+                for url in urls:
+                    self.peers.setdefault(url, PeerState(url))
+                await asyncio.gather(*(self._check(p) for p in list(self.peers.values())))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("cluster health round failed")
+            self._resolved.set()
+            await asyncio.sleep(max(0.0, self.settings.health_interval_s
+                                    - (time.monotonic() - started)))
+
+    async def _check(self, state: PeerState) -> None:
+        try:
+            body = await self._request(state.url, "GET", "health", b"",
+                                       limit_s=self.settings.health_timeout_s)
+            answer = json.loads(body)
+            state.depth = int(answer.get("depth", 0))
+            state.leaving = bool(answer.get("leaving", False))
+            state.failures = 0
+            self._set_live(state, not state.leaving)
+        except (PeerUnavailable, ValueError, TypeError, AttributeError) as exc:
+            state.failures += 1
+            if state.failures >= self.settings.fail_after and state.live:
+                log.warning("peer %s failed %d health checks (%s)", state.url, state.failures,
+                            exc)
+                self._set_live(state, False)
+
+    # -- requests to peers ---------------------------------------------------------
+    async def _request(self, node: str, method: str, what: str, body: bytes, *,
+                       query: Mapping[str, str] | None = None, limit_s: float) -> bytes:
+        """A signed request's 200 body; PeerUnavailable for anything else."""
+        path_qs = peerauth.PREFIX + what + ("?" + urlencode(query) if query else "")
+        headers = peerauth.sign(self.settings.secret, method, path_qs, self.self_url,
+                                body=body)
+        if self._session is None:
+            raise PeerUnavailable("not started")
+        try:
+            async with self._session.request(
+                    method, URL(node + path_qs, encoded=True), data=body or None,
+                    headers=headers, timeout=aiohttp.ClientTimeout(
+                        total=limit_s, sock_connect=self.settings.health_timeout_s)) as resp:
+                data = await resp.read()
+                if resp.status != 200:
+                    raise PeerUnavailable(f"{node} answered {resp.status} to {what}")
+                return data
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise PeerUnavailable(f"{node}: {exc!r}") from exc
+
+    async def _post(self, node: str, what: str, query: Mapping[str, str], *,
+                    limit_s: float) -> None:
+        await self._request(node, "POST", what, b"", query=query, limit_s=limit_s)
+
+    async def forward(self, node: str, method: str, bucket: str, key: str, raw_query: str,
+                      headers: Mapping[str, str], *, access_key: str,
+                      request_id: str) -> aiohttp.ClientResponse:
+        """The owner's response to a client's read (caller releases it); PeerUnavailable if
+        the owner cannot be reached or sends no response headers in time."""
+        path_qs = object_path(bucket, key) + ("?" + raw_query if raw_query else "")
+        out = {k: v for k, v in headers.items()
+               if k.lower() not in _NOT_FORWARDED and not k.lower().startswith(
+                   "x-s3latent-peer-")}
+        out.update(peerauth.sign(self.settings.secret, method, path_qs, self.self_url,
+                                 access_key=access_key, request_id=request_id))
+        if self._session is None:
+            raise PeerUnavailable("not started")
+        try:
+            return await self._session.request(
+                method, URL(node + path_qs, encoded=True), headers=out, allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(sock_connect=self.settings.health_timeout_s,
+                                              sock_read=FORWARD_READ_TIMEOUT_S))
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self.peer_failed(node)
+            self.forwarded.labels("fallback").inc()
+            raise PeerUnavailable(f"{node}: {exc!r}") from exc
+
+    # -- invalidation --------------------------------------------------------------
+    def on_write(self, bucket: str, key: str) -> None:
+        """Write listener: the key's owner, if another node, drops its cached entry."""
+        node = self.owner(bucket, key)
+        if node == self.self_url:
+            return
+        task = asyncio.get_running_loop().create_task(self._invalidate(node, bucket, key))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _invalidate(self, node: str, bucket: str, key: str) -> None:
+        try:
+            await self._post(node, "invalidate", {"bucket": bucket, "key": key},
+                             limit_s=INVALIDATE_TIMEOUT_S)
+            self.invalidations.labels("sent").inc()
+        except PeerUnavailable as exc:
+            # The cache's revalidation bound ([cache] revalidate_after) covers a lost one.
+            self.invalidations.labels("failed").inc()
+            log.warning("invalidation of %s/%s at %s failed: %s", bucket, key, node, exc)
+
+    def invalidated(self, bucket: str, key: str) -> None:
+        """A peer wrote (bucket, key): drop what this node caches for it."""
+        self.invalidations.labels("received").inc()
+        self.store.invalidate(bucket, key)
+
+    # -- spillover -------------------------------------------------------------------
+    async def offload(self, bucket: str, key: str, etag: str, raw: bytes) -> bytes | None:
+        """The rendition from a less-loaded peer when this node's queue is deep; None: here.
+
+        Spills when this decode would make the local queue deeper than `spill_threshold` and
+        a live peer reports a shorter queue than this node's (strictly: no ping-pong between
+        equally loaded nodes).
+        """
+        if not self.settings.spill or self.leaving:
+            return None
+        depth = self.depth()
+        if depth + 1 <= self.settings.spill_threshold:
+            return None
+        candidates = [p for p in self.peers.values()
+                      if p.live and not p.leaving and p.depth < depth]
+        if not candidates:
+            return None
+        peer = min(candidates, key=lambda p: (p.depth, p.url))
+        peer.depth += 1  # until its next health answer: spread a burst over the peers
+        try:
+            data = await self._request(
+                peer.url, "POST", "render", raw, query={"bucket": bucket, "key": key,
+                                                         "etag": etag},
+                limit_s=RENDER_TIMEOUT_S)
+        except PeerUnavailable as exc:
+            self.spilled.labels("failed").inc()
+            log.warning("spilled decode of %s/%s to %s failed, decoding here: %s", bucket, key,
+                        peer.url, exc)
+            return None
+        self.spilled.labels("sent").inc()
+        return data
+
+    async def render_for_peer(self, bucket: str, key: str, etag: str, raw: bytes) -> bytes:
+        """A peer's spilled decode, rendered here (never spilled again)."""
+        if self.decoding is None:
+            raise RuntimeError("this node has no decoder")
+        renderer = (await self.decoding.ready()).renderer
+        data, _ = await renderer.rendition(bucket, key, etag, raw)
+        self.spilled.labels("received").inc()
+        return data
+
+
+def md5_hex(data: bytes) -> str:
+    """For the render endpoint's integrity header."""
+    return hashlib.md5(data).hexdigest()
