@@ -209,6 +209,19 @@ def cluster_count(deltas: dict[str, float], name: str, **labels: str) -> float:
     return total
 
 
+async def start_all(servers: Sequence[GatewayServer]) -> None:
+    """Start the nodes side by side (each start is mostly imports); raise the first failure.
+
+    Every start is awaited before raising, so the caller's stop reaches each process.
+    """
+    outcomes = await asyncio.gather(
+        *(asyncio.to_thread(s.start) for s in servers), return_exceptions=True
+    )
+    for o in outcomes:
+        if isinstance(o, BaseException):
+            raise o
+
+
 async def wait_for_ring(clients: Sequence[TraceClient], members: int, within_s: float) -> None:
     """Until every node's ring has `members` live nodes (peers join on their health checks)."""
     deadline = time.monotonic() + within_s
@@ -496,9 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _defaults(args: argparse.Namespace) -> None:
     q = args.quick
     if args.requests is None:
-        args.requests = 80 if q else 1000
+        args.requests = 80 if q else 500
     if args.objects is None:
-        args.objects = 20 if q else 300
+        args.objects = 20 if q else 200
     if args.sizes is None:
         args.sizes = ("32" if q else "96,128") if args.model_config is None else "128"
     if args.corpus_items is None:
@@ -625,8 +638,7 @@ async def _run(
                 for i in range(n_nodes)
             ]
             try:
-                for s in servers:
-                    s.start()
+                await start_all(servers)
                 clients = [
                     TraceClient(s.endpoint, s.access_key or "", s.secret_key,
                                 connections=args.concurrency + 4)
