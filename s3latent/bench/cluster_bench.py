@@ -481,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--memory",
         default="auto",
         help="TOTAL cache budget (1 node: all, 3 nodes: a third each); auto: 15%% of the "
-        "distinct images' bytes",
+        "distinct images' bytes, at least 192 KiB",
     )
     ap.add_argument("--alpha", type=float, default=0.5, help="cache image share (static)")
     ap.add_argument("--concurrency", type=int, default=None, help="closed-loop client workers")
