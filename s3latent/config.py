@@ -295,6 +295,8 @@ def load_config(
                               "S3LATENT_CLUSTER_SECRET in the environment")
         cfg.cluster = _dataclass_from(ClusterSettings, table, "cluster")
         cfg.cluster.nodes = list(cfg.cluster.nodes)
+        # One config file for every node: each says who it is in its environment.
+        cfg.cluster.self = env.get("S3LATENT_CLUSTER_SELF") or cfg.cluster.self
         cfg.cluster.validate()
         secret = env.get("S3LATENT_CLUSTER_SECRET", "")
         if len(secret) < 16:

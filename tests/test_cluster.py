@@ -352,3 +352,18 @@ def test_sigterm_lets_a_slow_put_finish_then_exits(tmp_path: Path) -> None:
         assert again.client().get_object(Bucket="slow", Key="upload.bin")["Body"].read() == body
     finally:
         again.stop()
+
+
+async def test_dns_node_entries_resolve_to_every_address(tmp_path: Path) -> None:
+    """`dns+http://name:port` (a headless service) stands for each address of the name."""
+    from s3latent.cli import build_gateway
+
+    (tmp_path / "c.toml").write_text(
+        '[cluster]\nself = "http://127.0.0.1:9000"\nnodes = ["dns+http://localhost:9001", '
+        '"http://Peer.Example:9002/"]\n')
+    cfg = load_config(tmp_path / "c.toml", env={"S3LATENT_CLUSTER_SECRET": SECRET},
+                      backend=f"file://{tmp_path / 'data'}")
+    gw = build_gateway(cfg)
+    urls = await gw.cluster._resolve()
+    assert "http://127.0.0.1:9001" in urls and "http://peer.example:9002" in urls
+    assert gw.cluster.live_nodes() == ["http://127.0.0.1:9000"]  # peers join when healthy

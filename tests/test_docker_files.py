@@ -32,6 +32,10 @@ COMPOSE = DOCKER / "docker-compose.yml"
 COMPOSE_GPU = DOCKER / "docker-compose.gpu.yml"
 DOCKERFILE = DOCKER / "Dockerfile"
 
+HAPROXY = DOCKER / "haproxy.cfg"
+GATEWAYS = ("s3latent-1", "s3latent-2", "s3latent-3")
+SERVICES = {"minio", "lb", *GATEWAYS}
+
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}")
 
 
@@ -127,16 +131,21 @@ def _run_health_cmd(argv: list[str], port: int) -> int:
 def test_compose_services_images_and_dependencies() -> None:
     compose = load_compose()
     services = compose["services"]
-    assert set(services) == {"minio", "s3latent"}
-    minio, gw = services["minio"], services["s3latent"]
+    assert set(services) == SERVICES
+    minio = services["minio"]
     assert minio["image"].startswith("minio/minio:")
     assert not minio["image"].endswith(":latest"), "pin the MinIO release"
     assert minio["command"][:2] == ["server", "/data"]
-    assert gw["depends_on"]["minio"]["condition"] == "service_healthy"
-    build = gw["build"]
-    assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
-    assert build["args"]["TORCH_VERSION"] == "2.13.0"
-    assert build["args"]["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    for name in GATEWAYS:
+        gw = services[name]
+        assert gw["depends_on"]["minio"]["condition"] == "service_healthy"
+        build = gw["build"]
+        assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
+        assert build["args"]["TORCH_VERSION"] == "2.13.0"
+        assert build["args"]["TORCH_INDEX_URL"].endswith("/whl/cpu")
+    lb = services["lb"]
+    assert lb["image"].startswith("haproxy:") and not lb["image"].endswith(":latest")
+    assert set(lb["depends_on"]) == set(GATEWAYS)
 
 
 def test_compose_backend_is_minio_with_its_credentials() -> None:
@@ -151,30 +160,31 @@ def test_compose_backend_is_minio_with_its_credentials() -> None:
         },
     ):
         services = load_compose(env)["services"]
-        minio_env, gw_env = services["minio"]["environment"], services["s3latent"]["environment"]
-        cmd = services["s3latent"]["command"]
-        assert cmd[cmd.index("--backend") + 1] == "http://minio:9000"
-        assert gw_env["S3LATENT_BACKEND_ACCESS_KEY"] == minio_env["MINIO_ROOT_USER"]
-        assert gw_env["S3LATENT_BACKEND_SECRET_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
-        assert len(minio_env["MINIO_ROOT_PASSWORD"]) >= 8, "MinIO refuses shorter passwords"
-        assert gw_env["S3LATENT_ACCESS_KEY"] and gw_env["S3LATENT_SECRET_KEY"]
-        if env:
-            assert gw_env["S3LATENT_ACCESS_KEY"] == "client"
-            assert minio_env["MINIO_ROOT_USER"] == "alice"
-        config_path = cmd[cmd.index("--config") + 1]
-        mounts = {v.split(":")[1]: v.split(":")[0] for v in services["s3latent"]["volumes"]}
-        assert (COMPOSE.parent / mounts[config_path]).resolve() == DOCKER / "config.toml"
+        for name in GATEWAYS:
+            minio_env, gw_env = services["minio"]["environment"], services[name]["environment"]
+            cmd = services[name]["command"]
+            assert cmd[cmd.index("--backend") + 1] == "http://minio:9000"
+            assert gw_env["S3LATENT_BACKEND_ACCESS_KEY"] == minio_env["MINIO_ROOT_USER"]
+            assert gw_env["S3LATENT_BACKEND_SECRET_KEY"] == minio_env["MINIO_ROOT_PASSWORD"]
+            assert len(minio_env["MINIO_ROOT_PASSWORD"]) >= 8, "MinIO refuses shorter passwords"
+            assert gw_env["S3LATENT_ACCESS_KEY"] and gw_env["S3LATENT_SECRET_KEY"]
+            if env:
+                assert gw_env["S3LATENT_ACCESS_KEY"] == "client"
+                assert minio_env["MINIO_ROOT_USER"] == "alice"
+            config_path = cmd[cmd.index("--config") + 1]
+            mounts = {v.split(":")[1]: v.split(":")[0] for v in services[name]["volumes"]}
+            assert (COMPOSE.parent / mounts[config_path]).resolve() == DOCKER / "config.toml"
 
 
 def test_compose_healthchecks(health_server: tuple[int, type[_Health]]) -> None:
     services = load_compose()["services"]
-    for name in ("minio", "s3latent"):
+    for name in ("minio", *GATEWAYS):
         check = services[name]["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL")
         assert check["retries"] >= 3 and check["interval"] and check["timeout"]
     assert services["minio"]["healthcheck"]["test"][1:] == ["mc", "ready", "local"]
     port, handler = health_server
-    gw_test = services["s3latent"]["healthcheck"]["test"]
+    gw_test = services["s3latent-1"]["healthcheck"]["test"]
     assert "/health" in " ".join(gw_test)
     assert _run_health_cmd(gw_test[1:], port) == 0
     handler.status = 503
@@ -194,7 +204,7 @@ def test_compose_volumes_and_ports() -> None:
                 used.add(source)
     assert used == named == {"minio-data", "s3latent-data"}
     assert "minio-data:/data" in services["minio"]["volumes"]
-    assert "s3latent-data:/data" in services["s3latent"]["volumes"]
+    assert all("s3latent-data:/data" in services[name]["volumes"] for name in GATEWAYS)
 
     def published(svc: dict[str, Any]) -> dict[str, str]:
         out = {}
@@ -203,8 +213,10 @@ def test_compose_volumes_and_ports() -> None:
             out[parts[-1]] = ":".join(parts[:-1])
         return out
 
-    gw_ports = published(services["s3latent"])
-    assert gw_ports["9000"].endswith("9000")
+    lb_ports = published(services["lb"])
+    assert lb_ports["9000"].endswith("9000")
+    assert all(not services[name].get("ports") for name in GATEWAYS), \
+        "clients reach the nodes through the load balancer"
     minio_ports = published(services["minio"])
     assert "9000" not in minio_ports, "MinIO's API stays private to the compose network"
     assert all(host.startswith("127.0.0.1:") for host in minio_ports.values())
@@ -212,8 +224,8 @@ def test_compose_volumes_and_ports() -> None:
 
 def test_gpu_override_reserves_a_gpu_and_builds_cuda(instructions: list[tuple[str, str]]) -> None:
     override = yaml.safe_load(COMPOSE_GPU.read_text())
-    assert set(override["services"]) == {"s3latent"}
-    gw = override["services"]["s3latent"]
+    assert set(override["services"]) == set(GATEWAYS)
+    gw = override["services"]["s3latent-1"]
     devices = gw["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
     args = gw["build"]["args"]
@@ -259,9 +271,9 @@ def test_compose_config_with_the_compose_client(files: list[Path]) -> None:
     )
     assert res.returncode == 0, res.stderr
     rendered = yaml.safe_load(res.stdout)
-    assert set(rendered["services"]) == {"minio", "s3latent"}
+    assert set(rendered["services"]) == SERVICES
     if COMPOSE_GPU in files:
-        assert rendered["services"]["s3latent"]["deploy"]["resources"]["reservations"]
+        assert rendered["services"]["s3latent-1"]["deploy"]["resources"]["reservations"]
 
 
 # ---------------------------------------------------------------- Dockerfile
@@ -384,7 +396,8 @@ def test_example_config_loads() -> None:
     """docker/config.toml is accepted by the gateway's own config and model loaders."""
     from s3latent.config import load_config
 
-    cfg = load_config(DOCKER / "config.toml", env={})
+    cfg = load_config(DOCKER / "config.toml",
+                      env={"S3LATENT_CLUSTER_SECRET": "a-cluster-secret-0123456789"})
     assert "taef2" in cfg.models
     assert cfg.bucket("anything").policy in ("perceptual", "exact")
     try:
@@ -398,3 +411,42 @@ def test_example_config_loads() -> None:
 def test_parse_dockerfile_handles_continuations() -> None:
     parsed = parse_dockerfile("# c\nARG A=1\nRUN a \\\n  # inner comment\n  b\nUSER x\n")
     assert parsed == [("ARG", "A=1"), ("RUN", "a  b"), ("USER", "x")]
+
+
+# ---------------------------------------------------------------- the cluster
+
+
+def test_compose_cluster_wiring() -> None:
+    """Every node is in [cluster] nodes under the name it is reached by, says which one it is
+    (S3LATENT_CLUSTER_SELF), shares one secret from the environment (never the file), and is
+    a server of the load balancer's round robin with a /health check."""
+    from s3latent.config import ConfigError, load_config
+
+    services = load_compose({"S3LATENT_CLUSTER_SECRET": "from-docker-env-0123456789"})["services"]
+    text = (DOCKER / "config.toml").read_text()
+    assert "secret" not in text.split("[cluster]", 1)[1].split("\n[", 1)[0].replace(
+        "S3LATENT_CLUSTER_SECRET", "")
+    with pytest.raises(ConfigError, match="S3LATENT_CLUSTER_SECRET"):
+        load_config(DOCKER / "config.toml", env={})
+    selves, secrets = [], set()
+    for name in GATEWAYS:
+        env = {k: str(v) for k, v in services[name]["environment"].items()}
+        cfg = load_config(DOCKER / "config.toml", env=env)
+        assert cfg.cluster is not None
+        assert cfg.cluster.self == f"http://{name}:9000" and cfg.cluster.self in cfg.cluster.nodes
+        selves.append(cfg.cluster.self)
+        secrets.add(env["S3LATENT_CLUSTER_SECRET"])
+        stop = services[name].get("stop_grace_period", "10s")
+        assert int(stop.rstrip("s")) > cfg.shutdown_grace_s, "docker must outwait the grace"
+    assert sorted(selves) == sorted(cfg.cluster.nodes) and secrets == {
+        "from-docker-env-0123456789"}
+    lb = services["lb"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in lb["volumes"]}
+    assert (COMPOSE.parent / mounts["/usr/local/etc/haproxy/haproxy.cfg"]).resolve() == HAPROXY
+    haproxy = [ln.split("#")[0].split() for ln in HAPROXY.read_text().splitlines()]
+    haproxy = [words for words in haproxy if words]
+    assert ["balance", "roundrobin"] in haproxy
+    assert ["option", "httpchk", "GET", "/health"] in haproxy
+    assert ["bind", ":9000"] in haproxy
+    servers = {w[2] for w in haproxy if w[0] == "server" and "check" in w}
+    assert servers == {f"{name}:9000" for name in GATEWAYS}
