@@ -445,8 +445,8 @@ def plot(path: Path, results: dict[str, dict[str, dict[str, Any]]], title: str) 
         path,
         [f"{w}: {n}" for w, n, _ in runs],
         [
-            Panel("latency ms", {"mean": [c["mean_ms"] for _, _, c in runs],
-                                 "p99": [c["p99_ms"] for _, _, c in runs]}),
+            Panel("latency ms", {"mean": [round(c["mean_ms"]) for _, _, c in runs],
+                                 "p99": [round(c["p99_ms"]) for _, _, c in runs]}),
             Panel("hit ratio", {"aggregate": [c["hit_ratio"] for _, _, c in runs]}, 0.0, 1.0),
             Panel("queue mean", node_series("queue_mean")),
             Panel("queue max", node_series("queue_max")),
