@@ -22,6 +22,7 @@ TOOLS = {
 }
 # `s3latent bench NAME ...` -> module with main(argv) -> int
 BENCHMARKS = {
+    "cluster": "s3latent.bench.cluster_bench",
     "decode-memory": "s3latent.bench.decode_memory",
     "determinism": "s3latent.bench.determinism",
     "encoders": "s3latent.bench.encoder_study",
