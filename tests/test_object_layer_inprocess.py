@@ -205,6 +205,22 @@ async def test_plain_overwrite_of_the_image_makes_it_plain(gw: InProcessGateway,
     assert listed["img.png" + SUFFIX]["Size"] == len(side)
 
 
+async def test_overwriting_the_image_with_a_non_image_keeps_the_sidecar(
+        tmp_path: Path, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """A converted key overwritten by something that does not look like an image (no image
+    extension, no image content type): its stub still becomes the real sidecar first."""
+    async for gw in start(tmp_path, tiny_model, codec="lossless"):
+        _, sidecar = await put_pair(gw, tiny_model, key="photo")
+        await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="photo", Body=b"not an image",
+                                              ContentType="application/octet-stream"))
+        await gw.settle()
+        _, data = await get_of(gw, "photo" + SUFFIX)
+        assert data == sidecar
+        head = await head_of(gw, "photo" + SUFFIX)
+        assert head["ResponseMetadata"]["HTTPHeaders"].get(
+            "x-s3latent-representation") == "plain"
+
+
 @pytest.mark.parametrize("deleted", ["image", "sidecar"])
 async def test_deleting_one_key_of_a_pair_keeps_the_other(gw: InProcessGateway,
                                                           tiny_model: dict[str, str],  # noqa: F811

@@ -50,18 +50,18 @@ class LatentWrites:
                                                    if_match=if_match,
                                                    if_none_match=if_none_match)
         image_like = looks_like_image(key, meta.content_type)
-        sidecar_like = settings.convert and key.endswith(settings.sidecar_suffix)
-        current = None
         async with self.ctx.converter.pair_lock(bucket, key):  # no stub written meanwhile
-            if if_match is not None or if_none_match is not None or image_like or sidecar_like:
-                current = await self.ctx.head_or_none(bucket, key)
-                if current is not None:
-                    _check_write_conditions(physical.logical_info(current), if_match,
-                                            if_none_match)
-                    if physical.representation(current) == physical.REP_LATENT:
-                        await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
-                elif if_match is not None:
-                    raise S3Error("NoSuchKey", Key=key)
+            # Always look first: whatever the new object looks like, the one it replaces may
+            # be a container whose stub must become a real sidecar again (else the sidecar is
+            # lost), and conditions are judged against what the client sees.
+            current = await self.ctx.head_or_none(bucket, key)
+            if current is not None:
+                _check_write_conditions(physical.logical_info(current), if_match,
+                                        if_none_match)
+                if physical.representation(current) == physical.REP_LATENT:
+                    await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
+            elif if_match is not None:
+                raise S3Error("NoSuchKey", Key=key)
             info = await self.ctx.backend.put_object(bucket, key, body, meta, size=size)
         if current is not None:
             await self._unindex(bucket, current)
