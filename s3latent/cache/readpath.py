@@ -16,6 +16,12 @@ older than `[cache] revalidate_after` is checked with one backend HEAD before it
 is served (objects.reads), and dropped if the object changed or is gone. So no
 entry is served more than `revalidate_after` after the backend stopped holding
 its object (docs/configuration.md, "Cached reads and staleness").
+
+A fill that read the backend before a write of its key and lands after the write's
+invalidation must not bring the old object back: each key remembers when it was last
+invalidated, and an entry whose read started before that is not kept (nor may a GET that
+arrives after the invalidation join a fill started before it: `invalidated_at` is part of
+the shared-miss key in objects.reads).
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from cachetools import LRUCache
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ..backends.base import ObjectInfo
 from ..config import CacheSettings
 
 PLAIN_CACHE_MAX = 16 * 1024 * 1024
+# Keys whose last invalidation time is remembered; older ones fall back to a watermark.
+INVALIDATIONS_KEPT = 200_000
 PATHS = ("image_hit", "latent_hit", "miss", "plain")
 OUTCOMES = ("fresh", "changed", "gone", "error")
 
@@ -84,6 +93,7 @@ class ReadCache:
         from .resizer import AdaptiveResizer
 
         self.settings = settings
+        self._invalidations = _Invalidations(INVALIDATIONS_KEPT)
         self.dual = DualCache(settings.memory, settings.alpha, policy=settings.policy,
                               promote_after=settings.promote_after)
         self.resizer = (AdaptiveResizer(settings.memory, settings.alpha, window=settings.window,
@@ -130,8 +140,18 @@ class ReadCache:
         entry = self.dual.get_latent((bucket, key))
         return entry if isinstance(entry, Entry) else None
 
+    def invalidated_at(self, bucket: str, key: str) -> float:
+        """When `key`'s entries were last dropped for a write or a change (monotonic)."""
+        return self._invalidations.when((bucket, key))
+
+    def _stale_fill(self, bucket: str, key: str, entry: Entry) -> bool:
+        """Whether `entry` was read from the backend before the key's last invalidation."""
+        return entry.confirmed <= self.invalidated_at(bucket, key)
+
     def put_latent(self, bucket: str, key: str, entry: Entry) -> None:
         """Keep a container; an image-tier entry of another source goes (never two truths)."""
+        if self._stale_fill(bucket, key, entry):
+            return
         other = self.dual.peek_image((bucket, key))
         if isinstance(other, Entry) and not _same(other, entry):
             self.dual.drop_image((bucket, key))
@@ -139,6 +159,8 @@ class ReadCache:
 
     def put_image(self, bucket: str, key: str, entry: Entry) -> None:
         """Keep an image; a latent-tier entry of another source goes."""
+        if self._stale_fill(bucket, key, entry):
+            return
         other = self.dual.peek_latent((bucket, key))
         if isinstance(other, Entry) and not _same(other, entry):
             self.dual.drop_latent((bucket, key))
@@ -172,6 +194,7 @@ class ReadCache:
                 entry.confirmed = max(entry.confirmed, asked)
             else:
                 drop(ident)
+                self._invalidations.mark(ident)
 
     def count_revalidation(self, outcome: str) -> None:
         self.revalidations.labels(outcome).inc()
@@ -183,6 +206,7 @@ class ReadCache:
         return info.size <= PLAIN_CACHE_MAX and info.meta.content_type.startswith("image/")
 
     def invalidate(self, bucket: str, key: str) -> None:
+        self._invalidations.mark((bucket, key))
         self.dual.invalidate((bucket, key))
 
     def record(self, bucket: str, key: str, path: str, seconds: float, image_size: int,
@@ -203,3 +227,26 @@ class ReadCache:
 
 def _same(a: Entry, b: Entry) -> bool:
     return bool(a.source) and a.source == b.source
+
+
+class _Invalidations(LRUCache[tuple[str, str], float]):
+    """(bucket, key) -> monotonic time of its last invalidation, bounded.
+
+    A key pushed out of the LRU raises the watermark to its time, so `when` never answers
+    earlier than the truth: a fill of a forgotten key is, at worst, not kept.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize=maxsize)
+        self.watermark = float("-inf")
+
+    def popitem(self) -> tuple[tuple[str, str], float]:
+        key, when = super().popitem()
+        self.watermark = max(self.watermark, when)
+        return key, when
+
+    def mark(self, ident: tuple[str, str]) -> None:
+        self[ident] = time.monotonic()
+
+    def when(self, ident: tuple[str, str]) -> float:
+        return self.get(ident, self.watermark)

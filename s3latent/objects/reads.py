@@ -87,7 +87,7 @@ class LatentReads:
                      5, 10))
         # Whole-object cache misses under way: later misses wait for the first one's fetch
         # (and decode); a result of None means "not shareable, fetch yourself".
-        self._misses: SingleFlight[tuple[str, str], _Shared] = SingleFlight()
+        self._misses: SingleFlight[tuple[str, str, float], _Shared] = SingleFlight()
         self.shared_misses = Counter("s3latent_read_shared_misses",
                                      "Cache misses answered by another miss's fetch",
                                      registry=registry)
@@ -237,7 +237,9 @@ class LatentReads:
             own.append((info, body))
             return (info, body.data) if isinstance(body, BytesBody) else None
 
-        shared, from_another = await self._misses.run((bucket, key), fetch)
+        # A GET that arrives after a write of the key never joins a fetch started before it.
+        epoch = self.ctx.cache.invalidated_at(bucket, key) if self.ctx.cache else 0.0
+        shared, from_another = await self._misses.run((bucket, key, epoch), fetch)
         if not from_another:
             return own[0]
         if shared is None:  # a streamed plain object: not shareable
