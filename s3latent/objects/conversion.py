@@ -411,9 +411,9 @@ class Converter:
             if current is None or current.etag != container_etag:
                 return "image replaced or deleted meanwhile; sidecar kept as it is"
             try:
-                written = await physical.write_single_part(self.backend, bucket, side_key,
-                                                           physical.stub_body(key), meta,
-                                                           if_match=side.etag)
+                written = await physical.write_single_part(
+                    self.backend, bucket, side_key, physical.stub_body(key, container_etag),
+                    meta, if_match=side.etag)
             except S3Error as exc:
                 if exc.code in ("PreconditionFailed", "NoSuchKey"):
                     return "sidecar changed meanwhile; kept as it is"

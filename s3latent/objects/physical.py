@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -297,8 +298,16 @@ def view_index_prefix(key: str) -> str:
     return f"{VIEWS_PREFIX}{key}{_VIEW_SEP}"
 
 
-def stub_body(image_key: str) -> bytes:
-    return json.dumps({"s3latent": "sidecar-stub", "image": image_key}).encode() + b"\n"
+def stub_body(image_key: str, container_etag: str) -> bytes:
+    """A stub's bytes: unique per stub written (the container it points at and a nonce).
+
+    Verdicts about stubs and their logical views are remembered per physical ETag; two stubs
+    of one key with the same bytes would share one ETag, and a verdict reached about the
+    first (say, during an overwrite, when its container was going) would stick to the next.
+    """
+    return json.dumps({"s3latent": "sidecar-stub", "image": image_key,
+                       "container": container_etag,
+                       "nonce": secrets.token_hex(8)}).encode() + b"\n"
 
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
