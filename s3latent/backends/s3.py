@@ -131,6 +131,21 @@ def _to_backend(key: str) -> str:
     return key + FOLDER_MARK if key.endswith("/") else key
 
 
+def _object_key(key: str) -> str:
+    """The backend key of client key `key`, or NoSuchKey for a key that cannot exist.
+
+    Keys the store would alias (`a//b`, a leading `/`, `.` and `..` segments) are refused
+    on every write (s3api.names.check_new_key), and FOLDER_MARK is not a character a
+    client can write; such a key names nothing, so a read is NoSuchKey and a delete deletes
+    nothing, instead of reaching whatever object the store would alias it to.
+    """
+    segments = key.split("/")
+    if FOLDER_MARK in key or any(s in (".", "..") for s in segments) or \
+            any(not s for s in segments[:-1]):
+        raise S3Error("NoSuchKey", Key=key)
+    return _to_backend(key)
+
+
 def _from_backend(key: str) -> str:
     return key[:-1] if key.endswith("/" + FOLDER_MARK) else key
 
@@ -304,7 +319,7 @@ class S3Backend:
         if bucket is not None:
             params["Bucket"] = bucket
         if key is not None:
-            params["Key"] = _to_backend(key)
+            params["Key"] = _object_key(key)
         attempt = 0
         while True:
             attempt += 1
@@ -463,7 +478,7 @@ class S3Backend:
                 headers["If-None-Match"] = if_none_match
             headers["Content-MD5"] = spool.content_md5
             headers["Content-Length"] = str(spool.size)
-            resp = await self._data.request("PUT", bucket, _to_backend(key), headers=headers,
+            resp = await self._data.request("PUT", bucket, _object_key(key), headers=headers,
                                             body=spool.payload())
             etag = _unquote_etag(resp.headers.get("ETag", "")) or spool.md5_hex
             resp.release()
@@ -487,7 +502,7 @@ class S3Backend:
         an empty answer can be a marker, anything else is another key's data.
         """
         try:
-            return await self._data.request(method, bucket, _to_backend(key), headers=headers)
+            return await self._data.request(method, bucket, _object_key(key), headers=headers)
         except S3Error as exc:
             if exc.code != "NoSuchKey" or not key.endswith("/"):
                 raise
@@ -535,7 +550,7 @@ class S3Backend:
         meta: ObjectMeta | None,
     ) -> ObjectInfo:
         await self._require_bucket(dst_bucket)
-        source = _to_backend(src_key)
+        source = _object_key(src_key)
         if src_key.endswith("/"):  # which of the two forms holds it (see _folder_fallback)
             try:
                 (await self._data.request("HEAD", src_bucket, source)).release()
@@ -662,7 +677,7 @@ class S3Backend:
             if size is not None and spool.size != size:
                 raise S3Error("IncompleteBody")
             resp = await self._data.request(
-                "PUT", bucket, _to_backend(key),
+                "PUT", bucket, _object_key(key),
                 query={"partNumber": str(part_number), "uploadId": upload_id},
                 headers={"Content-MD5": spool.content_md5, "Content-Length": str(spool.size)},
                 body=spool.payload(),
