@@ -15,10 +15,17 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-from ..backends.base import Backend, ListPage, ObjectBody, ObjectInfo, ObjectMeta
+from ..backends.base import (
+    Backend,
+    ListPage,
+    ObjectBody,
+    ObjectInfo,
+    ObjectMeta,
+    UploadChecksum,
+)
 from ..cache.readpath import ReadCache
 from ..config import Config
-from .context import LatentContext
+from .context import LatentContext, writable
 from .conversion import Converter
 from .listing import LatentListing
 from .reads import LatentReads
@@ -120,6 +127,19 @@ class LatentStore(ForwardingStore):
     async def _after_overwrite(self, bucket: str, key: str,
                                replaced: ObjectInfo | None) -> None:
         await self.writes.after_overwrite(bucket, key, replaced)
+
+    async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta, *,
+                                      checksum: UploadChecksum | None = None) -> str:
+        writable(key)  # the gateway's own records are never a client's to write
+        return await super().create_multipart_upload(bucket, key, meta, checksum=checksum)
+
+    async def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
+                                        parts: list[tuple[int, str]], *,
+                                        if_match: str | None = None,
+                                        checksum: str | None = None) -> ObjectInfo:
+        writable(key)
+        return await super().complete_multipart_upload(
+            bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)
 
     async def delete_bucket(self, bucket: str) -> None:
         await self.writes.delete_bucket(bucket)
