@@ -11,12 +11,13 @@ Cache invalidation and write notifications are the store's (objects.store), not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from ..backends.base import ObjectInfo, ObjectMeta
+from ..backends.base import HashedBody, ObjectInfo, ObjectMeta
 from ..errors import S3Error
 from . import physical
 from .context import LatentContext, readable, writable
@@ -45,15 +46,15 @@ class LatentWrites:
         writable(key)
         settings = self.ctx.config.bucket(bucket)
         if meta.content_type.split(";")[0].strip().lower() == LATENT_CONTENT_TYPE:
-            async with self.ctx.converter.pair_lock(bucket, key):  # no stub written meanwhile
-                return await self._put_latent_only(bucket, key, body, meta, size=size,
-                                                   if_match=if_match,
-                                                   if_none_match=if_none_match)
+            return await self._put_latent_only(bucket, key, body, meta, size=size,
+                                               if_match=if_match, if_none_match=if_none_match)
         image_like = looks_like_image(key, meta.content_type)
-        async with self.ctx.converter.pair_lock(bucket, key):  # no stub written meanwhile
-            # Always look first: whatever the new object looks like, the one it replaces may
-            # be a container whose stub must become a real sidecar again (else the sidecar is
-            # lost), and conditions are judged against what the client sees.
+        found: list[ObjectInfo | None] = []
+
+        async def before_commit() -> None:
+            # Always look: whatever the new object looks like, the one it replaces may be a
+            # container whose stub must become a real sidecar again (else the sidecar is
+            # lost), and conditions are judged against what the client sees now.
             current = await self.ctx.head_or_none(bucket, key)
             if current is not None:
                 _check_write_conditions(physical.logical_info(current), if_match,
@@ -62,7 +63,19 @@ class LatentWrites:
                     await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
             elif if_match is not None:
                 raise S3Error("NoSuchKey", Key=key)
-            info = await self.ctx.backend.put_object(bucket, key, body, meta, size=size)
+            found.append(current)
+
+        # The pair's lock (no stub written meanwhile) is taken only once the whole body has
+        # arrived, and held until the backend has committed: a slow client holds nothing.
+        async with contextlib.AsyncExitStack() as held:
+
+            async def locked_then_checked() -> None:
+                await held.enter_async_context(self.ctx.converter.pair_lock(bucket, key))
+                await before_commit()
+
+            info = await self.ctx.backend.put_object(
+                bucket, key, _then_before_end(body, locked_then_checked), meta, size=size)
+        current = found[0] if found else None
         if current is not None:
             await self._unindex(bucket, current)
         if settings.convert:
@@ -265,30 +278,32 @@ class LatentWrites:
         except ModelUnavailable as exc:
             raise S3Error("ServiceUnavailable", f"The model {model_id} is unavailable: "
                           f"{exc}") from exc
-        current = await self.ctx.head_or_none(bucket, key)
-        if current is not None:
-            _check_write_conditions(physical.logical_info(current), if_match, if_none_match)
-            if physical.representation(current) == physical.REP_LATENT:
-                await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
-        elif if_match is not None:
-            raise S3Error("NoSuchKey", Key=key)
-        now = datetime.now(UTC)
-        user_meta = {k: v for k, v in meta.metadata.items() if k not in (FORMAT_META,)}
-        header = admission.header
-        new_meta = ObjectMeta(content_type=content_type, metadata=user_meta,
-                              headers=meta.headers, tags=meta.tags,
-                              internal=physical.mirror(
-                                  physical.REP_LATENT, header.size, header.etag, now,
-                                  **physical.storage_mirror(header.codec, header.model,
-                                                            header.psnr)))
-        written = await physical.write_single_part(self.ctx.backend, bucket, key,
-                                                   admission.container, new_meta)
-        if current is not None:
-            await self._unindex(bucket, current)
-        await self._index(bucket, key, written.etag,
-                          physical.LogicalView(header.size, header.etag, now))
-        return ObjectInfo(key, admission.header.size, admission.header.etag,
-                          now, new_meta)
+        # The body is read and admitted; no stub is written for the key from here on.
+        async with self.ctx.converter.pair_lock(bucket, key):
+            current = await self.ctx.head_or_none(bucket, key)
+            if current is not None:
+                _check_write_conditions(physical.logical_info(current), if_match, if_none_match)
+                if physical.representation(current) == physical.REP_LATENT:
+                    await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
+            elif if_match is not None:
+                raise S3Error("NoSuchKey", Key=key)
+            now = datetime.now(UTC)
+            user_meta = {k: v for k, v in meta.metadata.items() if k not in (FORMAT_META,)}
+            header = admission.header
+            new_meta = ObjectMeta(content_type=content_type, metadata=user_meta,
+                                  headers=meta.headers, tags=meta.tags,
+                                  internal=physical.mirror(
+                                      physical.REP_LATENT, header.size, header.etag, now,
+                                      **physical.storage_mirror(header.codec, header.model,
+                                                                header.psnr)))
+            written = await physical.write_single_part(self.ctx.backend, bucket, key,
+                                                       admission.container, new_meta)
+            if current is not None:
+                await self._unindex(bucket, current)
+            await self._index(bucket, key, written.etag,
+                              physical.LogicalView(header.size, header.etag, now))
+            return ObjectInfo(key, admission.header.size, admission.header.etag,
+                              now, new_meta)
 
     @asynccontextmanager
     async def overwriting(self, bucket: str, key: str) -> AsyncIterator[None]:
@@ -356,3 +371,43 @@ def _check_write_conditions(current: ObjectInfo, if_match: str | None,
     if if_match is not None and if_match.strip('"') not in (current.etag, "*"):
         raise S3Error("PreconditionFailed", Condition="If-Match")
 
+
+def _then_before_end(body: AsyncIterable[bytes],
+                     before_end: Callable[[], Awaitable[None]]) -> AsyncIterable[bytes]:
+    """The client's body, then `before_end()` once its last byte has been read.
+
+    Backends commit only when the body iterator ends without raising (backends/base.py),
+    so what `before_end` does (take a lock, check conditions, restore a sidecar) happens
+    before the commit, and an S3Error it raises aborts the write with nothing stored.
+    A verified request body (HashedBody) stays one: its MD5 and checksums pass through.
+    """
+    if isinstance(body, HashedBody):
+        return _HashedThenBeforeEnd(body, before_end)
+
+    async def plain() -> AsyncIterator[bytes]:
+        async for chunk in body:
+            yield chunk
+        await before_end()
+
+    return plain()
+
+
+class _HashedThenBeforeEnd(HashedBody):
+    """`_then_before_end` for a body that hashes itself."""
+
+    def __init__(self, body: HashedBody, before_end: Callable[[], Awaitable[None]]) -> None:
+        self._body = body
+        self._before_end = before_end
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:  # type: ignore[override]
+        async for chunk in self._body:
+            yield chunk
+        await self._before_end()
+
+    @property
+    def md5_hex(self) -> str:
+        return self._body.md5_hex
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        return self._body.checksums
