@@ -1,0 +1,136 @@
+"""Races and aliasing found by a hostile review of the object store (each failed before its fix).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from s3latent.backends.base import ObjectMeta
+from tests.inprocess import InProcessGateway
+from tests.test_latent_objects import make_pair, tiny_model  # noqa: F401 - fixture
+from tests.test_object_layer_inprocess import (  # noqa: F401 - fixture
+    BKT,
+    SUFFIX,
+    get_of,
+    gw,
+    head_of,
+    listing,
+    md5_etag,
+    put_pair,
+)
+
+
+async def _put_pair_seed(served: InProcessGateway, model: dict[str, str], key: str,
+                         seed: int) -> tuple[bytes, bytes]:
+    image, sidecar = make_pair(model, seed=seed)[:2]
+    await served.run(lambda s3: s3.put_object(Bucket=BKT, Key=key, Body=image,
+                                              ContentType="image/png"))
+    await served.run(lambda s3: s3.put_object(Bucket=BKT, Key=key + SUFFIX, Body=sidecar))
+    await served.settle()
+    return image, sidecar
+
+
+async def test_second_stub_of_a_key_is_listed_with_its_own_view(
+        gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """Every stub of image K has the same bytes (physical.stub_body(K)), hence the same
+    physical "-1" ETag; ctx.views is keyed by that ETag, so the listing reuses the first
+    stub's logical size/ETag for a later, different sidecar."""
+    await put_pair(gw, tiny_model, seed=1)
+    await listing(gw)  # the listing learns the first stub's view
+    await _put_pair_seed(gw, tiny_model, "img.png", seed=2)
+    # Converted again, either as this pair or (when the image's conversion ran before the
+    # new sidecar arrived, with the restored old sidecar, within the policy) with the old
+    # latent, leaving the new sidecar plain: either way HEAD, GET and the listing agree.
+    head = await head_of(gw, "img.png" + SUFFIX)
+    got, data = await get_of(gw, "img.png" + SUFFIX)
+    listed = (await listing(gw))["img.png" + SUFFIX]
+    assert got["ETag"] == md5_etag(data) == head["ETag"]
+    assert listed["ETag"] == head["ETag"], (listed["ETag"], head["ETag"])
+
+
+async def test_a_stub_judged_during_an_overwrite_does_not_poison_later_stubs(
+        gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """A GET of the sidecar key on one gateway races a PUT of the image on another (or on
+    the same one after its verdict LRU dropped the stub): the GET's backend read returned
+    the stub, the PUT then made the stub a real sidecar and replaced the container, and
+    only then does the GET check the stub's claim (LatentReads._miss -> ctx.trusted).
+
+    That GET serves the stub's own JSON as the sidecar (wrong bytes), and the verdict
+    "plain" stays cached for the stub's physical ETag, which every later stub of the key
+    shares (physical.stub_body(key) is the same bytes: same "-1" ETag). Once the pair is
+    converted again, that node serves the new stub as its 49-byte JSON, and a PUT of the
+    image through it no longer makes the stub a real sidecar: the sidecar is lost.
+    """
+    store = gw.store
+    image1, sidecar1 = await put_pair(gw, tiny_model, seed=1)
+    side_key = "img.png" + SUFFIX
+    stale = await store.backend.head_object(BKT, side_key)  # the GET's read of the stub
+    async with store.converter.gate.closed(BKT):  # (holds the re-conversion back a moment)
+        await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=image1,
+                                              ContentType="image/png"))
+        # The PUT's materialize_sidecar cached this node's verdict on the stub; the other
+        # node has none.
+        store.ctx.views.clear()
+        await store.ctx.trusted(BKT, stale)  # the GET goes on with what it read
+    await gw.settle()  # the pair converts again: a new stub, same physical ETag
+    _, data = await get_of(gw, side_key)
+    assert len(data) == len(sidecar1), f"wrong bytes served for the sidecar: {data[:80]!r}"
+    image2 = make_pair(tiny_model, seed=2)[0]
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=image2,
+                                          ContentType="image/png"))
+    _, data = await get_of(gw, side_key)
+    assert len(data) == len(sidecar1), f"sidecar lost: {data[:80]!r}"
+
+
+async def test_multipart_upload_to_a_hidden_key_is_refused(
+        gw: InProcessGateway) -> None:  # noqa: F811
+    """PUT and COPY refuse keys under .s3latent/ (InvalidArgument); multipart does not:
+    the upload completes (200) and the object is then invisible (GET NoSuchKey, not
+    listed) and deleted with the bucket's hidden records: an accepted upload is lost.
+    It can also forge the gateway's records (view index entries, refusal markers)."""
+    key = ".s3latent/v/forged"
+    err = await gw.error(lambda s3: s3.create_multipart_upload(Bucket=BKT, Key=key))
+    assert err["Error"]["Code"] == "InvalidArgument", err
+
+
+async def test_a_stalled_upload_does_not_hold_other_writes_of_the_key(
+        gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """LatentWrites.put_object streams the client's body to the backend inside
+    pair_lock(bucket, key), so a slow or stalled upload (no body timeout exists) holds
+    the key's lock for as long as it lasts: a DELETE of the key, another PUT of it, and
+    the converter's _finish_stub for it (a conversion worker, which also holds the
+    bucket's gate, so DeleteBucket waits too) all wait behind the upload's body."""
+    await put_pair(gw, tiny_model)
+    release = asyncio.Event()
+
+    async def stalled() -> AsyncIterator[bytes]:
+        yield b"\x89PNG"
+        await release.wait()  # the client stops sending
+        yield b"rest"
+
+    upload = asyncio.create_task(gw.store.put_object(
+        BKT, "img.png", stalled(), ObjectMeta(content_type="image/png")))
+    await asyncio.sleep(0.2)
+    try:
+        await asyncio.wait_for(gw.store.delete_object(BKT, "img.png"), timeout=3)
+    finally:
+        release.set()
+        await asyncio.gather(upload, return_exceptions=True)
+
+
+@pytest.mark.parametrize("alias", ["a//b", "a/./b", "a/x/../b", "/a/b"])
+def test_deleting_an_aliasing_key_deletes_nothing_else(s3: Any, bucket: str,
+                                                       alias: str) -> None:
+    """Writes refuse keys a path-mapping store would merge with another (names.py), but
+    DELETE accepts any key and hands it to the backend as is: on SeaweedFS, deleting
+    `a//b` (a key that cannot exist) deletes the client's `a/b`. S3 answers 204 and
+    deletes nothing; so must the gateway, on every backend."""
+    s3.put_object(Bucket=bucket, Key="a/b", Body=b"keep me")
+    s3.delete_object(Bucket=bucket, Key=alias)
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": alias}]})
+    assert s3.get_object(Bucket=bucket, Key="a/b")["Body"].read() == b"keep me"
+
