@@ -162,6 +162,15 @@ class ClusterSettings:
     spill: bool = True  # decode spillover to less-loaded peers
     spill_threshold: int = 4  # local decode queue depth above which decodes may spill
     shutdown_grace_s: float = 20.0
+    # Connections to all peers together for forwarded reads and renders; a forward that finds
+    # none free serves the read here instead of queueing (health checks have their own pool).
+    max_peer_connections: int = 64
+    # How long a forwarded read waits for the owner's response headers before serving here.
+    forward_header_timeout_s: float = 5.0
+    # A peer whose forward or render failed stays out of the ring this long, doubling on each
+    # further failure up to peer_backoff_max_s, whatever its health checks say.
+    peer_backoff_s: float = 5.0
+    peer_backoff_max_s: float = 60.0
     secret: str = field(default="", repr=False)  # from the environment only
 
     def validate(self) -> None:
@@ -178,6 +187,11 @@ class ClusterSettings:
         if self.fail_after < 1 or self.spill_threshold < 0 or self.shutdown_grace_s < 0:
             raise ConfigError("[cluster] fail_after must be >= 1, spill_threshold and "
                               "shutdown_grace_s >= 0")
+        if self.max_peer_connections < 1 or not (self.forward_header_timeout_s > 0) or not (
+                0 < self.peer_backoff_s <= self.peer_backoff_max_s):
+            raise ConfigError("[cluster] max_peer_connections must be >= 1, "
+                              "forward_header_timeout_s > 0, 0 < peer_backoff_s <= "
+                              "peer_backoff_max_s")
 
 
 _NODE_URL_RE = re.compile(r"^(dns\+)?https?://[^/\s?#]+:\d+/?$")

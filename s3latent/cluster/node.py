@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from yarl import URL
 
@@ -38,8 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("s3latent.cluster")
 
-# How long a forwarded read may wait for the owner's response headers (a cold latent read
-# includes a decode), and between body chunks.
+# How long a forwarded read may wait between body chunks (the wait for the owner's response
+# headers is [cluster] forward_header_timeout_s).
 FORWARD_READ_TIMEOUT_S = 30.0
 RENDER_TIMEOUT_S = 30.0
 INVALIDATE_TIMEOUT_S = 2.0
@@ -77,6 +78,12 @@ class PeerState:
     failures: int = 0
     depth: int = 0
     leaving: bool = False
+    backoff_s: float = 0.0  # the last backoff after a failed forward/render (0: none)
+    backoff_until: float = 0.0  # time.monotonic() before which the peer stays out of the ring
+
+    def in_ring(self, now: float) -> bool:
+        """Healthy, not leaving, and not backing off after a failed forward or render."""
+        return self.live and not self.leaving and now >= self.backoff_until
 
 
 class Cluster:
@@ -92,7 +99,12 @@ class Cluster:
         self.decoding = decoding
         self.peers: dict[str, PeerState] = {}
         self.leaving = False
+        # Health checks, leave notices and invalidations (`_control`) never wait behind
+        # forwarded reads and renders (`_session`), which hold connections for whole bodies.
+        self._control: aiohttp.ClientSession | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._forwarding = 0  # forwards holding a `_session` connection (see forward_done)
+        self._self_aliases: set[str] = set()  # node URLs whose health answer named this node
         self._poller: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._resolved = asyncio.Event()
@@ -118,8 +130,11 @@ class Cluster:
 
     # -- life cycle --------------------------------------------------------------
     async def start(self) -> None:
-        """Open the peer connection pool and start health checks."""
-        self._session = aiohttp.ClientSession(auto_decompress=False)
+        """Open the peer connection pools and start health checks."""
+        self._control = aiohttp.ClientSession(auto_decompress=False)
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=self.settings.max_peer_connections))
         self._poller = asyncio.create_task(self._poll())
 
     async def close(self) -> None:
@@ -129,8 +144,9 @@ class Cluster:
             await asyncio.gather(self._poller, return_exceptions=True)
         if self._background:
             await asyncio.wait(self._background, timeout=INVALIDATE_TIMEOUT_S)
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._control):
+            if session is not None:
+                await session.close()
 
     async def leave(self) -> None:
         """Shutting down: health says leaving, and every live peer hears it now."""
@@ -143,7 +159,8 @@ class Cluster:
     # -- membership ----------------------------------------------------------------
     def live_nodes(self) -> list[str]:
         """This node (unless leaving) and the peers in the ring."""
-        nodes = [p.url for p in self.peers.values() if p.live and not p.leaving]
+        now = time.monotonic()
+        nodes = [p.url for p in self.peers.values() if p.in_ring(now)]
         if not self.leaving or not nodes:
             nodes.append(self.self_url)
         return nodes
@@ -178,12 +195,26 @@ class Cluster:
             self._set_live(state, False)
 
     def peer_failed(self, node: str) -> None:
-        """A request to a peer failed: out of the ring until its next good health check."""
+        """A forward or render to a peer failed: out of the ring for a backoff period.
+
+        Health checks alone would put a peer that answers them but hangs on reads back
+        within a second, and every read of its keys would wait again; the backoff (doubling
+        per failure, capped, reset by a successful forward) keeps it out meanwhile.
+        """
         state = self.peers.get(normalize(node))
-        if state is not None and state.live:
-            state.failures = max(state.failures, self.settings.fail_after)
-            self._set_live(state, False)
-            log.warning("peer %s unreachable: out of the ring until healthy", node)
+        if state is None:
+            return
+        state.backoff_s = min(self.settings.peer_backoff_max_s,
+                              state.backoff_s * 2 or self.settings.peer_backoff_s)
+        state.backoff_until = time.monotonic() + state.backoff_s
+        log.warning("peer %s failed a request: out of the ring for %.0f s", node,
+                    state.backoff_s)
+
+    def peer_ok(self, node: str) -> None:
+        """A forward to a peer got its answer: any backoff is over."""
+        state = self.peers.get(normalize(node))
+        if state is not None and state.backoff_s:
+            state.backoff_s = state.backoff_until = 0.0
 
     def _set_live(self, state: PeerState, live: bool) -> None:
         if state.live != live:
@@ -201,9 +232,12 @@ class Cluster:
             parts = urlsplit(entry[len("dns+"):])
             host, port = parts.hostname or "", parts.port or 80
             try:
-                infos = await asyncio.to_thread(socket.getaddrinfo, host, port,
-                                                type=socket.SOCK_STREAM)
-            except OSError as exc:
+                # Bounded: a stalled resolver must not stall the health round.
+                infos = await asyncio.wait_for(
+                    asyncio.to_thread(socket.getaddrinfo, host, port,
+                                      type=socket.SOCK_STREAM),
+                    self.settings.health_timeout_s)
+            except (OSError, TimeoutError) as exc:
                 log.warning("cluster node name %s did not resolve: %s", host, exc)
                 continue
             for info in infos:
@@ -219,6 +253,7 @@ class Cluster:
             try:
                 urls = await self._resolve()
                 urls.discard(self.self_url)
+                urls -= self._self_aliases
                 for url in list(self.peers):
                     if url not in urls:
                         self._set_live(self.peers.pop(url), False)
@@ -238,6 +273,13 @@ class Cluster:
             body = await self._request(state.url, "GET", "health", b"",
                                        limit_s=self.settings.health_timeout_s)
             answer = json.loads(body)
+            if normalize(str(answer.get("node", ""))) == self.self_url:
+                # Another spelling of this node (e.g. an address a dns+ entry resolved to).
+                log.info("cluster node %s is this node: not a peer", state.url)
+                self._self_aliases.add(state.url)
+                self._set_live(state, False)
+                self.peers.pop(state.url, None)
+                return
             state.depth = int(answer.get("depth", 0))
             state.leaving = bool(answer.get("leaving", False))
             state.failures = 0
@@ -256,13 +298,15 @@ class Cluster:
         path_qs = peerauth.PREFIX + what + ("?" + urlencode(query) if query else "")
         headers = peerauth.sign(self.settings.secret, method, path_qs, self.self_url,
                                 body=body)
-        if self._session is None:
+        if self._control is None:
             raise PeerUnavailable("not started")
+        session = self._session if what == "render" else self._control
+        assert session is not None
         try:
-            async with self._session.request(
+            async with session.request(
                     method, URL(node + path_qs, encoded=True), data=body or None,
                     headers=headers, timeout=aiohttp.ClientTimeout(
-                        total=limit_s, sock_connect=self.settings.health_timeout_s)) as resp:
+                        total=limit_s, connect=self.settings.health_timeout_s)) as resp:
                 data = await resp.read()
                 if resp.status != 200:
                     raise PeerUnavailable(f"{node} answered {resp.status} to {what}")
@@ -277,25 +321,50 @@ class Cluster:
     async def forward(self, node: str, method: str, bucket: str, key: str, raw_query: str,
                       headers: Mapping[str, str], *, access_key: str,
                       request_id: str) -> aiohttp.ClientResponse:
-        """The owner's response to a client's read (caller releases it); PeerUnavailable if
-        the owner cannot be reached or sends no response headers in time."""
+        """The owner's response to a client's read; the caller hands it to forward_done.
+
+        PeerUnavailable (the read is then served here, counted as a fallback) when every
+        peer connection is busy, or the owner cannot be reached or sends no response headers
+        within forward_header_timeout_s; the last two also put the owner in backoff.
+        Repeated headers are passed on, in order.
+        """
         path_qs = object_path(bucket, key) + ("?" + raw_query if raw_query else "")
-        out = {k: v for k, v in headers.items()
-               if k.lower() not in _NOT_FORWARDED and not k.lower().startswith(
-                   "x-s3latent-peer-")}
-        out.update(peerauth.sign(self.settings.secret, method, path_qs, self.self_url,
-                                 access_key=access_key, request_id=request_id))
+        out: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in headers.items()
+            if k.lower() not in _NOT_FORWARDED and not k.lower().startswith("x-s3latent-peer-"))
+        for name, value in peerauth.sign(self.settings.secret, method, path_qs, self.self_url,
+                                         access_key=access_key,
+                                         request_id=request_id).items():
+            out[name] = value
         if self._session is None:
             raise PeerUnavailable("not started")
+        if self._forwarding >= self.settings.max_peer_connections:
+            # Never queue behind slow streams: this node can serve the read itself.
+            self.forwarded.labels("fallback").inc()
+            raise PeerUnavailable("every peer connection is busy")
+        self._forwarding += 1
         try:
-            return await self._session.request(
-                method, URL(node + path_qs, encoded=True), headers=out, allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(sock_connect=self.settings.health_timeout_s,
-                                              sock_read=FORWARD_READ_TIMEOUT_S))
+            async with asyncio.timeout(self.settings.forward_header_timeout_s):
+                response = await self._session.request(
+                    method, URL(node + path_qs, encoded=True), headers=out,
+                    allow_redirects=False, timeout=aiohttp.ClientTimeout(
+                        connect=self.settings.health_timeout_s,
+                        sock_read=FORWARD_READ_TIMEOUT_S))
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            self._forwarding -= 1
             self.peer_failed(node)
             self.forwarded.labels("fallback").inc()
             raise PeerUnavailable(f"{node}: {exc!r}") from exc
+        except BaseException:
+            self._forwarding -= 1
+            raise
+        self.peer_ok(node)
+        return response
+
+    def forward_done(self, response: aiohttp.ClientResponse) -> None:
+        """Release a forwarded read's connection (and its place under max_peer_connections)."""
+        self._forwarding -= 1
+        response.release()
 
     # -- invalidation --------------------------------------------------------------
     def on_write(self, bucket: str, key: str) -> None:
@@ -335,8 +404,8 @@ class Cluster:
         depth = self.depth()
         if depth + 1 <= self.settings.spill_threshold:
             return None
-        candidates = [p for p in self.peers.values()
-                      if p.live and not p.leaving and p.depth < depth]
+        now = time.monotonic()
+        candidates = [p for p in self.peers.values() if p.in_ring(now) and p.depth < depth]
         if not candidates:
             return None
         peer = min(candidates, key=lambda p: (p.depth, p.url))
@@ -347,6 +416,7 @@ class Cluster:
                                                          "etag": etag},
                 limit_s=RENDER_TIMEOUT_S)
         except PeerUnavailable as exc:
+            self.peer_failed(peer.url)
             self.spilled.labels("failed").inc()
             log.warning("spilled decode of %s/%s to %s failed, decoding here: %s", bucket, key,
                         peer.url, exc)

@@ -2,9 +2,10 @@
 
 Peer endpoints answer only requests signed with the cluster secret (cluster.peerauth); client
 credentials count for nothing there (403 AccessDenied). They are reached before S3
-authentication, and only path-style: "_s3latent" is no valid bucket name, so no client
-bucket hides behind the prefix. A forwarded read is served by the normal S3 handler, as it
-would be for the client, under the receiving node's request id.
+authentication, recognised by the raw path whatever the Host header says: "_s3latent" is no
+valid bucket name, so no path-style client bucket hides behind the prefix. A forwarded read
+is served by the normal S3 handler, as it would be for the client, under the receiving node's
+request id.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from .request import S3Request, parse_query
 
 log = logging.getLogger("s3latent.cluster")
 
-PEER_BUCKET = "_s3latent"
 FORWARDABLE = ("GetObject", "HeadObject")
 _REQUEST_ID = re.compile(r"^[0-9A-Za-z]{1,64}$")
 # Response headers of the owner that are not passed on: framing (set again here) and this
@@ -36,9 +36,13 @@ _RESPONSE_DROP = frozenset({"connection", "keep-alive", "transfer-encoding", "co
 _CHUNK = 256 * 1024
 
 
-def is_peer_request(gw: Gateway, bucket: str | None, key: str | None) -> bool:
-    """Whether a request is for the peer endpoints (only when this node is in a cluster)."""
-    return gw.cluster is not None and bucket == PEER_BUCKET and (key or "").startswith("peer/")
+def is_peer_request(gw: Gateway, raw_path: str) -> bool:
+    """Whether a request is for the peer endpoints (only when this node is in a cluster).
+
+    Judged on the raw path, whatever the Host header: with a `domain`, node host names under
+    it would otherwise read as virtual-host bucket requests and the fleet never forms.
+    """
+    return gw.cluster is not None and raw_path.startswith(peerauth.PREFIX)
 
 
 async def dispatch(gw: Gateway, request: web.Request
@@ -139,4 +143,4 @@ async def forward_read(gw: Gateway, req: S3Request, node: str) -> web.StreamResp
         cluster.forwarded.labels("ok").inc()
         return response
     finally:
-        upstream.release()
+        cluster.forward_done(upstream)

@@ -189,7 +189,7 @@ def make_app(gw: Gateway) -> web.Application:
                 request.raw_path, request.headers.get("Host"), gw.config.domain
             )
             resource = f"/{bucket}/{key}" if key else (f"/{bucket}" if bucket else "/")
-            if peer.is_peer_request(gw, bucket, key):
+            if peer.is_peer_request(gw, request.raw_path):
                 # Before S3 authentication: only the cluster's signature opens these.
                 operation, answer = await peer.dispatch(gw, request)
                 if isinstance(answer, S3Request):  # a read forwarded by a peer: serve it
