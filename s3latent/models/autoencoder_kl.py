@@ -205,9 +205,9 @@ class VAEDecoder(nn.Module):
         # CPU renditions must not depend on which requests a batch happened to group
         self.batch_invariant = device.type == "cpu"
 
-    @torch.inference_mode()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Denoiser latents [B, C, h, w] -> RGB [B, 3, 8h, 8w], about [0, 1], model dtype."""
+    def _vae_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """Denoiser latents [B, C, h, w] (or [C, h, w]) as the VAE takes them: checked,
+        unscaled and shifted in fp32, then cast (small scaling factors lose bits in fp16)."""
         if latents.ndim == 3:
             latents = latents.unsqueeze(0)
         if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
@@ -215,10 +215,13 @@ class VAEDecoder(nn.Module):
                 f"{self.model_id}: latents must be [B, {self.latent_channels}, h, w], "
                 f"got {tuple(latents.shape)}"
             )
-        # scale in fp32 before the cast: small scaling factors lose bits in fp16/bf16
         z = latents.to(device=self.device, dtype=torch.float32)
-        z = z / self.scaling_factor + self.shift_factor
-        z = z.to(self.dtype)
+        return (z / self.scaling_factor + self.shift_factor).to(self.dtype)
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Denoiser latents [B, C, h, w] -> RGB [B, 3, 8h, 8w], about [0, 1], model dtype."""
+        z = self._vae_input(latents)
         if self._channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
         if self.batch_invariant and z.shape[0] > 1:
@@ -239,15 +242,7 @@ class VAEDecoder(nn.Module):
     def decode_tiled(self, latents: torch.Tensor, tiling: Tiling) -> torch.Tensor:
         """Like `decode`, with bounded memory: the whole VAE runs on overlapping latent tiles
         whose outputs are blended (`blend_tiles`); its attention and GroupNorm see one tile."""
-        if latents.ndim == 3:
-            latents = latents.unsqueeze(0)
-        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
-            raise ValueError(
-                f"{self.model_id}: latents must be [B, {self.latent_channels}, h, w], "
-                f"got {tuple(latents.shape)}"
-            )
-        z = latents.to(device=self.device, dtype=torch.float32)
-        z = (z / self.scaling_factor + self.shift_factor).to(self.dtype)
+        z = self._vae_input(latents)
 
         def run(t: torch.Tensor) -> torch.Tensor:
             if self._channels_last:

@@ -233,12 +233,17 @@ class TAEDecoder(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    @torch.inference_mode()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Pipeline latents [B, C, h, w] -> RGB [B, 3, 8h, 8w], about [0, 1], model dtype."""
+    def _decoder_input(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pipeline latents as the decoder takes them: checked, unscaled and shifted."""
         z = self._prepare(latents, self.latent_channels, "latents")
         if self.scaling_factor != 1.0 or self.shift_factor != 0.0:
             z = z / self.scaling_factor + self.shift_factor
+        return z
+
+    @torch.inference_mode()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Pipeline latents [B, C, h, w] -> RGB [B, 3, 8h, 8w], about [0, 1], model dtype."""
+        z = self._decoder_input(latents)
         if self.batch_invariant and z.shape[0] > 1:
             # oneDNN picks kernels by batch size; one at a time keeps bytes batch-independent
             return torch.cat([self.decoder(z[i : i + 1]) for i in range(z.shape[0])])
@@ -268,9 +273,7 @@ class TAEDecoder(nn.Module):
         latent (TAEF2's GroupNorm branch keeps whole-image statistics), the upsampling tail,
         which holds nearly all the memory and sees only a few latent pixels around each
         output pixel, runs on overlapping tiles that are blended (`blend_tiles`)."""
-        z = self._prepare(latents, self.latent_channels, "latents")
-        if self.scaling_factor != 1.0 or self.shift_factor != 0.0:
-            z = z / self.scaling_factor + self.shift_factor
+        z = self._decoder_input(latents)
         head, tail = self.decoder[:_HEAD_LAYERS], self.decoder[_HEAD_LAYERS:]
 
         def run_tail(t: torch.Tensor) -> torch.Tensor:
