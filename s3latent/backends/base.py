@@ -358,5 +358,13 @@ class Backend(Protocol):
     ) -> UploadsPage: ...
 
 
+async def read_body(body: ObjectBody) -> bytes:
+    """All the bytes `body` yields; it is closed whatever happens (readers always close)."""
+    try:
+        return b"".join([chunk async for chunk in body])
+    finally:
+        await body.close()
+
+
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_PART_NUMBER = 10000

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from cachetools import LRUCache
 from prometheus_client import CollectorRegistry, Counter
 
-from ..backends.base import Backend, ObjectInfo
+from ..backends.base import Backend, ObjectInfo, read_body
 from ..cache.readpath import ReadCache
 from ..config import Config
 from ..errors import S3Error
@@ -103,10 +103,7 @@ class LatentContext:
                         ) -> tuple[ObjectInfo, ContainerHeader, bytes]:
         """The (trusted) container at `key`: its info, header and payload."""
         info, body = await self.backend.get_object(bucket, key)
-        try:
-            raw = b"".join([chunk async for chunk in body])
-        finally:
-            await body.close()
+        raw = await read_body(body)
         if physical.representation(await self.trusted(bucket, info)) != physical.REP_LATENT:
             raise S3Error("NoSuchKey", Key=key)
         header, payload = self.unpack(bucket, key, raw)

@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from ..backends.base import Backend, ObjectInfo, ObjectMeta
+from ..backends.base import Backend, ObjectInfo, ObjectMeta, read_body
 from ..errors import S3Error
 from ..latent.container import (
     MAX_HEADER,
@@ -143,10 +143,7 @@ async def read_header(backend: Backend, bucket: str, info: ObjectInfo
             if exc.code == "NoSuchKey":
                 return None
             raise
-        try:
-            data = b"".join([chunk async for chunk in body])
-        finally:
-            await body.close()
+        data = await read_body(body)
         if got.etag != info.etag:
             return None
         try:

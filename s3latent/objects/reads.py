@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator
 from cachetools import LRUCache
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
-from ..backends.base import ObjectBody, ObjectInfo, ObjectMeta
+from ..backends.base import ObjectBody, ObjectInfo, ObjectMeta, read_body
 from ..cache.readpath import Entry
 from ..errors import S3Error
 from ..latent.container import ContainerError
@@ -275,10 +275,7 @@ class LatentReads:
                 raise
             if cache is None or byte_range is not None or not cache.cacheable_plain(info):
                 return info, body
-            try:
-                data = b"".join([chunk async for chunk in body])
-            finally:
-                await body.close()
+            data = await read_body(body)
             entry = Entry.of(info, data, info, asked)
             cache.put_image(bucket, key, entry)
             self._record(bucket, key, "plain", started, entry, None)
@@ -294,10 +291,7 @@ class LatentReads:
             rep = physical.representation(info)
             if rep == "plain":  # replaced meanwhile by a plain object: serve it as one
                 return info, body
-        try:
-            raw = b"".join([chunk async for chunk in body])
-        finally:
-            await body.close()
+        raw = await read_body(body)
         if rep != physical.REP_LATENT:
             data = await ctx.sidecar_bytes(bucket, info)
             self.latency.labels("sidecar").observe(time.perf_counter() - started)

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 from cachetools import LRUCache
 
-from ..backends.base import Backend, ObjectMeta
+from ..backends.base import Backend, ObjectMeta, read_body
 from ..errors import S3Error
 from . import physical
 
@@ -116,10 +116,7 @@ class RefusalStore:
                 self.forget(bucket, image_key)
                 return None
             raise
-        try:
-            data = b"".join([chunk async for chunk in body])
-        finally:
-            await body.close()
+        data = await read_body(body)
         refusal = decode(data)
         if refusal is None:
             self.forget(bucket, image_key)

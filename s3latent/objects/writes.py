@@ -17,7 +17,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-from ..backends.base import HashedBody, ObjectInfo, ObjectMeta
+from ..backends.base import HashedBody, ObjectInfo, ObjectMeta, read_body
 from ..errors import S3Error
 from . import physical
 from .context import LatentContext, readable, writable
@@ -205,10 +205,7 @@ class LatentWrites:
             return copied
         # A container stays a container: the copy is latent too.
         info, body = await self.ctx.backend.get_object(src_bucket, src_key)
-        try:
-            raw = b"".join([chunk async for chunk in body])
-        finally:
-            await body.close()
+        raw = await read_body(body)
         view = physical.logical_view(info)
         assert view is not None
         now = datetime.now(UTC)

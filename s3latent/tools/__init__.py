@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Any
 
-from ..backends.base import Backend
+from ..backends.base import Backend, read_body
 from ..config import Config, load_config
 from ..latent.container import (
     PREFIX_SIZE,
@@ -103,10 +103,7 @@ async def read_header(
 async def _read_range(backend: Backend, bucket: str, key: str, start: int, end: int) -> bytes:
     """Bytes [start, end) of an object."""
     _, body = await backend.get_object(bucket, key, (start, end - 1))
-    try:
-        return b"".join([chunk async for chunk in body])
-    finally:
-        await body.close()
+    return await read_body(body)
 
 
 def human_bytes(n: float) -> str:

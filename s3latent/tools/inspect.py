@@ -15,7 +15,7 @@ import json
 import sys
 from typing import Any
 
-from ..backends.base import Backend, ObjectInfo
+from ..backends.base import Backend, ObjectInfo, read_body
 from ..config import Config, ConfigError
 from ..errors import S3Error
 from ..latent.container import VERSION, ContainerError, ContainerHeader, unpack
@@ -113,10 +113,7 @@ async def _latent(
         )
     if verify:
         _, body = await backend.get_object(bucket, key)
-        try:
-            raw = b"".join([chunk async for chunk in body])
-        finally:
-            await body.close()
+        raw = await read_body(body)
         try:
             unpack(raw)
         except ContainerError as exc:
