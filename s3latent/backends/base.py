@@ -265,6 +265,19 @@ class Backend(Protocol):
     ) -> ListPage:
         """Keys > start_after in UTF-8 binary order, rolled up by delimiter."""
 
+    async def get_bucket_owner(self, bucket: str) -> str | None:
+        """The access key recorded at creation; None when none was. Raises NoSuchBucket."""
+
+    async def get_bucket_config(self, bucket: str, name: str) -> Any | None:
+        """A gateway record of the bucket (ACL, policy, CORS, ...), as the JSON value stored.
+
+        None when unset. Records belong to one life of the bucket: a bucket deleted and
+        created again starts with none. Raises NoSuchBucket.
+        """
+
+    async def put_bucket_config(self, bucket: str, name: str, value: Any | None) -> None:
+        """Replace one gateway record of the bucket (a JSON value); None removes it."""
+
     async def get_bucket_tags(self, bucket: str) -> dict[str, str] | None:
         """The bucket's tag set; None when it has none. Raises NoSuchBucket."""
 

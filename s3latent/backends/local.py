@@ -2,7 +2,7 @@
 
 Layout under the root:
 
-    buckets/<bucket>/.bucket.json            creation time, owner, bucket tags
+    buckets/<bucket>/.bucket.json            creation time, owner, bucket tags, gateway records
     buckets/<bucket>/<k1>/<k2>/<name>.~o     one object (key "k1/k2/name")
     .s3latent/tmp/                           files being written
     .s3latent/uploads/<upload id>/           a multipart upload: upload.json, part files
@@ -386,6 +386,33 @@ class LocalBackend:
                 record.pop("tags", None)
             else:
                 record["tags"] = dict(tags)
+            self._write_bucket_record(bucket, record)
+
+        async with self._bucket_lock(bucket):
+            await asyncio.to_thread(update)
+
+    async def get_bucket_owner(self, bucket: str) -> str | None:
+        record = await asyncio.to_thread(self._bucket_record, bucket)
+        owner = record.get("owner")
+        return owner if isinstance(owner, str) else None
+
+    async def get_bucket_config(self, bucket: str, name: str) -> Any | None:
+        """From .bucket.json, which dies with the bucket's directory."""
+        record = await asyncio.to_thread(self._bucket_record, bucket)
+        config = record.get("config")
+        return config.get(name) if isinstance(config, dict) else None
+
+    async def put_bucket_config(self, bucket: str, name: str, value: Any | None) -> None:
+        """Rewrite .bucket.json atomically with one record replaced (None removes it)."""
+        def update() -> None:
+            record = self._bucket_record(bucket)
+            config = record.get("config")
+            config = dict(config) if isinstance(config, dict) else {}
+            if value is None:
+                config.pop(name, None)
+            else:
+                config[name] = value
+            record["config"] = config
             self._write_bucket_record(bucket, record)
 
         async with self._bucket_lock(bucket):

@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import random
+import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterable, AsyncIterator
@@ -381,9 +382,57 @@ class S3Backend:
                               BucketName=bucket) from exc
             raise S3Error("BucketAlreadyOwnedByYou", resource=bucket,
                           BucketName=bucket) from exc
-        # After the bucket exists: a crash in between leaves it without an owner.
-        if owner is not None:
-            await self.meta.put(f"buckets/{bucket}.json", {"owner": owner})
+        # After the bucket exists: a crash in between leaves it without an owner. The
+        # generation names this life of the bucket: records of an earlier bucket of the same
+        # name (a best-effort delete may leave them) are never read for this one.
+        await self.meta.put(f"buckets/{bucket}.json",
+                            {"owner": owner, "generation": secrets.token_hex(16)})
+
+    async def _bucket_record(self, bucket: str) -> dict[str, Any]:
+        await self.head_bucket(bucket)
+        if not await self.meta.present():
+            return {}
+        return await self.meta.get(f"buckets/{bucket}.json") or {}
+
+    async def get_bucket_owner(self, bucket: str) -> str | None:
+        owner = (await self._bucket_record(bucket)).get("owner")
+        return owner if isinstance(owner, str) else None
+
+    async def _config_key(self, bucket: str, name: str, *, create: bool) -> str | None:
+        """The meta key of one record of this life of `bucket`.
+
+        A bucket without a generation (created before records existed, or by a create
+        that crashed before its record) gets one on its first write; until then it has
+        no records.
+        """
+        record = await self._bucket_record(bucket)
+        generation = record.get("generation")
+        if not isinstance(generation, str) or not generation.isalnum():
+            if not create:
+                return None
+            generation = secrets.token_hex(16)
+            await self.meta.put(f"buckets/{bucket}.json", {**record, "generation": generation})
+        if not name.replace("-", "").isalnum():
+            raise ValueError(f"bad record name {name!r}")
+        return f"buckets/{bucket}/{generation}/{name}.json"
+
+    async def get_bucket_config(self, bucket: str, name: str) -> Any | None:
+        key = await self._config_key(bucket, name, create=False)
+        if key is None:
+            return None
+        stored = await self.meta.get(key)
+        return stored.get("value") if stored else None
+
+    async def put_bucket_config(self, bucket: str, name: str, value: Any | None) -> None:
+        if value is None:
+            key = await self._config_key(bucket, name, create=False)
+            if key is not None:
+                await self.meta.delete(key)
+            return
+        await self.meta.ensure()
+        key = await self._config_key(bucket, name, create=True)
+        assert key is not None
+        await self.meta.put(key, {"value": value})
 
     async def get_bucket_tags(self, bucket: str) -> dict[str, str] | None:
         """The backend's own bucket tagging: tags stay with the bucket's lifecycle."""
@@ -451,6 +500,7 @@ class S3Backend:
                 await self.meta.delete(f"buckets/{bucket}.json")
             except S3Error as exc:
                 log.warning("could not remove the owner record of %s: %s", bucket, exc)
+            await self.meta.delete_prefix(f"buckets/{bucket}/")
             await self.meta.delete_prefix(object_prefix(bucket))
 
     # -- objects ---------------------------------------------------------

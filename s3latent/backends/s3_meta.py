@@ -6,7 +6,8 @@ CompleteMultipartUpload, and a bucket has no field for the client that created
 it. These records live in one internal bucket of the backend (the *meta
 bucket*, hidden from clients), written with the backend's own credentials:
 
-    buckets/<bucket>.json                               {"owner": access key}
+    buckets/<bucket>.json                               {"owner": access key, "generation"}
+    buckets/<bucket>/<generation>/<name>.json           {"value": a gateway record (ACL, ...)}
     objects/<bucket>/<sha256(key)>/<etag>.json          part table of that object
     uploads/<sha256(upload id)>/checksum.json           algorithm/type of an upload
     uploads/<sha256(upload id)>/parts/<n>/<etag>/<b64>  a part's checksum (empty object)

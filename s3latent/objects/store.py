@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from ..backends.base import (
     Backend,
@@ -95,6 +96,15 @@ class ForwardingStore:
     async def delete_bucket(self, bucket: str) -> None:
         """BucketNotEmpty only when a client could still list something in it."""
         await self.backend.delete_bucket(bucket)
+
+    async def get_bucket_owner(self, bucket: str) -> str | None:
+        return await self.backend.get_bucket_owner(bucket)
+
+    async def get_bucket_config(self, bucket: str, name: str) -> Any | None:
+        return await self.backend.get_bucket_config(bucket, name)
+
+    async def put_bucket_config(self, bucket: str, name: str, value: Any | None) -> None:
+        await self.backend.put_bucket_config(bucket, name, value)
 
     async def get_bucket_tags(self, bucket: str) -> dict[str, str] | None:
         return await self.backend.get_bucket_tags(bucket)
