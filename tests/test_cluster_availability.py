@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from s3latent.cli import build_gateway
 from s3latent.cluster import node as node_mod
 from s3latent.cluster import peerauth
-from s3latent.cluster.node import Cluster, PeerUnavailable
+from s3latent.cluster.node import DEPTH_HEADER, Cluster, PeerUnavailable
 from s3latent.config import ClusterSettings, Config, load_config
 from s3latent.s3api.server import make_app
 from tests.sigv4_client import ACCESS_KEY, SECRET_KEY
@@ -47,6 +47,8 @@ class FakePeer:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if request.path.endswith("/health"):
             return web.json_response({"node": self.node, "depth": 0, "leaving": False})
+        if request.path.endswith("/render"):
+            return web.Response(body=b"rendition", headers={DEPTH_HEADER: "7"})
         self.seen.append(CIMultiDict(request.headers))
         if self.hang_headers:
             await asyncio.sleep(3600)
@@ -101,6 +103,20 @@ async def _forward(cluster: Cluster, peer: FakePeer, key: str,
                    headers: Any = None) -> aiohttp.ClientResponse:
     return await cluster.forward(peer.url, "GET", "b", key, "", headers or {},
                                  access_key="a", request_id="R")
+
+
+async def test_a_spilled_decode_learns_the_peers_queue_from_its_answer(
+        peer: FakePeer, make_cluster: Started, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The render answer carries the peer's queue depth: the next spill decision uses it
+    at once instead of a health answer up to a round old (or a guess)."""
+    cluster = await make_cluster(spill_threshold=0)
+    monkeypatch.setattr(cluster, "depth", lambda: 5)
+    state = cluster.peers[peer.url]
+    assert state.depth == 0
+    assert await cluster.offload("b", "k", "e", b"latent") == b"rendition"
+    assert state.depth == 7
+    # Now the peer reports a deeper queue than this node's: decode here.
+    assert await cluster.offload("b", "k", "e", b"latent") is None
 
 
 async def test_busy_peer_pool_serves_here_and_health_still_answers(

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -486,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--alpha", type=float, default=0.5, help="cache image share (static)")
     ap.add_argument("--concurrency", type=int, default=None, help="closed-loop client workers")
     ap.add_argument("--cpu-threads", type=int, default=1, help="[decode] cpu_threads per node")
+    ap.add_argument(
+        "--device-ms", type=float, default=None,
+        help="emulate a decode device per node, busy this long per latent "
+             "(s3latent.bench.emulated_device); default: decode on the shared CPU",
+    )
     ap.add_argument("--spill-threshold", type=int, default=4)
     ap.add_argument("--sample-ms", type=float, default=100.0, help="queue depth sampling period")
     ap.add_argument("--codec", default="q8", help="latent codec of the bucket")
@@ -504,6 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--plot", help="PNG of latency, hit ratio and queue depth per run")
     ap.add_argument("--workdir", help="keep files (and node logs) here (default: temp, removed)")
     return ap
+
+
+def node_python(device_ms: float | None) -> list[str] | None:
+    """The interpreter command of a node: plain, or with an emulated decode device."""
+    if device_ms is None:
+        return None
+    return [sys.executable, "-m", "s3latent.bench.emulated_device", f"--service-ms={device_ms}"]
 
 
 def _defaults(args: argparse.Namespace) -> None:
@@ -632,6 +645,7 @@ async def _run(
                         spill_threshold=args.spill_threshold,
                     ),
                     env={"S3LATENT_CLUSTER_SECRET": CLUSTER_SECRET},
+                    python=node_python(args.device_ms),
                     name=f"{workload}-{name}-node{i}",
                     port=ports[i],
                 )
@@ -690,6 +704,7 @@ async def _run(
             "concurrency": args.concurrency,
             "cpu_threads": args.cpu_threads,
             "spill_threshold": args.spill_threshold,
+            "device_ms": args.device_ms,
             "sample_ms": args.sample_ms,
             "codec": args.codec,
             "model": model_id,

@@ -293,8 +293,10 @@ class Cluster:
 
     # -- requests to peers ---------------------------------------------------------
     async def _request(self, node: str, method: str, what: str, body: bytes, *,
-                       query: Mapping[str, str] | None = None, limit_s: float) -> bytes:
-        """A signed request's 200 body; PeerUnavailable for anything else."""
+                       query: Mapping[str, str] | None = None, limit_s: float,
+                       answer_headers: dict[str, str] | None = None) -> bytes:
+        """A signed request's 200 body (its headers into `answer_headers` when given);
+        PeerUnavailable for anything else."""
         path_qs = peerauth.PREFIX + what + ("?" + urlencode(query) if query else "")
         headers = peerauth.sign(self.settings.secret, method, path_qs, self.self_url,
                                 body=body)
@@ -310,6 +312,8 @@ class Cluster:
                 data = await resp.read()
                 if resp.status != 200:
                     raise PeerUnavailable(f"{node} answered {resp.status} to {what}")
+                if answer_headers is not None:
+                    answer_headers.update(resp.headers)
                 return data
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise PeerUnavailable(f"{node}: {exc!r}") from exc
@@ -409,12 +413,13 @@ class Cluster:
         if not candidates:
             return None
         peer = min(candidates, key=lambda p: (p.depth, p.url))
-        peer.depth += 1  # until its next health answer: spread a burst over the peers
+        peer.depth += 1  # until it answers: spread a burst over the peers
+        answer: dict[str, str] = {}
         try:
             data = await self._request(
                 peer.url, "POST", "render", raw, query={"bucket": bucket, "key": key,
                                                          "etag": etag},
-                limit_s=RENDER_TIMEOUT_S)
+                limit_s=RENDER_TIMEOUT_S, answer_headers=answer)
         except PeerUnavailable as exc:
             self.peer_failed(peer.url)
             self.spilled.labels("failed").inc()
@@ -422,6 +427,11 @@ class Cluster:
                         peer.url, exc)
             return None
         self.spilled.labels("sent").inc()
+        # The peer's queue as it was when it answered: fresher than the last health round
+        # (a second old at worst), so a hot owner's next spill goes where there is room now.
+        reported = answer.get(DEPTH_HEADER, "")
+        if reported.isdigit():
+            peer.depth = int(reported)
         return data
 
     async def render_for_peer(self, bucket: str, key: str, etag: str, raw: bytes) -> bytes:
@@ -432,6 +442,10 @@ class Cluster:
         data, _ = await renderer.rendition(bucket, key, etag, raw)
         self.spilled.labels("received").inc()
         return data
+
+
+# On a spilled decode's answer: the renderer's decode queue depth when it answered.
+DEPTH_HEADER = "x-s3latent-queue-depth"
 
 
 def md5_hex(data: bytes) -> str:

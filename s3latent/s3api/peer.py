@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..cluster import peerauth
-from ..cluster.node import PeerUnavailable, md5_hex
+from ..cluster.node import DEPTH_HEADER, PeerUnavailable, md5_hex
 from ..errors import S3Error
 from .auth import AuthContext
 from .gateway import Gateway
@@ -91,7 +91,8 @@ async def dispatch(gw: Gateway, request: web.Request
         data = await cluster.render_for_peer(query["bucket"], query["key"],
                                              query.get("etag", ""), body)
         return "PeerRender", web.Response(body=data, headers={
-            "Content-Type": "application/octet-stream", "x-s3latent-render-md5": md5_hex(data)})
+            "Content-Type": "application/octet-stream", "x-s3latent-render-md5": md5_hex(data),
+            DEPTH_HEADER: str(cluster.depth())})
     raise S3Error("InvalidRequest", "Unknown peer request.")
 
 
