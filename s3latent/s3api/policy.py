@@ -410,9 +410,9 @@ def _parse_principal(value: Any, element: str) -> Principals:
             elif (m := _ROOT_ARN.fullmatch(item)) is not None:
                 ids.add(m.group(1))
             elif item.startswith("arn:"):
-                if not item.startswith("arn:aws:iam::"):
+                if not item.startswith(("arn:aws:iam::", "arn:aws:sts::")):
                     raise malformed(f"Invalid principal in policy: {item!r}")
-                # roles, assumed roles, groups: valid IAM, never a gateway user
+                # roles, assumed roles: valid IAM, never a gateway user
             else:
                 ids.add(item)  # a canonical user ID or an account ID
     return Principals(everyone, frozenset(ids), frozenset(names), public)
