@@ -33,9 +33,9 @@ def _error(exc: ClientError) -> tuple[int, str]:
 
 def test_put_get_delete_round_trip_byte_for_byte(s3: Any, bucket: str) -> None:
     # Odd spacing, key order, a non-ASCII Sid and escapes: returned exactly as sent.
-    text = ('{ "Statement":[ {"Resource":"arn:aws:s3:::%s/*",  "Action" : ["s3:GetObject"],\n'
+    text = ('{ "Statement":[ {"Resource":"arn:aws:s3:::BUCKET/*",  "Action" : ["s3:GetObject"],\n'
             '"Effect":"Allow","Principal":{"AWS":"*"},"Sid":"lecture publique \u00e9\\u00e8"}],'
-            '\t"Version":"2012-10-17"}' % bucket)
+            '\t"Version":"2012-10-17"}').replace("BUCKET", bucket)
     assert s3.put_bucket_policy(Bucket=bucket, Policy=text)[
         "ResponseMetadata"]["HTTPStatusCode"] == 204
     assert s3.get_bucket_policy(Bucket=bucket)["Policy"] == text

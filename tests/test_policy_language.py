@@ -572,3 +572,13 @@ def test_hostile_wildcard_patterns_match_in_linear_time() -> None:
 ])
 def test_glob(pattern: str, subject: str, expected: bool) -> None:
     assert Glob.of(pattern).match(subject) is expected
+
+
+def test_parse_cached_shares_valid_parses_and_never_caches_refusals() -> None:
+    text = doc(stmt())
+    assert BucketPolicy.parse_cached(text, B) is BucketPolicy.parse_cached(text, B)
+    with pytest.raises(S3Error):
+        BucketPolicy.parse_cached(text, "another-bucket")  # parsed for that bucket
+    for _ in range(2):
+        with pytest.raises(S3Error):
+            BucketPolicy.parse_cached("{", B)

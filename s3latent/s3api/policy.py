@@ -13,6 +13,7 @@ in docs/bucket-policy.md.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import math
@@ -260,6 +261,10 @@ def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return addr
 
 
+def _no_lookup(name: str) -> None:
+    return None
+
+
 class Condition:
     """One operator on one key with its values, compiled: `holds(request values)`."""
 
@@ -281,6 +286,11 @@ class Condition:
         if not values:
             raise malformed(f"Condition {operator} on {key} has no values")
         self._prepared = [self._prepare(v) for v in values]
+        # Patterns without variables are the same for every request: compiled once.
+        self._fixed: dict[str, Glob | None] = {}
+        if base in _STRING_OPS or base in _ARN_OPS or base == "BinaryEquals":
+            self._fixed = {v: self._pattern(v, _no_lookup) for v in values
+                           if not (variables and "${" in v)}
 
     def _prepare(self, value: str) -> Any:
         base = self.base
@@ -306,6 +316,8 @@ class Condition:
         return value
 
     def _pattern(self, value: str, lookup: Callable[[str], Any]) -> Glob | None:
+        if value in self._fixed:
+            return self._fixed[value]
         tokens = _expand(value, lookup if self.variables else None)
         if tokens is None:
             return None
@@ -515,6 +527,8 @@ class Statement:
                             else "Statement may not have both Resource and NotResource")
         element = "NotResource" if self.not_resource else "Resource"
         self.resources = [_check_resource(r, bucket) for r in _strings(raw[element], element)]
+        self._fixed_resources = {r: Glob.of(r) for r in self.resources
+                                 if not (variables and "${" in r)}
 
         self.conditions: list[Condition] = []
         cond = raw.get("Condition")
@@ -543,7 +557,10 @@ class Statement:
         return all(c.holds(context.values(c.key), context.lookup) for c in self.conditions)
 
     def _resource_matches(self, resource: str, arn: str, context: _Context) -> bool:
-        tokens = _expand(resource, context.lookup if self.variables else None)
+        fixed = self._fixed_resources.get(resource)
+        if fixed is not None:
+            return fixed.match(arn)
+        tokens = _expand(resource, context.lookup)
         return tokens is not None and Glob(tokens).match(arn)
 
     def is_public(self) -> bool:
@@ -667,6 +684,12 @@ class BucketPolicy:
             raise malformed("Statement IDs (SID) in a single policy must be unique")
         return cls(statements, version)
 
+    @classmethod
+    def parse_cached(cls, text: str, bucket: str) -> BucketPolicy:
+        """`parse`, remembered for the last few (text, bucket) pairs: a policy is read
+        on every request of its bucket and changes rarely. Invalid text is never cached."""
+        return _parse_cached(text, bucket)
+
     def evaluate(self, req: AccessRequest, *, now: datetime | None = None
                  ) -> Decision | None:
         """"Deny" if any statement denies, else "Allow" if any allows, else None."""
@@ -685,3 +708,8 @@ class BucketPolicy:
         return any(s.is_public() for s in self.statements)
 
 
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_cached(text: str, bucket: str) -> BucketPolicy:
+    return BucketPolicy.parse(text, bucket)

@@ -72,7 +72,12 @@ async def get_bucket_policy_status(gw: Gateway, req: S3Request) -> web.StreamRes
     """IsPublic: the policy grants to everyone unnarrowed, or the bucket ACL is public."""
     assert req.bucket is not None
     text = await gw.store.get_bucket_config(req.bucket, RECORD)
-    public = isinstance(text, str) and BucketPolicy.parse(text, req.bucket).is_public()
+    public = False
+    if isinstance(text, str):
+        try:
+            public = BucketPolicy.parse_cached(text, req.bucket).is_public()
+        except S3Error:  # stored by a gateway with other rules: flag it, never hide it
+            public = True
     if not public:
         public = acl_is_public(await gw.store.get_bucket_config(req.bucket, "acl"))
     body = xml.render("PolicyStatus", {"IsPublic": public})
