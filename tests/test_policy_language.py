@@ -451,6 +451,12 @@ def test_user_keys_and_anonymous() -> None:
     assert not allows(p, req(who=None))
     p = cond({"StringEquals": {"aws:PrincipalType": "Anonymous"}})
     assert allows(p, req(who=None)) and not allows(p, req(who="alice"))
+    # The caller's identity keys cannot be supplied through the other condition keys.
+    p = cond({"StringEquals": {"aws:userid": BOB}})
+    assert not allows(p, req(who=None, aws__userid=BOB))
+    assert not allows(p, req(who="alice", aws__userid=BOB))
+    p = cond({"IpAddress": {"aws:SourceIp": "10.0.0.0/8"}})
+    assert not allows(p, req(ip="192.0.2.1", aws__SourceIp="10.9.9.9"))
 
 
 def test_existing_object_tags() -> None:

@@ -599,6 +599,10 @@ class _Context:
         values: dict[str, list[str]] = {}
         for name, value in req.conditions.items():
             values[name.lower()] = [value] if isinstance(value, str) else list(value)
+        # Keys about the caller and the connection come from the request's own fields,
+        # never from `conditions` (which may carry client-supplied header values).
+        for own in ("aws:userid", "aws:username", "aws:principaltype"):
+            values.pop(own, None)
         values["aws:sourceip"] = [req.source_ip]
         values["aws:securetransport"] = ["true" if req.secure_transport else "false"]
         values.setdefault("aws:currenttime", [now.strftime("%Y-%m-%dT%H:%M:%SZ")])
