@@ -83,6 +83,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "The request contained trailing data that was not well-formed or did not conform to "
         "our published schema.",
     ),
+    "MalformedPolicy": (400, "Policies must be valid JSON and the first byte must be '{'"),
     "MetadataTooLarge": (
         400,
         "Your metadata headers exceed the maximum allowed metadata size.",

@@ -24,7 +24,7 @@ from ..errors import S3Error
 from . import peer, xml
 from .auth import authenticate
 from .gateway import Gateway
-from .handlers import buckets, multipart, objects, post_object
+from .handlers import bucket_policy, buckets, multipart, objects, post_object
 from .names import check_bucket_name
 from .request import S3Request, parse_query, split_target
 from .sigv2 import authenticate_v2, is_sigv2
@@ -66,6 +66,10 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "GetBucketAcl", buckets.get_bucket_acl
             if "tagging" in q:
                 return "GetBucketTagging", buckets.get_bucket_tagging
+            if "policy" in q:
+                return "GetBucketPolicy", bucket_policy.get_bucket_policy
+            if "policyStatus" in q:
+                return "GetBucketPolicyStatus", bucket_policy.get_bucket_policy_status
             for sub in buckets.NOT_CONFIGURED:
                 if sub in q:
                     return f"GetBucket-{sub}", buckets.get_bucket_not_configured
@@ -78,6 +82,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "PutBucketAcl", buckets.put_bucket_acl
             if "versioning" in q:
                 return "PutBucketVersioning", buckets.put_bucket_versioning
+            if "policy" in q:
+                return "PutBucketPolicy", bucket_policy.put_bucket_policy
             if len(q):
                 raise S3Error("NotImplemented",
                               "Bucket configuration is not supported by s3latent.")
@@ -87,6 +93,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
         if method == "DELETE":
             if "tagging" in q:
                 return "DeleteBucketTagging", buckets.delete_bucket_tagging
+            if "policy" in q:
+                return "DeleteBucketPolicy", bucket_policy.delete_bucket_policy
             if len(q):
                 raise S3Error("NotImplemented",
                               "Bucket configuration is not supported by s3latent.")
