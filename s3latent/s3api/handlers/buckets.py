@@ -25,7 +25,6 @@ _AFTER_PREFIX = "\U0010ffff"
 # Bucket configuration GETs that have a truthful "there is none" answer.
 NOT_CONFIGURED = {
     "policy": "NoSuchBucketPolicy",
-    "cors": "NoSuchCORSConfiguration",
     "lifecycle": "NoSuchLifecycleConfiguration",
     "website": "NoSuchWebsiteConfiguration",
     "encryption": "ServerSideEncryptionConfigurationNotFoundError",
