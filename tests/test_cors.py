@@ -31,6 +31,7 @@ from s3latent.s3api.handlers.cors import (
     wildcard_match,
 )
 from tests.gateway import ACCESS_KEY, SECRET_KEY, GatewayProcess
+from tests.test_latent_objects import latent_gateway, make_pair, tiny_model, wait_latent  # noqa: F401
 
 VARY = "Origin, Access-Control-Request-Headers, Access-Control-Request-Method"
 RULES = [
@@ -384,3 +385,45 @@ async def test_error_answers_carry_cors_headers(gateway: GatewayProcess, s3: Any
         assert status == 404 and "Access-Control-Allow-Origin" not in headers
     finally:
         s3.delete_bucket(Bucket=other)
+
+
+async def test_a_page_reads_a_latent_image(latent_gateway: GatewayProcess,  # noqa: F811
+                                           tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """The issue's browser check: preflight, then GET with Origin of a converted image."""
+    s3 = latent_gateway.client()
+    presigner = latent_gateway.client(signature_version="s3v4")
+    name = f"l-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    s3.put_bucket_cors(Bucket=name, CORSConfiguration={"CORSRules": [
+        {"AllowedOrigins": ["https://gallery.example.com"], "AllowedMethods": ["GET", "HEAD"],
+         "AllowedHeaders": ["Range"], "ExposeHeaders": ["ETag", "Content-Length"],
+         "MaxAgeSeconds": 600}]})
+    image, sidecar, _ = make_pair(tiny_model, seed=3)
+    s3.put_object(Bucket=name, Key="art/cat.png", Body=image, ContentType="image/png")
+    s3.put_object(Bucket=name, Key="art/cat.png.latent.safetensors", Body=sidecar)
+    wait_latent(s3, name, "art/cat.png")
+    signed = s3.get_object(Bucket=name, Key="art/cat.png")
+    expected = signed["Body"].read()
+
+    page = {"Origin": "https://gallery.example.com"}
+    url = presigner.generate_presigned_url("get_object", ExpiresIn=300,
+                                           Params={"Bucket": name, "Key": "art/cat.png"})
+    status, headers, _ = await fetch("OPTIONS", url, {
+        **page, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "range"})
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == "https://gallery.example.com"
+    assert headers["Access-Control-Allow-Headers"] == "range"
+    assert headers["Access-Control-Max-Age"] == "600"
+    status, headers, body = await fetch("GET", url, page)
+    assert status == 200 and body == expected  # rendered exactly as for a signed read
+    assert headers["ETag"] == signed["ETag"]
+    assert headers["Access-Control-Allow-Origin"] == "https://gallery.example.com"
+    assert headers["Access-Control-Expose-Headers"] == "ETag, Content-Length"
+    assert headers["Vary"] == VARY
+    status, headers, body = await fetch("GET", url, {**page, "Range": "bytes=0-99"})
+    assert status == 206 and body == expected[:100]
+    assert headers["Access-Control-Allow-Origin"] == "https://gallery.example.com"
+    # Another site's page gets the image bytes (the URL is signed) but no permission to read
+    # them from script: the browser blocks it.
+    status, headers, _ = await fetch("GET", url, {"Origin": "https://evil.example.net"})
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers
