@@ -7,9 +7,11 @@ request must carry a credential, as a web page's fetch of a private image does.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -19,10 +21,11 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from s3latent.errors import S3Error
+from s3latent.s3api.handlers import cors
 from s3latent.s3api.handlers.cors import (
     NOT_ALLOWED,
     CorsRule,
@@ -169,6 +172,89 @@ def test_valid_configuration_keeps_everything() -> None:
     assert len(rules) == 100
     assert rules[0] == CorsRule(("https://a.com", "https://*.b.com"), ("GET", "HEAD"), ("*",),
                                 ("ETag",), 600, "r1")
+
+
+class _Store:
+    """Just the record read of the object store, counted, with a gate to hold reads open."""
+
+    meta_bucket = None
+
+    def __init__(self) -> None:
+        self.record: Any = {"rules": [CorsRule(("*",), ("GET",)).to_record()]}
+        self.reads = 0
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail: Exception | None = None
+
+    async def get_bucket_config(self, bucket: str, name: str) -> Any:
+        assert name == "cors"
+        self.reads += 1
+        await self.gate.wait()
+        if self.fail is not None:
+            raise self.fail
+        if bucket == "gone":
+            raise S3Error("NoSuchBucket")
+        return self.record
+
+
+class _Gateway:
+    """What the record cache reads of a Gateway: the store and `[cache] revalidate_after`."""
+
+    def __init__(self, ttl: float) -> None:
+        self.store = _Store()
+        self.config = SimpleNamespace(cache=SimpleNamespace(revalidate_after=ttl))
+
+
+def _fake_gateway(ttl: float) -> Any:
+    return _Gateway(ttl)
+
+
+async def test_record_cache_ttl_sharing_and_local_writes() -> None:
+    gw = _fake_gateway(ttl=0.2)
+    first = await cors.bucket_rules(gw, "b")
+    assert isinstance(first, list) and first[0].allowed_methods == ("GET",)
+    await asyncio.gather(*(cors.bucket_rules(gw, "b") for _ in range(20)))
+    assert gw.store.reads == 1  # within the TTL: no backend read
+    assert await cors.bucket_rules(gw, "gone") is cors.NO_SUCH_BUCKET
+    assert await cors.bucket_rules(gw, "gone") is cors.NO_SUCH_BUCKET
+    assert gw.store.reads == 2
+    # A change made elsewhere is seen once the TTL has passed.
+    gw.store.record = None
+    await asyncio.sleep(0.25)
+    assert await cors.bucket_rules(gw, "b") is None
+    assert gw.store.reads == 3
+    # Concurrent misses share one read.
+    cors.forget(gw, "b")
+    gw.store.gate.clear()
+    waiting = [asyncio.ensure_future(cors.bucket_rules(gw, "b")) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    assert gw.store.reads == 4
+    # A local write while that read is open: a caller after it does not join the old read,
+    # and the old read's answer is not cached.
+    gw.store.record = {"rules": [CorsRule(("https://a.com",), ("PUT",)).to_record()]}
+    cors.forget(gw, "b")
+    after = asyncio.ensure_future(cors.bucket_rules(gw, "b"))
+    await asyncio.sleep(0.01)
+    assert gw.store.reads == 5
+    gw.store.gate.set()
+    await asyncio.gather(*waiting)
+    fresh = await after
+    assert isinstance(fresh, list) and fresh[0].allowed_methods == ("PUT",)
+    cached = await cors.bucket_rules(gw, "b")
+    assert isinstance(cached, list) and cached[0].allowed_methods == ("PUT",)
+    assert gw.store.reads == 5
+
+
+async def test_unreadable_record_never_fails_the_answer() -> None:
+    gw = _fake_gateway(ttl=0)
+    gw.store.fail = RuntimeError("backend down")
+    request = SimpleNamespace(headers={"Origin": "https://a.com"}, method="GET")
+    headers: CIMultiDict[str] = CIMultiDict()
+    await cors.add_response_headers(gw, request, "b", headers)  # type: ignore[arg-type]
+    assert not headers
+    gw.store.fail = None
+    await cors.add_response_headers(gw, request, "b", headers)  # type: ignore[arg-type]
+    assert headers["Access-Control-Allow-Origin"] == "*"
 
 
 # -- configuration through boto3, on both backends ------------------------------------------

@@ -23,6 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ...errors import S3Error
+from ...singleflight import SingleFlight
 from .. import xml
 from ..names import check_bucket_name
 from ..request import S3Request
@@ -239,48 +240,68 @@ class _NoBucket:
 NO_SUCH_BUCKET = _NoBucket()
 Lookup = list[CorsRule] | None | _NoBucket
 
-_caches: weakref.WeakKeyDictionary[Any, dict[str, tuple[float, Lookup]]] = (
-    weakref.WeakKeyDictionary())
+
+class _Records:
+    """One gateway's cached CORS records: bucket -> (expiry, lookup)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[float, Lookup]] = {}
+        # Bumped by every local write: a read that started before it does not cache its
+        # (possibly older) answer after it.
+        self.generation: dict[str, int] = {}
+        self.flight: SingleFlight[tuple[str, int], Lookup] = SingleFlight()
 
 
-def _cache(gw: Gateway) -> dict[str, tuple[float, Lookup]]:
-    cache = _caches.get(gw)
-    if cache is None:
-        cache = _caches[gw] = {}
-    return cache
+_records: weakref.WeakKeyDictionary[Any, _Records] = weakref.WeakKeyDictionary()
+_MAX_ENTRIES = 10_000  # bounded: buckets are few, but names asked for are not
+
+
+def _cache(gw: Gateway) -> _Records:
+    records = _records.get(gw)
+    if records is None:
+        records = _records[gw] = _Records()
+    return records
 
 
 def forget(gw: Gateway, bucket: str) -> None:
     """Drop the cached record of `bucket` (its CORS, or the bucket itself, changed here)."""
-    _cache(gw).pop(bucket, None)
+    records = _cache(gw)
+    records.entries.pop(bucket, None)
+    records.generation[bucket] = records.generation.get(bucket, 0) + 1
 
 
 async def bucket_rules(gw: Gateway, bucket: str) -> Lookup:
     """The bucket's rules, None without a configuration, NO_SUCH_BUCKET without the bucket.
 
     Cached for `[cache] revalidate_after` seconds: a change made through another gateway of a
-    fleet is seen within that bound, one made here at once. The lead may replace this with
-    the shared bucket-records cache; nothing else here reads the record.
+    fleet is seen within that bound, one made here at once. Concurrent misses share one read.
+    The lead may replace this with the shared bucket-records cache; nothing else here reads
+    the record.
     """
-    cache = _cache(gw)
-    now = time.monotonic()
-    hit = cache.get(bucket)
-    if hit is not None and now < hit[0]:
+    records = _cache(gw)
+    hit = records.entries.get(bucket)
+    if hit is not None and time.monotonic() < hit[0]:
         return hit[1]
-    value: Lookup
-    try:
-        record = await gw.store.get_bucket_config(bucket, RECORD)
-    except S3Error as exc:
-        if exc.code != "NoSuchBucket":
-            raise
-        value = NO_SUCH_BUCKET
-    else:
-        value = _rules_from_record(record)
-    ttl = gw.config.cache.revalidate_after
-    if ttl > 0:
-        if len(cache) > 10_000:  # bounded: buckets are few, but names asked for are not
-            cache.clear()
-        cache[bucket] = (now + ttl, value)
+
+    generation = records.generation.get(bucket, 0)
+
+    async def read() -> Lookup:
+        value: Lookup
+        try:
+            value = _rules_from_record(await gw.store.get_bucket_config(bucket, RECORD))
+        except S3Error as exc:
+            if exc.code != "NoSuchBucket":
+                raise
+            value = NO_SUCH_BUCKET
+        ttl = gw.config.cache.revalidate_after
+        if ttl > 0 and records.generation.get(bucket, 0) == generation:
+            if len(records.entries) >= _MAX_ENTRIES:
+                records.entries.clear()
+            records.entries[bucket] = (time.monotonic() + ttl, value)
+        return value
+
+    # Keyed by generation too: a caller after a local write never joins a read from before it.
+    value, _ = await records.flight.run((bucket, generation), read)
     return value
 
 
