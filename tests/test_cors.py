@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -513,3 +514,30 @@ async def test_a_page_reads_a_latent_image(latent_gateway: GatewayProcess,  # no
     # them from script: the browser blocks it.
     status, headers, _ = await fetch("GET", url, {"Origin": "https://evil.example.net"})
     assert status == 200 and "Access-Control-Allow-Origin" not in headers
+
+
+@pytest.mark.seaweedfs
+async def test_another_gateway_sees_a_change_within_revalidate_after(
+        seaweedfs: Any, tmp_path: Path) -> None:
+    """Two gateways on one S3 backend (a fleet): a rule set through one is in force on the
+    other once its cached record is older than `[cache] revalidate_after`."""
+    procs = [GatewayProcess(seaweedfs.endpoint, tmp_path / f"g{i}",
+                            backend_keys=(seaweedfs.access_key, seaweedfs.secret_key),
+                            config="[cache]\nrevalidate_after = 0.5\n") for i in range(2)]
+    writer, reader = (p.start() for p in procs)
+    try:
+        s3 = writer.client()
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        s3.create_bucket(Bucket=name)
+        ask = {"Origin": "https://a.com", "Access-Control-Request-Method": "GET"}
+        url = f"{reader.endpoint}/{name}/k"
+        assert (await fetch("OPTIONS", url, ask))[0] == 403  # cached there: not enabled
+        s3.put_bucket_cors(Bucket=name, CORSConfiguration={"CORSRules": RULES[2:]})
+        assert (await fetch("OPTIONS", f"{writer.endpoint}/{name}/k", ask))[0] == 200
+        await asyncio.sleep(0.6)
+        assert (await fetch("OPTIONS", url, ask))[0] == 200
+        s3.delete_bucket_cors(Bucket=name)
+        s3.delete_bucket(Bucket=name)
+    finally:
+        for proc in procs:
+            proc.stop()
