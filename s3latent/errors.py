@@ -11,11 +11,13 @@ from http import HTTPStatus
 # code -> (HTTP status, default message), as documented for Amazon S3.
 ERROR_CODES: dict[str, tuple[int, str]] = {
     "AccessDenied": (403, "Access Denied"),
+    "AccessForbidden": (403, "Access Forbidden"),  # CORS preflights refused
     "AuthorizationHeaderMalformed": (400, "The authorization header is malformed."),
     "AuthorizationQueryParametersError": (
         400,
         "Error parsing the X-Amz-Credential parameter.",
     ),
+    "BadRequest": (400, "Bad Request"),
     "BadDigest": (400, "The Content-MD5 you specified did not match what we received."),
     "BucketAlreadyExists": (409, "The requested bucket name is not available."),
     "BucketAlreadyOwnedByYou": (

@@ -24,7 +24,7 @@ from ..errors import S3Error
 from . import peer, xml
 from .auth import authenticate
 from .gateway import Gateway
-from .handlers import bucket_policy, buckets, multipart, objects, post_object
+from .handlers import bucket_policy, buckets, cors, multipart, objects, post_object
 from .names import check_bucket_name
 from .request import S3Request, parse_query, split_target
 from .sigv2 import authenticate_v2, is_sigv2
@@ -70,6 +70,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "GetBucketPolicy", bucket_policy.get_bucket_policy
             if "policyStatus" in q:
                 return "GetBucketPolicyStatus", bucket_policy.get_bucket_policy_status
+            if "cors" in q:
+                return "GetBucketCors", cors.get_bucket_cors
             for sub in buckets.NOT_CONFIGURED:
                 if sub in q:
                     return f"GetBucket-{sub}", buckets.get_bucket_not_configured
@@ -84,6 +86,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "PutBucketVersioning", buckets.put_bucket_versioning
             if "policy" in q:
                 return "PutBucketPolicy", bucket_policy.put_bucket_policy
+            if "cors" in q:
+                return "PutBucketCors", cors.put_bucket_cors
             if len(q):
                 raise S3Error("NotImplemented",
                               "Bucket configuration is not supported by s3latent.")
@@ -95,6 +99,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "DeleteBucketTagging", buckets.delete_bucket_tagging
             if "policy" in q:
                 return "DeleteBucketPolicy", bucket_policy.delete_bucket_policy
+            if "cors" in q:
+                return "DeleteBucketCors", cors.delete_bucket_cors
             if len(q):
                 raise S3Error("NotImplemented",
                               "Bucket configuration is not supported by s3latent.")
@@ -214,12 +220,18 @@ def make_app(gw: Gateway) -> web.Application:
             elif _is_internal_endpoint(request):
                 operation = request.path.lstrip("/")
                 response = await _internal(gw, request.path)
+            elif request.method == "OPTIONS":
+                operation = "PreflightCors"  # unsigned, as browsers send it
+                response = await cors.preflight(gw, request, bucket, key)
             elif bucket is not None and post_object.is_post_object(request, bucket, key):
                 operation = "PostObject"
+                cors.note_bucket(gw, request, bucket)
                 check_bucket_name(bucket)
                 _refuse_internal_bucket(gw, bucket, creating=False)
                 response = await post_object.post_object(gw, request, bucket, request_id)
             else:
+                if bucket is not None:  # before authentication: refusals get Access-Control-*
+                    cors.note_bucket(gw, request, bucket)
                 raw_query = request.rel_url.raw_query_string
                 skew = timedelta(seconds=gw.config.max_skew_s)
                 names = {unquote(p.partition("=")[0]) for p in raw_query.split("&") if p}
@@ -244,6 +256,8 @@ def make_app(gw: Gateway) -> web.Application:
                     if node is not None:
                         forwarded = await peer.forward_read(gw, s3req, node)
                 response = forwarded or await handler(gw, s3req)
+                if operation in ("CreateBucket", "DeleteBucket"):
+                    cors.forget(gw, s3req.bucket or "")
         except S3Error as exc:
             if exc.code == "InsufficientStorage":
                 gw.storage_full.labels(operation).inc()
@@ -280,6 +294,9 @@ def make_app(gw: Gateway) -> web.Application:
         response.headers["Server"] = "s3latent"
         if gw.leaving:  # shutting down: the client's next request goes to another node
             response.force_close()
+        bucket = request.get("cors_bucket")
+        if bucket is not None and "Origin" in request.headers:
+            await cors.add_response_headers(gw, request, bucket, response.headers)
 
     app = web.Application(client_max_size=0)
     # Any path, newlines included (S3 keys may contain them).
