@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import tomllib
 from collections import Counter
 from pathlib import Path
@@ -167,3 +168,36 @@ def test_quick_run_through_real_gateways(tmp_path: Path) -> None:
 def test_unknown_configuration_is_refused(bad: str) -> None:
     with pytest.raises(SystemExit):
         cb._split(bad)
+
+
+def test_emulated_device_holds_each_latent_for_its_service_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bench's per-node device: same pixels as the real decode, at least the service
+    time per latent, and the core left free while it waits (sleep, not spin)."""
+    import torch
+
+    from s3latent.bench import emulated_device
+    from s3latent.decode import pipeline
+
+    monkeypatch.setattr(pipeline.DevicePipeline, "_run_decode",
+                        pipeline.DevicePipeline._run_decode)  # undone after the test
+    dev = pipeline.DevicePipeline(torch.device("cpu"), lambda *a: None)  # type: ignore[arg-type]
+    latents = [torch.rand(3, 4, 4) * 2 - 1 for _ in range(2)]
+    plain = dev._run_decode(lambda b: b, torch.float32, latents)
+    emulated_device.install(service_ms=60)
+    wall, cpu = time.perf_counter(), time.process_time()
+    held = dev._run_decode(lambda b: b, torch.float32, latents)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert [a.tobytes() for a in held] == [a.tobytes() for a in plain]
+    assert wall >= 0.12
+    assert cpu < 0.06
+
+
+def test_emulated_device_wrapper_needs_the_gateway_command() -> None:
+    from s3latent.bench import emulated_device
+
+    with pytest.raises(SystemExit):
+        emulated_device.main(["--service-ms=10", "serve"])
+    assert cb.node_python(None) is None
+    assert cb.node_python(80.0)[-2:] == ["s3latent.bench.emulated_device",
+                                                     "--service-ms=80.0"]
