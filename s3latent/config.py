@@ -18,7 +18,7 @@ DEFAULT_LISTEN = "127.0.0.1:9000"
 DEFAULT_BACKEND = "file://./s3latent-data"
 DEFAULT_ACCESS_KEY = "s3latent"
 DEFAULT_SECRET_KEY = "s3latent-secret"
-EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+EVENT_LOOPS = ("asyncio", "uvloop", "auto")
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -234,8 +234,10 @@ class Config:
     max_connections: int = 4096
     # Graceful stop (SIGTERM): requests in flight get this long to finish, cluster or not.
     shutdown_grace_s: float = 20.0
-    # "auto": uvloop when it is installed, else asyncio's own loop; "uvloop" requires it.
-    event_loop: str = "auto"
+    # "asyncio" (default), "uvloop" (required then), "auto" (uvloop when installed). uvloop
+    # is opt-in: on the gateway bench it helped small PUTs but not large GETs
+    # (docs/bench-gateway.md, "Cheap speedups").
+    event_loop: str = "asyncio"
     cluster: ClusterSettings | None = None
 
     def validate_limits(self) -> None:
