@@ -148,6 +148,12 @@ def test_gateway_bench_tiny_run_with_peers(tmp_path: Path) -> None:
     assert rc == 0
     res = json.loads(out.read_text())
     text = md.read_text()
+    # The exact command and the shared machine's load are recorded with the numbers.
+    assert res["command"].startswith("s3latent bench gateway --sizes 4KiB --concurrency 2")
+    load = res["machine"]["load_average_1_5_15"]
+    assert len(load["before"]) == len(load["after"]) == 3
+    assert text.splitlines()[0].startswith(f"`{res['command']}`, ")
+    assert "load average (1/5/15 min) before" in text.splitlines()[0]
     installed = {"nginx": find_nginx() is not None, "rclone": find_executable("rclone") is not None}
     expected = ["direct", *(p for p in ("nginx", "rclone") if installed[p]), "gateway"]
     assert res["config"]["targets"] == expected

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -627,6 +628,7 @@ def run(
     json_out: str | Path | None = None,
     workdir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Start SeaweedFS, a gateway and the peers over it, measure every cell on each target.
 
@@ -638,6 +640,7 @@ def run(
     """
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.perf_counter()
+    load_before = os.getloadavg()  # a shared machine's other work, said with the numbers
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="s3latent-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
     try:
@@ -665,10 +668,16 @@ def run(
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
+    machine = machine_info()
+    machine["load_average_1_5_15"] = {
+        "before": [round(x, 2) for x in load_before],
+        "after": [round(x, 2) for x in os.getloadavg()],
+    }
     result = {
         "benchmark": "gateway",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "command": command,
+        "machine": machine,
         "config": {
             "sizes": list(sizes),
             "concurrency": list(concurrency),
@@ -747,6 +756,8 @@ def main(argv: list[str] | None = None) -> int:
             gateway_env=_parse_env(args.gateway_env),
             json_out=args.json_out,
             workdir=args.workdir,
+            command=shlex.join(["s3latent", "bench", "gateway", *(sys.argv[1:] if argv is None
+                                                                   else argv)]),
         )
     except (RuntimeError, S3HttpError, ValueError) as exc:
         print(f"s3latent bench gateway: {exc}", file=sys.stderr)
@@ -760,7 +771,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def format_markdown(res: dict[str, Any]) -> str:
     """Both tables, the skipped peers and the target lines, as the CLI prints them."""
-    parts = [format_table(res["cells"]), "", format_peer_table(res["cells"])]
+    load = res["machine"].get("load_average_1_5_15", {})
+    parts = [
+        f"`{res.get('command') or 's3latent bench gateway'}`, {res['date']}, "
+        f"{res['elapsed_s']} s; load average (1/5/15 min) before {load.get('before')}, "
+        f"after {load.get('after')}",
+        "",
+        format_table(res["cells"]),
+        "",
+        format_peer_table(res["cells"]),
+    ]
     for name, why in res["config"].get("peers_skipped", {}).items():
         parts.append(f"\npeer {name} skipped: {why}")
     if res["target"]:
