@@ -369,15 +369,15 @@ async def _bench(
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     conns = max(concurrency)
-    clients = {
-        t.name: S3Client(t.endpoint, t.access_key, t.secret_key, connections=conns)
-        for t in targets
-    }
     pids = {t.name: t.pid for t in targets if t.pid is not None}
     pids["seaweedfs"] = weed_pid
-    for c in clients.values():
-        await c.__aenter__()
-    try:
+    async with contextlib.AsyncExitStack() as opened:
+        clients = {
+            t.name: await opened.enter_async_context(
+                S3Client(t.endpoint, t.access_key, t.secret_key, connections=conns)
+            )
+            for t in targets
+        }
         gw_client = clients["gateway"]
         await gw_client.create_bucket(BUCKET)
         bench = _Bench(clients, pids, rounds=rounds, duration=duration, log=log)
@@ -418,9 +418,6 @@ async def _bench(
                     cells.append(res)
             del payload
         return cells
-    finally:
-        for c in clients.values():
-            await c.__aexit__(None, None, None)
 
 
 def _nkeys(size: int, concurrency: Sequence[int]) -> int:
