@@ -18,6 +18,7 @@ DEFAULT_LISTEN = "127.0.0.1:9000"
 DEFAULT_BACKEND = "file://./s3latent-data"
 DEFAULT_ACCESS_KEY = "s3latent"
 DEFAULT_SECRET_KEY = "s3latent-secret"
+EVENT_LOOPS = ("asyncio", "uvloop", "auto")
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
@@ -233,6 +234,10 @@ class Config:
     max_connections: int = 4096
     # Graceful stop (SIGTERM): requests in flight get this long to finish, cluster or not.
     shutdown_grace_s: float = 20.0
+    # "asyncio" (default), "uvloop" (required then), "auto" (uvloop when installed). uvloop
+    # is opt-in: on the gateway bench it helped small PUTs but not large GETs
+    # (docs/bench-gateway.md, "Cheap speedups").
+    event_loop: str = "asyncio"
     cluster: ClusterSettings | None = None
 
     def validate_limits(self) -> None:
@@ -243,6 +248,9 @@ class Config:
                 raise ConfigError(f"[server] {name} must be > 0")
         if self.backend_max_attempts < 1 or self.max_connections < 1:
             raise ConfigError("[server] backend_max_attempts and max_connections must be >= 1")
+        if self.event_loop not in EVENT_LOOPS:
+            raise ConfigError(f"[server] event_loop must be one of {', '.join(EVENT_LOOPS)} "
+                              f"(got {self.event_loop!r})")
 
     def bucket(self, name: str) -> BucketSettings:
         """Most specific match wins: exact name, then glob patterns, then "*"."""
@@ -297,7 +305,8 @@ def load_config(
 
     cfg = Config()
     server = data.get("server", {})
-    for name in ("listen", "backend", "domain", "region", "log_format", "max_skew_s"):
+    for name in ("listen", "backend", "domain", "region", "log_format", "max_skew_s",
+                 "event_loop"):
         if name in server:
             setattr(cfg, name, server[name])
     if "conversion_workers" in server:
@@ -362,6 +371,8 @@ def load_config(
     cfg.backend_secret_key = env.get("S3LATENT_BACKEND_SECRET_KEY", cfg.backend_secret_key)
     cfg.backend_meta_bucket = (env.get("S3LATENT_BACKEND_META_BUCKET")
                                or server.get("backend_meta_bucket") or cfg.backend_meta_bucket)
+    if env.get("S3LATENT_EVENT_LOOP"):
+        cfg.event_loop = env["S3LATENT_EVENT_LOOP"].strip().lower()
     if env.get("S3LATENT_PNG_ENCODER"):
         cfg.decode.png_encoder = env["S3LATENT_PNG_ENCODER"].strip().lower()
     cfg.decode.validate()

