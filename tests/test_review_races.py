@@ -134,3 +134,41 @@ def test_deleting_an_aliasing_key_deletes_nothing_else(s3: Any, bucket: str,
     s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": alias}]})
     assert s3.get_object(Bucket=bucket, Key="a/b")["Body"].read() == b"keep me"
 
+
+
+# -- the integrity tail of the same review: each test failed before its fix ----------------
+
+SIDE = "img.png" + SUFFIX
+
+
+async def test_restoring_a_sidecar_runs_the_stores_write_hooks(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An overwrite of a converted image first makes the sidecar's stub a real sidecar
+    again (LatentWrites.materialize_sidecar). That wrote the sidecar key on the backend
+    directly: its cached reads were not dropped and no write listener heard of it, so the
+    cluster's owner of the sidecar key was never told (nor anything else plugged in there)."""
+    await put_pair(gw, tiny_model)
+    store = gw.store
+    events: list[tuple[str, str]] = []
+    store.add_write_listener(lambda bucket, key: events.append(("changed", key)))
+    real_invalidate, real_put = store.cache.invalidate, gw.backend.put_object
+
+    def invalidate(bucket: str, key: str) -> None:
+        events.append(("invalidated", key))
+        real_invalidate(bucket, key)
+
+    async def put_object(bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        result = await real_put(bucket, key, *args, **kwargs)
+        events.append(("written", key))
+        return result
+
+    monkeypatch.setattr(store.cache, "invalidate", invalidate)
+    monkeypatch.setattr(gw.backend, "put_object", put_object)
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=b"plain now",
+                                          ContentType="text/plain"))
+    side = [event for event, key in events if key == SIDE]
+    assert "written" in side, events  # the stub was made a real sidecar again
+    written = side.index("written")
+    assert "invalidated" in side[:written], events
+    assert "changed" in side[written:], events

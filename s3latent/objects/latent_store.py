@@ -52,6 +52,10 @@ class LatentStore(ForwardingStore):
         self.converter.on_written = self.changed
         self.ctx = LatentContext(backend, config, decoding, cache, self.converter,
                                  registry=registry)
+        # ... and so is a stub the layer makes a real sidecar again (looked up at call time,
+        # so a wrapped invalidate or changed sees these writes too).
+        self.ctx.invalidate = lambda bucket, key: self.invalidate(bucket, key)
+        self.ctx.changed = lambda bucket, key: self.changed(bucket, key)
         self.reads = LatentReads(self.ctx, registry=registry)
         self.listing = LatentListing(self.ctx, registry=registry)
         self.writes = LatentWrites(self.ctx)

@@ -93,20 +93,25 @@ class LatentWrites:
                 stub.meta.internal.get(physical.L_IMAGE) != image_key:
             return
         data = await self.ctx.sidecar_bytes(bucket, stub)
-        meta = ObjectMeta(content_type=stub.meta.content_type,
-                          metadata=dict(stub.meta.metadata), headers=dict(stub.meta.headers),
-                          tags=await self.ctx.backend.get_tags(bucket, side_key))
 
         async def once() -> AsyncIterator[bytes]:
             yield data
 
+        # A write of the sidecar key like a client's: its cached reads go before and after,
+        # and the write listeners (owner invalidation) hear of it.
+        self.ctx.invalidate(bucket, side_key)
         try:
-            await self.ctx.backend.put_object(bucket, side_key, once(), meta, size=len(data),
-                                          if_match=stub.etag)
+            meta = ObjectMeta(content_type=stub.meta.content_type,
+                              metadata=dict(stub.meta.metadata),
+                              headers=dict(stub.meta.headers),
+                              tags=await self.ctx.backend.get_tags(bucket, side_key))
+            await self.ctx.backend.put_object(bucket, side_key, once(), meta,
+                                              size=len(data), if_match=stub.etag)
         except S3Error as exc:
-            if exc.code != "PreconditionFailed":
+            if exc.code not in ("PreconditionFailed", "NoSuchKey"):
                 raise
             return
+        self.ctx.changed(bucket, side_key)
         await self._unindex(bucket, stub)
 
     async def _unindex(self, bucket: str, replaced: ObjectInfo) -> None:
