@@ -141,6 +141,20 @@ def test_deleting_an_aliasing_key_deletes_nothing_else(s3: Any, bucket: str,
 SIDE = "img.png" + SUFFIX
 
 
+def _tag_set(value: str) -> dict[str, Any]:
+    return {"TagSet": [{"Key": "k", "Value": value}]}
+
+
+async def _tags_of(served: InProcessGateway, key: str) -> dict[str, str]:
+    got = await served.run(lambda s3: s3.get_object_tagging(Bucket=BKT, Key=key))
+    return {t["Key"]: t["Value"] for t in got["TagSet"]}
+
+
+async def _tag(served: InProcessGateway, key: str, value: str) -> None:
+    await served.run(lambda s3: s3.put_object_tagging(Bucket=BKT, Key=key,
+                                                      Tagging=_tag_set(value)))
+
+
 async def test_restoring_a_sidecar_runs_the_stores_write_hooks(
         gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -172,3 +186,91 @@ async def test_restoring_a_sidecar_runs_the_stores_write_hooks(
     written = side.index("written")
     assert "invalidated" in side[:written], events
     assert "changed" in side[written:], events
+
+
+@pytest.mark.parametrize("key", ["img.png", SIDE])
+async def test_a_tagging_landing_during_a_conversion_is_kept(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    """The converter rewrites the image (container) and the sidecar (stub) carrying over
+    the tags it read just before. A PutObjectTagging answered 200 between that read and
+    the commit (here: by another gateway, so no lock of this one can order it) was undone:
+    the tags reverted silently. The later tagging must win."""
+    image, sidecar = make_pair(tiny_model, seed=1)[:2]
+    real_get_tags = gw.backend.get_tags
+    tagged: list[bool] = []
+
+    async def get_tags(bucket: str, name: str) -> dict[str, str]:
+        tags = await real_get_tags(bucket, name)
+        if name == key and not tagged:  # the conversion has just read the key's tags
+            tagged.append(True)
+            await _tag(gw, key, "new")
+        return tags
+
+    monkeypatch.setattr(gw.backend, "get_tags", get_tags)
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=image,
+                                          ContentType="image/png", Tagging="k=old"))
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key=SIDE, Body=sidecar,
+                                          Tagging="k=old"))
+    await gw.settle()
+    assert tagged
+    stored = await gw.backend.head_object(BKT, key)
+    assert stored.meta.internal.get("rep") in ("latent", "stub"), "not converted"
+    assert await _tags_of(gw, key) == {"k": "new"}
+
+
+async def _tagging_inside(served: InProcessGateway, key: str) -> asyncio.Task[None]:
+    """A tagging of `key` to "new", started now; waited for until it is done, or for at most
+    2 s (it cannot finish while a lock it needs is held: the point of the fix)."""
+    task = asyncio.create_task(_tag(served, key, "new"))
+    await asyncio.wait({task}, timeout=2)
+    return task
+
+
+async def test_a_tagging_landing_inside_a_conversions_commit_is_kept(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The converter checks the tags again right before its commit; a tagging through this
+    gateway landing after that check and before the commit must still win (tags_lock)."""
+    image, sidecar = make_pair(tiny_model, seed=1)[:2]
+    real_complete = gw.backend.complete_multipart_upload
+    tagging: list[asyncio.Task[None]] = []
+
+    async def complete(bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key == "img.png" and not tagging:  # the container's commit
+            tagging.append(await _tagging_inside(gw, key))
+        return await real_complete(bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(gw.backend, "complete_multipart_upload", complete)
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=image,
+                                          ContentType="image/png", Tagging="k=old"))
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key=SIDE, Body=sidecar))
+    await gw.settle()
+    assert tagging
+    await tagging[0]
+    assert (await gw.backend.head_object(BKT, "img.png")).meta.internal.get("rep") == "latent"
+    assert await _tags_of(gw, "img.png") == {"k": "new"}
+
+
+async def test_a_tagging_landing_while_a_sidecar_is_restored_is_kept(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An overwrite of a converted image writes its stub back as the real sidecar with the
+    stub's tags; a tagging of the sidecar key landing in between was undone."""
+    await put_pair(gw, tiny_model)
+    await _tag(gw, SIDE, "old")
+    real_put = gw.backend.put_object
+    tagging: list[asyncio.Task[None]] = []
+
+    async def put_object(bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key == SIDE and not tagging:  # the stub becomes the real sidecar now
+            tagging.append(await _tagging_inside(gw, key))
+        return await real_put(bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(gw.backend, "put_object", put_object)
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=b"plain now",
+                                          ContentType="text/plain"))
+    assert tagging
+    await tagging[0]
+    assert (await gw.backend.head_object(BKT, SIDE)).meta.internal.get("rep") is None
+    assert await _tags_of(gw, SIDE) == {"k": "new"}

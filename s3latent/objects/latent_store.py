@@ -120,6 +120,12 @@ class LatentStore(ForwardingStore):
                            meta: ObjectMeta | None) -> ObjectInfo:
         return await self.writes.copy_object(src_bucket, src_key, dst_bucket, dst_key, meta)
 
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        """Under the key's tag lock: a conversion or restored sidecar committing meanwhile
+        carries these tags, not the ones it read before (Converter.tags_lock)."""
+        async with self.converter.tags_lock(bucket, key):
+            await super().put_tags(bucket, key, tags)
+
     @asynccontextmanager
     async def _overwriting(self, bucket: str, key: str) -> AsyncIterator[None]:
         async with self.writes.overwriting(bucket, key):

@@ -98,15 +98,17 @@ class LatentWrites:
             yield data
 
         # A write of the sidecar key like a client's: its cached reads go before and after,
-        # and the write listeners (owner invalidation) hear of it.
+        # and the write listeners (owner invalidation) hear of it. Its tags are read and
+        # carried over inside the key's tag lock, so a tagging cannot land in between.
         self.ctx.invalidate(bucket, side_key)
         try:
-            meta = ObjectMeta(content_type=stub.meta.content_type,
-                              metadata=dict(stub.meta.metadata),
-                              headers=dict(stub.meta.headers),
-                              tags=await self.ctx.backend.get_tags(bucket, side_key))
-            await self.ctx.backend.put_object(bucket, side_key, once(), meta,
-                                              size=len(data), if_match=stub.etag)
+            async with self.ctx.converter.tags_lock(bucket, side_key):
+                meta = ObjectMeta(content_type=stub.meta.content_type,
+                                  metadata=dict(stub.meta.metadata),
+                                  headers=dict(stub.meta.headers),
+                                  tags=await self.ctx.backend.get_tags(bucket, side_key))
+                await self.ctx.backend.put_object(bucket, side_key, once(), meta,
+                                                  size=len(data), if_match=stub.etag)
         except S3Error as exc:
             if exc.code not in ("PreconditionFailed", "NoSuchKey"):
                 raise
