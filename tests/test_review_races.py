@@ -15,12 +15,14 @@ from tests.test_latent_objects import make_pair, tiny_model  # noqa: F401 - fixt
 from tests.test_object_layer_inprocess import (  # noqa: F401 - fixture
     BKT,
     SUFFIX,
+    assert_views_agree,
     get_of,
     gw,
     head_of,
     listing,
     md5_etag,
     put_pair,
+    views,
 )
 
 
@@ -274,3 +276,62 @@ async def test_a_tagging_landing_while_a_sidecar_is_restored_is_kept(
     await tagging[0]
     assert (await gw.backend.head_object(BKT, SIDE)).meta.internal.get("rep") is None
     assert await _tags_of(gw, SIDE) == {"k": "new"}
+
+
+@pytest.mark.parametrize("source", ["img.png", SIDE])
+async def test_a_copy_whose_source_changes_under_it_copies_what_is_there(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+    """CopyObject HEADs its source, then reads it. The image is overwritten in between
+    (its stub made the real sidecar again first): a container's copy hit
+    `assert view is not None` (500, a traceback in the log), a stub's copy answered 500
+    "The sidecar's container is missing". The copy is decided again from what the source
+    is now."""
+    _, sidecar = await put_pair(gw, tiny_model)
+    _, served_sidecar = await get_of(gw, SIDE)
+    real_get = gw.backend.get_object
+    fired: list[bool] = []
+
+    async def get_object(bucket: str, key: str, byte_range: Any = None, **kw: Any) -> Any:
+        if key == "img.png" and byte_range is None and not fired:  # the copy reads it
+            fired.append(True)
+            await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png",
+                                                  Body=b"plain now", ContentType="text/plain"))
+        return await real_get(bucket, key, byte_range, **kw)
+
+    monkeypatch.setattr(gw.backend, "get_object", get_object)
+    once = gw.client(max_attempts=0)  # (legacy retry mode: 0 retries) a 500 is its own
+    await gw.run(lambda s3: s3.copy_object(Bucket=BKT, Key="copy",
+                                           CopySource={"Bucket": BKT, "Key": source}), once)
+    assert fired
+    want = b"plain now" if source == "img.png" else served_sidecar
+    assert (await get_of(gw, "copy"))[1] == want
+    assert len(served_sidecar) == len(sidecar)
+
+
+async def test_a_self_copy_replacing_metadata_keeps_the_latent_object(
+        gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """CopyObject of a converted image onto itself with MetadataDirective REPLACE wrote
+    the container back without `scetag` (the sidecar it was converted with) and first
+    made the stub a real sidecar again: the sidecar was never stubbed again ("the sidecar
+    key is not its sidecar"). The bytes do not change, so neither may the ETags (S3: a
+    non-multipart object's ETag is the MD5 of its bytes), and the pair stays latent."""
+    await put_pair(gw, tiny_model)
+    before = {key: await head_of(gw, key) for key in ("img.png", SIDE)}
+    image_before = (await get_of(gw, "img.png"))[1]
+    await gw.run(lambda s3: s3.copy_object(
+        Bucket=BKT, Key="img.png", CopySource={"Bucket": BKT, "Key": "img.png"},
+        MetadataDirective="REPLACE", ContentType="image/png", Metadata={"who": "me"}))
+    await gw.store.converter.sweep()
+    await gw.settle()
+    head, got, data, listed = await views(gw, "img.png")
+    assert_views_agree("img.png", head, got, data, listed)
+    assert head["ETag"] == before["img.png"]["ETag"] and data == image_before
+    assert head["Metadata"] == {"who": "me"}
+    assert head["ResponseMetadata"]["HTTPHeaders"]["x-s3latent-representation"] == "latent"
+    side_head, side_got, side_data, side_listed = await views(gw, SIDE)
+    assert_views_agree(SIDE, side_head, side_got, side_data, side_listed)
+    assert side_head["ETag"] == before[SIDE]["ETag"]
+    assert side_head["LastModified"] == before[SIDE]["LastModified"]
+    stub = await gw.backend.head_object(BKT, SIDE)
+    assert stub.meta.internal.get("rep") == "stub", "the sidecar is no longer stubbed"
