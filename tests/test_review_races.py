@@ -15,12 +15,14 @@ from tests.test_latent_objects import make_pair, tiny_model  # noqa: F401 - fixt
 from tests.test_object_layer_inprocess import (  # noqa: F401 - fixture
     BKT,
     SUFFIX,
+    assert_views_agree,
     get_of,
     gw,
     head_of,
     listing,
     md5_etag,
     put_pair,
+    views,
 )
 
 
@@ -134,3 +136,202 @@ def test_deleting_an_aliasing_key_deletes_nothing_else(s3: Any, bucket: str,
     s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": alias}]})
     assert s3.get_object(Bucket=bucket, Key="a/b")["Body"].read() == b"keep me"
 
+
+
+# -- the integrity tail of the same review: each test failed before its fix ----------------
+
+SIDE = "img.png" + SUFFIX
+
+
+def _tag_set(value: str) -> dict[str, Any]:
+    return {"TagSet": [{"Key": "k", "Value": value}]}
+
+
+async def _tags_of(served: InProcessGateway, key: str) -> dict[str, str]:
+    got = await served.run(lambda s3: s3.get_object_tagging(Bucket=BKT, Key=key))
+    return {t["Key"]: t["Value"] for t in got["TagSet"]}
+
+
+async def _tag(served: InProcessGateway, key: str, value: str) -> None:
+    await served.run(lambda s3: s3.put_object_tagging(Bucket=BKT, Key=key,
+                                                      Tagging=_tag_set(value)))
+
+
+async def test_restoring_a_sidecar_runs_the_stores_write_hooks(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An overwrite of a converted image first makes the sidecar's stub a real sidecar
+    again (LatentWrites.materialize_sidecar). That wrote the sidecar key on the backend
+    directly: its cached reads were not dropped and no write listener heard of it, so the
+    cluster's owner of the sidecar key was never told (nor anything else plugged in there)."""
+    await put_pair(gw, tiny_model)
+    store = gw.store
+    events: list[tuple[str, str]] = []
+    store.add_write_listener(lambda bucket, key: events.append(("changed", key)))
+    real_invalidate, real_put = store.cache.invalidate, gw.backend.put_object
+
+    def invalidate(bucket: str, key: str) -> None:
+        events.append(("invalidated", key))
+        real_invalidate(bucket, key)
+
+    async def put_object(bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        result = await real_put(bucket, key, *args, **kwargs)
+        events.append(("written", key))
+        return result
+
+    monkeypatch.setattr(store.cache, "invalidate", invalidate)
+    monkeypatch.setattr(gw.backend, "put_object", put_object)
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=b"plain now",
+                                          ContentType="text/plain"))
+    side = [event for event, key in events if key == SIDE]
+    assert "written" in side, events  # the stub was made a real sidecar again
+    written = side.index("written")
+    assert "invalidated" in side[:written], events
+    assert "changed" in side[written:], events
+
+
+@pytest.mark.parametrize("key", ["img.png", SIDE])
+async def test_a_tagging_landing_during_a_conversion_is_kept(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, key: str) -> None:
+    """The converter rewrites the image (container) and the sidecar (stub) carrying over
+    the tags it read just before. A PutObjectTagging answered 200 between that read and
+    the commit (here: by another gateway, so no lock of this one can order it) was undone:
+    the tags reverted silently. The later tagging must win."""
+    image, sidecar = make_pair(tiny_model, seed=1)[:2]
+    real_get_tags = gw.backend.get_tags
+    tagged: list[bool] = []
+
+    async def get_tags(bucket: str, name: str) -> dict[str, str]:
+        tags = await real_get_tags(bucket, name)
+        if name == key and not tagged:  # the conversion has just read the key's tags
+            tagged.append(True)
+            await _tag(gw, key, "new")
+        return tags
+
+    monkeypatch.setattr(gw.backend, "get_tags", get_tags)
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=image,
+                                          ContentType="image/png", Tagging="k=old"))
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key=SIDE, Body=sidecar,
+                                          Tagging="k=old"))
+    await gw.settle()
+    assert tagged
+    stored = await gw.backend.head_object(BKT, key)
+    assert stored.meta.internal.get("rep") in ("latent", "stub"), "not converted"
+    assert await _tags_of(gw, key) == {"k": "new"}
+
+
+async def _tagging_inside(served: InProcessGateway, key: str) -> asyncio.Task[None]:
+    """A tagging of `key` to "new", started now; waited for until it is done, or for at most
+    2 s (it cannot finish while a lock it needs is held: the point of the fix)."""
+    task = asyncio.create_task(_tag(served, key, "new"))
+    await asyncio.wait({task}, timeout=2)
+    return task
+
+
+async def test_a_tagging_landing_inside_a_conversions_commit_is_kept(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The converter checks the tags again right before its commit; a tagging through this
+    gateway landing after that check and before the commit must still win (tags_lock)."""
+    image, sidecar = make_pair(tiny_model, seed=1)[:2]
+    real_complete = gw.backend.complete_multipart_upload
+    tagging: list[asyncio.Task[None]] = []
+
+    async def complete(bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key == "img.png" and not tagging:  # the container's commit
+            tagging.append(await _tagging_inside(gw, key))
+        return await real_complete(bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(gw.backend, "complete_multipart_upload", complete)
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=image,
+                                          ContentType="image/png", Tagging="k=old"))
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key=SIDE, Body=sidecar))
+    await gw.settle()
+    assert tagging
+    await tagging[0]
+    assert (await gw.backend.head_object(BKT, "img.png")).meta.internal.get("rep") == "latent"
+    assert await _tags_of(gw, "img.png") == {"k": "new"}
+
+
+async def test_a_tagging_landing_while_a_sidecar_is_restored_is_kept(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An overwrite of a converted image writes its stub back as the real sidecar with the
+    stub's tags; a tagging of the sidecar key landing in between was undone."""
+    await put_pair(gw, tiny_model)
+    await _tag(gw, SIDE, "old")
+    real_put = gw.backend.put_object
+    tagging: list[asyncio.Task[None]] = []
+
+    async def put_object(bucket: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        if key == SIDE and not tagging:  # the stub becomes the real sidecar now
+            tagging.append(await _tagging_inside(gw, key))
+        return await real_put(bucket, key, *args, **kwargs)
+
+    monkeypatch.setattr(gw.backend, "put_object", put_object)
+    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png", Body=b"plain now",
+                                          ContentType="text/plain"))
+    assert tagging
+    await tagging[0]
+    assert (await gw.backend.head_object(BKT, SIDE)).meta.internal.get("rep") is None
+    assert await _tags_of(gw, SIDE) == {"k": "new"}
+
+
+@pytest.mark.parametrize("source", ["img.png", SIDE])
+async def test_a_copy_whose_source_changes_under_it_copies_what_is_there(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+    """CopyObject HEADs its source, then reads it. The image is overwritten in between
+    (its stub made the real sidecar again first): a container's copy hit
+    `assert view is not None` (500, a traceback in the log), a stub's copy answered 500
+    "The sidecar's container is missing". The copy is decided again from what the source
+    is now."""
+    _, sidecar = await put_pair(gw, tiny_model)
+    _, served_sidecar = await get_of(gw, SIDE)
+    real_get = gw.backend.get_object
+    fired: list[bool] = []
+
+    async def get_object(bucket: str, key: str, byte_range: Any = None, **kw: Any) -> Any:
+        if key == "img.png" and byte_range is None and not fired:  # the copy reads it
+            fired.append(True)
+            await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="img.png",
+                                                  Body=b"plain now", ContentType="text/plain"))
+        return await real_get(bucket, key, byte_range, **kw)
+
+    monkeypatch.setattr(gw.backend, "get_object", get_object)
+    once = gw.client(max_attempts=0)  # (legacy retry mode: 0 retries) a 500 is its own
+    await gw.run(lambda s3: s3.copy_object(Bucket=BKT, Key="copy",
+                                           CopySource={"Bucket": BKT, "Key": source}), once)
+    assert fired
+    want = b"plain now" if source == "img.png" else served_sidecar
+    assert (await get_of(gw, "copy"))[1] == want
+    assert len(served_sidecar) == len(sidecar)
+
+
+async def test_a_self_copy_replacing_metadata_keeps_the_latent_object(
+        gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """CopyObject of a converted image onto itself with MetadataDirective REPLACE wrote
+    the container back without `scetag` (the sidecar it was converted with) and first
+    made the stub a real sidecar again: the sidecar was never stubbed again ("the sidecar
+    key is not its sidecar"). The bytes do not change, so neither may the ETags (S3: a
+    non-multipart object's ETag is the MD5 of its bytes), and the pair stays latent."""
+    await put_pair(gw, tiny_model)
+    before = {key: await head_of(gw, key) for key in ("img.png", SIDE)}
+    image_before = (await get_of(gw, "img.png"))[1]
+    await gw.run(lambda s3: s3.copy_object(
+        Bucket=BKT, Key="img.png", CopySource={"Bucket": BKT, "Key": "img.png"},
+        MetadataDirective="REPLACE", ContentType="image/png", Metadata={"who": "me"}))
+    await gw.store.converter.sweep()
+    await gw.settle()
+    head, got, data, listed = await views(gw, "img.png")
+    assert_views_agree("img.png", head, got, data, listed)
+    assert head["ETag"] == before["img.png"]["ETag"] and data == image_before
+    assert head["Metadata"] == {"who": "me"}
+    assert head["ResponseMetadata"]["HTTPHeaders"]["x-s3latent-representation"] == "latent"
+    side_head, side_got, side_data, side_listed = await views(gw, SIDE)
+    assert_views_agree(SIDE, side_head, side_got, side_data, side_listed)
+    assert side_head["ETag"] == before[SIDE]["ETag"]
+    assert side_head["LastModified"] == before[SIDE]["LastModified"]
+    stub = await gw.backend.head_object(BKT, SIDE)
+    assert stub.meta.internal.get("rep") == "stub", "the sidecar is no longer stubbed"

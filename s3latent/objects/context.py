@@ -49,6 +49,12 @@ class LatentContext:
         self.cache = cache
         self.converter = converter
         self.offload: Offload | None = None  # decode spillover, when in a cluster
+        # The store's write hooks (objects.store), for keys the layer rewrites on its own
+        # (a stub made a real sidecar again): cached reads of the key are dropped before the
+        # write, and after it the store's `changed` tells the write listeners (the cluster's
+        # owner invalidation). LatentStore sets both.
+        self.invalidate: Callable[[str, str], None] = _nothing
+        self.changed: Callable[[str, str], None] = _nothing
         # (bucket, key, physical etag) -> logical (size, etag, last_modified); None: plain
         self.views: LRUCache[tuple[str, str, str], physical.LogicalView | None] = \
             LRUCache(maxsize=200_000)
@@ -127,6 +133,10 @@ class LatentContext:
         if view is None or not physical.stub_holds(stub, image_key, header):
             raise S3Error("InternalError", "The sidecar's container does not match it.")
         return await asyncio.to_thread(physical.sidecar_file, header, payload)
+
+
+def _nothing(bucket: str, key: str) -> None:
+    """No store attached (a context built on its own, in tests)."""
 
 
 def readable(key: str) -> None:

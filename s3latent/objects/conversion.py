@@ -18,6 +18,7 @@ saying why; a newer PUT of either key makes the pair a new one.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -51,6 +52,23 @@ IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG",
                "image/webp": "WEBP"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SIDECAR_ETAG = "scetag"  # in a container's mirror: the sidecar it was converted with
+# Rewrites of a key made again because a tagging of it landed meanwhile, before giving way.
+TAGS_RETRIES = 3
+
+
+@asynccontextmanager
+async def _keyed(locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]],
+                 ident: tuple[str, str]) -> AsyncIterator[None]:
+    """Hold the lock of `ident` in `locks`; the entry goes once nobody holds or awaits it."""
+    lock, users = locks.setdefault(ident, (asyncio.Lock(), [0]))
+    users[0] += 1
+    try:
+        async with lock:
+            yield
+    finally:
+        users[0] -= 1
+        if users[0] == 0:
+            locks.pop(ident, None)
 
 
 def crash_point(name: str) -> None:
@@ -155,6 +173,9 @@ class Converter:
         # (bucket, image key) -> lock held while a stub is written for the container at the
         # image key, and by client writes that replace or delete that key (pair_lock).
         self._pair_locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+        # (bucket, key) -> lock held by a tagging of the key and by a rewrite of it that
+        # carries its tags over, from their last look at the tags to the commit (tags_lock).
+        self._tags_locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
         self.results = Counter("s3latent_conversions", "Conversion outcomes",
                                ["result", "reason"], registry=registry)
         self.attempts = Counter("s3latent_conversion_attempts",
@@ -207,16 +228,38 @@ class Converter:
         delete of `image_key` holds it from the HEAD that decides whether the stub must
         become a real sidecar again until its own write has landed.
         """
-        ident = (bucket, image_key)
-        lock, users = self._pair_locks.setdefault(ident, (asyncio.Lock(), [0]))
-        users[0] += 1
-        try:
-            async with lock:
-                yield
-        finally:
-            users[0] -= 1
-            if users[0] == 0:
-                self._pair_locks.pop(ident, None)
+        async with _keyed(self._pair_locks, (bucket, image_key)):
+            yield
+
+    @asynccontextmanager
+    async def tags_lock(self, bucket: str, key: str) -> AsyncIterator[None]:
+        """Orders a client's tagging of `key` against the layer's rewrites of `key`.
+
+        A rewrite (a container over the image, a stub over the sidecar, a stub made a
+        real sidecar again) carries the key's tags over; a PutObjectTagging committed
+        between its read of the tags and its commit would be undone, after the client had
+        its 200. The rewrite checks the tags again and commits inside this lock, and
+        the tagging holds it from its HEAD to its own commit, so the later tagging wins.
+        """
+        async with _keyed(self._tags_locks, (bucket, key)):
+            yield
+
+    async def write_keeping_tags(self, bucket: str, key: str, data: bytes, meta: ObjectMeta,
+                                 *, if_match: str) -> ObjectInfo:
+        """physical.write_single_part over `key` with the tags that are on it at the commit.
+
+        `meta.tags` were read before; should a tagging have landed since, the write is
+        made again with the new tags. PreconditionFailed (a write that gives way, like
+        one superseded by a newer PUT) if the tags keep changing.
+        """
+        for _ in range(TAGS_RETRIES):
+            try:
+                return await physical.write_single_part(
+                    self.backend, bucket, key, data, meta, if_match=if_match,
+                    keep_tags=lambda: self.tags_lock(bucket, key))
+            except physical.TagsChanged as exc:
+                meta = dataclasses.replace(meta, tags=exc.tags)
+        raise S3Error("PreconditionFailed", Condition="tags")
 
     def schedule(self, bucket: str, image_key: str) -> None:
         item = (bucket, image_key)
@@ -339,9 +382,8 @@ class Converter:
         )
         crash_point("before-container")
         try:
-            written = await physical.write_single_part(self.backend, bucket, key,
-                                                       admission.container, meta,
-                                                       if_match=image.etag)
+            written = await self.write_keeping_tags(bucket, key, admission.container, meta,
+                                                    if_match=image.etag)
         except S3Error as exc:
             if exc.code in ("PreconditionFailed", "NoSuchKey"):
                 self._set_state(bucket, key, None)
@@ -411,9 +453,9 @@ class Converter:
             if current is None or current.etag != container_etag:
                 return "image replaced or deleted meanwhile; sidecar kept as it is"
             try:
-                written = await physical.write_single_part(
-                    self.backend, bucket, side_key, physical.stub_body(key, container_etag),
-                    meta, if_match=side.etag)
+                written = await self.write_keeping_tags(
+                    bucket, side_key, physical.stub_body(key, container_etag), meta,
+                    if_match=side.etag)
             except S3Error as exc:
                 if exc.code in ("PreconditionFailed", "NoSuchKey"):
                     return "sidecar changed meanwhile; kept as it is"

@@ -52,6 +52,10 @@ class LatentStore(ForwardingStore):
         self.converter.on_written = self.changed
         self.ctx = LatentContext(backend, config, decoding, cache, self.converter,
                                  registry=registry)
+        # ... and so is a stub the layer makes a real sidecar again (looked up at call time,
+        # so a wrapped invalidate or changed sees these writes too).
+        self.ctx.invalidate = lambda bucket, key: self.invalidate(bucket, key)
+        self.ctx.changed = lambda bucket, key: self.changed(bucket, key)
         self.reads = LatentReads(self.ctx, registry=registry)
         self.listing = LatentListing(self.ctx, registry=registry)
         self.writes = LatentWrites(self.ctx)
@@ -115,6 +119,12 @@ class LatentStore(ForwardingStore):
     async def _copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                            meta: ObjectMeta | None) -> ObjectInfo:
         return await self.writes.copy_object(src_bucket, src_key, dst_bucket, dst_key, meta)
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+        """Under the key's tag lock: a conversion or restored sidecar committing meanwhile
+        carries these tags, not the ones it read before (Converter.tags_lock)."""
+        async with self.converter.tags_lock(bucket, key):
+            await super().put_tags(bucket, key, tags)
 
     @asynccontextmanager
     async def _overwriting(self, bucket: str, key: str) -> AsyncIterator[None]:

@@ -29,7 +29,8 @@ import hashlib
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -336,6 +337,15 @@ async def drop_view_index(backend: Backend, bucket: str, info: ObjectInfo) -> No
         await backend.delete_object(bucket, index_key)
 
 
+class TagsChanged(Exception):
+    """The key's tags are no longer those the caller read (a client's PutObjectTagging
+    landed meanwhile); `tags` are the ones there now."""
+
+    def __init__(self, tags: dict[str, str]) -> None:
+        super().__init__("the object's tags changed")
+        self.tags = tags
+
+
 async def write_single_part(
     backend: Backend,
     bucket: str,
@@ -344,24 +354,33 @@ async def write_single_part(
     meta: ObjectMeta,
     *,
     if_match: str | None = None,
+    keep_tags: Callable[[], AbstractAsyncContextManager[None]] | None = None,
 ) -> ObjectInfo:
     """Write `data` as a one-part multipart upload (ETag "...-1"), optionally guarded.
 
     The guard is checked just before completing; completing is the commit point,
     so a concurrent newer PUT either lands first (we abort) or after (it wins).
+
+    A rewrite of an existing key carries its tags in `meta` (read before); a tagging of
+    the key landing after that read would be undone by the commit. With `keep_tags`
+    (the key's tag lock, which PutObjectTagging holds too) the tags are checked again
+    under that lock just before completing: TagsChanged if they differ.
     """
     upload_id = await backend.create_multipart_upload(bucket, key, meta)
     try:
         etag = await backend.upload_part(bucket, key, upload_id, 1, _once(data), size=len(data))
-        if if_match is not None:
-            current = await backend.head_object(bucket, key)
-            if current.etag != if_match:
-                from ..errors import S3Error
-
-                raise S3Error("PreconditionFailed", Condition="If-Match")
-        return await backend.complete_multipart_upload(
-            bucket, key, upload_id, [(1, etag)], if_match=if_match
-        )
+        async with keep_tags() if keep_tags is not None else nullcontext():
+            if if_match is not None:
+                current = await backend.head_object(bucket, key)
+                if current.etag != if_match:
+                    raise S3Error("PreconditionFailed", Condition="If-Match")
+            if keep_tags is not None:
+                tags = await backend.get_tags(bucket, key)
+                if tags != meta.tags:
+                    raise TagsChanged(tags)
+            return await backend.complete_multipart_upload(
+                bucket, key, upload_id, [(1, etag)], if_match=if_match
+            )
     except BaseException:
         try:
             await backend.abort_multipart_upload(bucket, key, upload_id)

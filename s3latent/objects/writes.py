@@ -21,7 +21,7 @@ from ..backends.base import HashedBody, ObjectInfo, ObjectMeta, read_body
 from ..errors import S3Error
 from . import physical
 from .context import LatentContext, readable, writable
-from .conversion import looks_like_image
+from .conversion import SIDECAR_ETAG, looks_like_image
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,12 @@ FORMAT_META = "s3latent-format"
 _FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"),
             "jpg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 MAX_LATENT_UPLOAD = 64 * 1024 * 1024
+# Copies decided again because the source changed between its HEAD and its read.
+COPY_ATTEMPTS = 3
+
+
+class _SourceChanged(Exception):
+    """A copy's source changed after its HEAD: the copy is decided again."""
 
 
 class LatentWrites:
@@ -93,20 +99,27 @@ class LatentWrites:
                 stub.meta.internal.get(physical.L_IMAGE) != image_key:
             return
         data = await self.ctx.sidecar_bytes(bucket, stub)
-        meta = ObjectMeta(content_type=stub.meta.content_type,
-                          metadata=dict(stub.meta.metadata), headers=dict(stub.meta.headers),
-                          tags=await self.ctx.backend.get_tags(bucket, side_key))
 
         async def once() -> AsyncIterator[bytes]:
             yield data
 
+        # A write of the sidecar key like a client's: its cached reads go before and after,
+        # and the write listeners (owner invalidation) hear of it. Its tags are read and
+        # carried over inside the key's tag lock, so a tagging cannot land in between.
+        self.ctx.invalidate(bucket, side_key)
         try:
-            await self.ctx.backend.put_object(bucket, side_key, once(), meta, size=len(data),
-                                          if_match=stub.etag)
+            async with self.ctx.converter.tags_lock(bucket, side_key):
+                meta = ObjectMeta(content_type=stub.meta.content_type,
+                                  metadata=dict(stub.meta.metadata),
+                                  headers=dict(stub.meta.headers),
+                                  tags=await self.ctx.backend.get_tags(bucket, side_key))
+                await self.ctx.backend.put_object(bucket, side_key, once(), meta,
+                                                  size=len(data), if_match=stub.etag)
         except S3Error as exc:
-            if exc.code != "PreconditionFailed":
+            if exc.code not in ("PreconditionFailed", "NoSuchKey"):
                 raise
             return
+        self.ctx.changed(bucket, side_key)
         await self._unindex(bucket, stub)
 
     async def _unindex(self, bucket: str, replaced: ObjectInfo) -> None:
@@ -163,15 +176,47 @@ class LatentWrites:
         readable(src_key)
         writable(dst_key)
         async with self.ctx.converter.pair_lock(dst_bucket, dst_key):  # no stub meanwhile
-            return await self._copy_object(src_bucket, src_key, dst_bucket, dst_key, meta)
+            for _ in range(COPY_ATTEMPTS):
+                try:
+                    return await self._copy_object(src_bucket, src_key, dst_bucket, dst_key,
+                                                   meta)
+                except _SourceChanged:
+                    continue  # decide again from what the source is now
+        raise S3Error("ServiceUnavailable", "The copy source kept changing during the copy; "
+                      "please retry.")
 
     async def _copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                            meta: ObjectMeta | None) -> ObjectInfo:
+        """One attempt; _SourceChanged when the source is no longer what its HEAD said (a
+        client's write or a conversion landed in between), before anything is written."""
         stored = await self.ctx.backend.head_object(src_bucket, src_key)
         source = await self.ctx.trusted(src_bucket, stored)
         rep = physical.representation(source)
         current = await self.ctx.head_or_none(dst_bucket, dst_key)
-        if current is not None and physical.representation(current) == physical.REP_LATENT:
+        # A self-copy of a container (metadata REPLACE, or a storage class) writes back the
+        # same container: its stub stays valid, so the sidecar stays a stub.
+        same_container = (src_bucket, src_key) == (dst_bucket, dst_key) and \
+            rep == physical.REP_LATENT and current is not None and current.etag == stored.etag
+        if rep == physical.REP_LATENT:
+            # Read before the destination changes (a self-copy reads what it replaces).
+            info, body = await self.ctx.backend.get_object(src_bucket, src_key)
+            raw = await read_body(body)
+            info = await self.ctx.trusted(src_bucket, info)
+            view = physical.logical_view(info)
+            if info.etag != stored.etag or view is None or \
+                    physical.representation(info) != physical.REP_LATENT:
+                raise _SourceChanged
+        elif rep == physical.REP_STUB:
+            try:
+                data = await self.ctx.sidecar_bytes(src_bucket, source)
+            except S3Error:
+                # Its image was overwritten meanwhile (the stub became the real sidecar)?
+                now = await self.ctx.head_or_none(src_bucket, src_key)
+                if now is None or now.etag != stored.etag:
+                    raise _SourceChanged from None
+                raise
+        if current is not None and physical.representation(current) == physical.REP_LATENT \
+                and not same_container:
             await self.materialize_sidecar(dst_bucket, dst_key,
                                             self.ctx.config.bucket(dst_bucket).sidecar_suffix)
         if rep == "plain":
@@ -189,7 +234,6 @@ class LatentWrites:
                 await self._unindex(dst_bucket, current)
             return copied
         if rep == physical.REP_STUB:
-            data = await self.ctx.sidecar_bytes(src_bucket, source)
             new_meta = meta or ObjectMeta(
                 content_type=source.meta.content_type, metadata=dict(source.meta.metadata),
                 headers=dict(source.meta.headers),
@@ -204,13 +248,12 @@ class LatentWrites:
                 await self._unindex(dst_bucket, current)
             return copied
         # A container stays a container: the copy is latent too.
-        info, body = await self.ctx.backend.get_object(src_bucket, src_key)
-        raw = await read_body(body)
-        view = physical.logical_view(info)
-        assert view is not None
         now = datetime.now(UTC)
-        internal = physical.mirror(physical.REP_LATENT, view.size, view.etag, now,
-                                   **physical.storage_of(info.meta.internal))
+        kept = physical.storage_of(info.meta.internal)
+        if same_container and SIDECAR_ETAG in info.meta.internal:
+            # Still the container of the sidecar beside it (whose stub points here).
+            kept[SIDECAR_ETAG] = info.meta.internal[SIDECAR_ETAG]
+        internal = physical.mirror(physical.REP_LATENT, view.size, view.etag, now, **kept)
         if meta is None:
             new_meta = ObjectMeta(content_type=info.meta.content_type,
                                   metadata=dict(info.meta.metadata),
@@ -220,8 +263,16 @@ class LatentWrites:
         else:
             new_meta = ObjectMeta(content_type=meta.content_type, metadata=meta.metadata,
                                   headers=meta.headers, tags=meta.tags, internal=internal)
-        written = await physical.write_single_part(self.ctx.backend, dst_bucket, dst_key, raw,
-                                                   new_meta)
+        try:
+            written = await physical.write_single_part(
+                self.ctx.backend, dst_bucket, dst_key, raw, new_meta,
+                if_match=current.etag if same_container and current is not None else None)
+        except S3Error as exc:
+            # A self-copy keeps the stub only over the very container it read; another
+            # gateway replaced it meanwhile: decide again.
+            if same_container and exc.code in ("PreconditionFailed", "NoSuchKey"):
+                raise _SourceChanged from exc
+            raise
         if current is not None:
             await self._unindex(dst_bucket, current)
         await self._index(dst_bucket, dst_key, written.etag,
