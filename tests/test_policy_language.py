@@ -436,6 +436,21 @@ def test_date_operators_and_current_time() -> None:
     assert allows(window, req())
 
 
+def test_the_time_keys_cannot_be_supplied_through_the_other_condition_keys() -> None:
+    # An expiring grant must expire, and a Deny window must deny, whatever the request's
+    # other condition keys (some of which come from client headers) say about the time.
+    now = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    until = cond({"DateLessThan": {"aws:CurrentTime": "2026-01-01T00:00:00Z"}})
+    assert not allows(until, req(aws__CurrentTime="2025-01-01T00:00:00Z"), now)
+    assert not allows(until, req(**{"AWS__currenttime": "2025-01-01T00:00:00Z"}), now)
+    epoch = cond({"NumericLessThan": {"aws:EpochTime": 1767225600}})
+    assert not allows(epoch, req(aws__EpochTime="1"), now)
+    deny = policy(stmt(Resource=[BKT, OBJ]),
+                  stmt(Effect="Deny", Resource=[BKT, OBJ],
+                       Condition={"DateGreaterThan": {"aws:CurrentTime": "2026-01-01"}}))
+    assert deny.evaluate(req(aws__CurrentTime="2025-01-01T00:00:00Z"), now=now) == "Deny"
+
+
 def test_all_operators_and_keys_must_hold() -> None:
     p = cond({"IpAddress": {"aws:SourceIp": "10.0.0.0/8"},
               "StringEquals": {"aws:username": "alice", "s3:prefix": "x"}})

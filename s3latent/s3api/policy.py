@@ -601,12 +601,14 @@ class _Context:
             values[name.lower()] = [value] if isinstance(value, str) else list(value)
         # Keys about the caller and the connection come from the request's own fields,
         # never from `conditions` (which may carry client-supplied header values).
+        # The clock is the gateway's too: a client must not make an expired grant live
+        # again, or step outside a Deny window, by naming the time itself.
         for own in ("aws:userid", "aws:username", "aws:principaltype"):
             values.pop(own, None)
         values["aws:sourceip"] = [req.source_ip]
         values["aws:securetransport"] = ["true" if req.secure_transport else "false"]
-        values.setdefault("aws:currenttime", [now.strftime("%Y-%m-%dT%H:%M:%SZ")])
-        values.setdefault("aws:epochtime", [str(int(now.timestamp()))])
+        values["aws:currenttime"] = [now.strftime("%Y-%m-%dT%H:%M:%SZ")]
+        values["aws:epochtime"] = [str(int(now.timestamp()))]
         if req.principal_id is not None:
             values["aws:userid"] = [req.principal_id]
             values["aws:principaltype"] = ["User"]
