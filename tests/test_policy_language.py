@@ -347,6 +347,23 @@ def test_source_ip_v4_v6_and_mapped_addresses() -> None:
     assert not allows(p, req(ip="192.0.2.1")) and allows(p, req(ip="10.0.0.1"))
 
 
+def test_ipv4_mapped_ranges_in_a_policy_cover_the_ipv4_clients() -> None:
+    # "::ffff:a.b.c.d" in a policy names the same IPv4 clients as "a.b.c.d": a Deny
+    # written that way must deny them, however the listener saw the address.
+    for written in ("::ffff:192.0.2.0/120", "::ffff:192.0.2.7", "::ffff:c000:207/128"):
+        deny = policy(stmt(Resource=[BKT, OBJ]),
+                      stmt(Effect="Deny", Resource=[BKT, OBJ],
+                           Condition={"IpAddress": {"aws:SourceIp": written}}))
+        for ip in ("192.0.2.7", "::ffff:192.0.2.7"):
+            assert deny.evaluate(req(ip=ip)) == "Deny", (written, ip)
+        assert deny.evaluate(req(ip="198.51.100.7")) == "Allow"
+    only = cond({"NotIpAddress": {"aws:SourceIp": "::ffff:192.0.2.0/120"}})
+    assert not allows(only, req(ip="192.0.2.7")) and allows(only, req(ip="198.51.100.7"))
+    # A mapped /104 is an IPv4 /8: narrow enough to make an Allow to everyone non-public.
+    assert not policy(stmt(Condition={"IpAddress": {"aws:SourceIp": "::ffff:10.0.0.0/104"}})
+                      ).is_public()
+
+
 def test_secure_transport_bool() -> None:
     p = policy(stmt(), stmt(Effect="Deny", Condition={"Bool": {"aws:SecureTransport": False}}))
     assert p.evaluate(req(secure=False)) == "Deny"

@@ -244,11 +244,24 @@ def _date(text: str) -> float | None:
     return parsed.timestamp()
 
 
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """A CIDR range; one inside ::ffff:0:0/96 as the IPv4 range it names.
+
+    Client addresses are compared in their IPv4 form (`_address`), so a range written in
+    the mapped form would otherwise never match, and a Deny on it would deny nobody.
+    """
     try:
-        return ipaddress.ip_network(text.strip(), strict=False)
+        net = ipaddress.ip_network(text.strip(), strict=False)
     except ValueError:
         return None
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.subnet_of(_MAPPED):
+        mapped = net.network_address.ipv4_mapped
+        assert mapped is not None
+        return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
