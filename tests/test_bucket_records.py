@@ -7,6 +7,8 @@ one, or a public-read policy would outlive the bucket it was written for.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -94,3 +96,39 @@ async def test_leftover_records_of_an_earlier_life_are_never_read(
     finally:
         await backend.delete_bucket(name)
         await backend.close()
+
+
+async def test_a_record_written_while_the_bucket_is_deleted_is_not_an_internal_error(
+        tmp_path: Path) -> None:
+    """PutBucketPolicy/Cors racing DeleteBucket (local backend): one wins, cleanly.
+
+    The record write reads .bucket.json, then replaces it; a delete that removed the
+    directory in between made the write fail with FileNotFoundError (a 500 to the
+    client), or made the delete fail on a directory that was not empty any more.
+    """
+    backend = LocalBackend(tmp_path / "data")
+    await backend.start()
+    await backend.create_bucket("racy", owner="alice")
+    entered, release = threading.Event(), threading.Event()
+    write = backend._write_bucket_record
+
+    def slow_write(bucket: str, record: dict[str, Any]) -> None:
+        entered.set()
+        release.wait(10)
+        write(bucket, record)
+
+    backend._write_bucket_record = slow_write  # type: ignore[method-assign]
+    put = asyncio.create_task(backend.put_bucket_config("racy", "policy", "{}"))
+    assert await asyncio.to_thread(entered.wait, 10)
+    delete = asyncio.create_task(backend.delete_bucket("racy"))
+    await asyncio.sleep(0.3)  # the delete runs now, if nothing holds it back
+    release.set()
+    outcomes = await asyncio.gather(put, delete, return_exceptions=True)
+    for outcome in outcomes:
+        assert outcome is None or (isinstance(outcome, S3Error)
+                                   and outcome.code == "NoSuchBucket"), outcomes
+    with pytest.raises(S3Error) as err:
+        await backend.get_bucket_config("racy", "policy")
+    assert err.value.code == "NoSuchBucket"
+    assert not (tmp_path / "data" / "buckets" / "racy").exists() or not any(
+        (tmp_path / "data" / "buckets" / "racy").iterdir())

@@ -430,16 +430,20 @@ class LocalBackend:
         return await asyncio.to_thread(head)
 
     async def delete_bucket(self, bucket: str) -> None:
-        await self.head_bucket(bucket)
-        keys = await self._keys(bucket)
-        if keys:
-            raise S3Error("BucketNotEmpty", resource=bucket, BucketName=bucket)
-        # As on S3, in-progress multipart uploads do not keep a bucket alive.
-        uploads = await self.list_multipart_uploads(bucket)
-        for upload in uploads.uploads:
-            await asyncio.to_thread(shutil.rmtree, self._upload_dir(upload.upload_id), True)
-        await asyncio.to_thread(shutil.rmtree, self._bucket_dir(bucket))
-        self._index.pop(bucket, None)
+        # Under the bucket lock, as every rewrite of .bucket.json is: a record write that
+        # read the file must not find its directory gone (a 500) or put it back mid-rmtree.
+        async with self._bucket_lock(bucket):
+            await self.head_bucket(bucket)
+            keys = await self._keys(bucket)
+            if keys:
+                raise S3Error("BucketNotEmpty", resource=bucket, BucketName=bucket)
+            # As on S3, in-progress multipart uploads do not keep a bucket alive.
+            uploads = await self.list_multipart_uploads(bucket)
+            for upload in uploads.uploads:
+                await asyncio.to_thread(shutil.rmtree, self._upload_dir(upload.upload_id),
+                                        True)
+            await asyncio.to_thread(shutil.rmtree, self._bucket_dir(bucket))
+            self._index.pop(bucket, None)
 
     # -- index ---------------------------------------------------------------
     async def _keys(self, bucket: str) -> list[str]:
