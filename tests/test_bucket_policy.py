@@ -190,3 +190,14 @@ async def test_bad_bucket_names_answer_400_first(gw: InProcessGateway) -> None:
                                 ("DELETE", "policy", b""), ("GET", "policyStatus", b"")):
         reply = await gw.call(method, "/Bad_Bucket", query=query, body=body)
         assert reply.status == 400 and reply.error_code() == "InvalidBucketName", reply
+
+
+async def test_a_missing_bucket_is_no_such_bucket_whatever_the_body(
+        gw: InProcessGateway) -> None:
+    # As on S3, the bucket is looked up first: a bad policy for a bucket that does not
+    # exist is NoSuchBucket, not MalformedPolicy (which would hint the bucket exists).
+    for body in (b"{not json", b'{"Statement": []}', public_read("other").encode()):
+        reply = await gw.call("PUT", "/no-such-bucket-here", query="policy", body=body)
+        assert reply.status == 404 and reply.error_code() == "NoSuchBucket", reply
+    reply = await gw.call("PUT", f"/{BKT}", query="policy", body=b"{not json")
+    assert reply.status == 400 and reply.error_code() == "MalformedPolicy", reply

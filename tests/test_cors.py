@@ -35,6 +35,7 @@ from s3latent.s3api.handlers.cors import (
     wildcard_match,
 )
 from tests.gateway import ACCESS_KEY, SECRET_KEY, GatewayProcess
+from tests.inprocess import serve_gateway
 from tests.test_latent_objects import latent_gateway, make_pair, tiny_model, wait_latent  # noqa: F401
 
 VARY = "Origin, Access-Control-Request-Headers, Access-Control-Request-Method"
@@ -541,3 +542,16 @@ async def test_another_gateway_sees_a_change_within_revalidate_after(
     finally:
         for proc in procs:
             proc.stop()
+
+
+async def test_a_bad_configuration_for_a_missing_bucket_is_no_such_bucket(
+        tmp_path: Path) -> None:
+    # As on S3, the bucket is looked up before the document is judged.
+    async with serve_gateway(tmp_path) as gw:
+        await gw.run(lambda s3: s3.create_bucket(Bucket="here"))
+        for body in (b"<nope/>", _doc("<CORSRule><AllowedMethod>PATCH</AllowedMethod>"
+                                      "<AllowedOrigin>*</AllowedOrigin></CORSRule>")):
+            reply = await gw.call("PUT", "/not-here", query="cors", body=body)
+            assert reply.status == 404 and reply.error_code() == "NoSuchBucket", reply
+            reply = await gw.call("PUT", "/here", query="cors", body=body)
+            assert reply.status == 400, reply

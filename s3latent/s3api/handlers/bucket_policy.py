@@ -33,6 +33,23 @@ async def put_bucket_policy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     """Validate, refuse a public policy where BlockPublicPolicy is set, then store."""
     assert req.bucket is not None
     try:
+        text, policy = await _read_policy(req)
+    except S3Error:
+        # S3 looks the bucket up first: NoSuchBucket, not a refusal that hints it exists.
+        await gw.store.head_bucket(req.bucket)
+        raise
+    block = await gw.store.get_bucket_config(req.bucket, PUBLIC_ACCESS_BLOCK)
+    if isinstance(block, dict) and block.get("BlockPublicPolicy") and policy.is_public():
+        raise S3Error("AccessDenied", "The bucket's public access block forbids public "
+                      "policies (BlockPublicPolicy).", resource=req.resource)
+    await gw.store.put_bucket_config(req.bucket, RECORD, text)
+    return web.Response(status=204)
+
+
+async def _read_policy(req: S3Request) -> tuple[str, BucketPolicy]:
+    """The body as text and parsed, or MalformedPolicy (bad UTF-8, too large, invalid)."""
+    assert req.bucket is not None
+    try:
         body = await req.read_small_body()
     except S3Error as exc:
         if exc.code == "MalformedXML":  # read_small_body's "too large"
@@ -43,13 +60,7 @@ async def put_bucket_policy(gw: Gateway, req: S3Request) -> web.StreamResponse:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise malformed("This policy contains invalid Json (not UTF-8)") from exc
-    policy = BucketPolicy.parse(text, req.bucket)
-    block = await gw.store.get_bucket_config(req.bucket, PUBLIC_ACCESS_BLOCK)
-    if isinstance(block, dict) and block.get("BlockPublicPolicy") and policy.is_public():
-        raise S3Error("AccessDenied", "The bucket's public access block forbids public "
-                      "policies (BlockPublicPolicy).", resource=req.resource)
-    await gw.store.put_bucket_config(req.bucket, RECORD, text)
-    return web.Response(status=204)
+    return text, BucketPolicy.parse(text, req.bucket)
 
 
 async def get_bucket_policy(gw: Gateway, req: S3Request) -> web.StreamResponse:

@@ -316,7 +316,12 @@ def _rules_from_record(record: Any) -> list[CorsRule] | None:
 async def put_bucket_cors(gw: Gateway, req: S3Request) -> web.StreamResponse:
     """Replace the bucket's CORS configuration (validated first, as S3 does)."""
     assert req.bucket is not None
-    rules = parse_configuration(await req.read_small_body(MAX_CONFIG_BYTES))
+    try:
+        rules = parse_configuration(await req.read_small_body(MAX_CONFIG_BYTES))
+    except S3Error:
+        # S3 looks the bucket up first: NoSuchBucket, not a refusal that hints it exists.
+        await gw.store.head_bucket(req.bucket)
+        raise
     await gw.store.put_bucket_config(req.bucket, RECORD,
                                      {"rules": [r.to_record() for r in rules]})
     forget(gw, req.bucket)
