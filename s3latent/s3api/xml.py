@@ -67,7 +67,10 @@ def parse(data: bytes, root: str) -> dict[str, Any]:
     name, content = next(iter(doc.items()))
     if name.rpartition(":")[2] != root:
         raise S3Error("MalformedXML")
-    return _strip_ns(content) if isinstance(content, dict) else {}
+    try:
+        return _strip_ns(content) if isinstance(content, dict) else {}
+    except RecursionError as exc:  # nesting no S3 document has: a 400, not a 500
+        raise S3Error("MalformedXML") from exc
 
 
 def _strip_ns(value: Any) -> Any:
