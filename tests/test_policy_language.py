@@ -362,6 +362,8 @@ def test_ipv4_mapped_ranges_in_a_policy_cover_the_ipv4_clients() -> None:
     # A mapped /104 is an IPv4 /8: narrow enough to make an Allow to everyone non-public.
     assert not policy(stmt(Condition={"IpAddress": {"aws:SourceIp": "::ffff:10.0.0.0/104"}})
                       ).is_public()
+    # ... and all of the mapped space is all of IPv4: public.
+    assert policy(stmt(Condition={"IpAddress": {"aws:SourceIp": "::ffff:0:0/96"}})).is_public()
 
 
 def test_secure_transport_bool() -> None:
