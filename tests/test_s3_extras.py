@@ -657,3 +657,38 @@ def test_owner_only_canned_acls_are_acknowledged_others_refused(s3: Any, bucket:
         s3.put_object_acl(Bucket=bucket, Key="missing.txt", ACL="private")
     assert _code(exc.value) == "NoSuchKey"
     assert s3.get_object(Bucket=bucket, Key="acl.txt")["Body"].read() == b"x"
+
+
+async def test_requests_for_missing_buckets_share_listings(seaweedfs: SeaweedFS,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unsigned requests can name any bucket: a burst of misses must not cost a backend
+    ListBuckets each, and this process's own create and delete are seen at once."""
+    backend = S3Backend(seaweedfs.endpoint, seaweedfs.access_key, seaweedfs.secret_key)
+    await backend.start()
+    real_call = backend._call
+    listings = 0
+
+    async def call(op: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        nonlocal listings
+        listings += op == "list_buckets"
+        return await real_call(op, *args, **kwargs)
+
+    monkeypatch.setattr(backend, "_call", call)
+    name = f"miss-{uuid.uuid4().hex[:8]}"
+    try:
+        results = await asyncio.gather(
+            *(backend.head_bucket(f"nope-{uuid.uuid4().hex[:10]}") for _ in range(50)),
+            return_exceptions=True)
+        assert all(isinstance(r, S3Error) and r.code == "NoSuchBucket" for r in results)
+        assert listings <= 2
+        await backend.create_bucket(name)
+        assert (await backend.head_bucket(name)).name == name
+        await backend.delete_bucket(name)
+        with pytest.raises(S3Error) as err:
+            await backend.head_bucket(name)
+        assert err.value.code == "NoSuchBucket"
+    finally:
+        monkeypatch.undo()
+        if name in [b.name for b in await backend.list_buckets()]:
+            await backend.delete_bucket(name)
+        await backend.close()

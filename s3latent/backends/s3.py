@@ -39,6 +39,7 @@ from cachetools import TTLCache
 
 from ..errors import S3Error
 from ..httpdate import parse_http_date
+from ..singleflight import SingleFlight
 from .base import (
     MIN_PART_SIZE,
     STORED_HEADERS,
@@ -75,6 +76,12 @@ BUCKET_CACHE_TTL = 10.0
 # answered with the bucket) is not cached as proof the bucket exists; far above any
 # backend call's duration.
 DELETION_MEMORY_S = 600.0
+# How long a bucket listing answers for buckets it does not name. A request for a bucket that
+# does not exist costs a ListBuckets; unsigned requests (public reads, CORS preflights) can
+# name any bucket, so misses share one listing in flight and reuse its answer this long. A
+# bucket created through another gateway may be unseen here for as long (this process's own
+# creates and deletes forget the listing at once).
+MISS_REUSE_S = 0.5
 # Our own metadata rides in the backend's user metadata under this prefix.
 INTERNAL_PREFIX = "s3lx-"
 _CHECKSUM_PREFIX = INTERNAL_PREFIX + "cks-"
@@ -282,6 +289,9 @@ class S3Backend:
         self._buckets: dict[str, tuple[datetime, float]] = {}
         # Buckets this process deleted -> when the deletion was answered.
         self._deleted: dict[str, float] = {}
+        # The last listing: (when it was sent, what it named); misses reuse it briefly.
+        self._listing: tuple[float, list[BucketInfo]] | None = None
+        self._listings: SingleFlight[str, tuple[float, list[BucketInfo]]] = SingleFlight()
         self.meta_bucket = meta_bucket or (
             "s3latent-meta-" + hashlib.sha256(access_key.encode()).hexdigest()[:16])
         self.meta = MetaStore(self.meta_bucket, self._call, self._data)
@@ -359,11 +369,13 @@ class S3Backend:
         # (a PUT let through to SeaweedFS would create it again).
         self._buckets = {b.name: (b.created, now) for b in infos
                          if self._deleted.get(b.name, float("-inf")) < sent}
+        self._listing = (sent, infos)
         return infos
 
     async def create_bucket(self, bucket: str, owner: str | None = None) -> None:
         if bucket == self.meta_bucket:
             raise S3Error("BucketAlreadyExists", resource=bucket, BucketName=bucket)
+        self._listing = None
         try:
             await self._call("create_bucket", bucket)
         except S3Error as exc:
@@ -459,10 +471,18 @@ class S3Backend:
         cached = self._buckets.get(bucket)
         if cached is not None and time.monotonic() - cached[1] < BUCKET_CACHE_TTL:
             return BucketInfo(bucket, cached[0])
-        for info in await self.list_buckets():
-            if info.name == bucket:
+        listing = self._listing
+        if listing is None or time.monotonic() - listing[0] >= MISS_REUSE_S:
+            listing, _ = await self._listings.run("buckets", self._list_dated)
+        sent, infos = listing
+        for info in infos:  # not if this process deleted it after the listing was sent
+            if info.name == bucket and self._deleted.get(bucket, float("-inf")) < sent:
                 return info
         raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket)
+
+    async def _list_dated(self) -> tuple[float, list[BucketInfo]]:
+        sent = time.monotonic()
+        return sent, await self.list_buckets()
 
     def _cleanup(self, prefix: str, keep: str | None = None, grace_s: float = 0.0) -> None:
         """Remove meta records under `prefix` in the background (best effort)."""
@@ -495,6 +515,7 @@ class S3Backend:
         await self._call("delete_bucket", bucket)
         self._deleted[bucket] = time.monotonic()
         self._buckets.pop(bucket, None)
+        self._listing = None
         if self.meta.exists:  # best effort: leftovers match nothing that exists
             try:
                 await self.meta.delete(f"buckets/{bucket}.json")
