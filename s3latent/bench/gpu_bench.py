@@ -44,7 +44,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[3] / "shared" / "models" / "taef2"
+from .corpus import default_model_dir
+
+DEFAULT_WEIGHTS = default_model_dir()  # <repo>/../shared/models/taef2
 DTYPE_NAMES = ("fp32", "bf16", "fp16")
 # Share of the whole budget the sections after `decode` keep for themselves.
 RESERVE = {"encode": 0.05, "trace": 0.25, "conversion": 0.12}
