@@ -522,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--trace-backend", default=None,
                     help="S3 endpoint or file:///dir for the trace (default: SeaweedFS if "
                          "installed, else a local folder; tiny: a local folder)")
-    ap.add_argument("--conversion-images", type=int, default=None)
+    ap.add_argument("--conversion-images", type=int, default=None, help="default 8 (tiny: 4)")
+    ap.add_argument("--conversion-size", type=int, default=None, help="default 512 (tiny: 64)")
     ap.add_argument("--jobs", type=int, default=4, help="conversions in flight (throughput)")
     return ap
 
@@ -584,7 +585,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             log("conversion throughput")
             count = args.conversion_images or (4 if tiny else 8)
-            conv_size = 64 if tiny else 512
+            conv_size = args.conversion_size or (64 if tiny else 512)
             setting = str(device) if device.type == "cuda" else "cpu"
             codecs = ("q8", "auto")
             report["conversion"] = run_conversion(tiny, args.weights, setting, count, conv_size,
