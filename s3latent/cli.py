@@ -27,6 +27,8 @@ BENCHMARKS = {
     "decode-memory": "s3latent.bench.decode_memory",
     "determinism": "s3latent.bench.determinism",
     "encoders": "s3latent.bench.encoder_study",
+    "engines": "s3latent.bench.engine_study",
+    "gpu": "s3latent.bench.gpu_bench",
     "gateway": "s3latent.bench.gateway_bench",
     "listing": "s3latent.bench.listing_bench",
     "memory": "s3latent.bench.memory_check",
