@@ -197,3 +197,36 @@ def test_pixels_to_uint8_rounds_and_clamps() -> None:
     out = pixels_to_uint8(x)
     assert out.shape == (1, 1, 6, 3)
     assert out[0, 0, :, 0].tolist() == [0, 0, 0, 2, 255, 255]
+
+
+class ThreadSensitive(TinyDecoder):
+    """Like oneDNN on the CPU: the bytes depend on the intra-op thread count."""
+
+    batch_invariant = True
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return super().decode(latents) * 0 + torch.get_num_threads() / 255.0
+
+
+async def test_cpu_decodes_run_with_the_thread_count_asked_for() -> None:
+    """A container records the thread count its rendition was made with; decoding it with
+    another count (a restart with another cpu_threads, a node with more cores) would give
+    other bytes than its ETag promises."""
+    before = torch.get_num_threads()
+    decoder = ThreadSensitive().eval()
+    pipe = DevicePipeline(torch.device("cpu"), lambda m, d: decoder, max_batch=4,
+                          max_wait_ms=5, cpu_threads=1)
+    try:
+        assert pipe.cpu_threads == 1
+        latent = _latents(1)[0]
+        default, three, again = [
+            int((await pipe.decode("tiny", latent, threads=t))[0, 0, 0])
+            for t in (None, 3, None)]
+        assert (default, three, again) == (1, 3, 1)
+        # Requests asking for different counts are never decoded in one batch.
+        mixed = await asyncio.gather(*(pipe.decode("tiny", latent, threads=t)
+                                       for t in (2, 3, 2, 3)))
+        assert [int(m[0, 0, 0]) for m in mixed] == [2, 3, 2, 3]
+    finally:
+        await pipe.close()
+        torch.set_num_threads(before)

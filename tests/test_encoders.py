@@ -237,23 +237,42 @@ class _FakePipeline:
     def __init__(self, pixels: np.ndarray) -> None:
         self.pixels = pixels
         self.devices = [SimpleNamespace(device=torch.device("cpu"))]
+        self.threads: list[int | None] = []
 
     async def decode(self, model_id: str, latent: torch.Tensor,
-                     tiling: object = None) -> np.ndarray:
+                     tiling: object = None, threads: int | None = None) -> np.ndarray:
+        self.threads.append(threads)
         return self.pixels
 
     async def close(self) -> None:
         return None
 
 
-def _container(settings: RenderSettings, size: int) -> bytes:
+def _container(settings: RenderSettings, size: int, extra: dict[str, object] | None = None
+               ) -> bytes:
     latent = torch.randn(4, 8, 8)
     payload, params = codecs.get_codec("lossless").encode(latent)
     return pack(ContainerHeader(
         model="tiny", shape=[4, 8, 8], dtype="float32", codec="lossless", codec_params=params,
         size=size, etag="0" * 32, content_type="image/png",
         last_modified="2026-01-01T00:00:00+00:00", image_format="png",
-        encoder=settings_dict(settings)), payload)
+        encoder=settings_dict(settings), extra=dict(extra or {})), payload)
+
+
+async def test_renderer_decodes_with_the_recorded_thread_count() -> None:
+    """CPU bytes depend on the intra-op thread count: a container made with 3 threads is
+    decoded with 3, whatever this node's own setting; older containers with the node's."""
+    pipeline = _FakePipeline(_pixels(3))
+    renderer = Renderer(models=None, pipeline=pipeline, workers=1)  # type: ignore[arg-type]
+    try:
+        png = RenderSettings("PNG")
+        await renderer.rendition("b", "k", "e1", _container(png, 200_000, {"cpu_threads": 3}))
+        await renderer.rendition("b", "k", "e2", _container(png, 200_000))
+        await renderer.rendition("b", "k", "e3", _container(png, 200_000,
+                                                            {"cpu_threads": "3; rm -rf"}))
+        assert pipeline.threads == [3, None, None]
+    finally:
+        await renderer.close()
 
 
 @pytest.mark.parametrize("hide", [False, True])

@@ -231,7 +231,8 @@ async def test_admission_records_tiling_and_reads_render_the_same_bytes(tmp_path
         small = await Admitter(decoding).admit_latent_only(
             BucketSettings(codec="q8"), _sidecar(16, 16), "tiny", "PNG", "image/png",
             ObjectMeta())
-        assert header_tiling(small.header) is None and small.header.extra == {}
+        assert header_tiling(small.header) is None
+        assert small.header.extra == {"cpu_threads": decoding.cpu_threads}
         assert small.header.render_profile != header.render_profile
         renderer = decoding.renderer
         for _ in range(2):
@@ -248,7 +249,8 @@ async def test_container_without_tiling_renders_untiled_as_before(tmp_path: Path
         admission = await Admitter(decoding).admit_latent_only(
             BucketSettings(codec="lossless"), _sidecar(24, 40, seed=3), "tiny", "PNG",
             "image/png", ObjectMeta())
-        assert admission.header.extra == {}
+        assert admission.header.extra == {"cpu_threads": decoding.cpu_threads}
+        assert decoding.cpu_threads is not None and decoding.cpu_threads >= 1
         # Today's settings would tile a latent this size; the stored container says nothing,
         # so it still renders untiled, byte for byte.
         decoding._config.decode.tile_size = 16
@@ -257,7 +259,7 @@ async def test_container_without_tiling_renders_untiled_as_before(tmp_path: Path
         assert data == admission.rendition
         # the same latent with a tiling record renders differently (the record is obeyed)
         header, payload = unpack(admission.container)
-        header.extra = {"tiling": {"tile": 16, "overlap": 0}}
+        header.extra = {**header.extra, "tiling": {"tile": 16, "overlap": 0}}
         tiled, _ = await decoding.renderer.rendition("b", "k", "e3", pack(header, payload))
         assert tiled != data
         a, b = decode_image_bytes(tiled)[0], decode_image_bytes(data)[0]
@@ -295,3 +297,40 @@ def test_decode_settings_parse_and_validate(tmp_path: Path) -> None:
         path.write_text(f"[decode]\n{bad}\n")
         with pytest.raises(ConfigError):
             load_config(path, env={})
+
+
+async def test_a_rendition_keeps_its_bytes_when_the_nodes_thread_count_changes(
+        tmp_path: Path) -> None:
+    """Converted with one cpu_threads, read by a node (or restart) with another: the
+    container's recorded count is used, so the bytes are the ones its ETag was made from."""
+    before = torch.get_num_threads()
+    first = DecodeServices(_tiny_config(tmp_path, tile_size=0))
+    first._config.decode.cpu_threads = 1
+    try:
+        await first.ready()
+        admission = await Admitter(first).admit_latent_only(
+            BucketSettings(codec="lossless"), _sidecar(24, 40, seed=5), "tiny", "PNG",
+            "image/png", ObjectMeta())
+    finally:
+        await first.close()
+    assert admission.header.extra["cpu_threads"] == 1
+    second = DecodeServices(_tiny_config(tmp_path, tile_size=0))
+    second._config.decode.cpu_threads = 2
+    try:
+        await second.ready()
+        assert second.cpu_threads == 2
+        device = second.renderer.pipeline.devices[0]
+        seen: list[int] = []
+        real = device._run_decode
+
+        def counting(*args: Any) -> Any:
+            seen.append(torch.get_num_threads())
+            return real(*args)
+
+        device._run_decode = counting  # type: ignore[method-assign]
+        data, _ = await second.renderer.rendition("b", "k", "e", admission.container)
+        assert data == admission.rendition
+        assert seen and set(seen) == {1}
+    finally:
+        await second.close()
+        torch.set_num_threads(before)

@@ -60,6 +60,7 @@ class _Job:
     future: asyncio.Future[np.ndarray]
     tiling: Tiling | None = None
     enqueued: float = field(default_factory=time.perf_counter)
+    threads: int | None = None  # CPU intra-op threads this decode must run with
 
 
 @dataclass
@@ -186,7 +187,10 @@ class DevicePipeline:
         self.max_batch = max(1, max_batch)
         self.max_wait = max_wait_ms / 1000.0
         self.queue_depth = queue_depth
-        self._cpu_threads = cpu_threads
+        # On the CPU, oneDNN's results depend on the intra-op thread count, so every decode
+        # runs with a known one: the container's recorded count, else this default.
+        self.cpu_threads = (cpu_threads or torch.get_num_threads()) if device.type == "cpu" \
+            else None
         self._on_batch = on_batch
         # Pending jobs grouped by (model, shape, dtype), oldest group first.
         self._groups: OrderedDict[tuple[Any, ...], list[_Job]] = OrderedDict()
@@ -203,8 +207,8 @@ class DevicePipeline:
 
     def start(self) -> None:
         if self._task is None:
-            if self.device.type == "cpu" and self._cpu_threads:
-                self._executor.submit(torch.set_num_threads, self._cpu_threads).result()
+            if self.cpu_threads is not None:
+                self._executor.submit(torch.set_num_threads, self.cpu_threads).result()
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
@@ -223,15 +227,21 @@ class DevicePipeline:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def decode(self, model_id: str, latent: torch.Tensor,
-                     tiling: Tiling | None = None) -> np.ndarray:
-        """uint8 HxWx3 pixels for one latent [C,h,w], tiled as given (None: untiled);
-        SlowDown when the queue is full."""
+                     tiling: Tiling | None = None, threads: int | None = None) -> np.ndarray:
+        """uint8 HxWx3 pixels for one latent [C,h,w], tiled as given (None: untiled), on the
+        CPU with `threads` intra-op threads (None: this pipeline's count); SlowDown when the
+        queue is full."""
         if self._pending >= self.queue_depth:
             self.stats.rejected += 1
             raise S3Error("SlowDown", "The decode queue is full; retry shortly.")
         self.start()
-        job = _Job(model_id, latent, asyncio.get_running_loop().create_future(), tiling)
-        key = (model_id, tuple(latent.shape), latent.dtype, tiling)
+        if self.cpu_threads is None:
+            threads = None
+        elif threads is None or threads < 1:
+            threads = self.cpu_threads
+        job = _Job(model_id, latent, asyncio.get_running_loop().create_future(), tiling,
+                   threads=threads)
+        key = (model_id, tuple(latent.shape), latent.dtype, tiling, threads)
         self._groups.setdefault(key, []).append(job)
         self._pending += 1
         self._wakeup.set()
@@ -292,7 +302,7 @@ class DevicePipeline:
                 started = time.perf_counter()
                 pixels = await asyncio.get_running_loop().run_in_executor(
                     self._executor, self._decode_batch, key[0], [j.latent for j in batch],
-                    key[3])
+                    key[3], key[4])
                 elapsed = time.perf_counter() - started
                 self.stats.batches += 1
                 self.stats.decoded += len(batch)
@@ -314,7 +324,7 @@ class DevicePipeline:
     async def _costs(self, key: tuple[Any, ...]) -> tuple[int, int, bool]:
         """(activation bytes, output bytes) of one job of this group, and whether a batch of
         them runs one latent at a time."""
-        model_id, shape, _dtype, tiling = key
+        model_id, shape, _dtype, tiling, _threads = key
         decoder = await asyncio.get_running_loop().run_in_executor(
             self._executor, self._decoders, model_id, self.device)
         _, h, w = shape
@@ -325,7 +335,10 @@ class DevicePipeline:
         return total - out, out, sequential
 
     def _decode_batch(self, model_id: str, latents: list[torch.Tensor],
-                      tiling: Tiling | None = None) -> list[np.ndarray]:
+                      tiling: Tiling | None = None,
+                      threads: int | None = None) -> list[np.ndarray]:
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)  # this thread is the device's only decoder
         decoder = self._decoders(model_id, self.device)
         if tiling is not None:
             # tiles are decoded one latent at a time: batch-independent by construction
@@ -385,10 +398,15 @@ class DecodePipeline:
     def depth(self) -> int:
         return sum(d.depth for d in self.devices)
 
+    @property
+    def cpu_threads(self) -> int | None:
+        """The thread count new CPU renditions are made with (None: not on the CPU)."""
+        return self.devices[0].cpu_threads
+
     async def decode(self, model_id: str, latent: torch.Tensor,
-                     tiling: Tiling | None = None) -> np.ndarray:
+                     tiling: Tiling | None = None, threads: int | None = None) -> np.ndarray:
         target = min(self.devices, key=lambda d: d.depth)
-        return await target.decode(model_id, latent, tiling)
+        return await target.decode(model_id, latent, tiling, threads)
 
     async def close(self) -> None:
         for d in self.devices:

@@ -64,7 +64,8 @@ class Renderer:
         decoded = time.perf_counter()
         self.stage_seconds["decompress"] += decoded - started
         # the tiling recorded at conversion; none recorded (older containers): untiled
-        pixels = await self.pipeline.decode(header.model, latent, header_tiling(header))
+        pixels = await self.pipeline.decode(header.model, latent, header_tiling(header),
+                                            header_threads(header))
         encoded = time.perf_counter()
         self.stage_seconds["decode"] += encoded - decoded
         settings = RenderSettings(**header.encoder)
@@ -84,6 +85,14 @@ def _dequantise(header: ContainerHeader, payload: bytes) -> torch.Tensor:
 
 
 TILING_KEY = "tiling"  # in ContainerHeader.extra; absent: the object decodes untiled
+# In ContainerHeader.extra: the CPU intra-op thread count the rendition was made with (CPU
+# bytes depend on it); absent (older containers, GPU conversions): the decoder's own setting.
+THREADS_KEY = "cpu_threads"
+
+
+def header_threads(header: ContainerHeader) -> int | None:
+    value = header.extra.get(THREADS_KEY)
+    return value if isinstance(value, int) and 1 <= value <= 1024 else None
 
 
 def header_tiling(header: ContainerHeader) -> Tiling | None:
@@ -91,10 +100,13 @@ def header_tiling(header: ContainerHeader) -> Tiling | None:
     return Tiling.from_json(header.extra.get(TILING_KEY))
 
 
-def tiling_extra(tiling: Tiling | None) -> dict[str, Any]:
-    """ContainerHeader.extra for a conversion with this tiling: nothing when untiled, so
-    untiled headers stay exactly what they were before tiling existed."""
-    return {} if tiling is None else {TILING_KEY: tiling.to_json()}
+def tiling_extra(tiling: Tiling | None, threads: int | None = None) -> dict[str, Any]:
+    """ContainerHeader.extra for a conversion with this tiling and CPU thread count: nothing
+    when untiled and not on the CPU, so such headers stay what they were before."""
+    extra: dict[str, Any] = {} if tiling is None else {TILING_KEY: tiling.to_json()}
+    if threads is not None:
+        extra[THREADS_KEY] = threads
+    return extra
 
 
 def settings_dict(settings: RenderSettings) -> dict[str, Any]:

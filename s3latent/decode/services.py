@@ -129,6 +129,11 @@ class DecodeServices:
     def device_kind(self) -> str:
         return self.renderer.device_kind
 
+    @property
+    def cpu_threads(self) -> int | None:
+        """The CPU thread count new renditions are made with, recorded in their containers."""
+        return self.renderer.pipeline.cpu_threads
+
     async def decode_pixels(self, model_id: str, latent: torch.Tensor,
                             tiling: Tiling | None = None) -> np.ndarray:
         await self.ready()

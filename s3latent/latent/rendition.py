@@ -279,10 +279,11 @@ def encoder_version(name: str) -> str:
 
 
 def render_profile(settings: RenderSettings, model_id: str, dtype: str, device_kind: str,
-                   tiling: str | None = None) -> str:
+                   tiling: str | None = None, *, threads: int | None = None) -> str:
     """A short stable name for everything that shapes rendition bytes.
 
-    `tiling` describes a tiled decode (models/tiling.py); untiled profiles are unchanged.
+    `tiling` describes a tiled decode (models/tiling.py), `threads` the CPU intra-op thread
+    count; profiles without either are unchanged.
     """
     parts = [model_id, dtype, device_kind, f"torch-{torch.__version__}",
              f"pillow-{PIL.__version__}", _settings_repr(settings)]
@@ -290,5 +291,7 @@ def render_profile(settings: RenderSettings, model_id: str, dtype: str, device_k
         parts.insert(5, f"{settings.encoder}-{encoder_version(settings.encoder)}")
     if tiling is not None:
         parts.append(tiling)
+    if threads is not None:
+        parts.append(f"threads-{threads}")
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return f"{model_id}/{dtype}/{device_kind}/{digest}"

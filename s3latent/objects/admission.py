@@ -191,8 +191,10 @@ class Admitter:
                     psnr=None if value == float("inf") else value,
                     render_profile=render_profile(used, model_id, "float32",
                                                   self.decoding.device_kind,
-                                                  tiling.describe() if tiling else None),
-                    sidecar=None, user_metadata=dict(meta.metadata), extra=tiling_extra(tiling))
+                                                  tiling.describe() if tiling else None,
+                                                  threads=self.decoding.cpu_threads),
+                    sidecar=None, user_metadata=dict(meta.metadata),
+                    extra=tiling_extra(tiling, self.decoding.cpu_threads))
                 return Admission(pack(header, payload), header, rendition)
         raise AssertionError("the lossless fallback always reproduces the reference")
 
@@ -225,7 +227,8 @@ class Admitter:
             psnr=None if fidelity == float("inf") else fidelity,
             render_profile=render_profile(render_settings, model_id, "float32",
                                           self.decoding.device_kind,
-                                          tiling.describe() if tiling else None),
+                                          tiling.describe() if tiling else None,
+                                          threads=self.decoding.cpu_threads),
             sidecar=SidecarInfo(
                 suffix=settings.sidecar_suffix,
                 size=len(side_bytes),
@@ -237,5 +240,5 @@ class Admitter:
                 shape=list(sidecar.raw_shape),
             ),
             user_metadata=dict(image.meta.metadata),
-            extra=tiling_extra(tiling),
+            extra=tiling_extra(tiling, self.decoding.cpu_threads),
         )
