@@ -95,7 +95,8 @@ class LatentWrites:
         data = await self.ctx.sidecar_bytes(bucket, stub)
         meta = ObjectMeta(content_type=stub.meta.content_type,
                           metadata=dict(stub.meta.metadata), headers=dict(stub.meta.headers),
-                          tags=await self.ctx.backend.get_tags(bucket, side_key))
+                          tags=await self.ctx.backend.get_tags(bucket, side_key),
+                          internal=physical.access_of(stub.meta.internal))
 
         async def once() -> AsyncIterator[bytes]:
             yield data
@@ -209,8 +210,10 @@ class LatentWrites:
         view = physical.logical_view(info)
         assert view is not None
         now = datetime.now(UTC)
+        # The copy's access fields are the copy request's (none: the default ones).
         internal = physical.mirror(physical.REP_LATENT, view.size, view.etag, now,
-                                   **physical.storage_of(info.meta.internal))
+                                   **physical.storage_of(info.meta.internal),
+                                   **physical.access_of(meta.internal if meta else {}))
         if meta is None:
             new_meta = ObjectMeta(content_type=info.meta.content_type,
                                   metadata=dict(info.meta.metadata),
@@ -292,7 +295,8 @@ class LatentWrites:
                                   internal=physical.mirror(
                                       physical.REP_LATENT, header.size, header.etag, now,
                                       **physical.storage_mirror(header.codec, header.model,
-                                                                header.psnr)))
+                                                                header.psnr),
+                                      **physical.access_of(meta.internal)))
             written = await physical.write_single_part(self.ctx.backend, bucket, key,
                                                        admission.container, new_meta)
             if current is not None:
