@@ -182,7 +182,8 @@ async def post_object(gw: Gateway, request: web.Request, bucket: str,
     filename = file_part.filename or ""
     key = fields["key"].replace("${filename}", filename)
     fields["key"] = key
-    length_range = _check_conditions(conditions, fields, bucket)
+    # An anonymous form has no policy document to hold its fields to.
+    length_range = _check_conditions(conditions, fields, bucket) if auth.access_key else None
     check_new_key(key)
     s3req = S3Request(request, request_id, bucket, key, MultiDict(), auth)
     await access.authorize(gw, s3req, "PostObject")
