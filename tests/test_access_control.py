@@ -432,3 +432,20 @@ def test_aws_cli_public_read_image_and_its_latent_form(
     assert curl("cat.png") == signed
     owner.put_object(Bucket=name, Key="cat.png", Body=image, ContentType="image/png")
     _denied_xml(acl_gateway, f"/{name}/cat.png")
+
+
+def test_a_missing_key_is_not_told_to_who_may_not_list(owner: Any, bob: Any,
+                                                       anon: Any) -> None:
+    """As on S3: 404 NoSuchKey only for callers allowed to list the bucket, else 403."""
+    private = _new_bucket(owner)
+    public = _new_bucket(owner, ACL="public-read")
+    for who in (bob, anon):
+        with pytest.raises(ClientError) as exc:
+            who.get_object(Bucket=private, Key="missing")
+        assert exc.value.response["Error"]["Code"] == "AccessDenied"
+        with pytest.raises(ClientError) as exc:
+            who.get_object(Bucket=public, Key="missing")
+        assert exc.value.response["Error"]["Code"] == "NoSuchKey"
+    with pytest.raises(ClientError) as exc:
+        owner.get_object(Bucket=private, Key="missing")
+    assert exc.value.response["Error"]["Code"] == "NoSuchKey"

@@ -340,6 +340,11 @@ async def authorize(gw: Gateway, req: S3Request, operation: str) -> None:
     # An object operation: decided with the object the handler reads.
     assert req.key is not None
     object_key = req.key
+    if caller.id != owner.id:
+        acl = await bucket_acl(gw, bucket, owner)
+        if pab.get("IgnorePublicAcls"):
+            acl = acl.without_public()
+        req.deny_missing = not acl.allows(caller.id, "READ")
 
     async def check(info: ObjectInfo) -> None:
         await check_object(gw, caller, bucket, object_key, info, owner, permission,
@@ -457,3 +462,13 @@ async def default_fields(gw: Gateway, bucket: str, fields: dict[str, str]) -> bo
     which an object without access fields has too."""
     return physical.A_ACL not in fields and \
         fields.get(physical.A_OWNER) == (await bucket_owner(gw, bucket)).id
+
+
+async def refuse_denied_key(gw: Gateway, req: S3Request, action: str, key: str) -> None:
+    """DeleteObjects: the policy judges each key (an explicit Deny of one key refuses it)."""
+    caller = caller_of(gw, req.auth)
+    if caller.admin or req.bucket is None:
+        return
+    one = _SourceRequest(req, req.bucket, key)
+    if await _policy_verdict(gw, one, caller, action, key, False) == "Deny":  # type: ignore[arg-type]
+        raise _denied(f"/{req.bucket}/{key}")

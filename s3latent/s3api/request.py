@@ -32,6 +32,9 @@ class S3Request:
     # Set by access.authorize when the decision needs the object (its owner, its ACL):
     # handlers call check_object with the object they read, before answering from it.
     object_check: Callable[[ObjectInfo], Awaitable[None]] | None = None
+    # The caller may not list the bucket: a missing key answers AccessDenied, as on S3
+    # (a 404 would tell who may not look whether a key exists).
+    deny_missing: bool = False
 
     async def check_object(self, info: ObjectInfo) -> None:
         """AccessDenied unless the caller may do this operation on the object `info`."""

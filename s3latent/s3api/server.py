@@ -190,6 +190,7 @@ def make_app(gw: Gateway) -> web.Application:
         started = time.perf_counter()
         operation = "Unknown"
         resource = None
+        deny_missing = False  # access.authorize: a missing key is not the caller's to know
         try:
             bucket, key, raw_path = split_target(
                 request.raw_path, request.headers.get("Host"), gw.config.domain
@@ -239,6 +240,7 @@ def make_app(gw: Gateway) -> web.Application:
                                   parse_query(raw_query), auth)
                 operation, handler = route(s3req)
                 await access.authorize(gw, s3req, operation)
+                deny_missing = s3req.deny_missing
                 forwarded = None
                 if gw.cluster is not None and operation in peer.FORWARDABLE:
                     assert bucket is not None and key is not None
@@ -250,6 +252,8 @@ def make_app(gw: Gateway) -> web.Application:
                         forwarded = await peer.forward_read(gw, s3req, node)
                 response = forwarded or await handler(gw, s3req)
         except S3Error as exc:
+            if exc.code == "NoSuchKey" and deny_missing:
+                exc = S3Error("AccessDenied")
             if exc.code == "InsufficientStorage":
                 gw.storage_full.labels(operation).inc()
             response = error_response(exc, request_id, gw.node_id,

@@ -471,6 +471,7 @@ async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
             if version is not None and xml.text(version) != "null":
                 raise S3Error("NotImplemented", "Versioned deletes are not supported.")
             async with limiter:
+                await access.refuse_denied_key(gw, req, "s3:DeleteObject", key)
                 await gw.store.delete_object(req.bucket, key)
         except S3Error as exc:
             result.update({"Code": exc.code, "Message": exc.message, "Error": "1"})
