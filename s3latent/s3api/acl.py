@@ -95,7 +95,9 @@ def canned(name: str, owner: str, bucket_owner: str | None, *, for_bucket: bool)
     if name not in CANNED:
         raise S3Error("InvalidArgument", f"Invalid canned ACL: {name!r}",
                       ArgumentName="x-amz-acl", ArgumentValue=name[:100])
-    grants = [Grant("id", owner, "FULL_CONTROL")]
+    # Group grants first, then the owner's: the order S3-compatible stores list them in
+    # (clients and ceph/s3-tests index into it).
+    grants: list[Grant] = []
     if name in ("public-read", "public-read-write"):
         grants.append(Grant("group", ALL_USERS, "READ"))
     if name == "public-read-write":
@@ -104,6 +106,7 @@ def canned(name: str, owner: str, bucket_owner: str | None, *, for_bucket: bool)
         grants.append(Grant("group", AUTHENTICATED_USERS, "READ"))
     if name == "log-delivery-write" and for_bucket:
         grants += [Grant("group", LOG_DELIVERY, "WRITE"), Grant("group", LOG_DELIVERY, "READ_ACP")]
+    grants.append(Grant("id", owner, "FULL_CONTROL"))
     if name in ("bucket-owner-read", "bucket-owner-full-control") and not for_bucket and \
             bucket_owner is not None and bucket_owner != owner:
         grants.append(Grant("id", bucket_owner, "READ" if name == "bucket-owner-read"
