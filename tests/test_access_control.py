@@ -314,7 +314,7 @@ def test_acl_document_round_trip(owner: Any, bob: Any, anon: Any) -> None:
     got = owner.get_object_acl(Bucket=name, Key="k")
     assert got["Owner"] == {"ID": OWNER_ID, "DisplayName": "Owner Name"}
     assert [(g["Grantee"].get("URI") or g["Grantee"]["ID"], g["Permission"])
-            for g in got["Grants"]] == [(OWNER_ID, "FULL_CONTROL"), (ALL_USERS, "READ")]
+            for g in got["Grants"]] == [(ALL_USERS, "READ"), (OWNER_ID, "FULL_CONTROL")]
     assert anon.get_object(Bucket=name, Key="k")["Body"].read() == b"doc"
 
 

@@ -227,7 +227,8 @@ def owner_element(user_id: str, config: Config) -> dict[str, str]:
 def render(acl: Acl, config: Config) -> bytes:
     """The AccessControlPolicy document Get*Acl answers."""
     grants = []
-    for g in acl.grants:
+    # Group grants first, then users', each in the order set (as RGW answers them).
+    for g in sorted(acl.grants, key=lambda g: g.kind != "group"):
         if g.kind == "group":
             grantee: dict[str, Any] = {"@xmlns:xsi": _XSI, "@xsi:type": "Group", "URI": g.value}
         else:
