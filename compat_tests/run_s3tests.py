@@ -198,6 +198,10 @@ def gateway_config_text() -> str:
             "[[users]]",
             f"access_key = {json.dumps(user['access_key'])}",
             f"secret_key = {json.dumps(user['secret_key'])}",
+            # The suite checks owners and grants against its configured IDs and names.
+            f"id = {json.dumps(user['user_id'])}",
+            f"display_name = {json.dumps(user.get('display_name') or user['access_key'])}",
+            f"email = {json.dumps(user['email'])}",
             "",
         ]
     return "\n".join(lines)

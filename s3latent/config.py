@@ -7,6 +7,7 @@ on them; everything else has a default so `s3latent serve` runs with no file.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import re
 import tomllib
@@ -202,13 +203,52 @@ def _node_url_ok(url: object) -> bool:
     return isinstance(url, str) and bool(_NODE_URL_RE.match(url))
 
 
+def default_user_id(access_key: str) -> str:
+    """A user's canonical ID when the config names none: stable across restarts and nodes
+    (64 hex digits, the shape of S3's canonical user IDs)."""
+    return hashlib.sha256(b"s3latent-user:" + access_key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """Who a configured user is, as S3 reports owners and grantees (docs/access-control.md)."""
+
+    access_key: str
+    id: str
+    display_name: str
+    email: str | None = None
+    admin: bool = False  # operators: every request allowed, whatever ACLs and policies say
+
+
+def _user_info(table: dict[str, Any]) -> UserInfo:
+    known = {"access_key", "secret_key", "id", "display_name", "email", "admin"}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in [[users]]: {', '.join(sorted(unknown))}")
+    key = str(table["access_key"])
+    admin = table.get("admin", False)
+    if not isinstance(admin, bool):
+        raise ConfigError(f"[[users]] {key}: admin must be true or false")
+    email = table.get("email")
+    for name in ("id", "display_name", "email"):
+        value = table.get(name)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"[[users]] {key}: {name} must be a non-empty string")
+    return UserInfo(access_key=key, id=table.get("id") or default_user_id(key),
+                    display_name=table.get("display_name") or key,
+                    email=email.lower() if email else None, admin=admin)
+
+
 @dataclass
 class Config:
     listen: str = DEFAULT_LISTEN
     backend: str = DEFAULT_BACKEND
     domain: str | None = None
     region: str = "us-east-1"
-    users: dict[str, str] = field(default_factory=dict)
+    users: dict[str, str] = field(default_factory=dict)  # access key -> secret key
+    # access key -> who (id, display name, email, admin); every key of `users` has one
+    # (users_info fills in defaults for users added without one).
+    user_info: dict[str, UserInfo] = field(default_factory=dict)
     backend_access_key: str | None = None
     # The S3 backend's bucket for the gateway's own records (S3LATENT_BACKEND_META_BUCKET);
     # None: derived from the backend identity, so gateways sharing an account share it.
@@ -251,6 +291,28 @@ class Config:
         if self.event_loop not in EVENT_LOOPS:
             raise ConfigError(f"[server] event_loop must be one of {', '.join(EVENT_LOOPS)} "
                               f"(got {self.event_loop!r})")
+
+    def user(self, access_key: str) -> UserInfo | None:
+        """The configured user of `access_key` (defaults for one added without details)."""
+        info = self.user_info.get(access_key)
+        if info is None and access_key in self.users:
+            info = UserInfo(access_key, default_user_id(access_key), access_key)
+            self.user_info[access_key] = info
+        return info
+
+    def user_by_id(self, user_id: str) -> UserInfo | None:
+        for key in self.users:
+            info = self.user(key)
+            if info is not None and info.id == user_id:
+                return info
+        return None
+
+    def user_by_email(self, email: str) -> UserInfo | None:
+        for key in self.users:
+            info = self.user(key)
+            if info is not None and info.email == email.lower():
+                return info
+        return None
 
     def bucket(self, name: str) -> BucketSettings:
         """Most specific match wins: exact name, then glob patterns, then "*"."""
@@ -326,6 +388,7 @@ def load_config(
             cfg.users[user["access_key"]] = user["secret_key"]
         except (KeyError, TypeError) as exc:
             raise ConfigError("each [[users]] needs access_key and secret_key") from exc
+        cfg.user_info[user["access_key"]] = _user_info(user)
 
     cfg.models = {str(k): dict(v) for k, v in data.get("models", {}).items()}
     defaults = data.get("buckets", {}).get("*", {})
@@ -367,6 +430,12 @@ def load_config(
         raise ConfigError("set both S3LATENT_ACCESS_KEY and S3LATENT_SECRET_KEY, or neither")
     if not cfg.users:
         cfg.users[DEFAULT_ACCESS_KEY] = DEFAULT_SECRET_KEY
+    ids = [cfg.user(key).id for key in cfg.users]  # type: ignore[union-attr]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("[[users]]: two users have the same id")
+    emails = [u.email for u in cfg.user_info.values() if u.email]
+    if len(set(emails)) != len(emails):
+        raise ConfigError("[[users]]: two users have the same email")
     cfg.backend_access_key = env.get("S3LATENT_BACKEND_ACCESS_KEY", cfg.backend_access_key)
     cfg.backend_secret_key = env.get("S3LATENT_BACKEND_SECRET_KEY", cfg.backend_secret_key)
     cfg.backend_meta_bucket = (env.get("S3LATENT_BACKEND_META_BUCKET")

@@ -86,6 +86,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
         "our published schema.",
     ),
     "MalformedPolicy": (400, "Policies must be valid JSON and the first byte must be '{'"),
+    "MalformedACLError": (
+        400,
+        "The XML you provided was not well-formed or did not validate against our published "
+        "schema",
+    ),
     "MetadataTooLarge": (
         400,
         "Your metadata headers exceed the maximum allowed metadata size.",
@@ -93,8 +98,14 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "MethodNotAllowed": (405, "The specified method is not allowed against this resource."),
     "MissingContentLength": (411, "You must provide the Content-Length HTTP header."),
     "MissingSecurityHeader": (400, "Your request is missing a required header."),
+    "UnexpectedContent": (400, "This request does not support content."),
+    "UnresolvableGrantByEmailAddress": (
+        400,
+        "The email address you provided does not match any account on record.",
+    ),
     "NoSuchBucket": (404, "The specified bucket does not exist"),
     "NoSuchKey": (404, "The specified key does not exist."),
+    "NoSuchVersion": (404, "The specified version does not exist."),
     "NoSuchBucketPolicy": (404, "The bucket policy does not exist"),
     "NoSuchCORSConfiguration": (404, "The CORS configuration does not exist"),
     "NoSuchLifecycleConfiguration": (404, "The lifecycle configuration does not exist"),

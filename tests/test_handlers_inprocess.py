@@ -484,13 +484,20 @@ async def test_expired_presigned_url_is_access_denied(gw: InProcessGateway) -> N
     assert reply.body.count(b"bytes") == 0
 
 
-async def test_second_user_shares_buckets_but_not_the_name(gw: InProcessGateway) -> None:
-    """docs/s3-compat.md "Bucket owners": ownership only decides who may create a name."""
+async def test_second_user_is_refused_the_owners_bucket(gw: InProcessGateway) -> None:
+    """docs/access-control.md: another user's bucket answers 403 AccessDenied (this test
+    pinned the old shared-bucket behaviour, the hole issue 13 closed)."""
     other = gw.client(access_key=OTHER_KEY, secret_key=OTHER_SECRET)
     taken = await gw.error(lambda s3: s3.create_bucket(Bucket=BKT), client=other)
     assert taken["Error"]["Code"] == "BucketAlreadyExists" and status(taken) == 409
-    await gw.run(lambda s3: s3.put_object(Bucket=BKT, Key="theirs", Body=b"x"), client=other)
-    assert (await get_body(gw, "theirs"))[1] == b"x"
+    await put(gw, "mine", b"x")
+    for call in (lambda s3: s3.put_object(Bucket=BKT, Key="theirs", Body=b"x"),
+                 lambda s3: s3.get_object(Bucket=BKT, Key="mine"),
+                 lambda s3: s3.list_objects_v2(Bucket=BKT),
+                 lambda s3: s3.delete_object(Bucket=BKT, Key="mine")):
+        denied = await gw.error(call, client=other)
+        assert denied["Error"]["Code"] == "AccessDenied" and status(denied) == 403
+    assert (await get_body(gw, "mine"))[1] == b"x"
 
 
 # -- POST Object (browser form upload) --------------------------------------------------------

@@ -29,10 +29,6 @@ from s3latent.bench.servers import GatewayServer
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.skipif(
-    not (REPO / "s3latent" / "s3api" / "access.py").exists(),
-    reason="needs the access decision (authz branch)")
-
 OWNER = {"access_key": "policy-owner", "secret_key": "policy-owner-secret-0123",
          "id": hashlib.sha256(b"policy-owner").hexdigest(), "display_name": "olivia"}
 OTHER = {"access_key": "policy-other", "secret_key": "policy-other-secret-0123",

@@ -378,7 +378,8 @@ class Converter:
             internal=physical.mirror(physical.REP_LATENT, view.size, view.etag,
                                      view.last_modified, **{SIDECAR_ETAG: side.etag},
                                      **physical.storage_mirror(header.codec, header.model,
-                                                               header.psnr)),
+                                                               header.psnr),
+                                     **physical.access_of(image.meta.internal)),
         )
         crash_point("before-container")
         try:
@@ -441,7 +442,8 @@ class Converter:
             tags=await self.backend.get_tags(bucket, side_key),
             internal=physical.mirror(physical.REP_STUB, side.size, etag,
                                      side.last_modified, **{physical.L_IMAGE: key,
-                                                            physical.S_SOURCE: side.etag}),
+                                                            physical.S_SOURCE: side.etag},
+                                     **physical.access_of(side.meta.internal)),
         )
         async with self.pair_lock(bucket, key):
             try:  # the container is still at `key` (and stays while the lock is held)

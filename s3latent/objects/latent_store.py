@@ -43,6 +43,7 @@ class LatentStore(ForwardingStore):
                  registry: CollectorRegistry, background: bool = True,
                  cache: ReadCache | None = None) -> None:
         super().__init__(backend)
+        self.records.ttl = config.cache.revalidate_after
         self._background = background
         self.config = config
         self.decoding = decoding
@@ -152,4 +153,7 @@ class LatentStore(ForwardingStore):
             bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)
 
     async def delete_bucket(self, bucket: str) -> None:
-        await self.writes.delete_bucket(bucket)
+        try:
+            await self.writes.delete_bucket(bucket)
+        finally:
+            self.records.forget(bucket)

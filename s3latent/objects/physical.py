@@ -67,6 +67,13 @@ MODEL_META = "s3latent-model"
 HIDDEN_PREFIX = ".s3latent/"
 VIEWS_PREFIX = HIDDEN_PREFIX + "v/"
 REFUSALS_PREFIX = HIDDEN_PREFIX + "refused/"
+ACLS_PREFIX = HIDDEN_PREFIX + "acl/"
+# Access fields of an object (docs/access-control.md): its owner's canonical ID, the ACL
+# given when it was written, and a token naming that write (an ACL set later by
+# PutObjectAcl is a record under ACLS_PREFIX tied to the token, so it dies with the write).
+# Every rewrite of the same logical object (conversion, stub, sidecar) carries them over.
+A_OWNER, A_ACL, A_TOKEN = "own", "acl", "wtok"
+ACCESS_FIELDS = (A_OWNER, A_ACL, A_TOKEN)
 # Sorts after every key the gateway writes under HIDDEN_PREFIX: a listing that
 # starts after it has skipped the whole hidden range in one step.
 HIDDEN_END = HIDDEN_PREFIX + "\U0010ffff"
@@ -239,6 +246,16 @@ def storage_mirror(codec: str, model: str, psnr: float | None) -> dict[str, str]
     """
     return {M_CODEC: _ascii(codec), M_MODEL: _ascii(model),
             M_PSNR: "exact" if psnr is None else f"{psnr:.2f}"}
+
+
+def access_of(internal: dict[str, str]) -> dict[str, str]:
+    """The access fields of existing metadata, for a rewrite of the same logical object."""
+    return {k: internal[k] for k in ACCESS_FIELDS if k in internal}
+
+
+def acl_record_key(key: str) -> str:
+    """The hidden key of `key`'s PutObjectAcl record (hashed: any key length fits)."""
+    return ACLS_PREFIX + hashlib.sha256(key.encode()).hexdigest()
 
 
 def storage_of(internal: dict[str, str]) -> dict[str, str]:

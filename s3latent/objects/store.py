@@ -11,6 +11,7 @@ the operations latent objects change.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,8 +28,15 @@ from ..backends.base import (
     PartTable,
     UploadChecksum,
     UploadsPage,
+    read_body,
 )
 from ..errors import S3Error
+from . import physical
+from .bucket_records import BucketRecords, ObjectRecords
+
+# Bucket record set once a PutObjectAcl wrote an object ACL record in the bucket: reads in
+# buckets without one never look for such records.
+OBJECT_ACLS = "object-acls"
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +50,11 @@ class ForwardingStore:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
         self._listeners: list[WriteListener] = []
+        # Owner and per-bucket records, read on every authorized request: cached briefly
+        # (LatentStore sets the TTL to [cache] revalidate_after).
+        self.records = BucketRecords(backend.get_bucket_config, backend.put_bucket_config,
+                                     backend.get_bucket_owner)
+        self.object_records = ObjectRecords(self._read_acl_record, ttl_of=self.records)
 
     # -- life cycle and identity ---------------------------------------------
     @property
@@ -88,23 +101,68 @@ class ForwardingStore:
         return await self.backend.list_buckets()
 
     async def create_bucket(self, bucket: str, owner: str | None = None) -> None:
-        await self.backend.create_bucket(bucket, owner=owner)
+        self.records.forget(bucket)
+        try:
+            await self.backend.create_bucket(bucket, owner=owner)
+        finally:
+            self.records.forget(bucket)
 
     async def head_bucket(self, bucket: str) -> BucketInfo:
         return await self.backend.head_bucket(bucket)
 
     async def delete_bucket(self, bucket: str) -> None:
         """BucketNotEmpty only when a client could still list something in it."""
-        await self.backend.delete_bucket(bucket)
+        try:
+            await self.backend.delete_bucket(bucket)
+        finally:
+            self.records.forget(bucket)
 
     async def get_bucket_owner(self, bucket: str) -> str | None:
-        return await self.backend.get_bucket_owner(bucket)
+        """The creator's access key (cached up to the records' TTL)."""
+        return await self.records.owner(bucket)
 
     async def get_bucket_config(self, bucket: str, name: str) -> Any | None:
-        return await self.backend.get_bucket_config(bucket, name)
+        """A per-bucket record (cached up to the records' TTL; objects/bucket_records.py)."""
+        return await self.records.get(bucket, name)
 
     async def put_bucket_config(self, bucket: str, name: str, value: Any | None) -> None:
-        await self.backend.put_bucket_config(bucket, name, value)
+        await self.records.put(bucket, name, value)
+
+    async def get_object_acl_record(self, bucket: str, key: str) -> dict[str, Any] | None:
+        """The ACL a PutObjectAcl set on `key` (a JSON object), or None; it names the write
+        it belongs to (physical.A_TOKEN), which the caller compares with the object's."""
+        if not await self.get_bucket_config(bucket, OBJECT_ACLS):
+            return None
+        return await self.object_records.get(bucket, key)
+
+    async def put_object_acl_record(self, bucket: str, key: str,
+                                    record: dict[str, Any]) -> None:
+        """Store the ACL record of `key` (hidden key, physical.acl_record_key)."""
+        if not await self.get_bucket_config(bucket, OBJECT_ACLS):
+            await self.put_bucket_config(bucket, OBJECT_ACLS, True)
+        data = json.dumps({"s3latent": "object-acl", "key": key, **record}).encode()
+        self.object_records.forget(bucket, key)
+        try:
+            await physical.put_small(self.backend, bucket, physical.acl_record_key(key), data,
+                                     ObjectMeta(content_type="application/json"))
+        finally:
+            self.object_records.forget(bucket, key)
+
+    async def _read_acl_record(self, bucket: str, key: str) -> dict[str, Any] | None:
+        try:
+            _, body = await self.backend.get_object(bucket, physical.acl_record_key(key))
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                return None
+            raise
+        try:
+            doc = json.loads(await read_body(body))
+        except ValueError:
+            return None
+        if not isinstance(doc, dict) or doc.get("s3latent") != "object-acl" or \
+                doc.get("key") != key:
+            return None
+        return doc
 
     async def get_bucket_tags(self, bucket: str) -> dict[str, str] | None:
         return await self.backend.get_bucket_tags(bucket)

@@ -112,7 +112,8 @@ class LatentWrites:
                 meta = ObjectMeta(content_type=stub.meta.content_type,
                                   metadata=dict(stub.meta.metadata),
                                   headers=dict(stub.meta.headers),
-                                  tags=await self.ctx.backend.get_tags(bucket, side_key))
+                                  tags=await self.ctx.backend.get_tags(bucket, side_key),
+                                  internal=physical.access_of(stub.meta.internal))
                 await self.ctx.backend.put_object(bucket, side_key, once(), meta,
                                                   size=len(data), if_match=stub.etag)
         except S3Error as exc:
@@ -253,7 +254,9 @@ class LatentWrites:
         if same_container and SIDECAR_ETAG in info.meta.internal:
             # Still the container of the sidecar beside it (whose stub points here).
             kept[SIDECAR_ETAG] = info.meta.internal[SIDECAR_ETAG]
-        internal = physical.mirror(physical.REP_LATENT, view.size, view.etag, now, **kept)
+        # The copy's access fields are the copy request's (none: the default ones).
+        internal = physical.mirror(physical.REP_LATENT, view.size, view.etag, now, **kept,
+                                   **physical.access_of(meta.internal if meta else {}))
         if meta is None:
             new_meta = ObjectMeta(content_type=info.meta.content_type,
                                   metadata=dict(info.meta.metadata),
@@ -343,7 +346,8 @@ class LatentWrites:
                                   internal=physical.mirror(
                                       physical.REP_LATENT, header.size, header.etag, now,
                                       **physical.storage_mirror(header.codec, header.model,
-                                                                header.psnr)))
+                                                                header.psnr),
+                                      **physical.access_of(meta.internal)))
             written = await physical.write_single_part(self.ctx.backend, bucket, key,
                                                        admission.container, new_meta)
             if current is not None:

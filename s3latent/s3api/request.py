@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
 from multidict import CIMultiDictProxy, MultiDict
 
-from ..backends.base import STORED_HEADERS, HashedBody, ObjectMeta
+from ..backends.base import STORED_HEADERS, HashedBody, ObjectInfo, ObjectMeta
 from ..errors import S3Error
 from .auth import AuthContext
 from .payload import PayloadReader, stored_content_encoding
@@ -29,6 +29,17 @@ class S3Request:
     key: str | None
     query: MultiDict[str]
     auth: AuthContext
+    # Set by access.authorize when the decision needs the object (its owner, its ACL):
+    # handlers call check_object with the object they read, before answering from it.
+    object_check: Callable[[ObjectInfo], Awaitable[None]] | None = None
+    # The caller may not list the bucket: a missing key answers AccessDenied, as on S3
+    # (a 404 would tell who may not look whether a key exists).
+    deny_missing: bool = False
+
+    async def check_object(self, info: ObjectInfo) -> None:
+        """AccessDenied unless the caller may do this operation on the object `info`."""
+        if self.object_check is not None:
+            await self.object_check(info)
 
     @property
     def headers(self) -> CIMultiDictProxy[str]:

@@ -11,10 +11,10 @@ from urllib.parse import quote
 from aiohttp import web
 
 from ...errors import S3Error
-from .. import xml
+from .. import access, xml
+from .. import acl as acls
 from ..names import check_bucket_name
 from ..request import S3Request
-from .objects import owner, owner_acl, put_acl_unchanged
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -40,10 +40,12 @@ def _xml(body: bytes, status: int = 200, headers: dict[str, str] | None = None) 
 
 async def list_buckets(gw: Gateway, req: S3Request) -> web.StreamResponse:
     buckets = await gw.store.list_buckets()
+    visible = set(await access.visible_buckets(gw, req, [b.name for b in buckets]))
+    buckets = [b for b in buckets if b.name in visible]
     body = xml.render(
         "ListAllMyBucketsResult",
         {
-            "Owner": owner(req),
+            "Owner": access.caller_element(gw, req),
             "Buckets": {
                 "Bucket": [{"Name": b.name, "CreationDate": b.created} for b in buckets]
             }
@@ -57,9 +59,10 @@ async def list_buckets(gw: Gateway, req: S3Request) -> web.StreamResponse:
 async def create_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
     check_bucket_name(req.bucket)
-    acl = req.header("x-amz-acl")
-    if acl is not None and acl not in ("private", "bucket-owner-full-control"):
-        raise S3Error("NotImplemented", f"Canned ACL {acl!r} is not supported by s3latent.")
+    creator = access.caller_of(gw, req.auth).user
+    assert creator is not None  # access.authorize: anonymous users create nothing
+    acl = acls.from_headers(req.headers, gw.config, owner=creator.id, bucket_owner=creator.id,
+                            for_bucket=True)
     if req.header("x-amz-bucket-object-lock-enabled", "").lower() == "true":
         raise S3Error("NotImplemented", "Object Lock is not supported by s3latent.")
     body = await req.read_small_body()
@@ -73,6 +76,8 @@ async def create_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
                 f"specific endpoint this request was sent to.",
             )
     await gw.store.create_bucket(req.bucket, owner=req.auth.access_key)
+    if acl is not None and acl != acls.private(creator.id):
+        await gw.store.put_bucket_config(req.bucket, "acl", acl.to_json())
     return web.Response(status=200, headers={"Location": f"/{req.bucket}"})
 
 
@@ -180,20 +185,6 @@ async def delete_bucket_tagging(gw: Gateway, req: S3Request) -> web.StreamRespon
     return web.Response(status=204)
 
 
-async def get_bucket_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
-    assert req.bucket is not None
-    await gw.store.head_bucket(req.bucket)
-    return _xml(owner_acl(req))
-
-
-async def put_bucket_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
-    """Canned owner-only ACLs on an existing bucket: acknowledged, nothing to change."""
-    assert req.bucket is not None
-    await gw.store.head_bucket(req.bucket)
-    await put_acl_unchanged(req)
-    return web.Response(status=200)
-
-
 async def get_bucket_not_configured(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
     await gw.store.head_bucket(req.bucket)
@@ -289,6 +280,7 @@ async def list_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
 
     contents = []
     fetch_owner = not v2 or q.get("fetch-owner", "").lower() == "true"
+    owner = await access.owner_element(gw, req.bucket) if fetch_owner and entries else None
     for e in entries:
         item: dict[str, Any] = {
             "Key": enc(e.key),
@@ -297,8 +289,8 @@ async def list_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
             "Size": e.size,
             "StorageClass": "STANDARD",
         }
-        if fetch_owner:
-            item["Owner"] = owner(req)
+        if owner is not None:
+            item["Owner"] = owner
         contents.append(item)
     # v1 echoes Prefix as sent (clients do not decode it there); v2 encodes it.
     result: dict[str, Any] = {"Name": req.bucket, "Prefix": enc(prefix) if v2 else prefix}
@@ -356,6 +348,7 @@ async def list_object_versions(gw: Gateway, req: S3Request) -> web.StreamRespons
                                      max_keys=max_keys)
         entries, prefixes = page.entries, page.common_prefixes
         truncated, last = page.is_truncated, page.next_start_after
+    owner = await access.owner_element(gw, req.bucket) if entries else None
     result: dict[str, Any] = {
         "Name": req.bucket,
         "Prefix": enc(prefix),
@@ -377,7 +370,7 @@ async def list_object_versions(gw: Gateway, req: S3Request) -> web.StreamRespons
             "LastModified": e.last_modified,
             "ETag": f'"{e.etag}"',
             "Size": e.size,
-            "Owner": owner(req),
+            "Owner": owner,
             "StorageClass": "STANDARD",
         }
         for e in entries

@@ -13,7 +13,7 @@ from cachetools import TTLCache
 
 from ...backends.base import MAX_PART_NUMBER, HashedBody, PartInfo, UploadChecksum
 from ...errors import S3Error
-from .. import xml
+from .. import access, xml
 from ..checksums import (
     ALGORITHMS,
     COMPOSITE_ALGORITHMS,
@@ -26,7 +26,7 @@ from ..conditions import check_preconditions
 from ..names import check_new_key
 from ..request import S3Request, meta_from_headers, verified_body
 from .buckets import _int_param
-from .objects import owner, parse_copy_source, reject_unsupported_write_headers
+from .objects import parse_copy_source, reject_unsupported_write_headers
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -128,6 +128,7 @@ async def create_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResp
     check_new_key(req.key)
     reject_unsupported_write_headers(req)
     meta = meta_from_headers(req)
+    meta.internal.update(await access.new_object_fields(gw, req, req.bucket))
     checksum = upload_checksum_from_headers(req)
     await gw.store.head_bucket(req.bucket)
     upload_id = await gw.store.create_multipart_upload(req.bucket, req.key, meta,
@@ -170,6 +171,7 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     upload_id = _upload_id(req)
     src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
     source = await gw.store.head_object(src_bucket, src_key)
+    await access.authorize_source(gw, req, src_bucket, src_key, source)
     check_preconditions(req.headers, source, prefix="x-amz-copy-source-")
     byte_range = _copy_range(req.header("x-amz-copy-source-range"), source.size)
     checksum = await gw.store.upload_checksum(req.bucket, req.key, upload_id)
@@ -362,8 +364,8 @@ async def list_parts(gw: Gateway, req: S3Request) -> web.StreamResponse:
         "Bucket": req.bucket,
         "Key": req.key,
         "UploadId": upload_id,
-        "Initiator": owner(req),
-        "Owner": owner(req),
+        "Initiator": access.caller_element(gw, req),
+        "Owner": access.caller_element(gw, req),
         "StorageClass": "STANDARD",
         "PartNumberMarker": marker,
         "NextPartNumberMarker": parts[-1].part_number if parts else marker,
@@ -413,8 +415,8 @@ async def list_multipart_uploads(gw: Gateway, req: S3Request) -> web.StreamRespo
             {
                 "Key": u.key,
                 "UploadId": u.upload_id,
-                "Initiator": owner(req),
-                "Owner": owner(req),
+                "Initiator": access.caller_element(gw, req),
+                "Owner": access.caller_element(gw, req),
                 "StorageClass": "STANDARD",
                 "Initiated": u.initiated,
             }

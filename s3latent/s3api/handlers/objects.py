@@ -15,7 +15,7 @@ from aiohttp import web
 from ...backends.base import ObjectBody, ObjectInfo, ObjectMeta, ObjectPart, PartTable
 from ...errors import S3Error
 from ...httpdate import format_http_date
-from .. import xml
+from .. import access, xml
 from ..checksums import checksum_type_of
 from ..conditions import check_preconditions, parse_range
 from ..names import check_bucket_name, check_key, check_new_key
@@ -39,7 +39,6 @@ RESPONSE_OVERRIDES = {
     "response-content-disposition": "Content-Disposition",
     "response-content-encoding": "Content-Encoding",
 }
-_CANNED_ACLS_ALLOWED = {"private", "bucket-owner-full-control", "bucket-owner-read"}
 _DELETE_CONCURRENCY = 32
 _MULTIPART_ETAG = re.compile(r"^[0-9a-fA-F]{32}-(\d{1,5})$")
 
@@ -93,17 +92,9 @@ def reject_unsupported_write_headers(req: S3Request) -> None:
         "x-amz-object-lock-mode",
         "x-amz-object-lock-legal-hold",
         "x-amz-website-redirect-location",
-        "x-amz-grant-read",
-        "x-amz-grant-write",
-        "x-amz-grant-full-control",
-        "x-amz-grant-read-acp",
-        "x-amz-grant-write-acp",
     ):
         if name in headers:
             raise S3Error("NotImplemented", f"The {name} header is not supported by s3latent.")
-    acl = headers.get("x-amz-acl")
-    if acl is not None and acl not in _CANNED_ACLS_ALLOWED:
-        raise S3Error("NotImplemented", f"Canned ACL {acl!r} is not supported by s3latent.")
     storage_class = headers.get("x-amz-storage-class")
     if storage_class is not None and storage_class not in (
         "STANDARD",
@@ -239,12 +230,14 @@ async def _resolve_read(gw: Gateway, req: S3Request) -> _Read:
     if req.method == "GET" and not range_header and part_number is None:
         info, body = await gw.store.get_object(bucket, key)
         try:
+            await req.check_object(info)
             check_preconditions(req.headers, info)
         except BaseException:
             await body.close()
             raise
         return _Read(info, None, body)
     info = await gw.store.head_object(bucket, key)
+    await req.check_object(info)
     check_preconditions(req.headers, info)
     if part_number is not None:
         read = await _part_read(gw, req, info, part_number)
@@ -260,6 +253,7 @@ async def _resolve_read(gw: Gateway, req: S3Request) -> _Read:
     if info2.etag != info.etag:
         # Replaced between the two calls: evaluate against what we will send.
         try:
+            await req.check_object(info2)
             check_preconditions(req.headers, info2)
             if part_number is not None:
                 raise S3Error("PreconditionFailed", "The object changed while its part was "
@@ -284,6 +278,8 @@ def wants_latent(req: S3Request) -> bool:
 
 async def get_latent(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
+    if req.object_check is not None:  # the latent's info carries no access fields
+        await req.check_object(await gw.store.head_object(req.bucket, req.key))
     info, data = await gw.store.latent_safetensors(req.bucket, req.key)
     check_preconditions(req.headers, info)
     headers = object_headers(info)
@@ -354,6 +350,7 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     check_new_key(req.key)
     reject_unsupported_write_headers(req)
     meta = meta_from_headers(req)
+    meta.internal.update(await access.new_object_fields(gw, req, req.bucket))
     reader = req.payload()
     info = await gw.store.put_object(
         req.bucket,
@@ -409,7 +406,9 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     reject_unsupported_write_headers(req)
     src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
     source = await gw.store.head_object(src_bucket, src_key)
+    await access.authorize_source(gw, req, src_bucket, src_key, source)
     check_preconditions(req.headers, source, prefix="x-amz-copy-source-")
+    fields = await access.new_object_fields(gw, req, req.bucket)
     directive = (req.header("x-amz-metadata-directive") or "COPY").upper()
     tag_directive = (req.header("x-amz-tagging-directive") or "COPY").upper()
     if directive not in ("COPY", "REPLACE") or tag_directive not in ("COPY", "REPLACE"):
@@ -435,6 +434,14 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
             "without changing the object's metadata, storage class, website redirect location "
             "or encryption attributes.",
         )
+    if meta is None and not await access.default_fields(gw, req.bucket, fields):
+        # Not the default (the bucket owner's, private): the copy must carry its fields.
+        meta = ObjectMeta(content_type=source.meta.content_type,
+                          metadata=dict(source.meta.metadata), headers=dict(source.meta.headers),
+                          tags=await gw.store.get_tags(src_bucket, src_key),
+                          checksums=dict(source.meta.checksums))
+    if meta is not None:
+        meta.internal.update(fields)
     info = await gw.store.copy_object(src_bucket, src_key, req.bucket, req.key, meta)
     body = xml.render("CopyObjectResult", {"LastModified": info.last_modified,
                                            "ETag": f'"{info.etag}"'})
@@ -464,6 +471,7 @@ async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
             if version is not None and xml.text(version) != "null":
                 raise S3Error("NotImplemented", "Versioned deletes are not supported.")
             async with limiter:
+                await access.refuse_denied_key(gw, req, "s3:DeleteObject", key)
                 await gw.store.delete_object(req.bucket, key)
         except S3Error as exc:
             result.update({"Code": exc.code, "Message": exc.message, "Error": "1"})
@@ -482,7 +490,7 @@ async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
 
 async def get_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
-    await gw.store.head_object(req.bucket, req.key)
+    await req.check_object(await gw.store.head_object(req.bucket, req.key))
     tags = await gw.store.get_tags(req.bucket, req.key)
     tag_list = [{"Key": k, "Value": tags[k]} for k in sorted(tags)]
     body = xml.render("Tagging", {"TagSet": {"Tag": tag_list} if tag_list else ""})
@@ -504,66 +512,18 @@ async def put_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
             raise S3Error("InvalidTag", "Cannot provide multiple Tags with the same key")
         tags[key] = xml.text(tag.get("Value"))
     check_tags(tags)
+    if req.object_check is not None:
+        await req.check_object(await gw.store.head_object(req.bucket, req.key))
     await gw.store.put_tags(req.bucket, req.key, tags)
     return web.Response(status=200)
 
 
 async def delete_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
+    if req.object_check is not None:
+        await req.check_object(await gw.store.head_object(req.bucket, req.key))
     await gw.store.put_tags(req.bucket, req.key, {})
     return web.Response(status=204)
-
-
-async def get_object_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
-    """There are no ACLs: the owner (any configured user) has full control."""
-    assert req.bucket is not None and req.key is not None
-    await gw.store.head_object(req.bucket, req.key)
-    return web.Response(body=owner_acl(req), content_type="application/xml")
-
-
-async def put_acl_unchanged(req: S3Request) -> None:
-    """Accept an ACL write only where it asks for what already holds: owner-only access.
-
-    Every configured user has full control and anonymous requests are refused, so a canned
-    `private` (or bucket-owner-*) changes nothing and is acknowledged; anything granting access
-    to others would be a promise the gateway cannot keep, and answers NotImplemented.
-    """
-    grants = [h for h in req.headers if h.lower().startswith("x-amz-grant-")]
-    acl = req.header("x-amz-acl")
-    body = await req.read_small_body()
-    if grants or body.strip() or acl is None:
-        raise S3Error("NotImplemented", "Only the canned ACLs private, bucket-owner-full-control "
-                      "and bucket-owner-read are supported by s3latent (no grants).")
-    if acl not in _CANNED_ACLS_ALLOWED:
-        raise S3Error("NotImplemented", f"Canned ACL {acl!r} is not supported by s3latent.")
-
-
-async def put_object_acl(gw: Gateway, req: S3Request) -> web.StreamResponse:
-    """Canned owner-only ACLs on an existing object: acknowledged, nothing to change."""
-    assert req.bucket is not None and req.key is not None
-    await gw.store.head_object(req.bucket, req.key)
-    await put_acl_unchanged(req)
-    return web.Response(status=200)
-
-
-def owner(req: S3Request) -> dict[str, str]:
-    return {"ID": req.auth.access_key, "DisplayName": req.auth.access_key}
-
-
-def owner_acl(req: S3Request) -> bytes:
-    grantee = {
-        "@xmlns:xsi": "http://www.w3.org/2001/XMLSchema-instance",
-        "@xsi:type": "CanonicalUser",
-        **owner(req),
-    }
-    return xml.render(
-        "AccessControlPolicy",
-        {
-            "Owner": owner(req),
-            "AccessControlList": {"Grant": {"Grantee": grantee, "Permission": "FULL_CONTROL"}},
-        },
-    )
-
 
 
 _ATTRIBUTES = {"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"}
@@ -613,6 +573,7 @@ async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamRespon
     max_parts = _header_int(req, "x-amz-max-parts", 1000, 1000)
     marker = _header_int(req, "x-amz-part-number-marker", 0, 10000)
     info = await gw.store.head_object(req.bucket, req.key)
+    await req.check_object(info)
     check_preconditions(req.headers, info)
     count = multipart_count(info)
     table = None

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiDict
 
 from ...backends.base import STORED_HEADERS, ObjectMeta
 from ...errors import S3Error
 from ...sigv4 import sign_hex, signatures_equal, signing_key
-from .. import xml
+from .. import access, xml
 from ..auth import AuthContext
 from ..names import check_new_key
-from ..request import check_tags, check_user_metadata
+from ..request import S3Request, check_tags, check_user_metadata
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -50,7 +50,12 @@ def _policy_error(detail: str) -> S3Error:
 def _authenticate(fields: CIMultiDict[str], users: dict[str, str]) -> AuthContext:
     policy_b64 = fields.get("policy")
     if policy_b64 is None:
-        raise S3Error("AccessDenied", "Anonymous form uploads are not allowed.")
+        if any(f in fields for f in ("x-amz-signature", "signature", "AWSAccessKeyId",
+                                     "x-amz-credential")):
+            raise S3Error("InvalidArgument", "Bucket POST must contain a field named 'policy' "
+                          "when it is signed.")
+        # Anonymous: allowed where the bucket's ACL or policy lets everyone write.
+        return AuthContext("", "UNSIGNED-PAYLOAD", b"", "", "", "", False)
     if "x-amz-signature" in fields:
         credential = fields.get("x-amz-credential", "")
         parts = credential.split("/")
@@ -172,16 +177,16 @@ async def post_object(gw: Gateway, request: web.Request, bucket: str,
     if "key" not in fields:
         raise S3Error("InvalidArgument", "Bucket POST must contain a field named 'key'.  If it "
                       "is specified, please check the order of the fields.")
-    _authenticate(fields, gw.config.users)
-    conditions = _policy(fields)
+    auth = _authenticate(fields, gw.config.users)
+    conditions = _policy(fields) if auth.access_key else []
     filename = file_part.filename or ""
     key = fields["key"].replace("${filename}", filename)
     fields["key"] = key
-    length_range = _check_conditions(conditions, fields, bucket)
+    # An anonymous form has no policy document to hold its fields to.
+    length_range = _check_conditions(conditions, fields, bucket) if auth.access_key else None
     check_new_key(key)
-    acl = fields.get("acl")
-    if acl is not None and acl not in ("private", "bucket-owner-full-control"):
-        raise S3Error("NotImplemented", f"Canned ACL {acl!r} is not supported by s3latent.")
+    s3req = S3Request(request, request_id, bucket, key, MultiDict(), auth)
+    await access.authorize(gw, s3req, "PostObject")
     meta = ObjectMeta(content_type=fields.get("Content-Type") or "binary/octet-stream")
     for name, value in fields.items():
         lower = name.lower()
@@ -193,6 +198,8 @@ async def post_object(gw: Gateway, request: web.Request, bucket: str,
     if "tagging" in fields:
         meta.tags = _tags_from_xml(fields["tagging"])
     await gw.store.head_bucket(bucket)
+    meta.internal.update(await access.new_object_fields(gw, s3req, bucket,
+                                                        canned_value=fields.get("acl")))
 
     async def body() -> AsyncIterator[bytes]:
         size = 0
