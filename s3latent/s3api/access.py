@@ -283,6 +283,12 @@ async def _policy_verdict(gw: Gateway, req: S3Request, caller: Caller, action: s
 
 # -- the decision ---------------------------------------------------------------------------
 
+# The bucket owner may always read, replace and delete the bucket's policy, even one that
+# denies them everything (as an account's root user may on S3): a policy can never lock its
+# bucket's owner out for good.
+_POLICY_ACTIONS = frozenset({"s3:GetBucketPolicy", "s3:PutBucketPolicy", "s3:DeleteBucketPolicy"})
+
+
 async def authorize(gw: Gateway, req: S3Request, operation: str) -> None:
     """Allow the request, defer it to its object (req.object_check), or AccessDenied."""
     caller = caller_of(gw, req.auth)
@@ -304,7 +310,7 @@ async def authorize(gw: Gateway, req: S3Request, operation: str) -> None:
     key = req.key if scope != _B else None
     verdict = await _policy_verdict(gw, req, caller, action, key,
                                     pab.get("RestrictPublicBuckets", False))
-    if verdict == "Deny":
+    if verdict == "Deny" and not (caller.id == owner.id and action in _POLICY_ACTIONS):
         raise _denied(req.resource)
     if scope in (_B, _W):
         if caller.id == owner.id:
