@@ -76,12 +76,6 @@ BUCKET_CACHE_TTL = 10.0
 # answered with the bucket) is not cached as proof the bucket exists; far above any
 # backend call's duration.
 DELETION_MEMORY_S = 600.0
-# How long a bucket listing answers for buckets it does not name. A request for a bucket that
-# does not exist costs a ListBuckets; unsigned requests (public reads, CORS preflights) can
-# name any bucket, so misses share one listing in flight and reuse its answer this long. A
-# bucket created through another gateway may be unseen here for as long (this process's own
-# creates and deletes forget the listing at once).
-MISS_REUSE_S = 0.5
 # Our own metadata rides in the backend's user metadata under this prefix.
 INTERNAL_PREFIX = "s3lx-"
 _CHECKSUM_PREFIX = INTERNAL_PREFIX + "cks-"
@@ -289,8 +283,6 @@ class S3Backend:
         self._buckets: dict[str, tuple[datetime, float]] = {}
         # Buckets this process deleted -> when the deletion was answered.
         self._deleted: dict[str, float] = {}
-        # The last listing: (when it was sent, what it named); misses reuse it briefly.
-        self._listing: tuple[float, list[BucketInfo]] | None = None
         self._listings: SingleFlight[str, tuple[float, list[BucketInfo]]] = SingleFlight()
         self.meta_bucket = meta_bucket or (
             "s3latent-meta-" + hashlib.sha256(access_key.encode()).hexdigest()[:16])
@@ -369,13 +361,11 @@ class S3Backend:
         # (a PUT let through to SeaweedFS would create it again).
         self._buckets = {b.name: (b.created, now) for b in infos
                          if self._deleted.get(b.name, float("-inf")) < sent}
-        self._listing = (sent, infos)
         return infos
 
     async def create_bucket(self, bucket: str, owner: str | None = None) -> None:
         if bucket == self.meta_bucket:
             raise S3Error("BucketAlreadyExists", resource=bucket, BucketName=bucket)
-        self._listing = None
         try:
             await self._call("create_bucket", bucket)
         except S3Error as exc:
@@ -471,14 +461,24 @@ class S3Backend:
         cached = self._buckets.get(bucket)
         if cached is not None and time.monotonic() - cached[1] < BUCKET_CACHE_TTL:
             return BucketInfo(bucket, cached[0])
-        listing = self._listing
-        if listing is None or time.monotonic() - listing[0] >= MISS_REUSE_S:
-            listing, _ = await self._listings.run("buckets", self._list_dated)
-        sent, infos = listing
+        # A request for a bucket that does not exist costs one HeadBucket, never a listing:
+        # unsigned requests (public reads, CORS preflights) can name any bucket. Only a
+        # bucket that exists is looked up in a listing (for its creation date), one listing
+        # in flight for every such lookup at once.
+        asked = time.monotonic()
+        await self._call("head_bucket", bucket)
+        sent, infos = await self._fresh_listing(asked)
         for info in infos:  # not if this process deleted it after the listing was sent
             if info.name == bucket and self._deleted.get(bucket, float("-inf")) < sent:
                 return info
         raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket)
+
+    async def _fresh_listing(self, after: float) -> tuple[float, list[BucketInfo]]:
+        """A listing sent at or after `after` (joining one in flight when it is)."""
+        while True:
+            listing, _ = await self._listings.run("buckets", self._list_dated)
+            if listing[0] >= after:
+                return listing
 
     async def _list_dated(self) -> tuple[float, list[BucketInfo]]:
         sent = time.monotonic()
@@ -515,7 +515,6 @@ class S3Backend:
         await self._call("delete_bucket", bucket)
         self._deleted[bucket] = time.monotonic()
         self._buckets.pop(bucket, None)
-        self._listing = None
         if self.meta.exists:  # best effort: leftovers match nothing that exists
             try:
                 await self.meta.delete(f"buckets/{bucket}.json")
