@@ -24,7 +24,7 @@ from s3latent.errors import S3Error
 from tests.seaweed import SeaweedFS
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "s3"])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     if request.param == "local":
         b: Any = LocalBackend(tmp_path / "data")
