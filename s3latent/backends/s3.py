@@ -867,7 +867,9 @@ class S3Backend:
             ordered.append(entry)
         if ordered:
             _newest_first(ordered, ordered_from=_run_start(ordered))
-        entries = ordered
+        # SeaweedFS also answers keys outside the prefix ("a.png" for prefix "a.png.").
+        entries = [e for e in ordered if e.key.startswith(prefix)]
+        prefixes = [p for p in prefixes if p.startswith(prefix)]
         return VersionsPage(entries, prefixes, truncated,
                             top("NextKeyMarker") if truncated else None,
                             top("NextVersionIdMarker") if truncated else None)

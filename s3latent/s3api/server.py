@@ -24,7 +24,7 @@ from ..errors import S3Error
 from . import peer, xml
 from .auth import authenticate
 from .gateway import Gateway
-from .handlers import buckets, multipart, objects, post_object
+from .handlers import buckets, multipart, object_lock, objects, post_object, versioning
 from .names import check_bucket_name
 from .request import S3Request, parse_query, split_target
 from .sigv2 import authenticate_v2, is_sigv2
@@ -36,7 +36,7 @@ Handler = Callable[["Gateway", S3Request], Awaitable[web.StreamResponse]]
 _UNSUPPORTED_SUBRESOURCES = (
     "accelerate", "analytics", "intelligent-tiering", "inventory", "logging", "metrics",
     "notification", "replication", "requestPayment", "restore", "select", "torrent",
-    "legal-hold", "retention", "renameObject", "session",
+    "renameObject", "session",
     "metadataTable", "metadataConfiguration",
 )
 
@@ -59,9 +59,12 @@ def route(req: S3Request) -> tuple[str, Handler]:
             if "uploads" in q:
                 return "ListMultipartUploads", multipart.list_multipart_uploads
             if "versioning" in q:
-                return "GetBucketVersioning", buckets.get_bucket_versioning
+                return "GetBucketVersioning", versioning.get_bucket_versioning
             if "versions" in q:
-                return "ListObjectVersions", buckets.list_object_versions
+                return "ListObjectVersions", versioning.list_object_versions
+            if "object-lock" in q:
+                return ("GetObjectLockConfiguration",
+                        object_lock.get_object_lock_configuration)
             if "acl" in q:
                 return "GetBucketAcl", buckets.get_bucket_acl
             if "tagging" in q:
@@ -77,7 +80,10 @@ def route(req: S3Request) -> tuple[str, Handler]:
             if "acl" in q:
                 return "PutBucketAcl", buckets.put_bucket_acl
             if "versioning" in q:
-                return "PutBucketVersioning", buckets.put_bucket_versioning
+                return "PutBucketVersioning", versioning.put_bucket_versioning
+            if "object-lock" in q:
+                return ("PutObjectLockConfiguration",
+                        object_lock.put_object_lock_configuration)
             if len(q):
                 raise S3Error("NotImplemented",
                               "Bucket configuration is not supported by s3latent.")
@@ -107,10 +113,18 @@ def route(req: S3Request) -> tuple[str, Handler]:
             return "GetObjectAcl", objects.get_object_acl
         if "attributes" in q and method == "GET":
             return "GetObjectAttributes", objects.get_object_attributes
+        if "retention" in q and method == "GET":
+            return "GetObjectRetention", object_lock.get_object_retention
+        if "legal-hold" in q and method == "GET":
+            return "GetObjectLegalHold", object_lock.get_object_legal_hold
         return ("GetObject" if method == "GET" else "HeadObject"), objects.get_object
     if method == "PUT":
         if "tagging" in q:
             return "PutObjectTagging", objects.put_object_tagging
+        if "retention" in q:
+            return "PutObjectRetention", object_lock.put_object_retention
+        if "legal-hold" in q:
+            return "PutObjectLegalHold", object_lock.put_object_legal_hold
         if "acl" in q:
             return "PutObjectAcl", objects.put_object_acl
         if "partNumber" in q or "uploadId" in q:

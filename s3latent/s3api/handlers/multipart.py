@@ -26,6 +26,7 @@ from ..conditions import check_preconditions
 from ..names import check_new_key
 from ..request import S3Request, meta_from_headers, verified_body
 from .buckets import _int_param
+from .object_lock import lock_from_headers
 from .objects import owner, parse_copy_source, reject_unsupported_write_headers
 
 if TYPE_CHECKING:
@@ -129,9 +130,13 @@ async def create_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResp
     reject_unsupported_write_headers(req)
     meta = meta_from_headers(req)
     checksum = upload_checksum_from_headers(req)
+    lock = lock_from_headers(req)
     await gw.store.head_bucket(req.bucket)
-    upload_id = await gw.store.create_multipart_upload(req.bucket, req.key, meta,
-                                                         checksum=checksum)
+    if lock is not None and not await gw.store.get_object_lock_configuration(req.bucket):
+        raise S3Error("InvalidRequest", "Bucket is missing ObjectLockConfiguration")
+    upload_id = await gw.store.create_multipart_upload(
+        req.bucket, req.key, meta, checksum=checksum,
+        **({"lock": lock} if lock is not None else {}))
     headers = {}
     if checksum is not None:
         headers["x-amz-checksum-algorithm"] = checksum.algorithm.upper()
@@ -340,7 +345,8 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
     for algorithm, value in checksums.items():
         result[checksum_element(algorithm)] = value
         result["ChecksumType"] = "COMPOSITE" if _COMPOSITE_RE.match(value) else "FULL_OBJECT"
-    return _xml(xml.render("CompleteMultipartUploadResult", result))
+    headers = {"x-amz-version-id": info.version_id} if info.version_id is not None else None
+    return _xml(xml.render("CompleteMultipartUploadResult", result), headers=headers)
 
 
 async def abort_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
