@@ -95,6 +95,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "NoSuchVersion": (404, "The specified version does not exist."),
     "NoSuchObjectLockConfiguration": (404, "The specified object does not have an ObjectLock "
                                       "configuration"),
+    "InvalidRetentionPeriod": (400, "The retention period must be a positive integer."),
     "InvalidBucketState": (409, "The request is not valid with the current state of the "
                            "bucket."),
     "NoSuchBucketPolicy": (404, "The bucket policy does not exist"),

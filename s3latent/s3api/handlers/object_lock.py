@@ -115,8 +115,8 @@ async def put_object_lock_configuration(gw: Gateway, req: S3Request) -> web.Stre
         except ValueError:
             raise S3Error("MalformedXML") from None
         if count <= 0:
-            raise S3Error("InvalidArgument", "Default retention period must be a positive "
-                          "integer value.", ArgumentName="DefaultRetention")
+            raise S3Error("InvalidRetentionPeriod", "Default retention period must be a "
+                          "positive integer value.")
         rule = {"mode": mode, ("days" if days else "years"): count}
     await gw.store.head_bucket(req.bucket)
     await gw.store.put_object_lock_configuration(req.bucket, {"enabled": True, "rule": rule})
