@@ -253,3 +253,22 @@ def test_retention_and_legal_hold(s3: Any, lockbucket: str) -> None:
     s3.delete_object(Bucket=b, Key="held", VersionId=held)
     time.sleep(3.5)
     s3.delete_object(Bucket=b, Key="comp", VersionId=comp)  # the date has passed
+
+
+def test_conditional_writes_judge_the_current_version(s3: Any, vbucket: str) -> None:
+    """If-None-Match `*` or an ETag, against the current version (s3-tests'
+    test_put_current_object_if_none_match)."""
+    s3.put_bucket_versioning(Bucket=vbucket, VersioningConfiguration={"Status": "Enabled"})
+    first = s3.put_object(Bucket=vbucket, Key="k", Body=b"one", IfNoneMatch="*")["ETag"]
+    second = s3.put_object(Bucket=vbucket, Key="k", Body=b"two")["ETag"]
+    for value in ("*", second):
+        with pytest.raises(ClientError) as exc:
+            s3.put_object(Bucket=vbucket, Key="k", Body=b"x", IfNoneMatch=value)
+        assert _err(exc)[:2] == (412, "PreconditionFailed")
+    s3.put_object(Bucket=vbucket, Key="k", Body=b"three", IfNoneMatch=first)
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=vbucket, Key="k", Body=b"x", IfMatch=second)
+    assert _err(exc)[:2] == (412, "PreconditionFailed")
+    s3.delete_object(Bucket=vbucket, Key="k")  # a marker: the key is absent again
+    s3.put_object(Bucket=vbucket, Key="k", Body=b"four", IfNoneMatch="*")
+    assert len(_listing(s3, vbucket)) == 5

@@ -492,15 +492,18 @@ class S3Backend:
         task.add_done_callback(self._cleanups.discard)
 
     async def _has_client_versions(self, bucket: str) -> bool:
-        """Whether a versioned bucket holds old versions or markers outside the gateway's
-        own range (SeaweedFS would delete such a bucket; S3 says BucketNotEmpty)."""
+        """Whether a versioned bucket holds versions outside the gateway's own range
+        (SeaweedFS would delete such a bucket and its data; S3 says BucketNotEmpty).
+
+        Delete markers alone do not count: SeaweedFS 4.48 keeps a `null` marker that no
+        DELETE ?versionId=null removes, which would make such a bucket undeletable."""
         if await self._cached_status(bucket) is None:
             return False
         marker = None
         for _ in range(2):  # the hidden range is skipped in one step
             page = await self.list_object_versions(bucket, max_keys=100, key_marker=marker)
-            if any(not e.key.startswith(_HIDDEN) for e in page.entries) or \
-                    any(not p.startswith(_HIDDEN) for p in page.common_prefixes):
+            if any(not e.key.startswith(_HIDDEN) and not e.delete_marker
+                   for e in page.entries):
                 return True
             if not page.is_truncated:
                 return False

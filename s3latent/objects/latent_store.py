@@ -225,12 +225,40 @@ class LatentStore(ForwardingStore):
         if _is_latent_upload(meta):
             raise S3Error("InvalidRequest", "Latent uploads are not supported in versioned "
                           "buckets.")
+        if_match, if_none_match = await self._versioned_conditions(bucket, key, if_match,
+                                                                   if_none_match)
         if status == "Suspended":
             await self.versioned.keep_if_needed(bucket, key, "null")
         extra = {"lock": lock} if lock is not None else {}
         return await self.backend.put_object(bucket, key, body, meta, size=size,
                                              if_match=if_match, if_none_match=if_none_match,
                                              **extra)
+
+    async def _versioned_conditions(self, bucket: str, key: str, if_match: str | None,
+                                    if_none_match: str | None
+                                    ) -> tuple[str | None, str | None]:
+        """If-Match / If-None-Match (`*` or an ETag) against the current version as clients
+        see it; what the backend is asked to guard atomically (create-only, or the ETag of
+        a plain current version)."""
+        if if_match is None and if_none_match is None:
+            return None, None
+        try:
+            current: ObjectInfo | None = await self.versioned.head_object(bucket, key, None)
+        except S3Error as exc:
+            if exc.code != "NoSuchKey":
+                raise
+            current = None
+        none_match = if_none_match.strip() if if_none_match is not None else None
+        if current is None:
+            if if_match is not None:
+                raise S3Error("NoSuchKey", Key=key)
+            return None, "*" if none_match == "*" else None
+        if none_match == "*" or (none_match and none_match.strip('"') == current.etag):
+            raise S3Error("PreconditionFailed", Condition="If-None-Match")
+        if if_match is not None and if_match.strip('"') not in (current.etag, "*"):
+            raise S3Error("PreconditionFailed", Condition="If-Match")
+        plain = physical.REP not in current.meta.internal
+        return (current.etag if if_match is not None and plain else None), None
 
     async def _delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
                              bypass_governance: bool = False) -> DeleteResult | None:
@@ -299,9 +327,11 @@ class LatentStore(ForwardingStore):
         await self.writes.after_overwrite(bucket, key, replaced)
 
     async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta, *,
-                                      checksum: UploadChecksum | None = None) -> str:
+                                      checksum: UploadChecksum | None = None,
+                                      lock: ObjectLock | None = None) -> str:
         writable(key)  # the gateway's own records are never a client's to write
-        return await super().create_multipart_upload(bucket, key, meta, checksum=checksum)
+        return await super().create_multipart_upload(bucket, key, meta, checksum=checksum,
+                                                     lock=lock)
 
     async def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
                                         parts: list[tuple[int, str]], *,

@@ -27,7 +27,12 @@ from ..names import check_new_key
 from ..request import S3Request, meta_from_headers, verified_body
 from .buckets import _int_param
 from .object_lock import lock_from_headers
-from .objects import owner, parse_copy_source, reject_unsupported_write_headers
+from .objects import (
+    owner,
+    parse_versioned_copy_source,
+    reject_unsupported_write_headers,
+    written_version,
+)
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -173,12 +178,16 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     number = _part_number(req)
     upload_id = _upload_id(req)
-    src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
-    source = await gw.store.head_object(src_bucket, src_key)
+    src_bucket, src_key, src_version = parse_versioned_copy_source(
+        req.headers["x-amz-copy-source"])
+    pin = {"version_id": src_version} if src_version is not None else {}
+    source = await gw.store.head_object(src_bucket, src_key, **pin)
     check_preconditions(req.headers, source, prefix="x-amz-copy-source-")
     byte_range = _copy_range(req.header("x-amz-copy-source-range"), source.size)
     checksum = await gw.store.upload_checksum(req.bucket, req.key, upload_id)
-    info, body = await gw.store.get_object(src_bucket, src_key, byte_range)
+    if source.version_id is not None:  # the very version the HEAD described
+        pin = {"version_id": source.version_id}
+    info, body = await gw.store.get_object(src_bucket, src_key, byte_range, **pin)
     hashed = _ChecksummedBody(body, checksum.algorithm if checksum else None)
     try:
         if info.etag != source.etag:
@@ -192,7 +201,9 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     result: dict[str, Any] = {"LastModified": info.last_modified, "ETag": f'"{etag}"'}
     for algorithm, value in hashed.checksums.items():
         result[checksum_element(algorithm)] = value
-    return _xml(xml.render("CopyPartResult", result))
+    headers = {"x-amz-copy-source-version-id": source.version_id} \
+        if source.version_id is not None else None
+    return _xml(xml.render("CopyPartResult", result), headers=headers)
 
 
 def _copy_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -312,6 +323,24 @@ async def _object_checksum(gw: Gateway, req: S3Request, upload_id: str,
     return {checksum.algorithm: value}
 
 
+async def _check_none_match(gw: Gateway, req: S3Request) -> None:
+    """If-None-Match on Complete (`*` or an ETag), judged against the key's current object
+    as clients see it. Checked before the commit, not atomically with it."""
+    assert req.bucket is not None and req.key is not None
+    none_match = req.header("If-None-Match")
+    if none_match is None:
+        return
+    try:
+        current = await gw.store.head_object(req.bucket, req.key)
+    except S3Error as exc:
+        if exc.code != "NoSuchKey":
+            raise
+        return
+    value = none_match.strip()
+    if value == "*" or value.strip('"') == current.etag:
+        raise S3Error("PreconditionFailed", Condition="If-None-Match")
+
+
 async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     upload_id = _upload_id(req)
@@ -322,6 +351,7 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
     if any(b <= a for a, b in itertools.pairwise(numbers)):
         # Repeated part numbers too: S3 refuses them with this code.
         raise S3Error("InvalidPartOrder", UploadId=upload_id)
+    await _check_none_match(gw, req)
     done_key = (req.bucket, req.key, upload_id)
     try:
         checksums = await _object_checksum(gw, req, upload_id, parts, part_checksums)
@@ -345,8 +375,8 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
     for algorithm, value in checksums.items():
         result[checksum_element(algorithm)] = value
         result["ChecksumType"] = "COMPOSITE" if _COMPOSITE_RE.match(value) else "FULL_OBJECT"
-    headers = {"x-amz-version-id": info.version_id} if info.version_id is not None else None
-    return _xml(xml.render("CompleteMultipartUploadResult", result), headers=headers)
+    return _xml(xml.render("CompleteMultipartUploadResult", result),
+                headers=written_version(info.version_id) or None)
 
 
 async def abort_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:

@@ -164,10 +164,9 @@ async def put_object_retention(gw: Gateway, req: S3Request) -> web.StreamRespons
 
 
 async def get_object_legal_hold(gw: Gateway, req: S3Request) -> web.StreamResponse:
-    lock = await _version_lock(gw, req)
-    if lock is None:
-        raise S3Error("NoSuchObjectLockConfiguration")
-    return _xml(xml.render("LegalHold", {"Status": "ON" if lock.legal_hold else "OFF"}))
+    lock = await _version_lock(gw, req)  # no lock at all: no hold (OFF)
+    on = lock is not None and lock.legal_hold
+    return _xml(xml.render("LegalHold", {"Status": "ON" if on else "OFF"}))
 
 
 async def put_object_legal_hold(gw: Gateway, req: S3Request) -> web.StreamResponse:

@@ -88,6 +88,12 @@ def object_headers(info: ObjectInfo) -> dict[str, str]:
     return headers
 
 
+def written_version(version_id: str | None) -> dict[str, str]:
+    """x-amz-version-id of a write's answer: none for the `null` version (a Suspended
+    bucket), as S3 and SeaweedFS answer and s3-tests expect (design question 12.4)."""
+    return {"x-amz-version-id": version_id} if version_id not in (None, "null") else {}
+
+
 def version_param(req: S3Request) -> str | None:
     """`?versionId=`, if given; an empty one is malformed."""
     version = req.query.get("versionId")
@@ -382,8 +388,7 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
         **({"lock": lock} if lock is not None else {}),
     )
     headers = {"ETag": f'"{info.etag}"'}
-    if info.version_id is not None:
-        headers["x-amz-version-id"] = info.version_id
+    headers.update(written_version(info.version_id))
     headers.update({f"x-amz-checksum-{a}": v for a, v in reader.checksums.items()})
     if reader.checksums:
         headers["x-amz-checksum-type"] = "FULL_OBJECT"
@@ -406,14 +411,6 @@ async def delete_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     if result.delete_marker:
         headers["x-amz-delete-marker"] = "true"
     return web.Response(status=204, headers=headers)
-
-
-def parse_copy_source(value: str) -> tuple[str, str]:
-    """'/bucket/key' or 'bucket/key', URL-encoded, optionally '?versionId=null'."""
-    bucket, key, version = parse_versioned_copy_source(value)
-    if version not in (None, "null"):
-        raise S3Error("NotImplemented", "Versioned copy sources are not supported here.")
-    return bucket, key
 
 
 def parse_versioned_copy_source(value: str) -> tuple[str, str, str | None]:
@@ -485,8 +482,7 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     headers = {}
     if source.version_id is not None:
         headers["x-amz-copy-source-version-id"] = source.version_id
-    if info.version_id is not None:
-        headers["x-amz-version-id"] = info.version_id
+    headers.update(written_version(info.version_id))
     return web.Response(body=body, content_type="application/xml", headers=headers)
 
 
@@ -675,7 +671,9 @@ async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamRespon
                       ArgumentName="x-amz-object-attributes")
     max_parts = _header_int(req, "x-amz-max-parts", 1000, 1000)
     marker = _header_int(req, "x-amz-part-number-marker", 0, 10000)
-    info = await gw.store.head_object(req.bucket, req.key)
+    version = version_param(req)
+    info = await gw.store.head_object(
+        req.bucket, req.key, **({"version_id": version} if version is not None else {}))
     check_preconditions(req.headers, info)
     count = multipart_count(info)
     table = None
@@ -695,5 +693,7 @@ async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamRespon
     if "ObjectSize" in wanted:
         body["ObjectSize"] = info.size
     headers = {"Last-Modified": format_http_date(info.last_modified)}
+    if info.version_id is not None:
+        headers["x-amz-version-id"] = info.version_id
     return web.Response(body=xml.render("GetObjectAttributesResponse", body),
                         content_type="application/xml", headers=headers)
