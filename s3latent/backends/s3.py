@@ -861,8 +861,7 @@ class S3Backend:
 
         truncated = top("IsTruncated") == "true"
         # SeaweedFS lists a key's `null` version below the others even when it is the
-        # latest (a Suspended write): S3's order is newest first. Within each key's run,
-        # the latest first, then by time (stable, so equal times keep the store's order).
+        # latest (a Suspended write): S3's order is newest first.
         ordered: list[VersionEntry] = []
         for entry in entries:
             if ordered and ordered[-1].key != entry.key:
@@ -1219,8 +1218,14 @@ def _run_start(entries: list[VersionEntry]) -> int:
 
 
 def _newest_first(entries: list[VersionEntry], ordered_from: int) -> None:
+    """Move a key's `null` version that SeaweedFS flags latest but lists below the others
+    (written while Suspended) to the front; the store's order is kept otherwise (its
+    timestamps are too coarse to order by)."""
     run = entries[ordered_from:]
-    run.sort(key=lambda e: (not e.is_latest, -e.last_modified.timestamp()))
+    for i, entry in enumerate(run):
+        if i and entry.is_latest and entry.version_id == "null":
+            run.insert(0, run.pop(i))
+            break
     entries[ordered_from:] = run
 
 
