@@ -285,6 +285,11 @@ async def test_retention_and_legal_hold_stop_deletes_by_version(
     err = await code(backend.delete_object(b, "comp", version_id=comp.version_id,
                                            bypass_governance=True))
     assert err.code == "AccessDenied"
+    # Changing GOVERNANCE to COMPLIANCE is a change of mode: it needs the bypass too.
+    err = await code(backend.put_object_retention(
+        b, "gov", version_id=gov.version_id, mode="COMPLIANCE",
+        until=gov.lock.retain_until))
+    assert err.code == "AccessDenied"
     await backend.delete_object(b, "gov", version_id=gov.version_id, bypass_governance=True)
     # A COMPLIANCE retention cannot be shortened, even with bypass; it can be extended.
     err = await code(backend.put_object_retention(

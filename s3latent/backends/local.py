@@ -979,8 +979,10 @@ class LocalBackend:
         def change(info: ObjectInfo) -> None:
             old = info.lock or ObjectLock()
             if old.retained(_now()):
-                weaker = mode is None or until is None or until < (old.retain_until or until) \
-                    or (old.mode == "COMPLIANCE" and mode != "COMPLIANCE")
+                # Shorter, removed, or another mode: GOVERNANCE needs the bypass for any
+                # of them, COMPLIANCE allows none.
+                weaker = mode is None or until is None or mode != old.mode or \
+                    until < (old.retain_until or until)
                 if weaker and (old.mode == "COMPLIANCE" or not bypass_governance):
                     raise S3Error("AccessDenied", "Access Denied because object protected by "
                                   "object lock.")
