@@ -103,7 +103,6 @@ DEFAULT_EXCLUDED_MARKERS = (
     "lifecycle_transition",
     "cloud_transition",
     "cloud_restore",
-    "object_lock",
     "encryption",
     "bucket_encryption",
     "sse_s3",
@@ -127,14 +126,9 @@ DEFAULT_EXCLUDED_MARKERS = (
     "sns",
     "storage_class",
     "object_ownership",
-    "delete_marker",
     "target_by_bucket",
 )
 DEFAULT_EXCLUDED_KEYWORDS = (
-    "versioning",
-    "versioned",
-    "version_id",
-    "object_lock",
     "acl",
     "grant",
     "policy",

@@ -106,6 +106,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "NoSuchBucket": (404, "The specified bucket does not exist"),
     "NoSuchKey": (404, "The specified key does not exist."),
     "NoSuchVersion": (404, "The specified version does not exist."),
+    "NoSuchObjectLockConfiguration": (404, "The specified object does not have an ObjectLock "
+                                      "configuration"),
+    "InvalidRetentionPeriod": (400, "The retention period must be a positive integer."),
+    "InvalidBucketState": (409, "The request is not valid with the current state of the "
+                           "bucket."),
     "NoSuchBucketPolicy": (404, "The bucket policy does not exist"),
     "NoSuchCORSConfiguration": (404, "The CORS configuration does not exist"),
     "NoSuchLifecycleConfiguration": (404, "The lifecycle configuration does not exist"),

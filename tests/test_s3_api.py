@@ -426,10 +426,11 @@ def test_virtual_hosted_style(tmp_path: Any) -> None:
 
 def test_unsupported_operation_is_501(s3: Any, bucket: str) -> None:
     with pytest.raises(ClientError) as exc:
-        s3.put_bucket_versioning(Bucket=bucket,
-                                 VersioningConfiguration={"Status": "Enabled"})
+        s3.put_bucket_replication(Bucket=bucket, ReplicationConfiguration={
+            "Role": "arn:aws:iam::1:role/r", "Rules": [{
+                "Status": "Enabled", "Prefix": "", "Destination": {
+                    "Bucket": "arn:aws:s3:::elsewhere"}}]})
     assert _status(exc.value) == 501 and _code(exc.value) == "NotImplemented"
-    assert s3.get_bucket_versioning(Bucket=bucket).get("Status") is None
     with pytest.raises(ClientError) as exc:
         s3.get_bucket_policy(Bucket=bucket)
     assert _code(exc.value) == "NoSuchBucketPolicy"

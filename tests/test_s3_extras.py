@@ -423,11 +423,9 @@ def test_bucket_tagging_malformed_and_missing_bucket(s3: Any, bucket: str) -> No
 # -- versioning: answered, never pretended ----------------------------------------------
 
 
-def test_versioning_is_refused_honestly(s3: Any, bucket: str) -> None:
-    for status in ("Enabled", "Suspended"):
-        with pytest.raises(ClientError) as exc:
-            s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": status})
-        _assert_s3_error(exc.value, 501, "NotImplemented")
+def test_put_bucket_versioning_validates_then_keeps_the_status(s3: Any, bucket: str) -> None:
+    """A malformed configuration is MalformedXML and changes nothing; a valid one is kept
+    (versioning is implemented: docs/versioning.md, tests/test_versioning_api.py)."""
     assert "Status" not in s3.get_bucket_versioning(Bucket=bucket)
 
     def garble(request: Any, **_: Any) -> None:
@@ -441,6 +439,10 @@ def test_versioning_is_refused_honestly(s3: Any, bucket: str) -> None:
         _assert_s3_error(exc.value, 400, "MalformedXML")
     finally:
         s3.meta.events.unregister("before-sign.s3.PutBucketVersioning", garble)
+    assert "Status" not in s3.get_bucket_versioning(Bucket=bucket)
+    for status in ("Enabled", "Suspended"):
+        s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": status})
+        assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == status
 
 
 # -- bucket owners ----------------------------------------------------------------------

@@ -42,6 +42,36 @@ class ObjectMeta:
 
 
 @dataclass
+class ObjectLock:
+    """A version's object lock: retention (mode + date) and legal hold, independent."""
+
+    mode: str | None = None  # "GOVERNANCE" or "COMPLIANCE"; None: no retention
+    retain_until: datetime | None = None
+    legal_hold: bool = False
+
+    def retained(self, now: datetime) -> bool:
+        """Whether the retention still forbids deleting the version at `now`."""
+        return self.mode is not None and self.retain_until is not None and \
+            self.retain_until > now
+
+    def locked(self, now: datetime) -> bool:
+        """Retained or held: conversion and permanent deletes leave the version alone."""
+        return self.legal_hold or self.retained(now)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "until": self.retain_until.isoformat()
+                if self.retain_until else None, "hold": self.legal_hold}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> ObjectLock | None:
+        if not data:
+            return None
+        until = data.get("until")
+        return cls(data.get("mode"), datetime.fromisoformat(until) if until else None,
+                   bool(data.get("hold")))
+
+
+@dataclass
 class ObjectInfo:
     """What HEAD tells about a stored object (no body)."""
 
@@ -55,6 +85,11 @@ class ObjectInfo:
     tag_count: int | None = None
     # The part table, when the backend reads it with the object (local backend).
     part_table: PartTable | None = None
+    # The backend version: None in a bucket that was never versioned, "null" for the
+    # version written while versioning was off or suspended.
+    version_id: str | None = None
+    # The version's object lock, if it has one (retention or legal hold).
+    lock: ObjectLock | None = None
 
 
 @dataclass
@@ -132,6 +167,45 @@ class ListPage:
 
 
 @dataclass
+class VersionEntry:
+    """One version (or delete marker) of a ListObjectVersions page."""
+
+    key: str
+    version_id: str
+    is_latest: bool
+    delete_marker: bool
+    size: int
+    etag: str
+    last_modified: datetime
+
+
+@dataclass
+class VersionsPage:
+    entries: list[VersionEntry]
+    common_prefixes: list[str]
+    is_truncated: bool
+    next_key_marker: str | None
+    next_version_id_marker: str | None
+
+
+@dataclass
+class DeleteResult:
+    """What a delete did: the version it removed or the marker it added."""
+
+    version_id: str | None = None
+    delete_marker: bool = False
+
+
+def marker_headers(version_id: str, last_modified: datetime | None = None) -> dict[str, str]:
+    """The headers S3 sends with a 404/405 about a delete marker."""
+    from email.utils import format_datetime
+    headers = {"x-amz-delete-marker": "true", "x-amz-version-id": version_id}
+    if last_modified is not None:
+        headers["Last-Modified"] = format_datetime(last_modified, usegmt=True)
+    return headers
+
+
+@dataclass
 class PartInfo:
     part_number: int
     etag: str
@@ -200,8 +274,11 @@ class Backend(Protocol):
     # -- buckets ---------------------------------------------------------
     async def list_buckets(self) -> list[BucketInfo]: ...
 
-    async def create_bucket(self, bucket: str, owner: str | None = None) -> None:
+    async def create_bucket(self, bucket: str, owner: str | None = None, *,
+                            object_lock: bool = False) -> None:
         """Create `bucket`, recording `owner` (the creating access key) when given.
+
+        `object_lock` creates it with object lock enabled (and versioning Enabled with it).
 
         Raises BucketAlreadyExists if it exists with another recorded owner,
         BucketAlreadyOwnedByYou if it exists otherwise (same owner, or none recorded).
@@ -224,8 +301,14 @@ class Backend(Protocol):
         size: int | None = None,
         if_match: str | None = None,
         if_none_match: str | None = None,
+        lock: ObjectLock | None = None,
     ) -> ObjectInfo:
         """Store atomically. `size` is the exact decoded length when known.
+
+        In a versioned bucket the write adds a version (Enabled) or replaces the `null`
+        one (Suspended); the returned info carries its `version_id`. `lock` is the new
+        version's object lock (lock buckets only); without one, the bucket's default
+        retention applies.
 
         `if_match` (an ETag, unquoted) makes the write conditional on the current
         object still having that ETag; `if_none_match="*"` on no object existing.
@@ -233,16 +316,27 @@ class Backend(Protocol):
         The returned ETag is the MD5 hex of the body.
         """
 
-    async def head_object(self, bucket: str, key: str) -> ObjectInfo:
-        """Raises NoSuchKey / NoSuchBucket."""
+    async def head_object(self, bucket: str, key: str, *,
+                          version_id: str | None = None) -> ObjectInfo:
+        """Raises NoSuchKey / NoSuchBucket; with `version_id`: NoSuchVersion, and
+        MethodNotAllowed (with the marker headers) when it names a delete marker.
+        NoSuchKey for a key whose current version is a delete marker carries the
+        marker headers (x-amz-delete-marker, x-amz-version-id)."""
 
     async def get_object(
-        self, bucket: str, key: str, byte_range: tuple[int, int] | None = None
+        self, bucket: str, key: str, byte_range: tuple[int, int] | None = None, *,
+        version_id: str | None = None,
     ) -> tuple[ObjectInfo, ObjectBody]:
         """`byte_range` is inclusive (first, last), already validated against size."""
 
-    async def delete_object(self, bucket: str, key: str) -> None:
-        """Idempotent: deleting a missing key succeeds. Raises NoSuchBucket."""
+    async def delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
+                            bypass_governance: bool = False) -> DeleteResult:
+        """Idempotent: deleting a missing key succeeds. Raises NoSuchBucket.
+
+        Without `version_id` in a versioned bucket: adds a delete marker. With it: removes
+        that version for good (unknown: nothing happens); a locked version raises
+        AccessDenied unless it is only under GOVERNANCE retention and `bypass_governance`.
+        """
 
     async def copy_object(
         self,
@@ -251,6 +345,9 @@ class Backend(Protocol):
         dst_bucket: str,
         dst_key: str,
         meta: ObjectMeta | None,
+        *,
+        src_version_id: str | None = None,
+        lock: ObjectLock | None = None,
     ) -> ObjectInfo:
         """Server-side copy; `meta=None` keeps the source's metadata (COPY directive)."""
 
@@ -284,15 +381,50 @@ class Backend(Protocol):
     async def put_bucket_tags(self, bucket: str, tags: dict[str, str] | None) -> None:
         """Replace the bucket's tag set (already validated); None deletes it."""
 
-    # -- tagging ---------------------------------------------------------
-    async def get_tags(self, bucket: str, key: str) -> dict[str, str]: ...
+    # -- versions and object lock ----------------------------------------
+    async def get_bucket_versioning(self, bucket: str) -> str | None:
+        """"Enabled", "Suspended", or None for a bucket never versioned."""
 
-    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None: ...
+    async def put_bucket_versioning(self, bucket: str, status: str) -> None:
+        """Raises InvalidBucketState when suspending a bucket with object lock."""
+
+    async def list_object_versions(
+        self, bucket: str, *, prefix: str = "", delimiter: str | None = None,
+        key_marker: str | None = None, version_id_marker: str | None = None,
+        max_keys: int = 1000,
+    ) -> VersionsPage:
+        """Versions and markers by key, newest first within a key (hidden keys too)."""
+
+    async def get_object_lock_configuration(self, bucket: str) -> dict[str, Any] | None:
+        """{"enabled": True, "rule": {"mode": ..., "days"|"years": n} | None}, or None."""
+
+    async def put_object_lock_configuration(self, bucket: str, config: dict[str, Any]) -> None:
+        """Replace the lock configuration (the form above). InvalidBucketState when the
+        bucket has no object lock and the backend cannot turn it on."""
+
+    async def put_object_retention(self, bucket: str, key: str, *, version_id: str | None,
+                                   mode: str | None, until: datetime | None,
+                                   bypass_governance: bool = False) -> None:
+        """Set (or with mode None remove) a version's retention. COMPLIANCE is only ever
+        extended; GOVERNANCE shortened or removed only with `bypass_governance`: else
+        AccessDenied."""
+
+    async def put_object_legal_hold(self, bucket: str, key: str, *, version_id: str | None,
+                                    on: bool) -> None: ...
+
+    # -- tagging ---------------------------------------------------------
+    async def get_tags(self, bucket: str, key: str, *,
+                       version_id: str | None = None) -> dict[str, str]: ...
+
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str], *,
+                       version_id: str | None = None) -> None: ...
 
     # -- multipart -------------------------------------------------------
     async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta, *,
-                                      checksum: UploadChecksum | None = None) -> str:
-        """Returns the upload id. `checksum` is kept with the upload until it ends."""
+                                      checksum: UploadChecksum | None = None,
+                                      lock: ObjectLock | None = None) -> str:
+        """Returns the upload id. `checksum` and `lock` are kept with the upload until it
+        ends (`lock` is the completed version's object lock)."""
 
     async def upload_checksum(self, bucket: str, key: str,
                               upload_id: str) -> UploadChecksum | None:

@@ -49,8 +49,8 @@ import os
 import secrets
 import shutil
 import struct
-from collections.abc import AsyncIterable, AsyncIterator
-from datetime import UTC, datetime
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -58,10 +58,12 @@ from ..errors import S3Error
 from .base import (
     MIN_PART_SIZE,
     BucketInfo,
+    DeleteResult,
     HashedBody,
     ListEntry,
     ListPage,
     ObjectInfo,
+    ObjectLock,
     ObjectMeta,
     ObjectPart,
     PartInfo,
@@ -69,11 +71,19 @@ from .base import (
     UploadChecksum,
     UploadInfo,
     UploadsPage,
+    VersionEntry,
+    VersionsPage,
+    marker_headers,
 )
 
 MAGIC = b"S3LO"
 _TRAILER = struct.Struct(">I4s")
 OBJ_SUFFIX = ".~o"
+# Noncurrent versions of "<name>.~o" live in "<name>.~v/<seq:016x>-<vid>.~o" ('~' is
+# escaped in key components, so no key's directory can be named like that).
+VERSIONS_SUFFIX = ".~v"
+# The gateway's own records: never versioned (they would pile up versions and markers).
+UNVERSIONED_PREFIX = ".s3latent/"
 MAX_COMPONENT = 180
 READ_CHUNK = 256 * 1024
 
@@ -108,6 +118,20 @@ def _meta_from_json(data: dict[str, Any]) -> ObjectMeta:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _versions_dir(path: Path) -> Path:
+    """Where the noncurrent versions of the object file `path` live."""
+    return path.with_name(path.name[: -len(OBJ_SUFFIX)] + VERSIONS_SUFFIX)
+
+
+def _check_version_id(version_id: str) -> None:
+    """This backend's IDs are 24 hex digits (or "null"); anything else is malformed."""
+    if version_id == "null":
+        return
+    if len(version_id) != 24 or any(c not in "0123456789abcdef" for c in version_id):
+        raise S3Error("InvalidArgument", "Invalid version id specified",
+                      ArgumentName="versionId", ArgumentValue=version_id)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -157,7 +181,9 @@ def _info_from_header(header: dict[str, Any]) -> ObjectInfo:
         return ObjectInfo(header["key"], header["size"], header["etag"],
                           datetime.fromisoformat(header["mtime"]),
                           _meta_from_json(header["meta"]), parts_count=header.get("parts"),
-                          part_table=PartTable.from_json(table) if table else None)
+                          part_table=PartTable.from_json(table) if table else None,
+                          version_id=header.get("vid"),
+                          lock=ObjectLock.from_json(header.get("lock")))
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptObject(f"metadata lacks or mangles a field: {exc!r}") from None
 
@@ -282,6 +308,9 @@ class LocalBackend:
         self._index_lock = asyncio.Lock()
         self._key_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._bucket_locks: dict[str, asyncio.Lock] = {}
+        # Per bucket, from .bucket.json (this process is its only writer).
+        self._versioning: dict[str, str | None] = {}
+        self._lock_config: dict[str, dict[str, Any] | None] = {}
 
     # -- paths -------------------------------------------------------------
     def _bucket_dir(self, bucket: str) -> Path:
@@ -324,7 +353,8 @@ class LocalBackend:
 
         return await asyncio.to_thread(scan)
 
-    async def create_bucket(self, bucket: str, owner: str | None = None) -> None:
+    async def create_bucket(self, bucket: str, owner: str | None = None, *,
+                            object_lock: bool = False) -> None:
         def create() -> None:
             d = self._bucket_dir(bucket)
             marker = d / ".bucket.json"
@@ -341,9 +371,14 @@ class LocalBackend:
             record: dict[str, Any] = {"name": bucket, "created": _now().isoformat()}
             if owner is not None:
                 record["owner"] = owner
+            if object_lock:
+                record["versioning"] = "Enabled"
+                record["object_lock"] = {"enabled": True, "rule": None}
             self._write_bucket_record(bucket, record)
 
         async with self._bucket_lock(bucket):
+            self._versioning.pop(bucket, None)
+            self._lock_config.pop(bucket, None)
             await asyncio.to_thread(create)
         self._index[bucket] = []
 
@@ -435,7 +470,7 @@ class LocalBackend:
         async with self._bucket_lock(bucket):
             await self.head_bucket(bucket)
             keys = await self._keys(bucket)
-            if keys:
+            if keys or await asyncio.to_thread(self._has_versions, bucket):
                 raise S3Error("BucketNotEmpty", resource=bucket, BucketName=bucket)
             # As on S3, in-progress multipart uploads do not keep a bucket alive.
             uploads = await self.list_multipart_uploads(bucket)
@@ -444,6 +479,15 @@ class LocalBackend:
                                         True)
             await asyncio.to_thread(shutil.rmtree, self._bucket_dir(bucket))
             self._index.pop(bucket, None)
+            self._versioning.pop(bucket, None)
+            self._lock_config.pop(bucket, None)
+
+    def _has_versions(self, bucket: str) -> bool:
+        """Whether any version or delete marker is stored (a versioned bucket's keys)."""
+        for _, _, files in os.walk(self._bucket_dir(bucket)):
+            if any(name.endswith(OBJ_SUFFIX) for name in files):
+                return True
+        return False
 
     # -- index ---------------------------------------------------------------
     async def _keys(self, bucket: str) -> list[str]:
@@ -456,14 +500,18 @@ class LocalBackend:
         return self._index[bucket]
 
     def _scan(self, bucket: str) -> list[str]:
+        """Keys whose current version is an object (not a delete marker)."""
         keys = []
-        for dirpath, _, files in os.walk(self._bucket_dir(bucket)):
+        for dirpath, dirs, files in os.walk(self._bucket_dir(bucket)):
+            dirs[:] = [d for d in dirs if not d.endswith(VERSIONS_SUFFIX)]
             for name in files:
                 if name.endswith(OBJ_SUFFIX):
                     path = os.path.join(dirpath, name)
                     try:
                         with open(path, "rb") as f:
-                            keys.append(_read_header(f)["key"])
+                            header = _read_header(f)
+                        if not header.get("dm"):
+                            keys.append(header["key"])
                     except FileNotFoundError:
                         continue  # deleted while we walked
                     except (OSError, CorruptObject, KeyError) as exc:
@@ -489,22 +537,107 @@ class LocalBackend:
             del keys[i]
 
     # -- objects -------------------------------------------------------------
-    def _open(self, bucket: str, key: str) -> tuple[ObjectInfo, BinaryIO]:
+    def _status(self, bucket: str) -> str | None:
+        """The bucket's versioning status (cached; only this process writes it)."""
+        if bucket not in self._versioning:
+            record = self._bucket_record(bucket)
+            self._versioning[bucket] = record.get("versioning")
+            self._lock_config[bucket] = record.get("object_lock")
+        return self._versioning[bucket]
+
+    def _key_status(self, bucket: str, key: str) -> str | None:
+        """As _status, but keys under the gateway's own prefix are never versioned."""
+        return None if key.startswith(UNVERSIONED_PREFIX) else self._status(bucket)
+
+    def _version_of(self, bucket: str, header: dict[str, Any]) -> str | None:
+        vid = header.get("vid")
+        if vid is None and self._status(bucket) is not None:
+            return "null"
+        return vid
+
+    def _stack(self, bucket: str, path: Path) -> list[tuple[Path, dict[str, Any]]]:
+        """Every version of the key behind `path`, newest first (the current one first).
+
+        Leftovers of a crash between linking the current file into the versions directory
+        and renaming the new one over it (the same version twice) are removed on sight.
+        """
+        out: list[tuple[Path, dict[str, Any]]] = []
+        current_vid = None
+        try:
+            with open(path, "rb") as f:
+                header = _read_header(f)
+            current_vid = header.get("vid") or "null"
+            out.append((path, header))
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        except CorruptObject as exc:
+            raise _corrupt(f"object file {path}", exc) from None
+        vdir = _versions_dir(path)
+        try:
+            names = sorted((n for n in os.listdir(vdir) if n.endswith(OBJ_SUFFIX)),
+                           reverse=True)
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        for name in names:
+            vpath = vdir / name
+            vid = name[len(name.split("-", 1)[0]) + 1:-len(OBJ_SUFFIX)]
+            if vid == current_vid:  # linked, then the write crashed (or a Suspended leftover)
+                vpath.unlink(missing_ok=True)
+                continue
+            try:
+                with open(vpath, "rb") as f:
+                    out.append((vpath, _read_header(f)))
+            except FileNotFoundError:
+                continue
+            except CorruptObject as exc:
+                raise _corrupt(f"object version file {vpath}", exc) from None
+        return out
+
+    def _find(self, bucket: str, key: str, version_id: str
+              ) -> tuple[Path, dict[str, Any], bool]:
+        """(file, header, is current) of one version; NoSuchVersion if there is none."""
+        _check_version_id(version_id)
+        path = self._object_path(bucket, key)
+        self._bucket_record(bucket)  # NoSuchBucket first
+        for i, (vpath, header) in enumerate(self._stack(bucket, path)):
+            if (header.get("vid") or "null") == version_id:
+                return vpath, header, i == 0
+        raise S3Error("NoSuchVersion", resource=f"/{bucket}/{key}", Key=key,
+                      VersionId=version_id)
+
+    def _open(self, bucket: str, key: str, version_id: str | None = None
+              ) -> tuple[ObjectInfo, BinaryIO]:
         """Open the object file and read its trailer: the info and data of ONE version.
 
         The caller owns the returned file and must close it.
         """
-        path = self._object_path(bucket, key)
+        if version_id is not None:
+            path, header, _ = self._find(bucket, key, version_id)
+            if header.get("dm"):
+                raise S3Error("MethodNotAllowed", Method="GET", ResourceType="DeleteMarker",
+                              headers=marker_headers(version_id, datetime.fromisoformat(
+                                  header["mtime"])))
+        else:
+            path = self._object_path(bucket, key)
         try:
             f: BinaryIO = open(path, "rb")  # closed by the caller, or below on error
         except FileNotFoundError:
             if not (self._bucket_dir(bucket) / ".bucket.json").exists():
                 raise S3Error("NoSuchBucket", resource=bucket, BucketName=bucket) from None
+            if version_id is not None:  # deleted meanwhile
+                raise S3Error("NoSuchVersion", Key=key, VersionId=version_id) from None
             raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", Key=key) from None
         except NotADirectoryError:
             raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", Key=key) from None
         try:
-            return _info_from_header(_read_header(f)), f
+            header = _read_header(f)
+            info = _info_from_header(header)
+            info.version_id = self._version_of(bucket, header)
+            if header.get("dm"):
+                f.close()
+                raise S3Error("NoSuchKey", resource=f"/{bucket}/{key}", Key=key,
+                              headers=marker_headers(info.version_id or "null"))
+            return info, f
         except CorruptObject as exc:
             f.close()
             raise _corrupt(f"object {bucket}/{key!r} ({path})", exc) from None
@@ -512,19 +645,21 @@ class LocalBackend:
             f.close()
             raise
 
-    def _read_info(self, bucket: str, key: str) -> ObjectInfo:
-        info, f = self._open(bucket, key)
+    def _read_info(self, bucket: str, key: str, version_id: str | None = None) -> ObjectInfo:
+        info, f = self._open(bucket, key, version_id)
         f.close()
         return info
 
-    async def head_object(self, bucket: str, key: str) -> ObjectInfo:
-        return await asyncio.to_thread(self._read_info, bucket, key)
+    async def head_object(self, bucket: str, key: str, *,
+                          version_id: str | None = None) -> ObjectInfo:
+        return await asyncio.to_thread(self._read_info, bucket, key, version_id)
 
     async def get_object(self, bucket: str, key: str,
-                         byte_range: tuple[int, int] | None = None
-                         ) -> tuple[ObjectInfo, _LocalBody]:
+                         byte_range: tuple[int, int] | None = None, *,
+                         version_id: str | None = None) -> tuple[ObjectInfo, _LocalBody]:
         """Info and body from one open of the file, so they always describe one version."""
-        info, f = await asyncio.to_thread(self._open, bucket, key)
+        args = (bucket, key) if version_id is None else (bucket, key, version_id)
+        info, f = await asyncio.to_thread(self._open, *args)
         first, last = byte_range if byte_range is not None else (0, info.size - 1)
         if byte_range is not None and last >= info.size:
             # The caller sized the range from an earlier HEAD; clip it to this version
@@ -546,20 +681,73 @@ class LocalBackend:
             raise
         return writer
 
+    def _new_lock(self, bucket: str, key: str, lock: ObjectLock | None) -> ObjectLock | None:
+        """The lock a new version gets: the one asked for, else the bucket's default."""
+        self._status(bucket)
+        config = self._lock_config.get(bucket)
+        if key.startswith(UNVERSIONED_PREFIX):
+            return None
+        if lock is not None and (lock.mode or lock.legal_hold):
+            if not config:
+                raise S3Error("InvalidRequest", "Bucket is missing ObjectLockConfiguration")
+            return lock
+        rule = (config or {}).get("rule")
+        if not rule:
+            return None
+        now = _now()
+        until = now + timedelta(days=int(rule["days"])) if rule.get("days") else \
+            now.replace(year=now.year + int(rule["years"]))
+        return ObjectLock(rule["mode"], until)
+
+    def _commit(self, bucket: str, key: str, writer: _Writer, info: ObjectInfo,
+                marker: bool = False) -> None:
+        """Commit `writer` as the key's new current version, as the bucket's versioning
+        status says: replace (never versioned), add on top (Enabled), or replace the
+        `null` version wherever it is (Suspended). Sets info.version_id."""
+        path = self._object_path(bucket, key)
+        status = self._key_status(bucket, key)
+        header = self._header(info)
+        if marker:
+            header["dm"] = True
+        if status is None:
+            info.version_id = None
+            writer.commit(header, path)
+            return
+        stack = self._stack(bucket, path)
+        seq = 1 + max([int(h.get("seq", 0)) for _, h in stack], default=0)
+        vid = f"{seq:016x}{secrets.token_hex(4)}" if status == "Enabled" else "null"
+        header["seq"], header["vid"], info.version_id = seq, vid, vid
+        current = stack[0] if stack and stack[0][0] == path else None
+        current_vid = (current[1].get("vid") or "null") if current else None
+        if current is not None and not (status == "Suspended" and current_vid == "null"):
+            vdir = _versions_dir(path)
+            vdir.mkdir(exist_ok=True)
+            os.link(path, vdir / f"{int(current[1].get('seq', 0)):016x}-{current_vid}"
+                    f"{OBJ_SUFFIX}")
+            _fsync_dir(vdir)
+        writer.commit(header, path)
+        if status == "Suspended":
+            for vpath, old in stack[1:]:
+                if (old.get("vid") or "null") == "null":
+                    vpath.unlink(missing_ok=True)
+
     async def put_object(self, bucket: str, key: str, body: AsyncIterable[bytes],
                          meta: ObjectMeta, *, size: int | None = None,
                          if_match: str | None = None,
-                         if_none_match: str | None = None) -> ObjectInfo:
+                         if_none_match: str | None = None,
+                         lock: ObjectLock | None = None) -> ObjectInfo:
         await self.head_bucket(bucket)
-        path = self._object_path(bucket, key)
+        self._object_path(bucket, key)
+        new_lock = await asyncio.to_thread(self._new_lock, bucket, key, lock)
         writer = await self._receive(body, f"object {bucket}/{key!r}")
         try:
             if size is not None and writer.size != size:
                 raise S3Error("IncompleteBody")
             async with self._lock(bucket, key):
                 await self._check_conditions(bucket, key, if_match, if_none_match)
-                info = ObjectInfo(key, writer.size, writer.md5.hexdigest(), _now(), meta)
-                await asyncio.to_thread(writer.commit, self._header(info), path)
+                info = ObjectInfo(key, writer.size, writer.md5.hexdigest(), _now(), meta,
+                                  lock=new_lock)
+                await asyncio.to_thread(self._commit, bucket, key, writer, info)
         except BaseException:
             await asyncio.to_thread(writer.abort)
             raise
@@ -591,35 +779,103 @@ class LocalBackend:
                   "meta": _meta_to_json(info.meta)}
         if info.part_table is not None:
             header["part_table"] = info.part_table.to_json()
+        if info.lock is not None:
+            header["lock"] = info.lock.to_json()
         return header
 
-    async def delete_object(self, bucket: str, key: str) -> None:
+    def _remove_file(self, bucket: str, path: Path) -> None:
+        """Unlink an object file and the directories the key left empty, up to the bucket."""
+        try:
+            os.unlink(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        _fsync_dir(path.parent)
+        parent, top = path.parent, self._bucket_dir(bucket)
+        while parent != top:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def _delete_version(self, bucket: str, key: str, version_id: str,
+                        bypass: bool) -> DeleteResult:
+        try:
+            vpath, header, is_current = self._find(bucket, key, version_id)
+        except S3Error as exc:
+            if exc.code == "NoSuchVersion":
+                return DeleteResult(version_id)  # S3: deleting an unknown version succeeds
+            raise
+        lock = ObjectLock.from_json(header.get("lock"))
+        if lock is not None:
+            if lock.legal_hold:
+                raise S3Error("AccessDenied", "The object is under a legal hold.")
+            if lock.retained(_now()) and (lock.mode != "GOVERNANCE" or not bypass):
+                raise S3Error("AccessDenied", "The object is protected by object lock "
+                              "retention until " + str(lock.retain_until))
+        path = self._object_path(bucket, key)
+        if is_current:
+            stack = self._stack(bucket, path)
+            older = stack[1][0] if len(stack) > 1 else None
+            if older is not None:
+                os.replace(older, path)
+                _fsync_dir(path.parent)
+            else:
+                self._remove_file(bucket, path)
+        else:
+            self._remove_file(bucket, vpath)
+        return DeleteResult(version_id, bool(header.get("dm")))
+
+    def _current_is_live(self, bucket: str, key: str) -> bool:
+        try:
+            self._read_info(bucket, key)
+            return True
+        except S3Error:
+            return False
+
+    async def delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
+                            bypass_governance: bool = False) -> DeleteResult:
         await self.head_bucket(bucket)
         path = self._object_path(bucket, key)
+        status = await asyncio.to_thread(self._key_status, bucket, key)
 
-        def remove() -> None:
+        def remove() -> DeleteResult:
+            if version_id is not None and status is None and \
+                    not _versions_dir(path).exists():
+                _check_version_id(version_id)
+                if version_id == "null":
+                    self._remove_file(bucket, path)
+                return DeleteResult(version_id if version_id == "null" else None)
+            if version_id is not None:
+                return self._delete_version(bucket, key, version_id, bypass_governance)
+            if status is None:
+                self._remove_file(bucket, path)
+                return DeleteResult()
+            writer = _Writer(self._tmp, f"delete marker {bucket}/{key!r}")
             try:
-                os.unlink(path)
-            except (FileNotFoundError, NotADirectoryError):
-                return
-            _fsync_dir(path.parent)
-            # Drop directories the key left empty, up to the bucket.
-            parent, top = path.parent, self._bucket_dir(bucket)
-            while parent != top:
-                try:
-                    parent.rmdir()
-                except OSError:
-                    break
-                parent = parent.parent
+                info = ObjectInfo(key, 0, "d41d8cd98f00b204e9800998ecf8427e", _now(),
+                                  ObjectMeta())
+                self._commit(bucket, key, writer, info, marker=True)
+            except BaseException:
+                writer.abort()
+                raise
+            return DeleteResult(info.version_id, True)
 
         async with self._lock(bucket, key):
-            await asyncio.to_thread(remove)
-        self._index_remove(bucket, key)
+            result = await asyncio.to_thread(remove)
+            live = await asyncio.to_thread(self._current_is_live, bucket, key)
+        if live:
+            self._index_add(bucket, key)
+        else:
+            self._index_remove(bucket, key)
+        return result
 
     async def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
-                          meta: ObjectMeta | None) -> ObjectInfo:
+                          meta: ObjectMeta | None, *, src_version_id: str | None = None,
+                          lock: ObjectLock | None = None) -> ObjectInfo:
         await self.head_bucket(dst_bucket)
-        info, body = await self.get_object(src_bucket, src_key)
+        new_lock = await asyncio.to_thread(self._new_lock, dst_bucket, dst_key, lock)
+        info, body = await self.get_object(src_bucket, src_key, version_id=src_version_id)
         new_meta = meta if meta is not None else info.meta
         try:
             writer = await self._receive(body, f"object {dst_bucket}/{dst_key!r}")
@@ -627,15 +883,215 @@ class LocalBackend:
             await body.close()
         try:
             copied = ObjectInfo(dst_key, writer.size, info.etag, _now(), new_meta,
-                                parts_count=info.parts_count, part_table=info.part_table)
+                                parts_count=info.parts_count, part_table=info.part_table,
+                                lock=new_lock)
             async with self._lock(dst_bucket, dst_key):
-                await asyncio.to_thread(writer.commit, self._header(copied),
-                                        self._object_path(dst_bucket, dst_key))
+                await asyncio.to_thread(self._commit, dst_bucket, dst_key, writer, copied)
         except BaseException:
             await asyncio.to_thread(writer.abort)
             raise
         self._index_add(dst_bucket, dst_key)
         return copied
+
+    # -- versions and object lock ----------------------------------------------
+    async def get_bucket_versioning(self, bucket: str) -> str | None:
+        await self.head_bucket(bucket)
+        return await asyncio.to_thread(self._status, bucket)
+
+    async def put_bucket_versioning(self, bucket: str, status: str) -> None:
+        if status not in ("Enabled", "Suspended"):
+            raise S3Error("MalformedXML")
+
+        def update() -> None:
+            record = self._bucket_record(bucket)
+            if status == "Suspended" and record.get("object_lock"):
+                raise S3Error("InvalidBucketState", "An Object Lock configuration is present "
+                              "on this bucket, so the versioning state cannot be changed.")
+            record["versioning"] = status
+            self._write_bucket_record(bucket, record)
+            self._versioning[bucket] = status
+
+        async with self._bucket_lock(bucket):
+            await asyncio.to_thread(update)
+
+    async def get_object_lock_configuration(self, bucket: str) -> dict[str, Any] | None:
+        await self.head_bucket(bucket)
+        await asyncio.to_thread(self._status, bucket)
+        config = self._lock_config.get(bucket)
+        return dict(config) if config else None
+
+    async def put_object_lock_configuration(self, bucket: str, config: dict[str, Any]) -> None:
+        """Also on an existing bucket with versioning Enabled (as AWS allows since 2023)."""
+        def update() -> None:
+            record = self._bucket_record(bucket)
+            if not record.get("object_lock") and record.get("versioning") != "Enabled":
+                raise S3Error("InvalidBucketState", "Versioning must be 'Enabled' on the "
+                              "bucket to apply a Object Lock configuration")
+            record["object_lock"] = config
+            self._write_bucket_record(bucket, record)
+            self._lock_config[bucket] = config
+
+        async with self._bucket_lock(bucket):
+            await asyncio.to_thread(update)
+
+    def _rewrite(self, bucket: str, key: str, version_id: str | None,
+                 change: Callable[[ObjectInfo], None]) -> None:
+        """Rewrite one version's file with changed metadata: same data, ID and mtime."""
+        if version_id is not None:
+            path, header, _ = self._find(bucket, key, version_id)
+            if header.get("dm"):
+                raise S3Error("MethodNotAllowed", Method="PUT", ResourceType="DeleteMarker",
+                              headers=marker_headers(version_id))
+        else:
+            path = self._object_path(bucket, key)
+            self._read_info(bucket, key)  # NoSuchKey, markers
+        with open(path, "rb") as f:
+            try:
+                header = _read_header(f)
+            except CorruptObject as exc:
+                raise _corrupt(f"object {bucket}/{key!r}", exc) from None
+            info = _info_from_header(header)
+            change(info)
+            writer = _Writer(self._tmp, f"object {bucket}/{key!r}")
+            try:
+                f.seek(0)
+                left = info.size
+                while left:
+                    chunk = f.read(min(READ_CHUNK, left))
+                    if not chunk:
+                        raise _corrupt(f"object {bucket}/{key!r}", CorruptObject("short"))
+                    writer.write(chunk, hash_it=False)
+                    left -= len(chunk)
+                new = self._header(info)
+                for name in ("vid", "seq", "dm"):
+                    if name in header:
+                        new[name] = header[name]
+                if info.lock is None:
+                    new.pop("lock", None)
+                writer.commit(new, path)
+            except BaseException:
+                writer.abort()
+                raise
+
+    async def put_object_retention(self, bucket: str, key: str, *, version_id: str | None,
+                                   mode: str | None, until: datetime | None,
+                                   bypass_governance: bool = False) -> None:
+        await self.head_bucket(bucket)
+        if not await self.get_object_lock_configuration(bucket):
+            raise S3Error("InvalidRequest", "Bucket is missing Object Lock Configuration")
+
+        def change(info: ObjectInfo) -> None:
+            old = info.lock or ObjectLock()
+            if old.retained(_now()):
+                # Shorter, removed, or another mode: GOVERNANCE needs the bypass for any
+                # of them, COMPLIANCE allows none.
+                weaker = mode is None or until is None or mode != old.mode or \
+                    until < (old.retain_until or until)
+                if weaker and (old.mode == "COMPLIANCE" or not bypass_governance):
+                    raise S3Error("AccessDenied", "Access Denied because object protected by "
+                                  "object lock.")
+            info.lock = ObjectLock(mode, until if mode else None, old.legal_hold)
+            if info.lock.mode is None and not info.lock.legal_hold:
+                info.lock = None
+
+        async with self._lock(bucket, key):
+            await asyncio.to_thread(self._rewrite, bucket, key, version_id, change)
+
+    async def put_object_legal_hold(self, bucket: str, key: str, *, version_id: str | None,
+                                    on: bool) -> None:
+        await self.head_bucket(bucket)
+        if not await self.get_object_lock_configuration(bucket):
+            raise S3Error("InvalidRequest", "Bucket is missing Object Lock Configuration")
+
+        def change(info: ObjectInfo) -> None:
+            old = info.lock or ObjectLock()
+            info.lock = ObjectLock(old.mode, old.retain_until, on)
+            if info.lock.mode is None and not on:
+                info.lock = None
+
+        async with self._lock(bucket, key):
+            await asyncio.to_thread(self._rewrite, bucket, key, version_id, change)
+
+    async def list_object_versions(self, bucket: str, *, prefix: str = "",
+                                   delimiter: str | None = None,
+                                   key_marker: str | None = None,
+                                   version_id_marker: str | None = None,
+                                   max_keys: int = 1000) -> VersionsPage:
+        """Walks the bucket (the key index knows current versions only): a cost that grows
+        with the bucket, acceptable for the embedded backend."""
+        await self.head_bucket(bucket)
+        if version_id_marker is not None and version_id_marker != "null":
+            _check_version_id(version_id_marker)
+
+        def scan() -> list[tuple[str, list[dict[str, Any]]]]:
+            paths: dict[str, Path] = {}
+            for dirpath, dirs, files in os.walk(self._bucket_dir(bucket)):
+                dirs[:] = [d for d in dirs if not d.endswith(VERSIONS_SUFFIX)]
+                for name in files:
+                    if name.endswith(OBJ_SUFFIX):
+                        path = Path(dirpath) / name
+                        try:
+                            with open(path, "rb") as f:
+                                paths[_read_header(f)["key"]] = path
+                        except (OSError, CorruptObject, KeyError) as exc:
+                            log.error("stored object %s is unreadable, left out of "
+                                      "listings: %s", path, exc)
+                for d in list(os.listdir(dirpath)):
+                    if d.endswith(VERSIONS_SUFFIX):  # versions of a key with no current
+                        base = Path(dirpath) / (d[:-len(VERSIONS_SUFFIX)] + OBJ_SUFFIX)
+                        if not base.exists():
+                            for name in sorted(os.listdir(Path(dirpath) / d)):
+                                try:
+                                    with open(Path(dirpath) / d / name, "rb") as f:
+                                        paths.setdefault(_read_header(f)["key"], base)
+                                except (OSError, CorruptObject, KeyError):
+                                    continue
+            out = []
+            for key in sorted(k for k in paths if k.startswith(prefix)):
+                out.append((key, [h for _, h in self._stack(bucket, paths[key])]))
+            return out
+
+        keys = await asyncio.to_thread(scan)
+        entries: list[VersionEntry] = []
+        prefixes: list[str] = []
+        truncated = False
+        skip_in_key = version_id_marker is not None and key_marker is not None
+        last: tuple[str, str | None] | None = None
+        for key, versions in keys:
+            if key_marker is not None and (key < key_marker or
+                                           (key == key_marker and not skip_in_key)):
+                continue
+            if delimiter:
+                pos = key.find(delimiter, len(prefix))
+                if pos >= 0:
+                    common = key[: pos + len(delimiter)]
+                    if (key_marker is not None and common <= key_marker) or \
+                            common in prefixes:
+                        continue
+                    if len(entries) + len(prefixes) >= max_keys:
+                        truncated = True
+                        break
+                    prefixes.append(common)
+                    last = (common, None)
+                    continue
+            passed = not (skip_in_key and key == key_marker)
+            for i, header in enumerate(versions):
+                vid = header.get("vid") or "null"
+                if not passed:
+                    passed = vid == version_id_marker
+                    continue
+                if len(entries) + len(prefixes) >= max_keys:
+                    truncated = True
+                    break
+                entries.append(VersionEntry(key, vid, i == 0, bool(header.get("dm")),
+                                            int(header["size"]), str(header["etag"]),
+                                            datetime.fromisoformat(header["mtime"])))
+                last = (key, vid)
+            if truncated:
+                break
+        return VersionsPage(entries, prefixes, truncated,
+                            last[0] if truncated and last else None,
+                            last[1] if truncated and last else None)
 
     async def list_objects(self, bucket: str, *, prefix: str = "",
                            delimiter: str | None = None, start_after: str | None = None,
@@ -682,24 +1138,18 @@ class LocalBackend:
         return ListEntry(key, info.size, info.etag, info.last_modified)
 
     # -- tags ----------------------------------------------------------------
-    async def get_tags(self, bucket: str, key: str) -> dict[str, str]:
-        return dict((await self.head_object(bucket, key)).meta.tags)
+    async def get_tags(self, bucket: str, key: str, *,
+                       version_id: str | None = None) -> dict[str, str]:
+        return dict((await self.head_object(bucket, key, version_id=version_id)).meta.tags)
 
-    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
-        """Rewrites the object file with new tags (same data, same ETag, same mtime)."""
-        async with self._lock(bucket, key):
-            info, body = await self.get_object(bucket, key)
-            try:
-                writer = await self._receive(body, f"object {bucket}/{key!r}")
-            finally:
-                await body.close()
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str], *,
+                       version_id: str | None = None) -> None:
+        """Rewrites the version's file with new tags (same data, ETag, mtime, version)."""
+        def change(info: ObjectInfo) -> None:
             info.meta.tags = dict(tags)
-            try:
-                await asyncio.to_thread(writer.commit, self._header(info),
-                                        self._object_path(bucket, key))
-            except BaseException:
-                await asyncio.to_thread(writer.abort)
-                raise
+
+        async with self._lock(bucket, key):
+            await asyncio.to_thread(self._rewrite, bucket, key, version_id, change)
 
     # -- multipart -------------------------------------------------------------
     def _upload_dir(self, upload_id: str) -> Path:
@@ -717,9 +1167,12 @@ class LocalBackend:
         return record
 
     async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta, *,
-                                      checksum: UploadChecksum | None = None) -> str:
+                                      checksum: UploadChecksum | None = None,
+                                      lock: ObjectLock | None = None) -> str:
         await self.head_bucket(bucket)
         self._object_path(bucket, key)  # refuses keys we could not store
+        if lock is not None:
+            await asyncio.to_thread(self._new_lock, bucket, key, lock)  # lock bucket?
         upload_id = secrets.token_hex(16)
 
         def create() -> None:
@@ -730,6 +1183,8 @@ class LocalBackend:
                                       "meta": _meta_to_json(meta)}
             if checksum is not None:
                 record["checksum"] = {"algorithm": checksum.algorithm, "type": checksum.type}
+            if lock is not None:
+                record["lock"] = lock.to_json()
             tmp = self._tmp / f"{upload_id}.json.tmp"
             try:
                 tmp.write_text(json.dumps(record))
@@ -854,7 +1309,7 @@ class LocalBackend:
                             writer.write(chunk, hash_it=False)
                             left -= len(chunk)
                 info.size = writer.size
-                writer.commit(self._header(info), self._object_path(bucket, key))
+                self._commit(bucket, key, writer, info)
             except BaseException:
                 writer.abort()
                 raise
@@ -862,8 +1317,10 @@ class LocalBackend:
 
         async with self._lock(bucket, key):
             await self._check_conditions(bucket, key, if_match, None)
+            lock = await asyncio.to_thread(self._new_lock, bucket, key,
+                                           ObjectLock.from_json(record.get("lock")))
             info = ObjectInfo(key, 0, etag, _now(), meta, parts_count=len(chosen),
-                              part_table=table)
+                              part_table=table, lock=lock)
             await asyncio.to_thread(assemble, info)
         self._index_add(bucket, key)
         return info

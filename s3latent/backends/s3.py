@@ -21,6 +21,7 @@ import random
 import secrets
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -44,10 +45,12 @@ from .base import (
     MIN_PART_SIZE,
     STORED_HEADERS,
     BucketInfo,
+    DeleteResult,
     HashedBody,
     ListEntry,
     ListPage,
     ObjectInfo,
+    ObjectLock,
     ObjectMeta,
     ObjectPart,
     PartInfo,
@@ -55,6 +58,9 @@ from .base import (
     UploadChecksum,
     UploadInfo,
     UploadsPage,
+    VersionEntry,
+    VersionsPage,
+    marker_headers,
 )
 from .s3_datapath import DataPath, translate_status
 from .s3_meta import GRACE_S as META_GRACE_S
@@ -101,6 +107,11 @@ _UNREACHABLE = (
 # Calls whose repetition cannot change the outcome (a POST that creates or completes
 # an upload is not among them). Timeouts are never retried: a hung backend would
 # only hang again, multiplying the client's wait.
+# The gateway's own range (objects.physical.HIDDEN_PREFIX; backends do not import it).
+_HIDDEN = ".s3latent/"
+# How long a bucket's versioning status is believed (another node may change it).
+STATUS_TTL_S = 2.0
+
 _IDEMPOTENT_OPS = frozenset({
     "list_buckets", "head_bucket", "create_bucket", "delete_bucket", "get_bucket_tagging",
     "put_bucket_tagging", "delete_bucket_tagging", "list_objects_v2", "list_objects",
@@ -292,6 +303,8 @@ class S3Backend:
             maxsize=20_000, ttl=24 * 3600)
         # Best-effort removal of meta records, off the client's request path.
         self._cleanups: set[asyncio.Task[None]] = set()
+        # bucket -> (versioning status, when asked): whether a 404 may be a delete marker.
+        self._status: TTLCache[str, str | None] = TTLCache(maxsize=10_000, ttl=STATUS_TTL_S)
         self._cleanup_slots = asyncio.Semaphore(8)
 
     async def start(self) -> None:
@@ -363,11 +376,14 @@ class S3Backend:
                          if self._deleted.get(b.name, float("-inf")) < sent}
         return infos
 
-    async def create_bucket(self, bucket: str, owner: str | None = None) -> None:
+    async def create_bucket(self, bucket: str, owner: str | None = None, *,
+                            object_lock: bool = False) -> None:
         if bucket == self.meta_bucket:
             raise S3Error("BucketAlreadyExists", resource=bucket, BucketName=bucket)
+        self._status.pop(bucket, None)
         try:
-            await self._call("create_bucket", bucket)
+            extra = {"ObjectLockEnabledForBucket": True} if object_lock else {}
+            await self._call("create_bucket", bucket, **extra)
         except S3Error as exc:
             if exc.code not in ("BucketAlreadyExists", "BucketAlreadyOwnedByYou"):
                 raise
@@ -495,22 +511,62 @@ class S3Backend:
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
+    async def _has_client_versions(self, bucket: str) -> bool:
+        """Whether a versioned bucket holds versions outside the gateway's own range
+        (SeaweedFS would delete such a bucket and its data; S3 says BucketNotEmpty).
+
+        Delete markers alone do not count: SeaweedFS 4.48 keeps a `null` marker that no
+        DELETE ?versionId=null removes, which would make such a bucket undeletable."""
+        if await self._cached_status(bucket) is None:
+            return False
+        marker = None
+        for _ in range(2):  # the hidden range is skipped in one step
+            page = await self.list_object_versions(bucket, max_keys=100, key_marker=marker)
+            if any(not e.key.startswith(_HIDDEN) and not e.delete_marker
+                   for e in page.entries):
+                return True
+            if not page.is_truncated:
+                return False
+            marker = _HIDDEN + "\U0010ffff"
+        return False
+
     async def _require_bucket(self, bucket: str) -> None:
         """Some stores (SeaweedFS) create a bucket on first PUT; S3 says NoSuchBucket."""
         await self.head_bucket(bucket)
 
-    async def _not_found(self, exc: S3Error, bucket: str) -> S3Error:
-        """A 404 on an object may really be a missing bucket."""
-        if exc.code == "NoSuchKey":
-            self._buckets.pop(bucket, None)
-            await self.head_bucket(bucket)
-        return exc
+    async def _not_found(self, exc: S3Error, bucket: str, key: str | None = None,
+                         version_id: str | None = None) -> S3Error:
+        """A 404 on an object may really be a missing bucket, or (versioned buckets) a
+        delete marker: S3 says so with headers (405 for a marker's version ID), SeaweedFS
+        does not, so one listing of the key's versions finds out."""
+        if exc.code not in ("NoSuchKey", "NoSuchVersion"):
+            return exc
+        self._buckets.pop(bucket, None)
+        await self.head_bucket(bucket)
+        if key is None or (version_id is None and await self._cached_status(bucket) is None):
+            return exc
+        page = await self.list_object_versions(bucket, prefix=key, max_keys=1000)
+        mine = [e for e in page.entries if e.key == key]
+        if version_id is None:
+            if mine and mine[0].is_latest and mine[0].delete_marker:
+                return S3Error("NoSuchKey", resource=f"/{bucket}/{key}", Key=key,
+                               headers=marker_headers(mine[0].version_id))
+            return exc
+        for e in mine:
+            if e.version_id == version_id:
+                if e.delete_marker:
+                    return S3Error("MethodNotAllowed", Method="GET",
+                                   ResourceType="DeleteMarker",
+                                   headers=marker_headers(version_id, e.last_modified))
+                return exc
+        return S3Error("NoSuchVersion", resource=f"/{bucket}/{key}", Key=key,
+                       VersionId=version_id)
 
     async def delete_bucket(self, bucket: str) -> None:
         self._buckets.pop(bucket, None)
         await self.head_bucket(bucket)
         page = await self.list_objects(bucket, max_keys=1)
-        if page.entries or page.common_prefixes:
+        if page.entries or page.common_prefixes or await self._has_client_versions(bucket):
             raise S3Error("BucketNotEmpty", resource=bucket, BucketName=bucket)
         await self._call("delete_bucket", bucket)
         self._deleted[bucket] = time.monotonic()
@@ -534,6 +590,7 @@ class S3Backend:
         size: int | None = None,
         if_match: str | None = None,
         if_none_match: str | None = None,
+        lock: ObjectLock | None = None,
     ) -> ObjectInfo:
         await self._require_bucket(bucket)
         spool = _Spool()
@@ -548,68 +605,118 @@ class S3Backend:
                 headers["If-None-Match"] = if_none_match
             headers["Content-MD5"] = spool.content_md5
             headers["Content-Length"] = str(spool.size)
+            headers.update(_lock_headers(lock))
             resp = await self._data.request("PUT", bucket, _object_key(key), headers=headers,
                                             body=spool.payload())
             etag = _unquote_etag(resp.headers.get("ETag", "")) or spool.md5_hex
+            vid = resp.headers.get("x-amz-version-id")
             resp.release()
-            return ObjectInfo(key, spool.size, etag, datetime.now(UTC), meta)
+            return ObjectInfo(key, spool.size, etag, datetime.now(UTC), meta,
+                              version_id=vid or await self._null_if_versioned(bucket),
+                              lock=lock)
         finally:
             spool.close()
 
-    async def head_object(self, bucket: str, key: str) -> ObjectInfo:
+    async def head_object(self, bucket: str, key: str, *,
+                          version_id: str | None = None) -> ObjectInfo:
         try:
-            resp = await self._folder_fallback("HEAD", bucket, key)
+            resp = await self._folder_fallback("HEAD", bucket, key, version_id=version_id)
         except S3Error as exc:
-            raise await self._not_found(exc, bucket) from None
+            raise await self._not_found(exc, bucket, key, version_id) from None
         resp.release()
-        return _info_from_headers(key, resp.headers)
+        return await self._versioned_info(bucket, _info_from_headers(key, resp.headers))
+
+    async def _versioned_info(self, bucket: str, info: ObjectInfo) -> ObjectInfo:
+        """A version ID on every object of a versioned bucket ("null" when the store
+        sends none)."""
+        if info.version_id is None:
+            info.version_id = await self._null_if_versioned(bucket)
+        return info
+
+    async def _null_if_versioned(self, bucket: str) -> str | None:
+        return "null" if await self._cached_status(bucket) is not None else None
+
+    async def _cached_status(self, bucket: str) -> str | None:
+        if bucket not in self._status:
+            resp = await self._call("get_bucket_versioning", bucket)
+            self._status[bucket] = resp.get("Status") or None
+        return self._status[bucket]
 
     async def _folder_fallback(self, method: str, bucket: str, key: str,
-                               headers: dict[str, str] | None = None) -> Any:
+                               headers: dict[str, str] | None = None,
+                               version_id: str | None = None) -> Any:
         """A folder key's own object, else an empty marker stored as plain `dir/` earlier.
 
         SeaweedFS answers a plain `dir/` with the object `dir` when there is one: only
         an empty answer can be a marker, anything else is another key's data.
         """
+        query = {"versionId": version_id} if version_id is not None else None
         try:
-            return await self._data.request(method, bucket, _object_key(key), headers=headers)
+            return await self._data.request(method, bucket, _object_key(key), headers=headers,
+                                            query=query)
         except S3Error as exc:
             if exc.code != "NoSuchKey" or not key.endswith("/"):
                 raise
             missing = exc
-        resp = await self._data.request(method, bucket, key, headers=headers)
+        resp = await self._data.request(method, bucket, key, headers=headers, query=query)
         if resp.headers.get("Content-Length") != "0":
             resp.release()
             raise missing
         return resp
 
     async def get_object(
-        self, bucket: str, key: str, byte_range: tuple[int, int] | None = None
+        self, bucket: str, key: str, byte_range: tuple[int, int] | None = None, *,
+        version_id: str | None = None,
     ) -> tuple[ObjectInfo, _Body]:
         headers = {}
         if byte_range is not None:
             headers["Range"] = f"bytes={byte_range[0]}-{byte_range[1]}"
         try:
-            resp = await self._folder_fallback("GET", bucket, key, headers=headers)
+            resp = await self._folder_fallback("GET", bucket, key, headers=headers,
+                                               version_id=version_id)
         except S3Error as exc:
-            raise await self._not_found(exc, bucket) from None
+            raise await self._not_found(exc, bucket, key, version_id) from None
         info = _info_from_headers(key, resp.headers)
+        if info.version_id is None:
+            try:
+                info.version_id = await self._null_if_versioned(bucket)
+            except BaseException:
+                resp.release()
+                raise
         content_range = resp.headers.get("Content-Range")
         if byte_range is not None and content_range:
             info.size = int(content_range.rpartition("/")[2])
         return info, _Body(resp)
 
-    async def delete_object(self, bucket: str, key: str) -> None:
+    async def delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
+                            bypass_governance: bool = False) -> DeleteResult:
         await self._require_bucket(bucket)
+        params: dict[str, Any] = {}
+        if version_id is not None:
+            params["VersionId"] = version_id
+        if bypass_governance:
+            params["BypassGovernanceRetention"] = True
+        result = DeleteResult(version_id)
         try:
-            await self._call("delete_object", bucket, key)
-            if key.endswith("/"):  # a marker stored as plain `dir/` before FOLDER_MARK
+            resp = await self._call("delete_object", bucket, key, **params)
+            result = DeleteResult(resp.get("VersionId") or version_id,
+                                  bool(resp.get("DeleteMarker")))
+            if key.endswith("/") and version_id is None and \
+                    await self._cached_status(bucket) is None:
+                # a marker stored as plain `dir/` before FOLDER_MARK
                 await self._call("delete_object", bucket, None, Key=key)
         except S3Error as exc:
-            if exc.code != "NoSuchKey":
+            if exc.code == "AccessDenied" and version_id is not None:
+                raise S3Error("AccessDenied", "The object version is protected by object "
+                              "lock.") from exc
+            if exc.code not in ("NoSuchKey", "NoSuchVersion"):
                 raise
-        if self.meta.exists:
+        if result.delete_marker and result.version_id is None:
+            result.version_id = "null"
+        if self.meta.exists and version_id is None and not result.delete_marker:
+            # Part tables describe versions too: only a never-versioned delete drops them.
             self._cleanup(object_prefix(bucket, key), grace_s=META_GRACE_S)
+        return result
 
     async def copy_object(
         self,
@@ -618,6 +725,9 @@ class S3Backend:
         dst_bucket: str,
         dst_key: str,
         meta: ObjectMeta | None,
+        *,
+        src_version_id: str | None = None,
+        lock: ObjectLock | None = None,
     ) -> ObjectInfo:
         await self._require_bucket(dst_bucket)
         source = _object_key(src_key)
@@ -629,6 +739,9 @@ class S3Backend:
                     raise
                 source = src_key
         params: dict[str, Any] = {"CopySource": {"Bucket": src_bucket, "Key": source}}
+        if src_version_id is not None:
+            params["CopySource"]["VersionId"] = src_version_id
+        params.update(_lock_params(lock))
         if meta is None:
             params["MetadataDirective"] = "COPY"
         else:
@@ -637,8 +750,9 @@ class S3Backend:
             if meta.tags:
                 params["TaggingDirective"] = "REPLACE"
                 params["Tagging"] = urlencode(meta.tags, quote_via=quote)
-        await self._call("copy_object", dst_bucket, dst_key, **params)
-        info = await self.head_object(dst_bucket, dst_key)
+        resp = await self._call("copy_object", dst_bucket, dst_key, **params)
+        vid = resp.get("VersionId")
+        info = await self.head_object(dst_bucket, dst_key, version_id=vid)
         if "-" in info.etag:
             # The copy kept the multipart layout (same ETag): so does its part table.
             table = await self.get_part_table(src_bucket, src_key, info.etag)
@@ -688,22 +802,160 @@ class S3Backend:
         return ListPage(entries, prefixes, truncated, last)
 
     # -- tagging ---------------------------------------------------------
-    async def get_tags(self, bucket: str, key: str) -> dict[str, str]:
-        resp = await self._call("get_object_tagging", bucket, key)
+    async def get_tags(self, bucket: str, key: str, *,
+                       version_id: str | None = None) -> dict[str, str]:
+        extra = {"VersionId": version_id} if version_id is not None else {}
+        resp = await self._call("get_object_tagging", bucket, key, **extra)
         return {t["Key"]: t["Value"] for t in resp.get("TagSet", [])}
 
-    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str], *,
+                       version_id: str | None = None) -> None:
+        extra = {"VersionId": version_id} if version_id is not None else {}
         if not tags:
-            await self._call("delete_object_tagging", bucket, key)
+            await self._call("delete_object_tagging", bucket, key, **extra)
             return
         tag_set = [{"Key": k, "Value": v} for k, v in tags.items()]
-        await self._call("put_object_tagging", bucket, key, Tagging={"TagSet": tag_set})
+        await self._call("put_object_tagging", bucket, key, Tagging={"TagSet": tag_set},
+                         **extra)
+
+    # -- versions and object lock ------------------------------------------
+    async def get_bucket_versioning(self, bucket: str) -> str | None:
+        await self.head_bucket(bucket)
+        resp = await self._call("get_bucket_versioning", bucket)
+        self._status[bucket] = resp.get("Status") or None
+        return self._status[bucket]
+
+    async def put_bucket_versioning(self, bucket: str, status: str) -> None:
+        await self.head_bucket(bucket)
+        if status == "Suspended" and await self.get_object_lock_configuration(bucket):
+            raise S3Error("InvalidBucketState", "An Object Lock configuration is present on "
+                          "this bucket, so the versioning state cannot be changed.")
+        await self._call("put_bucket_versioning", bucket,
+                         VersioningConfiguration={"Status": status})
+        self._status[bucket] = status
+
+    async def list_object_versions(self, bucket: str, *, prefix: str = "",
+                                   delimiter: str | None = None,
+                                   key_marker: str | None = None,
+                                   version_id_marker: str | None = None,
+                                   max_keys: int = 1000) -> VersionsPage:
+        """From the raw XML: versions and markers interleaved in the store's order (boto
+        splits them into two lists, and SeaweedFS's IDs do not sort by age)."""
+        query = {"versions": "", "max-keys": str(max_keys)}
+        if prefix:
+            query["prefix"] = prefix
+        if delimiter:
+            query["delimiter"] = delimiter
+        if key_marker:
+            query["key-marker"] = key_marker
+        if version_id_marker:
+            query["version-id-marker"] = version_id_marker
+        resp = await self._data.request("GET", bucket, None, query=query)
+        try:
+            raw = await resp.read()
+        finally:
+            resp.release()
+        root = ET.fromstring(raw)
+        ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        entries: list[VersionEntry] = []
+        prefixes: list[str] = []
+        for child in root:
+            tag = child.tag[len(ns):]
+            if tag in ("Version", "DeleteMarker"):
+                def text(name: str, default: str = "", el: Any = child) -> str:
+                    node = el.find(ns + name)
+                    return node.text or default if node is not None else default
+                entries.append(VersionEntry(
+                    _from_backend(text("Key")), text("VersionId", "null") or "null",
+                    text("IsLatest") == "true", tag == "DeleteMarker",
+                    int(text("Size", "0") or 0), _unquote_etag(text("ETag")),
+                    _utc(parse_iso(text("LastModified")))))
+            elif tag == "CommonPrefixes":
+                node = child.find(ns + "Prefix")
+                if node is not None and node.text:
+                    prefixes.append(node.text)
+
+        def top(name: str) -> str | None:
+            node = root.find(ns + name)
+            return node.text if node is not None and node.text else None
+
+        truncated = top("IsTruncated") == "true"
+        # SeaweedFS lists a key's `null` version below the others even when it is the
+        # latest (a Suspended write): S3's order is newest first.
+        ordered: list[VersionEntry] = []
+        for entry in entries:
+            if ordered and ordered[-1].key != entry.key:
+                _newest_first(ordered, ordered_from=_run_start(ordered))
+            ordered.append(entry)
+        if ordered:
+            _newest_first(ordered, ordered_from=_run_start(ordered))
+        # SeaweedFS also answers keys outside the prefix ("a.png" for prefix "a.png.").
+        entries = [e for e in ordered if e.key.startswith(prefix)]
+        prefixes = [p for p in prefixes if p.startswith(prefix)]
+        return VersionsPage(entries, prefixes, truncated,
+                            top("NextKeyMarker") if truncated else None,
+                            top("NextVersionIdMarker") if truncated else None)
+
+    async def get_object_lock_configuration(self, bucket: str) -> dict[str, Any] | None:
+        await self.head_bucket(bucket)
+        try:
+            resp = await self._call("get_object_lock_configuration", bucket)
+        except S3Error as exc:
+            if exc.code in ("ObjectLockConfigurationNotFoundError", "NoSuchKey",
+                            "NotImplemented", "InvalidRequest") or exc.status == 404:
+                return None
+            raise
+        config = resp.get("ObjectLockConfiguration") or {}
+        if config.get("ObjectLockEnabled") != "Enabled":
+            return None
+        default = (config.get("Rule") or {}).get("DefaultRetention")
+        rule = None
+        if default:
+            rule = {"mode": default["Mode"]}
+            if default.get("Days"):
+                rule["days"] = int(default["Days"])
+            if default.get("Years"):
+                rule["years"] = int(default["Years"])
+        return {"enabled": True, "rule": rule}
+
+    async def put_object_lock_configuration(self, bucket: str, config: dict[str, Any]) -> None:
+        await self.head_bucket(bucket)
+        body: dict[str, Any] = {"ObjectLockEnabled": "Enabled"}
+        rule = config.get("rule")
+        if rule:
+            retention: dict[str, Any] = {"Mode": rule["mode"]}
+            if rule.get("days"):
+                retention["Days"] = int(rule["days"])
+            if rule.get("years"):
+                retention["Years"] = int(rule["years"])
+            body["Rule"] = {"DefaultRetention": retention}
+        await self._call("put_object_lock_configuration", bucket,
+                         ObjectLockConfiguration=body)
+
+    async def put_object_retention(self, bucket: str, key: str, *, version_id: str | None,
+                                   mode: str | None, until: datetime | None,
+                                   bypass_governance: bool = False) -> None:
+        params: dict[str, Any] = {"Retention": {"Mode": mode, "RetainUntilDate": until}
+                                  if mode else {}}
+        if version_id is not None:
+            params["VersionId"] = version_id
+        if bypass_governance:
+            params["BypassGovernanceRetention"] = True
+        await self._call("put_object_retention", bucket, key, **params)
+
+    async def put_object_legal_hold(self, bucket: str, key: str, *, version_id: str | None,
+                                    on: bool) -> None:
+        extra = {"VersionId": version_id} if version_id is not None else {}
+        await self._call("put_object_legal_hold", bucket, key,
+                         LegalHold={"Status": "ON" if on else "OFF"}, **extra)
 
     # -- multipart -------------------------------------------------------
     async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta, *,
-                                      checksum: UploadChecksum | None = None) -> str:
+                                      checksum: UploadChecksum | None = None,
+                                      lock: ObjectLock | None = None) -> str:
         await self._require_bucket(bucket)
         params = _meta_params(meta)
+        params.update(_lock_params(lock))
         if meta.tags:
             params["Tagging"] = urlencode(meta.tags, quote_via=quote)
         resp = await self._call("create_multipart_upload", bucket, key, **params)
@@ -851,7 +1103,7 @@ class S3Backend:
             )
             await self._put_part_table(bucket, key, table)
         guard = {"IfMatch": f'"{if_match}"'} if if_match is not None else {}
-        await self._call(
+        done = await self._call(
             "complete_multipart_upload",
             bucket,
             key,
@@ -861,12 +1113,13 @@ class S3Backend:
                 "Parts": [{"PartNumber": n, "ETag": f'"{_unquote_etag(e)}"'} for n, e in parts]
             },
         )
-        info = await self.head_object(bucket, key)
+        vid = done.get("VersionId")
+        info = await self.head_object(bucket, key, version_id=vid)
         if info.etag != expected:
             # A store with its own multipart ETags (or a write that replaced the object
             # since): the table names `expected` and is never used for this object.
             log.debug("backend multipart etag %s differs from S3's %s", info.etag, expected)
-        if table is not None:  # tables of the objects this one replaced
+        if table is not None and vid is None:  # tables of the objects this one replaced
             self._cleanup(object_prefix(bucket, key),
                           keep=self._table_name(bucket, key, info.etag), grace_s=META_GRACE_S)
         if upload_checksum is not None or key.endswith("/"):
@@ -941,6 +1194,61 @@ class S3Backend:
         )
 
 
+def parse_iso(text: str) -> datetime | None:
+    """An ISO 8601 time as S3 writes it (listings, lock dates); None if unreadable."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return parse_http_date(text)
+
+
+def _lock_headers(lock: ObjectLock | None) -> dict[str, str]:
+    """The x-amz-object-lock-* headers of a data-path PUT."""
+    headers: dict[str, str] = {}
+    if lock is None:
+        return headers
+    if lock.mode and lock.retain_until:
+        headers["x-amz-object-lock-mode"] = lock.mode
+        headers["x-amz-object-lock-retain-until-date"] = \
+            lock.retain_until.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if lock.legal_hold:
+        headers["x-amz-object-lock-legal-hold"] = "ON"
+    return headers
+
+
+def _lock_params(lock: ObjectLock | None) -> dict[str, Any]:
+    """The same for boto calls (CopyObject, CreateMultipartUpload)."""
+    params: dict[str, Any] = {}
+    if lock is None:
+        return params
+    if lock.mode and lock.retain_until:
+        params["ObjectLockMode"] = lock.mode
+        params["ObjectLockRetainUntilDate"] = lock.retain_until
+    if lock.legal_hold:
+        params["ObjectLockLegalHoldStatus"] = "ON"
+    return params
+
+
+def _run_start(entries: list[VersionEntry]) -> int:
+    """Index of the first entry of the last key's run."""
+    i = len(entries) - 1
+    while i > 0 and entries[i - 1].key == entries[-1].key:
+        i -= 1
+    return i
+
+
+def _newest_first(entries: list[VersionEntry], ordered_from: int) -> None:
+    """Move a key's `null` version that SeaweedFS flags latest but lists below the others
+    (written while Suspended) to the front; the store's order is kept otherwise (its
+    timestamps are too coarse to order by)."""
+    run = entries[ordered_from:]
+    for i, entry in enumerate(run):
+        if i and entry.is_latest and entry.version_id == "null":
+            run.insert(0, run.pop(i))
+            break
+    entries[ordered_from:] = run
+
+
 def _just_before(key: str) -> str:
     """A string sorting just below `key`: nothing a client stores lies between them."""
     last = ord(key[-1])
@@ -1007,6 +1315,12 @@ def _info_from_headers(key: str, headers: Any) -> ObjectInfo:
         "ResponseMetadata": {"HTTPHeaders": {n.lower(): v for n, v in headers.items()}},
     }
     info = _info_from(key, resp)
+    info.version_id = headers.get("x-amz-version-id") or None
+    mode = headers.get("x-amz-object-lock-mode")
+    until = headers.get("x-amz-object-lock-retain-until-date")
+    hold = headers.get("x-amz-object-lock-legal-hold", "").upper() == "ON"
+    if mode or hold:
+        info.lock = ObjectLock(mode or None, _utc(parse_iso(until)) if until else None, hold)
     count = headers.get("x-amz-tagging-count")
     if count and count.isdigit():
         info.tag_count = int(count)

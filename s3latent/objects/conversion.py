@@ -312,12 +312,29 @@ class Converter:
                     self.idle.set()
 
     # -- the conversion itself --------------------------------------------
+    async def versioned(self, bucket: str) -> bool:
+        """Whether the bucket's versioning was ever enabled: such buckets are never
+        converted until stand-ins exist (docs/versioning.md). Asked of the backend each
+        time, so a conversion never trusts a status older than the call."""
+        getter = getattr(self.backend, "get_bucket_versioning", None)
+        if getter is None:
+            return False
+        try:
+            return await getter(bucket) is not None
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                return False
+            raise
+
     async def convert(self, bucket: str, key: str) -> str:
         """Convert K with its sidecar if both are there; returns what happened."""
         settings = self.config.bucket(bucket)
         if not settings.convert:
             self._set_state(bucket, key, None)
             return "conversion disabled for this bucket"
+        if await self.versioned(bucket):
+            self._set_state(bucket, key, "not converted: versioned bucket")
+            return "versioned bucket"
         side_key = key + settings.sidecar_suffix
         try:
             image = await self.backend.head_object(bucket, key)
@@ -546,7 +563,7 @@ class Converter:
         found = refused = 0
         for bucket in await self.backend.list_buckets():
             settings = self.config.bucket(bucket.name)
-            if not settings.convert:
+            if not settings.convert or await self.versioned(bucket.name):
                 continue
             try:
                 async with self.gate.work(bucket.name):

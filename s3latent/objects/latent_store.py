@@ -9,6 +9,7 @@ ForwardingStore; so are the write hooks (invalidation before and after, write li
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -17,20 +18,28 @@ from prometheus_client import CollectorRegistry
 
 from ..backends.base import (
     Backend,
+    DeleteResult,
     ListPage,
     ObjectBody,
     ObjectInfo,
+    ObjectLock,
     ObjectMeta,
     UploadChecksum,
+    VersionEntry,
+    VersionsPage,
+    read_body,
 )
 from ..cache.readpath import ReadCache
 from ..config import Config
-from .context import LatentContext, writable
+from ..errors import S3Error
+from . import physical
+from .context import LatentContext, readable, writable
 from .conversion import Converter
 from .listing import LatentListing
 from .reads import LatentReads
 from .store import ForwardingStore
-from .writes import LatentWrites
+from .versioned import VersionedObjects, VersioningStatus
+from .writes import LATENT_CONTENT_TYPE, LatentWrites
 
 if TYPE_CHECKING:
     from ..decode.services import DecodeServices
@@ -60,6 +69,27 @@ class LatentStore(ForwardingStore):
         self.reads = LatentReads(self.ctx, registry=registry)
         self.listing = LatentListing(self.ctx, registry=registry)
         self.writes = LatentWrites(self.ctx)
+        self.status = VersioningStatus(self.ctx)
+        self.versioned = VersionedObjects(self.ctx, self.reads)
+
+    async def _versioned_access(self, bucket: str, version_id: str | None) -> bool:
+        """Whether a request goes the versioned way; in a bucket never versioned only the
+        `null` version exists, and any other ID is malformed there (as S3 answers)."""
+        status = await self._status(bucket)
+        if status is None and version_id not in (None, "null"):
+            raise S3Error("InvalidArgument", "Invalid version id specified",
+                          ArgumentName="versionId", ArgumentValue=version_id)
+        return status is not None or version_id is not None
+
+    async def _status(self, bucket: str) -> str | None:
+        """The bucket's versioning status; None: never versioned (or no such bucket, which
+        the operation itself then reports)."""
+        try:
+            return await self.status.get(bucket)
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                return None
+            raise
 
     async def start(self) -> None:
         await super().start()
@@ -89,13 +119,88 @@ class LatentStore(ForwardingStore):
         self.reads.forget_state(bucket, image_key)
         self.converter.forget_refusal(bucket, image_key)
 
+    # -- buckets: versioning ----------------------------------------------------
+    async def create_bucket(self, bucket: str, owner: str | None = None, *,
+                            object_lock: bool = False) -> None:
+        self.status.forget(bucket)
+        await super().create_bucket(bucket, owner, object_lock=object_lock)
+        self.status.forget(bucket)
+
+    async def put_bucket_versioning(self, bucket: str, status: str) -> None:
+        """Conversions of the bucket in flight are waited for and held back meanwhile:
+        none may write a container into a bucket that has just become versioned (it would
+        add a version); later ones see the status and leave the bucket plain."""
+        async with self.converter.gate.closed(bucket):
+            await self.backend.put_bucket_versioning(bucket, status)
+            self.status.set(bucket, status)
+
+    async def list_object_versions(self, bucket: str, *, prefix: str = "",
+                                   delimiter: str | None = None,
+                                   key_marker: str | None = None,
+                                   version_id_marker: str | None = None,
+                                   max_keys: int = 1000) -> VersionsPage:
+        """Versions as clients see them: a latent version (of a pair converted before
+        versioning) shows the size, ETag and time its reads give.
+
+        Which versions may be latent: a one-part multipart ETag, or a key the listing
+        index knows as converted (SeaweedFS lists multipart versions without the "-1").
+        One index listing per page, one HEAD per such version.
+        """
+        page = await super().list_object_versions(
+            bucket, prefix=prefix, delimiter=delimiter, key_marker=key_marker,
+            version_id_marker=version_id_marker, max_keys=max_keys)
+        versions = [e for e in page.entries if not e.delete_marker]
+        if not versions:
+            return page
+        converted = await self._converted_keys(bucket, versions[0].key, versions[-1].key)
+        limiter = asyncio.Semaphore(16)
+
+        async def fix(entry: VersionEntry) -> None:
+            async with limiter:
+                try:
+                    info = await self.head_object(bucket, entry.key,
+                                                  version_id=entry.version_id)
+                except S3Error:
+                    return
+            entry.size, entry.etag = info.size, info.etag
+            entry.last_modified = info.last_modified
+
+        await asyncio.gather(*(fix(e) for e in versions
+                               if physical.may_be_latent(e.etag) or e.key in converted))
+        return page
+
+    async def _converted_keys(self, bucket: str, first: str, last: str) -> set[str]:
+        """Keys in [first, last] with a latent view in the listing index (bounded pages)."""
+        found: set[str] = set()
+        start = physical.view_index_prefix(first)[:-1]
+        end = physical.view_index_prefix(last) + "\U0010ffff"
+        for _ in range(5):
+            page = await self.backend.list_objects(bucket, prefix=physical.VIEWS_PREFIX,
+                                                   start_after=start)
+            for entry in page.entries:
+                if entry.key > end:
+                    return found
+                parsed = physical.parse_view_index_key(entry.key)
+                if parsed is not None and parsed[2] is not None:
+                    found.add(parsed[0])
+            if not page.is_truncated or page.next_start_after is None:
+                return found
+            start = page.next_start_after
+        return found
+
     # -- reads -----------------------------------------------------------------
-    async def head_object(self, bucket: str, key: str) -> ObjectInfo:
+    async def head_object(self, bucket: str, key: str, *,
+                          version_id: str | None = None) -> ObjectInfo:
+        if await self._versioned_access(bucket, version_id):
+            return await self.versioned.head_object(bucket, key, version_id)
         return await self.reads.head_object(bucket, key)
 
     async def get_object(self, bucket: str, key: str,
                          byte_range: tuple[int, int] | None = None, *,
-                         known: ObjectInfo | None = None) -> tuple[ObjectInfo, ObjectBody]:
+                         known: ObjectInfo | None = None,
+                         version_id: str | None = None) -> tuple[ObjectInfo, ObjectBody]:
+        if await self._versioned_access(bucket, version_id):
+            return await self.versioned.get_object(bucket, key, byte_range, version_id)
         return await self.reads.get_object(bucket, key, byte_range, known=known)
 
     async def latent_safetensors(self, bucket: str, key: str) -> tuple[ObjectInfo, bytes]:
@@ -110,16 +215,109 @@ class LatentStore(ForwardingStore):
     # -- writes ----------------------------------------------------------------
     async def _put_object(self, bucket: str, key: str, body: AsyncIterable[bytes],
                           meta: ObjectMeta, *, size: int | None, if_match: str | None,
-                          if_none_match: str | None) -> ObjectInfo:
-        return await self.writes.put_object(bucket, key, body, meta, size=size,
-                                            if_match=if_match, if_none_match=if_none_match)
+                          if_none_match: str | None,
+                          lock: ObjectLock | None = None) -> ObjectInfo:
+        status = await self._status(bucket)
+        if status is None:
+            if lock is not None:
+                raise S3Error("InvalidRequest", "Bucket is missing ObjectLockConfiguration")
+            return await self.writes.put_object(bucket, key, body, meta, size=size,
+                                                if_match=if_match,
+                                                if_none_match=if_none_match)
+        # Versioned: a plain write of a new version; nothing is materialised, nothing is
+        # converted (docs/versioning.md).
+        writable(key)
+        if _is_latent_upload(meta):
+            raise S3Error("InvalidRequest", "Latent uploads are not supported in versioned "
+                          "buckets.")
+        if_match, if_none_match = await self._versioned_conditions(bucket, key, if_match,
+                                                                   if_none_match)
+        if status == "Suspended":
+            await self.versioned.keep_if_needed(bucket, key, "null")
+        extra = {"lock": lock} if lock is not None else {}
+        return await self.backend.put_object(bucket, key, body, meta, size=size,
+                                             if_match=if_match, if_none_match=if_none_match,
+                                             **extra)
 
-    async def _delete_object(self, bucket: str, key: str) -> None:
-        await self.writes.delete_object(bucket, key)
+    async def _versioned_conditions(self, bucket: str, key: str, if_match: str | None,
+                                    if_none_match: str | None
+                                    ) -> tuple[str | None, str | None]:
+        """If-Match / If-None-Match (`*` or an ETag) against the current version as clients
+        see it; what the backend is asked to guard atomically (create-only, or the ETag of
+        a plain current version)."""
+        if if_match is None and if_none_match is None:
+            return None, None
+        try:
+            current: ObjectInfo | None = await self.versioned.head_object(bucket, key, None)
+        except S3Error as exc:
+            if exc.code != "NoSuchKey":
+                raise
+            current = None
+        none_match = if_none_match.strip() if if_none_match is not None else None
+        if current is None:
+            if if_match is not None:
+                raise S3Error("NoSuchKey", Key=key)
+            return None, "*" if none_match == "*" else None
+        if none_match == "*" or (none_match and none_match.strip('"') == current.etag):
+            raise S3Error("PreconditionFailed", Condition="If-None-Match")
+        if if_match is not None and if_match.strip('"') not in (current.etag, "*"):
+            raise S3Error("PreconditionFailed", Condition="If-Match")
+        plain = physical.REP not in current.meta.internal
+        return (current.etag if if_match is not None and plain else None), None
+
+    async def _delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
+                             bypass_governance: bool = False) -> DeleteResult | None:
+        await self._versioned_access(bucket, version_id)
+        status = await self._status(bucket)
+        if status is None:
+            await self.writes.delete_object(bucket, key)
+            return DeleteResult(version_id)
+        if physical.is_hidden(key):
+            return DeleteResult(version_id)  # not a client's object
+        if version_id is not None:
+            await self.versioned.keep_if_needed(bucket, key, version_id)
+        elif status == "Suspended":
+            await self.versioned.keep_if_needed(bucket, key, "null")
+        return await super()._delete_object(bucket, key, version_id=version_id,
+                                            bypass_governance=bypass_governance)
 
     async def _copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
-                           meta: ObjectMeta | None) -> ObjectInfo:
-        return await self.writes.copy_object(src_bucket, src_key, dst_bucket, dst_key, meta)
+                           meta: ObjectMeta | None, *, src_version_id: str | None = None,
+                           lock: ObjectLock | None = None) -> ObjectInfo:
+        dst_status = await self._status(dst_bucket)
+        if src_version_id is None and dst_status is None and lock is None and \
+                await self._status(src_bucket) is None:
+            return await self.writes.copy_object(src_bucket, src_key, dst_bucket, dst_key,
+                                                 meta)
+        readable(src_key)
+        writable(dst_key)
+        if dst_status is None and lock is not None:
+            raise S3Error("InvalidRequest", "Bucket is missing ObjectLockConfiguration")
+        if dst_status == "Suspended":
+            await self.versioned.keep_if_needed(dst_bucket, dst_key, "null")
+        stored = await self.backend.head_object(src_bucket, src_key, version_id=src_version_id)
+        pinned = stored.version_id or src_version_id
+        if physical.representation(stored) == "plain" and \
+                physical.REP not in stored.meta.internal:
+            return await super()._copy_object(src_bucket, src_key, dst_bucket, dst_key, meta,
+                                              src_version_id=pinned, lock=lock)
+        # A latent version (a pair converted before versioning): the copy is the bytes a
+        # client reads from it, as a plain object with the same logical ETag.
+        logical, body = await self.versioned.get_object(src_bucket, src_key, None, pinned)
+        data = await read_body(body)
+        if meta is None:
+            meta = ObjectMeta(content_type=logical.meta.content_type,
+                              metadata=dict(logical.meta.metadata),
+                              headers=dict(logical.meta.headers),
+                              tags=await self.backend.get_tags(src_bucket, src_key,
+                                                               version_id=pinned))
+
+        async def once() -> AsyncIterator[bytes]:
+            yield data
+
+        extra = {"lock": lock} if lock is not None else {}
+        return await self.backend.put_object(dst_bucket, dst_key, once(), meta,
+                                             size=len(data), **extra)
 
     async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
         """Under the key's tag lock: a conversion or restored sidecar committing meanwhile
@@ -140,15 +338,26 @@ class LatentStore(ForwardingStore):
         await self.writes.after_overwrite(bucket, key, replaced)
 
     async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta, *,
-                                      checksum: UploadChecksum | None = None) -> str:
+                                      checksum: UploadChecksum | None = None,
+                                      lock: ObjectLock | None = None) -> str:
         writable(key)  # the gateway's own records are never a client's to write
-        return await super().create_multipart_upload(bucket, key, meta, checksum=checksum)
+        return await super().create_multipart_upload(bucket, key, meta, checksum=checksum,
+                                                     lock=lock)
 
     async def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
                                         parts: list[tuple[int, str]], *,
                                         if_match: str | None = None,
                                         checksum: str | None = None) -> ObjectInfo:
         writable(key)
+        status = await self._status(bucket)
+        if status is not None:  # a new version: nothing materialised, nothing converted
+            self.invalidate(bucket, key)
+            if status == "Suspended":
+                await self.versioned.keep_if_needed(bucket, key, "null")
+            info = await self.backend.complete_multipart_upload(
+                bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)
+            self.changed(bucket, key)
+            return info
         return await super().complete_multipart_upload(
             bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)
 
@@ -157,3 +366,8 @@ class LatentStore(ForwardingStore):
             await self.writes.delete_bucket(bucket)
         finally:
             self.records.forget(bucket)
+            self.status.forget(bucket)
+
+
+def _is_latent_upload(meta: ObjectMeta) -> bool:
+    return meta.content_type.split(";")[0].strip().lower() == LATENT_CONTENT_TYPE

@@ -15,19 +15,23 @@ import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 from ..backends.base import (
     Backend,
     BucketInfo,
+    DeleteResult,
     ListPage,
     ObjectBody,
     ObjectInfo,
+    ObjectLock,
     ObjectMeta,
     PartInfo,
     PartTable,
     UploadChecksum,
     UploadsPage,
+    VersionsPage,
     read_body,
 )
 from ..errors import S3Error
@@ -39,6 +43,9 @@ from .bucket_records import BucketRecords, ObjectRecords
 OBJECT_ACLS = "object-acls"
 
 log = logging.getLogger(__name__)
+
+# The gateway's own key range (physical.HIDDEN_PREFIX), never listed to clients.
+_HIDDEN = ".s3latent/"
 
 # Called with (bucket, key) after a write or delete of the key committed (conversions too).
 WriteListener = Callable[[str, str], None]
@@ -100,10 +107,14 @@ class ForwardingStore:
     async def list_buckets(self) -> list[BucketInfo]:
         return await self.backend.list_buckets()
 
-    async def create_bucket(self, bucket: str, owner: str | None = None) -> None:
+    async def create_bucket(self, bucket: str, owner: str | None = None, *,
+                            object_lock: bool = False) -> None:
         self.records.forget(bucket)
         try:
-            await self.backend.create_bucket(bucket, owner=owner)
+            if object_lock:
+                await self.backend.create_bucket(bucket, owner=owner, object_lock=True)
+            else:
+                await self.backend.create_bucket(bucket, owner=owner)
         finally:
             self.records.forget(bucket)
 
@@ -170,50 +181,120 @@ class ForwardingStore:
     async def put_bucket_tags(self, bucket: str, tags: dict[str, str] | None) -> None:
         await self.backend.put_bucket_tags(bucket, tags)
 
+    # -- versions and object lock ------------------------------------------------
+    async def get_bucket_versioning(self, bucket: str) -> str | None:
+        return await self.backend.get_bucket_versioning(bucket)
+
+    async def put_bucket_versioning(self, bucket: str, status: str) -> None:
+        await self.backend.put_bucket_versioning(bucket, status)
+
+    async def list_object_versions(self, bucket: str, *, prefix: str = "",
+                                   delimiter: str | None = None,
+                                   key_marker: str | None = None,
+                                   version_id_marker: str | None = None,
+                                   max_keys: int = 1000) -> VersionsPage:
+        """The backend's versions without the gateway's own range."""
+        page = await self.backend.list_object_versions(
+            bucket, prefix=prefix, delimiter=delimiter, key_marker=key_marker,
+            version_id_marker=version_id_marker, max_keys=max_keys)
+        if any(e.key.startswith(_HIDDEN) for e in page.entries) or \
+                any(p.startswith(_HIDDEN) for p in page.common_prefixes):
+            page.entries = [e for e in page.entries if not e.key.startswith(_HIDDEN)]
+            page.common_prefixes = [p for p in page.common_prefixes
+                                    if not p.startswith(_HIDDEN)]
+            if page.is_truncated and not page.entries and not page.common_prefixes:
+                return await self.list_object_versions(
+                    bucket, prefix=prefix, delimiter=delimiter,
+                    key_marker=_HIDDEN + "\U0010ffff", max_keys=max_keys)
+        return page
+
+    async def get_object_lock_configuration(self, bucket: str) -> dict[str, Any] | None:
+        return await self.backend.get_object_lock_configuration(bucket)
+
+    async def put_object_lock_configuration(self, bucket: str, config: dict[str, Any]) -> None:
+        await self.backend.put_object_lock_configuration(bucket, config)
+
+    async def put_object_retention(self, bucket: str, key: str, *, version_id: str | None,
+                                   mode: str | None, until: datetime | None,
+                                   bypass_governance: bool = False) -> None:
+        await self.backend.put_object_retention(bucket, key, version_id=version_id,
+                                                mode=mode, until=until,
+                                                bypass_governance=bypass_governance)
+        self.changed(bucket, key)
+
+    async def put_object_legal_hold(self, bucket: str, key: str, *, version_id: str | None,
+                                    on: bool) -> None:
+        await self.backend.put_object_legal_hold(bucket, key, version_id=version_id, on=on)
+        self.changed(bucket, key)
+
     # -- objects ---------------------------------------------------------------
-    async def head_object(self, bucket: str, key: str) -> ObjectInfo:
-        return await self.backend.head_object(bucket, key)
+    async def head_object(self, bucket: str, key: str, *,
+                          version_id: str | None = None) -> ObjectInfo:
+        if version_id is None:
+            return await self.backend.head_object(bucket, key)
+        return await self.backend.head_object(bucket, key, version_id=version_id)
 
     async def get_object(self, bucket: str, key: str,
                          byte_range: tuple[int, int] | None = None, *,
-                         known: ObjectInfo | None = None) -> tuple[ObjectInfo, ObjectBody]:
+                         known: ObjectInfo | None = None,
+                         version_id: str | None = None) -> tuple[ObjectInfo, ObjectBody]:
         """The object's info and body; `known` is what a HEAD of it just said, if any."""
-        return await self.backend.get_object(bucket, key, byte_range)
+        if version_id is None:
+            return await self.backend.get_object(bucket, key, byte_range)
+        return await self.backend.get_object(bucket, key, byte_range, version_id=version_id)
 
     async def put_object(self, bucket: str, key: str, body: AsyncIterable[bytes],
                          meta: ObjectMeta, *, size: int | None = None,
                          if_match: str | None = None,
-                         if_none_match: str | None = None) -> ObjectInfo:
+                         if_none_match: str | None = None,
+                         lock: ObjectLock | None = None) -> ObjectInfo:
         self.invalidate(bucket, key)
         info = await self._put_object(bucket, key, body, meta, size=size, if_match=if_match,
-                                      if_none_match=if_none_match)
+                                      if_none_match=if_none_match, lock=lock)
         self.changed(bucket, key)
         return info
 
     async def _put_object(self, bucket: str, key: str, body: AsyncIterable[bytes],
                           meta: ObjectMeta, *, size: int | None, if_match: str | None,
-                          if_none_match: str | None) -> ObjectInfo:
+                          if_none_match: str | None,
+                          lock: ObjectLock | None = None) -> ObjectInfo:
+        extra = {"lock": lock} if lock is not None else {}
         return await self.backend.put_object(bucket, key, body, meta, size=size,
-                                             if_match=if_match, if_none_match=if_none_match)
+                                             if_match=if_match, if_none_match=if_none_match,
+                                             **extra)
 
-    async def delete_object(self, bucket: str, key: str) -> None:
+    async def delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
+                            bypass_governance: bool = False) -> DeleteResult:
         self.invalidate(bucket, key)
-        await self._delete_object(bucket, key)
+        result = await self._delete_object(bucket, key, version_id=version_id,
+                                           bypass_governance=bypass_governance)
         self.changed(bucket, key)
+        return result or DeleteResult()
 
-    async def _delete_object(self, bucket: str, key: str) -> None:
-        await self.backend.delete_object(bucket, key)
+    async def _delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
+                             bypass_governance: bool = False) -> DeleteResult | None:
+        if version_id is None and not bypass_governance:
+            return await self.backend.delete_object(bucket, key)
+        return await self.backend.delete_object(bucket, key, version_id=version_id,
+                                                bypass_governance=bypass_governance)
 
     async def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
-                          meta: ObjectMeta | None) -> ObjectInfo:
+                          meta: ObjectMeta | None, *, src_version_id: str | None = None,
+                          lock: ObjectLock | None = None) -> ObjectInfo:
         self.invalidate(dst_bucket, dst_key)
-        info = await self._copy_object(src_bucket, src_key, dst_bucket, dst_key, meta)
+        info = await self._copy_object(src_bucket, src_key, dst_bucket, dst_key, meta,
+                                       src_version_id=src_version_id, lock=lock)
         self.changed(dst_bucket, dst_key)
         return info
 
     async def _copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
-                           meta: ObjectMeta | None) -> ObjectInfo:
-        return await self.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key, meta)
+                           meta: ObjectMeta | None, *, src_version_id: str | None = None,
+                           lock: ObjectLock | None = None) -> ObjectInfo:
+        if src_version_id is None and lock is None:
+            return await self.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key,
+                                                  meta)
+        return await self.backend.copy_object(src_bucket, src_key, dst_bucket, dst_key, meta,
+                                              src_version_id=src_version_id, lock=lock)
 
     async def list_objects(self, bucket: str, *, prefix: str = "",
                            delimiter: str | None = None, start_after: str | None = None,
@@ -221,12 +302,20 @@ class ForwardingStore:
         return await self.backend.list_objects(bucket, prefix=prefix, delimiter=delimiter,
                                                start_after=start_after, max_keys=max_keys)
 
-    async def get_tags(self, bucket: str, key: str) -> dict[str, str]:
-        return await self.backend.get_tags(bucket, key)
+    async def get_tags(self, bucket: str, key: str, *,
+                       version_id: str | None = None) -> dict[str, str]:
+        if version_id is None:
+            return await self.backend.get_tags(bucket, key)
+        return await self.backend.get_tags(bucket, key, version_id=version_id)
 
-    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
-        await self.head_object(bucket, key)  # NoSuchKey as a client sees keys
-        await self.backend.put_tags(bucket, key, tags)
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str], *,
+                       version_id: str | None = None) -> None:
+        # NoSuchKey as a client sees keys
+        await self.head_object(bucket, key, version_id=version_id)
+        if version_id is None:
+            await self.backend.put_tags(bucket, key, tags)
+        else:
+            await self.backend.put_tags(bucket, key, tags, version_id=version_id)
         self.changed(bucket, key)
 
     async def get_part_table(self, bucket: str, key: str, etag: str) -> PartTable | None:
@@ -238,8 +327,13 @@ class ForwardingStore:
 
     # -- multipart uploads -----------------------------------------------------
     async def create_multipart_upload(self, bucket: str, key: str, meta: ObjectMeta, *,
-                                      checksum: UploadChecksum | None = None) -> str:
-        return await self.backend.create_multipart_upload(bucket, key, meta, checksum=checksum)
+                                      checksum: UploadChecksum | None = None,
+                                      lock: ObjectLock | None = None) -> str:
+        if lock is None:
+            return await self.backend.create_multipart_upload(bucket, key, meta,
+                                                              checksum=checksum)
+        return await self.backend.create_multipart_upload(bucket, key, meta, checksum=checksum,
+                                                          lock=lock)
 
     async def upload_checksum(self, bucket: str, key: str,
                               upload_id: str) -> UploadChecksum | None:

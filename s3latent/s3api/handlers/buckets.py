@@ -63,8 +63,7 @@ async def create_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert creator is not None  # access.authorize: anonymous users create nothing
     acl = acls.from_headers(req.headers, gw.config, owner=creator.id, bucket_owner=creator.id,
                             for_bucket=True)
-    if req.header("x-amz-bucket-object-lock-enabled", "").lower() == "true":
-        raise S3Error("NotImplemented", "Object Lock is not supported by s3latent.")
+    object_lock = req.header("x-amz-bucket-object-lock-enabled", "").lower() == "true"
     body = await req.read_small_body()
     if body.strip():
         doc = xml.parse(body, "CreateBucketConfiguration")
@@ -75,7 +74,10 @@ async def create_bucket(gw: Gateway, req: S3Request) -> web.StreamResponse:
                 f"The {location} location constraint is incompatible with the region "
                 f"specific endpoint this request was sent to.",
             )
-    await gw.store.create_bucket(req.bucket, owner=req.auth.access_key)
+    if object_lock:
+        await gw.store.create_bucket(req.bucket, owner=req.auth.access_key, object_lock=True)
+    else:
+        await gw.store.create_bucket(req.bucket, owner=req.auth.access_key)
     if acl is not None and acl != acls.private(creator.id):
         await gw.store.put_bucket_config(req.bucket, "acl", acl.to_json())
     return web.Response(status=200, headers={"Location": f"/{req.bucket}"})
@@ -99,26 +101,6 @@ async def get_bucket_location(gw: Gateway, req: S3Request) -> web.StreamResponse
     region = gw.config.region
     location = "" if region == "us-east-1" else region
     return _xml(xml.render("LocationConstraint", {"#text": location}))
-
-
-async def get_bucket_versioning(gw: Gateway, req: S3Request) -> web.StreamResponse:
-    """Versioning is never enabled on s3latent buckets: the empty configuration."""
-    assert req.bucket is not None
-    await gw.store.head_bucket(req.bucket)
-    return _xml(xml.render("VersioningConfiguration", {}))
-
-
-async def put_bucket_versioning(gw: Gateway, req: S3Request) -> web.StreamResponse:
-    """Buckets stay unversioned: a valid request is answered 501, never pretended."""
-    assert req.bucket is not None
-    doc = xml.parse(await req.read_small_body(), "VersioningConfiguration")
-    status = xml.text(doc.get("Status")).strip()
-    mfa = xml.text(doc.get("MfaDelete")).strip()
-    if status not in ("", "Enabled", "Suspended") or mfa not in ("", "Enabled", "Disabled"):
-        raise S3Error("MalformedXML")
-    await gw.store.head_bucket(req.bucket)
-    raise S3Error("NotImplemented", "Versioning is not supported by s3latent: buckets are "
-                  "unversioned (GetBucketVersioning answers an empty configuration).")
 
 
 MAX_BUCKET_TAGS = 50
@@ -318,62 +300,3 @@ async def list_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
     result["CommonPrefixes"] = [{"Prefix": enc(p)} for p in prefixes] or None
     root = "ListBucketResult"
     return _xml(xml.render(root, result))
-
-
-async def list_object_versions(gw: Gateway, req: S3Request) -> web.StreamResponse:
-    """Buckets are never versioned: every object is its only version, VersionId "null"."""
-    assert req.bucket is not None
-    q = req.query
-    encoding = q.get("encoding-type")
-    enc = _key_encoder(encoding)
-    prefix = q.get("prefix", "")
-    delimiter = q.get("delimiter") or None
-    max_keys = _int_param(req, "max-keys", 1000, 1000)
-    key_marker = q.get("key-marker") or None
-    version_marker = q.get("version-id-marker")
-    if version_marker and not key_marker:
-        raise S3Error("InvalidArgument", "A version-id marker cannot be specified without a "
-                      "key marker.", ArgumentName="version-id-marker",
-                      ArgumentValue=version_marker)
-    if version_marker and version_marker != "null":
-        raise S3Error("InvalidArgument", "Invalid version id specified",
-                      ArgumentName="version-id-marker", ArgumentValue=version_marker)
-    await gw.store.head_bucket(req.bucket)
-    entries: list[Any] = []
-    prefixes: list[str] = []
-    truncated, last = False, None
-    if max_keys:
-        page = await gw.store.list_objects(req.bucket, prefix=prefix, delimiter=delimiter,
-                                     start_after=_start_after(key_marker, delimiter),
-                                     max_keys=max_keys)
-        entries, prefixes = page.entries, page.common_prefixes
-        truncated, last = page.is_truncated, page.next_start_after
-    owner = await access.owner_element(gw, req.bucket) if entries else None
-    result: dict[str, Any] = {
-        "Name": req.bucket,
-        "Prefix": enc(prefix),
-        "KeyMarker": enc(key_marker or ""),
-        "VersionIdMarker": version_marker or "",
-        "MaxKeys": max_keys,
-        "Delimiter": enc(delimiter) if delimiter else None,
-        "EncodingType": "url" if encoding else None,
-        "IsTruncated": truncated,
-    }
-    if truncated and last is not None:
-        result["NextKeyMarker"] = enc(last)
-        result["NextVersionIdMarker"] = "null"
-    result["Version"] = [
-        {
-            "Key": enc(e.key),
-            "VersionId": "null",
-            "IsLatest": True,
-            "LastModified": e.last_modified,
-            "ETag": f'"{e.etag}"',
-            "Size": e.size,
-            "Owner": owner,
-            "StorageClass": "STANDARD",
-        }
-        for e in entries
-    ] or None
-    result["CommonPrefixes"] = [{"Prefix": enc(p)} for p in prefixes] or None
-    return _xml(xml.render("ListVersionsResult", result))

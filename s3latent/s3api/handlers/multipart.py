@@ -26,7 +26,12 @@ from ..conditions import check_preconditions
 from ..names import check_new_key
 from ..request import S3Request, meta_from_headers, verified_body
 from .buckets import _int_param
-from .objects import parse_copy_source, reject_unsupported_write_headers
+from .object_lock import lock_from_headers
+from .objects import (
+    parse_versioned_copy_source,
+    reject_unsupported_write_headers,
+    written_version,
+)
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -130,9 +135,13 @@ async def create_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResp
     meta = meta_from_headers(req)
     meta.internal.update(await access.new_object_fields(gw, req, req.bucket))
     checksum = upload_checksum_from_headers(req)
+    lock = lock_from_headers(req)
     await gw.store.head_bucket(req.bucket)
-    upload_id = await gw.store.create_multipart_upload(req.bucket, req.key, meta,
-                                                         checksum=checksum)
+    if lock is not None and not await gw.store.get_object_lock_configuration(req.bucket):
+        raise S3Error("InvalidRequest", "Bucket is missing ObjectLockConfiguration")
+    upload_id = await gw.store.create_multipart_upload(
+        req.bucket, req.key, meta, checksum=checksum,
+        **({"lock": lock} if lock is not None else {}))
     headers = {}
     if checksum is not None:
         headers["x-amz-checksum-algorithm"] = checksum.algorithm.upper()
@@ -169,13 +178,17 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     number = _part_number(req)
     upload_id = _upload_id(req)
-    src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
-    source = await gw.store.head_object(src_bucket, src_key)
+    src_bucket, src_key, src_version = parse_versioned_copy_source(
+        req.headers["x-amz-copy-source"])
+    pin = {"version_id": src_version} if src_version is not None else {}
+    source = await gw.store.head_object(src_bucket, src_key, **pin)
     await access.authorize_source(gw, req, src_bucket, src_key, source)
     check_preconditions(req.headers, source, prefix="x-amz-copy-source-")
     byte_range = _copy_range(req.header("x-amz-copy-source-range"), source.size)
     checksum = await gw.store.upload_checksum(req.bucket, req.key, upload_id)
-    info, body = await gw.store.get_object(src_bucket, src_key, byte_range)
+    if source.version_id is not None:  # the very version the HEAD described
+        pin = {"version_id": source.version_id}
+    info, body = await gw.store.get_object(src_bucket, src_key, byte_range, **pin)
     hashed = _ChecksummedBody(body, checksum.algorithm if checksum else None)
     try:
         if info.etag != source.etag:
@@ -189,7 +202,9 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     result: dict[str, Any] = {"LastModified": info.last_modified, "ETag": f'"{etag}"'}
     for algorithm, value in hashed.checksums.items():
         result[checksum_element(algorithm)] = value
-    return _xml(xml.render("CopyPartResult", result))
+    headers = {"x-amz-copy-source-version-id": source.version_id} \
+        if source.version_id is not None else None
+    return _xml(xml.render("CopyPartResult", result), headers=headers)
 
 
 def _copy_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -309,6 +324,24 @@ async def _object_checksum(gw: Gateway, req: S3Request, upload_id: str,
     return {checksum.algorithm: value}
 
 
+async def _check_none_match(gw: Gateway, req: S3Request) -> None:
+    """If-None-Match on Complete (`*` or an ETag), judged against the key's current object
+    as clients see it. Checked before the commit, not atomically with it."""
+    assert req.bucket is not None and req.key is not None
+    none_match = req.header("If-None-Match")
+    if none_match is None:
+        return
+    try:
+        current = await gw.store.head_object(req.bucket, req.key)
+    except S3Error as exc:
+        if exc.code != "NoSuchKey":
+            raise
+        return
+    value = none_match.strip()
+    if value == "*" or value.strip('"') == current.etag:
+        raise S3Error("PreconditionFailed", Condition="If-None-Match")
+
+
 async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     upload_id = _upload_id(req)
@@ -319,6 +352,7 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
     if any(b <= a for a, b in itertools.pairwise(numbers)):
         # Repeated part numbers too: S3 refuses them with this code.
         raise S3Error("InvalidPartOrder", UploadId=upload_id)
+    await _check_none_match(gw, req)
     done_key = (req.bucket, req.key, upload_id)
     try:
         checksums = await _object_checksum(gw, req, upload_id, parts, part_checksums)
@@ -342,7 +376,8 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
     for algorithm, value in checksums.items():
         result[checksum_element(algorithm)] = value
         result["ChecksumType"] = "COMPOSITE" if _COMPOSITE_RE.match(value) else "FULL_OBJECT"
-    return _xml(xml.render("CompleteMultipartUploadResult", result))
+    return _xml(xml.render("CompleteMultipartUploadResult", result),
+                headers=written_version(info.version_id) or None)
 
 
 async def abort_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:

@@ -25,6 +25,7 @@ from ..request import (
     meta_from_headers,
     verified_body,
 )
+from .object_lock import bypass_governance, lock_from_headers, lock_headers
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -80,7 +81,25 @@ def object_headers(info: ObjectInfo) -> dict[str, str]:
         headers["x-amz-mp-parts-count"] = str(info.parts_count)
     rep = meta.internal.get("rep")
     headers["x-s3latent-representation"] = "latent" if rep in ("latent", "stub") else "plain"
+    if info.version_id is not None:
+        headers["x-amz-version-id"] = info.version_id
+    headers.update(lock_headers(info.lock))
     return headers
+
+
+def written_version(version_id: str | None) -> dict[str, str]:
+    """x-amz-version-id of a write's answer: none for the `null` version (a Suspended
+    bucket), as S3 and SeaweedFS answer and s3-tests expect (design question 12.4)."""
+    return {"x-amz-version-id": version_id} if version_id not in (None, "null") else {}
+
+
+def version_param(req: S3Request) -> str | None:
+    """`?versionId=`, if given; an empty one is malformed."""
+    version = req.query.get("versionId")
+    if version == "":
+        raise S3Error("InvalidArgument", "Version id cannot be the empty string",
+                      ArgumentName="versionId", ArgumentValue=version)
+    return version
 
 
 def reject_unsupported_write_headers(req: S3Request) -> None:
@@ -89,8 +108,6 @@ def reject_unsupported_write_headers(req: S3Request) -> None:
     for name in (
         "x-amz-server-side-encryption",
         "x-amz-server-side-encryption-customer-algorithm",
-        "x-amz-object-lock-mode",
-        "x-amz-object-lock-legal-hold",
         "x-amz-website-redirect-location",
     ):
         if name in headers:
@@ -227,8 +244,10 @@ async def _resolve_read(gw: Gateway, req: S3Request) -> _Read:
     assert bucket is not None and key is not None
     range_header = req.header("Range")
     part_number = _part_number_param(req)
+    version = version_param(req)
+    pin = {"version_id": version} if version is not None else {}
     if req.method == "GET" and not range_header and part_number is None:
-        info, body = await gw.store.get_object(bucket, key)
+        info, body = await gw.store.get_object(bucket, key, **pin)
         try:
             await req.check_object(info)
             check_preconditions(req.headers, info)
@@ -236,8 +255,10 @@ async def _resolve_read(gw: Gateway, req: S3Request) -> _Read:
             await body.close()
             raise
         return _Read(info, None, body)
-    info = await gw.store.head_object(bucket, key)
+    info = await gw.store.head_object(bucket, key, **pin)
     await req.check_object(info)
+    if info.version_id is not None:  # read the very version the HEAD described
+        pin = {"version_id": info.version_id}
     check_preconditions(req.headers, info)
     if part_number is not None:
         read = await _part_read(gw, req, info, part_number)
@@ -249,7 +270,7 @@ async def _resolve_read(gw: Gateway, req: S3Request) -> _Read:
     if read.body is not None:  # an empty part
         return read
     byte_range = read.byte_range
-    info2, body = await gw.store.get_object(bucket, key, byte_range, known=info)
+    info2, body = await gw.store.get_object(bucket, key, byte_range, known=info, **pin)
     if info2.etag != info.etag:
         # Replaced between the two calls: evaluate against what we will send.
         try:
@@ -351,6 +372,7 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     reject_unsupported_write_headers(req)
     meta = meta_from_headers(req)
     meta.internal.update(await access.new_object_fields(gw, req, req.bucket))
+    lock = lock_from_headers(req)
     reader = req.payload()
     info = await gw.store.put_object(
         req.bucket,
@@ -360,8 +382,10 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
         size=reader.decoded_length,
         if_match=_unquoted(req.header("If-Match")),
         if_none_match=req.header("If-None-Match"),
+        **({"lock": lock} if lock is not None else {}),
     )
     headers = {"ETag": f'"{info.etag}"'}
+    headers.update(written_version(info.version_id))
     headers.update({f"x-amz-checksum-{a}": v for a, v in reader.checksums.items()})
     if reader.checksums:
         headers["x-amz-checksum-type"] = "FULL_OBJECT"
@@ -374,22 +398,29 @@ def _unquoted(value: str | None) -> str | None:
 
 async def delete_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
-    version = req.query.get("versionId")
-    if version is not None and version != "null":
-        raise S3Error("InvalidArgument", "Invalid version id specified",
-                      ArgumentName="versionId", ArgumentValue=version)
+    version = version_param(req)
     await gw.store.head_bucket(req.bucket)
-    await gw.store.delete_object(req.bucket, req.key)
-    return web.Response(status=204)
+    result = await gw.store.delete_object(req.bucket, req.key, version_id=version,
+                                          bypass_governance=bypass_governance(req))
+    headers = {}
+    if result.version_id is not None:
+        headers["x-amz-version-id"] = result.version_id
+    if result.delete_marker:
+        headers["x-amz-delete-marker"] = "true"
+    return web.Response(status=204, headers=headers)
 
 
-def parse_copy_source(value: str) -> tuple[str, str]:
+def parse_versioned_copy_source(value: str) -> tuple[str, str, str | None]:
     """'/bucket/key' or 'bucket/key', URL-encoded, optionally '?versionId=...'."""
     source, _, query = value.partition("?")
+    version = None
     if query:
-        version = query.removeprefix("versionId=")
-        if version != "null":
-            raise S3Error("NotImplemented", "Versioned copy sources are not supported.")
+        if not query.startswith("versionId="):
+            raise S3Error("InvalidArgument", "Invalid copy source.")
+        version = unquote(query.removeprefix("versionId="))
+        if not version:
+            raise S3Error("InvalidArgument", "Invalid version id specified",
+                          ArgumentName="x-amz-copy-source", ArgumentValue=value)
     source = unquote(source).lstrip("/")
     bucket, sep, key = source.partition("/")
     if not sep or not key or not bucket:
@@ -397,15 +428,18 @@ def parse_copy_source(value: str) -> tuple[str, str]:
                       "sourcebucket/sourcekey")
     check_bucket_name(bucket)
     check_key(key)
-    return bucket, key
+    return bucket, key, version
 
 
 async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     check_new_key(req.key)
     reject_unsupported_write_headers(req)
-    src_bucket, src_key = parse_copy_source(req.headers["x-amz-copy-source"])
-    source = await gw.store.head_object(src_bucket, src_key)
+    src_bucket, src_key, src_version = parse_versioned_copy_source(
+        req.headers["x-amz-copy-source"])
+    lock = lock_from_headers(req)
+    pin = {"version_id": src_version} if src_version is not None else {}
+    source = await gw.store.head_object(src_bucket, src_key, **pin)
     await access.authorize_source(gw, req, src_bucket, src_key, source)
     check_preconditions(req.headers, source, prefix="x-amz-copy-source-")
     fields = await access.new_object_fields(gw, req, req.bucket)
@@ -426,8 +460,9 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
         if tag_directive == "REPLACE":
             meta.tags = meta_from_headers(req).tags
         else:
-            meta.tags = await gw.store.get_tags(src_bucket, src_key)
-    elif (src_bucket, src_key) == (req.bucket, req.key) and not req.header("x-amz-storage-class"):
+            meta.tags = await gw.store.get_tags(src_bucket, src_key, **pin)
+    elif (src_bucket, src_key) == (req.bucket, req.key) and src_version is None and \
+            not req.header("x-amz-storage-class"):
         raise S3Error(
             "InvalidRequest",
             "This copy request is illegal because it is trying to copy an object to itself "
@@ -438,14 +473,24 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
         # Not the default (the bucket owner's, private): the copy must carry its fields.
         meta = ObjectMeta(content_type=source.meta.content_type,
                           metadata=dict(source.meta.metadata), headers=dict(source.meta.headers),
-                          tags=await gw.store.get_tags(src_bucket, src_key),
+                          tags=await gw.store.get_tags(src_bucket, src_key, **pin),
                           checksums=dict(source.meta.checksums))
     if meta is not None:
         meta.internal.update(fields)
-    info = await gw.store.copy_object(src_bucket, src_key, req.bucket, req.key, meta)
+    extra: dict[str, object] = {}
+    if src_version is not None:
+        extra["src_version_id"] = src_version
+    if lock is not None:
+        extra["lock"] = lock
+    info = await gw.store.copy_object(src_bucket, src_key, req.bucket, req.key, meta,
+                                      **extra)  # type: ignore[arg-type]
     body = xml.render("CopyObjectResult", {"LastModified": info.last_modified,
                                            "ETag": f'"{info.etag}"'})
-    return web.Response(body=body, content_type="application/xml")
+    headers = {}
+    if source.version_id is not None:
+        headers["x-amz-copy-source-version-id"] = source.version_id
+    headers.update(written_version(info.version_id))
+    return web.Response(body=body, content_type="application/xml", headers=headers)
 
 
 async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
@@ -455,6 +500,7 @@ async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
     if not objects or len(objects) > 1000:
         raise S3Error("MalformedXML")
     quiet = xml.text(doc.get("Quiet")).strip().lower() == "true"
+    bypass = bypass_governance(req)
     await gw.store.head_bucket(req.bucket)
     limiter = asyncio.Semaphore(_DELETE_CONCURRENCY)
 
@@ -463,16 +509,20 @@ async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
             raise S3Error("MalformedXML")
         key = xml.text(entry["Key"])
         result: dict[str, str] = {"Key": key}
-        version = entry.get("VersionId")
+        raw_version = entry.get("VersionId")
+        version = xml.text(raw_version) if raw_version is not None else None
         if version is not None:
-            result["VersionId"] = xml.text(version)
+            result["VersionId"] = version
         try:
             check_key(key)
-            if version is not None and xml.text(version) != "null":
-                raise S3Error("NotImplemented", "Versioned deletes are not supported.")
             async with limiter:
                 await access.refuse_denied_key(gw, req, "s3:DeleteObject", key)
-                await gw.store.delete_object(req.bucket, key)
+                done = await gw.store.delete_object(req.bucket, key, version_id=version,
+                                                    bypass_governance=bypass)
+            if done.delete_marker:
+                result["DeleteMarker"] = "true"
+                if done.version_id is not None:
+                    result["DeleteMarkerVersionId"] = done.version_id
         except S3Error as exc:
             result.update({"Code": exc.code, "Message": exc.message, "Error": "1"})
         return result
@@ -490,11 +540,15 @@ async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
 
 async def get_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
-    await req.check_object(await gw.store.head_object(req.bucket, req.key))
-    tags = await gw.store.get_tags(req.bucket, req.key)
+    version = version_param(req)
+    pin = {"version_id": version} if version is not None else {}
+    info = await gw.store.head_object(req.bucket, req.key, **pin)
+    await req.check_object(info)
+    tags = await gw.store.get_tags(req.bucket, req.key, **pin)
     tag_list = [{"Key": k, "Value": tags[k]} for k in sorted(tags)]
     body = xml.render("Tagging", {"TagSet": {"Tag": tag_list} if tag_list else ""})
-    return web.Response(body=body, content_type="application/xml")
+    headers = {"x-amz-version-id": info.version_id} if info.version_id is not None else {}
+    return web.Response(body=body, content_type="application/xml", headers=headers)
 
 
 async def put_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
@@ -512,18 +566,24 @@ async def put_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
             raise S3Error("InvalidTag", "Cannot provide multiple Tags with the same key")
         tags[key] = xml.text(tag.get("Value"))
     check_tags(tags)
+    version = version_param(req)
+    pin = {"version_id": version} if version is not None else {}
     if req.object_check is not None:
-        await req.check_object(await gw.store.head_object(req.bucket, req.key))
-    await gw.store.put_tags(req.bucket, req.key, tags)
-    return web.Response(status=200)
+        await req.check_object(await gw.store.head_object(req.bucket, req.key, **pin))
+    await gw.store.put_tags(req.bucket, req.key, tags, **pin)
+    headers = {"x-amz-version-id": version} if version is not None else {}
+    return web.Response(status=200, headers=headers)
 
 
 async def delete_object_tagging(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
+    version = version_param(req)
+    pin = {"version_id": version} if version is not None else {}
     if req.object_check is not None:
-        await req.check_object(await gw.store.head_object(req.bucket, req.key))
-    await gw.store.put_tags(req.bucket, req.key, {})
-    return web.Response(status=204)
+        await req.check_object(await gw.store.head_object(req.bucket, req.key, **pin))
+    await gw.store.put_tags(req.bucket, req.key, {}, **pin)
+    headers = {"x-amz-version-id": version} if version is not None else {}
+    return web.Response(status=204, headers=headers)
 
 
 _ATTRIBUTES = {"ETag", "Checksum", "ObjectParts", "StorageClass", "ObjectSize"}
@@ -572,7 +632,9 @@ async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamRespon
                       ArgumentName="x-amz-object-attributes")
     max_parts = _header_int(req, "x-amz-max-parts", 1000, 1000)
     marker = _header_int(req, "x-amz-part-number-marker", 0, 10000)
-    info = await gw.store.head_object(req.bucket, req.key)
+    version = version_param(req)
+    info = await gw.store.head_object(
+        req.bucket, req.key, **({"version_id": version} if version is not None else {}))
     await req.check_object(info)
     check_preconditions(req.headers, info)
     count = multipart_count(info)
@@ -593,5 +655,7 @@ async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamRespon
     if "ObjectSize" in wanted:
         body["ObjectSize"] = info.size
     headers = {"Last-Modified": format_http_date(info.last_modified)}
+    if info.version_id is not None:
+        headers["x-amz-version-id"] = info.version_id
     return web.Response(body=xml.render("GetObjectAttributesResponse", body),
                         content_type="application/xml", headers=headers)

@@ -1,0 +1,227 @@
+"""Objects in versioned buckets (docs/versioning.md), before stand-ins exist.
+
+Conversion never runs in a bucket whose versioning was ever enabled, so every version
+written there is plain. What can be latent are the pairs converted *before* versioning was
+turned on: their container and stub are the keys' `null` versions. They stay latent and read
+exactly as before, current or not:
+
+- a version is read by its backend version ID; a container version is verified from its own
+  bytes (not from the key's current version) and rendered; a stub version finds its
+  container as the image key's current version, else the image key's `null` version (what a
+  stub written before versioning refers to), else the keep copy below;
+- nothing is materialised on overwrite (the replaced container stays as a noncurrent
+  version and its stub still reads from it);
+- before a container version its stub still needs is removed for good (DELETE ?versionId,
+  or a Suspended write or delete replacing the `null` version), it is copied to the hidden
+  keep copy `.s3latent/keep/<image key>`, so the stub stays readable.
+
+Reads here do not use the read cache (a version is immutable, but the cache is keyed by
+key, not version); plain versions stream straight from the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import time
+
+from ..backends.base import ObjectBody, ObjectInfo, read_body
+from ..errors import S3Error
+from ..latent.container import ContainerError, ContainerHeader
+from . import physical
+from .context import LatentContext, readable
+from .conversion import looks_like_image
+from .reads import BytesBody, LatentReads, _slice
+
+log = logging.getLogger(__name__)
+
+KEEP_PREFIX = physical.HIDDEN_PREFIX + "keep/"
+# How long a bucket's versioning status is believed (a fleet's other nodes may change it).
+STATUS_TTL_S = 2.0
+_MISSING = ("NoSuchKey", "NoSuchVersion", "MethodNotAllowed")
+
+
+def keep_key(image_key: str) -> str:
+    return KEEP_PREFIX + image_key
+
+
+class VersioningStatus:
+    """Per bucket: whether its versioning was ever enabled (cached for STATUS_TTL_S)."""
+
+    def __init__(self, ctx: LatentContext) -> None:
+        self.ctx = ctx
+        self._known: dict[str, tuple[str | None, float]] = {}
+
+    async def get(self, bucket: str) -> str | None:
+        known = self._known.get(bucket)
+        if known is not None and time.monotonic() - known[1] < STATUS_TTL_S:
+            return known[0]
+        getter = getattr(self.ctx.backend, "get_bucket_versioning", None)
+        status = await getter(bucket) if getter is not None else None
+        self._known[bucket] = (status, time.monotonic())
+        return status
+
+    def set(self, bucket: str, status: str | None) -> None:
+        self._known[bucket] = (status, time.monotonic())
+
+    def forget(self, bucket: str) -> None:
+        self._known.pop(bucket, None)
+
+
+class VersionedObjects:
+    """Reads of versions, and the keep copies that keep old stubs readable."""
+
+    def __init__(self, ctx: LatentContext, reads: LatentReads) -> None:
+        self.ctx = ctx
+        self.reads = reads
+
+    # -- reads -----------------------------------------------------------------
+    async def head_object(self, bucket: str, key: str, version_id: str | None) -> ObjectInfo:
+        readable(key)
+        info = await self.ctx.backend.head_object(bucket, key, version_id=version_id)
+        if physical.representation(info) == "plain":
+            return _plain(info)
+        logical, _ = await self._latent(bucket, key, info.version_id or version_id, info,
+                                        render=False)
+        return logical
+
+    async def get_object(self, bucket: str, key: str, byte_range: tuple[int, int] | None,
+                         version_id: str | None) -> tuple[ObjectInfo, ObjectBody]:
+        readable(key)
+        backend = self.ctx.backend
+        info = await backend.head_object(bucket, key, version_id=version_id)
+        pinned = info.version_id or version_id  # read the version that HEAD described
+        if physical.representation(info) == "plain":
+            info2, body = await backend.get_object(bucket, key, byte_range, version_id=pinned)
+            if physical.representation(info2) == "plain":
+                return _plain(info2), body
+            await body.close()  # replaced meanwhile (no version to pin): read it whole
+            info = info2
+        logical, data = await self._latent(bucket, key, pinned, info, render=True)
+        assert data is not None
+        return logical, BytesBody(_slice(data, byte_range))
+
+    async def _latent(self, bucket: str, key: str, version_id: str | None,
+                      claimed: ObjectInfo, *, render: bool
+                      ) -> tuple[ObjectInfo, bytes | None]:
+        """The logical info (and bytes) of a version whose metadata claims it is latent.
+
+        The claim is checked against the bytes, as physical.verified does for current
+        objects; a false claim is served as the plain object it is.
+        """
+        backend = self.ctx.backend
+        info, body = await backend.get_object(bucket, key, version_id=version_id)
+        raw = await read_body(body)
+        rep = physical.representation(info)
+        data: bytes | None
+        if rep == physical.REP_LATENT:
+            header = self._header_of(bucket, key, info, raw)
+            if header is None:
+                return _plain(info), raw
+            data = None
+            if render:
+                data = await self.reads._render(bucket, key, info.etag, raw)
+                logical = self.reads._checked(bucket, key, info, data)
+            else:
+                logical = physical.logical_info(info)
+        elif rep == physical.REP_STUB:
+            found = await self._stub_container(bucket, info)
+            if found is None:
+                log.error("stub %s/%s (version %s) has no container left", bucket, key,
+                          version_id)
+                raise S3Error("InternalError", "The sidecar's container is missing.")
+            header, payload = found
+            data = await asyncio.to_thread(physical.sidecar_file, header, payload)
+            logical = self.reads._checked(bucket, key, info, data)
+        else:
+            return _plain(info), raw
+        logical = dataclasses.replace(logical, version_id=info.version_id, lock=info.lock)
+        return logical, data
+
+    def _header_of(self, bucket: str, key: str, info: ObjectInfo, raw: bytes
+                   ) -> ContainerHeader | None:
+        try:
+            header, _ = self.ctx.unpack(bucket, key, raw)
+        except (S3Error, ContainerError):
+            return None
+        return header if physical.container_holds(info, header) else None
+
+    async def _stub_container(self, bucket: str, stub: ObjectInfo
+                              ) -> tuple[ContainerHeader, bytes] | None:
+        """The container a stub version reads from: the image's current version, its
+        `null` version, or the keep copy, whichever holds the stub's sidecar."""
+        image_key = stub.meta.internal.get(physical.L_IMAGE, "")
+        if not image_key or physical.is_hidden(image_key):
+            return None
+        for key, version_id in ((image_key, None), (image_key, "null"),
+                                (keep_key(image_key), None)):
+            try:
+                info, body = await self.ctx.backend.get_object(bucket, key,
+                                                               version_id=version_id)
+            except S3Error as exc:
+                if exc.code in _MISSING:
+                    continue
+                raise
+            raw = await read_body(body)
+            if physical.representation(info) != physical.REP_LATENT:
+                continue
+            try:
+                header, payload = self.ctx.unpack(bucket, key, raw)
+            except (S3Error, ContainerError):
+                continue
+            if physical.container_holds(info, header) and \
+                    physical.stub_holds(stub, image_key, header):
+                return header, payload
+        return None
+
+    # -- keep copies -------------------------------------------------------------
+    async def keep_if_needed(self, bucket: str, key: str, version_id: str) -> None:
+        """`key`'s version `version_id` is about to go for good: if it is a container whose
+        stub (the sidecar's `null` version) still needs it, copy it to the keep copy first.
+
+        Costs one HEAD for image keys only; the copy happens at most once per such pair.
+        """
+        if physical.is_hidden(key) or not looks_like_image(key, None):
+            return
+        backend = self.ctx.backend
+        try:
+            info = await backend.head_object(bucket, key, version_id=version_id)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return
+            raise
+        if physical.representation(info) != physical.REP_LATENT:
+            return
+        side_key = key + self.ctx.config.bucket(bucket).sidecar_suffix
+        try:
+            stub = await backend.head_object(bucket, side_key, version_id="null")
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return
+            raise
+        if physical.representation(stub) != physical.REP_STUB or \
+                stub.meta.internal.get(physical.L_IMAGE) != key:
+            return
+        info, body = await backend.get_object(bucket, key, version_id=info.version_id)
+        raw = await read_body(body)
+        header = self._header_of(bucket, key, info, raw)
+        if header is None or not physical.stub_holds(stub, key, header):
+            return
+        # A server-side copy keeps the one-part multipart ETag and the internal metadata
+        # that make it a container (a PUT would make a plain-looking object).
+        kept = await backend.copy_object(bucket, key, bucket, keep_key(key), None,
+                                         src_version_id=info.version_id)
+        if physical.representation(kept) != physical.REP_LATENT:
+            log.error("keep copy of %s/%s is not a container (etag %s)", bucket, key,
+                      kept.etag)
+        log.info("kept the container of %s/%s (md5 %s) for its sidecar stub", bucket, key,
+                 hashlib.md5(raw).hexdigest())
+
+
+def _plain(info: ObjectInfo) -> ObjectInfo:
+    """A plain version as clients see it (a false latent claim dropped)."""
+    if physical.REP in info.meta.internal:
+        return physical.as_plain(info)
+    return info
