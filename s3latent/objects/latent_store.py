@@ -319,11 +319,12 @@ class LatentStore(ForwardingStore):
         return await self.backend.put_object(dst_bucket, dst_key, once(), meta,
                                              size=len(data), **extra)
 
-    async def put_tags(self, bucket: str, key: str, tags: dict[str, str]) -> None:
+    async def put_tags(self, bucket: str, key: str, tags: dict[str, str], *,
+                       version_id: str | None = None) -> None:
         """Under the key's tag lock: a conversion or restored sidecar committing meanwhile
         carries these tags, not the ones it read before (Converter.tags_lock)."""
         async with self.converter.tags_lock(bucket, key):
-            await super().put_tags(bucket, key, tags)
+            await super().put_tags(bucket, key, tags, version_id=version_id)
 
     @asynccontextmanager
     async def _overwriting(self, bucket: str, key: str) -> AsyncIterator[None]:
