@@ -134,19 +134,28 @@ def coarsest(pixels: np.ndarray, meets: Callable[[bytes, np.ndarray], bool],
              ) -> tuple[bytes, AvifParams] | None:
     """The smallest-quality AVIF whose decoded pixels `meets(payload, decoded)` accepts.
 
-    Bisection over quality 0..100 (quality is close to monotone in fidelity); only a
-    quality that was actually judged is ever returned, so the answer always meets the
-    policy. None when even quality 100 fails.
+    Fidelity rises with quality, but a caller's test need not be monotone at the top (a
+    near-lossless decode can keep the upload's noise, so its rendition no longer fits the
+    upload's length). So the highest quality that passes is found first on a coarse grid
+    from the top, then the boundary below it by bisection (about 8 encodes in all). Only a
+    quality that was judged is returned, so the answer always meets the test. None when no
+    quality on the grid does.
     """
     def judge(q: int) -> bytes | None:
         params = AvifParams(q, speed, subsampling)
         data = encode(pixels, params)
         return data if meets(data, decode(data)) else None
 
-    best_q, best = 100, judge(100)
-    if best is None:
+    grid = (100, 90, 80, 70, 60, 50, 40, 30, 20, 10, 0)
+    for q in grid:
+        found = judge(q)
+        if found is not None:
+            best_q, best = q, found
+            break
+    else:
         return None
-    lo, hi = -1, 100  # invariant: hi passes, lo fails (or is below the range)
+    lo = -1  # below the first pass, fidelity only falls: bisect down to the boundary
+    hi = best_q  # invariant: hi passes, lo fails (or is below the range)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         data = judge(mid)
