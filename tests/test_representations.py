@@ -106,14 +106,11 @@ def _want_latent(s3: Any) -> None:
 
 
 def _physical(workdir: Path, bucket: str, key: str) -> bytes:
-    """The backend object's bytes (the local backend keeps each object as a file)."""
-    hits = [p for p in (workdir / "data").rglob("*") if p.is_file() and
-            p.read_bytes()[:8] == b"\x89S3LAT\r\n" and bucket in str(p)]
-    for path in hits:
-        header = peek_header(path.read_bytes())
-        if header.size and key.split("/")[-1]:
-            return path.read_bytes()
-    raise AssertionError(f"no container found for {bucket}/{key}")
+    """The backend object's data (the local backend keeps `buckets/<bucket>/<key>.~o`, the
+    data first; a container's header says how long the rest is)."""
+    raw = (workdir / "data" / "buckets" / bucket / f"{key}.~o").read_bytes()
+    assert raw[:8] == b"\x89S3LAT\r\n", f"{bucket}/{key} is no container"
+    return raw
 
 
 def test_pair_admitted_as_avif_reads_back_like_a_latent_object(s3: Any, workdir: Path,
@@ -225,3 +222,16 @@ def test_plain_images_stay_plain_by_default(s3: Any) -> None:
     head = s3.head_object(Bucket=bucket, Key="d.png")
     assert head["ResponseMetadata"]["HTTPHeaders"]["x-s3latent-representation"] == "plain"
     assert s3.get_object(Bucket=bucket, Key="d.png")["Body"].read() == image
+
+
+def test_pair_in_a_default_bucket_stays_a_latent(s3: Any, workdir: Path,
+                                                 tiny_model: dict[str, str],  # noqa: F811
+                                                 ) -> None:
+    """`smallest` (the default): a pair keeps its latent, which also serves its sidecar key."""
+    bucket = _bucket(s3, "default")
+    image, sidecar, _ = make_pair(tiny_model, seed=5)
+    s3.put_object(Bucket=bucket, Key="l.png", Body=image, ContentType="image/png")
+    s3.put_object(Bucket=bucket, Key="l.png.latent.safetensors", Body=sidecar)
+    _wait(s3, bucket, "l.png", stored_as="latent")
+    header = peek_header(_physical(workdir, bucket, "l.png"))
+    assert header.kind == "latent" and header.codec == "q8"

@@ -47,17 +47,17 @@ def jxl_available() -> str | None:
 
 
 def _coarsest(encode: Callable[[np.ndarray, int], bytes], pixels: np.ndarray,
-              target: float) -> tuple[int, int, float] | None:
-    """(bytes, quality, psnr) of the lowest quality 0..100 meeting `target` (bisection)."""
+              target: float, qmin: int = 0, qmax: int = 100) -> tuple[int, int, float] | None:
+    """(bytes, quality, psnr) of the lowest quality qmin..qmax meeting `target` (bisection)."""
     def judge(q: int) -> tuple[int, float] | None:
         data = encode(pixels, q)
         value = psnr(decode_image_bytes_any(data), pixels)
         return (len(data), value) if value >= target else None
 
-    top = judge(100)
+    top = judge(qmax)
     if top is None:
         return None
-    lo, hi, best = -1, 100, (top[0], 100, top[1])
+    lo, hi, best = qmin - 1, qmax, (top[0], qmax, top[1])
     while hi - lo > 1:
         mid = (lo + hi) // 2
         got = judge(mid)
@@ -159,7 +159,9 @@ def run(sizes: dict[int, int], model_dir: Path, workdir: Path,
             row["avif_anchor_bytes"] = anchor[0] if anchor else None
             row["avif_anchor_quality"] = anchor[1] if anchor else None
             if jxl:
-                anchor = _coarsest(_jxl_encode, pixels, target)
+                # libjxl through the plugin: quality 100 (lossless) is refused with effort
+                # set, and 0 is out of its lossy range
+                anchor = _coarsest(_jxl_encode, pixels, target, qmin=1, qmax=99)
                 row["jxl_anchor_bytes"] = anchor[0] if anchor else None
                 row["jxl_anchor_quality"] = anchor[1] if anchor else None
             # What the gateway stores for the pair ("smallest"): the latent container + stub.
