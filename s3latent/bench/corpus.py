@@ -136,15 +136,14 @@ def _illustration(seed: int, size: int) -> Image.Image:
     img = Image.fromarray(sky.clip(0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(img)
     for _ in range(int(rng.integers(6, 12))):
-        cx, cy, r = rng.uniform(0, big, 2), None, rng.uniform(big * 0.05, big * 0.25)
-        x0, y0 = cx
+        x0, y0 = rng.uniform(0, big, 2)
+        r = rng.uniform(big * 0.05, big * 0.25)
         fill = tuple(int(v) for v in rng.uniform(30, 255, 3))
         shade = tuple(int(v * 0.7) for v in fill)
         box = (x0 - r, y0 - r * 0.8, x0 + r, y0 + r * 0.8)
         draw.ellipse(box, fill=shade, outline=(20, 15, 30), width=max(2, big // 200))
         inner = (x0 - r * 0.8, y0 - r * 0.7, x0 + r * 0.6, y0 + r * 0.4)
         draw.ellipse(inner, fill=fill)
-        del cy
     img = img.filter(ImageFilter.GaussianBlur(1.2))
     return img.resize((size, size), Image.Resampling.LANCZOS)
 
