@@ -135,11 +135,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--representations", action="store_true",
+                        help="latent vs AVIF vs JPEG XL on the varied corpus (issue 15; "
+                             "representation_bench.py); uses --counts")
+    parser.add_argument("--counts", default="512=24,1024=24",
+                        help="with --representations: images per side, e.g. 512=24,1024=8")
     args = parser.parse_args(argv)
     model_dir = args.model_dir or default_model_dir()
     if not (model_dir / "taef2_decoder.pth").is_file():
         print(f"TAEF2 weights not found in {model_dir}", file=sys.stderr)
         return 2
+    if args.representations:
+        from . import representation_bench
+
+        counts = {int(k): int(v) for k, v in (p.split("=") for p in args.counts.split(","))}
+        with tempfile.TemporaryDirectory(prefix="s3latent-repr-") as tmp:
+            rep = representation_bench.run(counts, model_dir, args.workdir or Path(tmp))
+        print(representation_bench.table(rep))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(rep, indent=2))
+        return 0
     with tempfile.TemporaryDirectory(prefix="s3latent-storage-") as tmp:
         workdir = args.workdir or Path(tmp)
         results = run(args.codecs.split(","), [int(s) for s in args.sizes.split(",")],

@@ -81,6 +81,9 @@ def object_headers(info: ObjectInfo) -> dict[str, str]:
         headers["x-amz-mp-parts-count"] = str(info.parts_count)
     rep = meta.internal.get("rep")
     headers["x-s3latent-representation"] = "latent" if rep in ("latent", "stub") else "plain"
+    if rep == "latent":  # a container: which representation it holds (the latent, or AVIF)
+        headers["x-s3latent-stored-as"] = ("avif" if meta.internal.get("codec") == "avif"
+                                           else "latent")
     return headers
 
 
