@@ -118,7 +118,7 @@ def _check(result: admission.Admission, image: bytes, min_psnr: float) -> float:
 def _predicting(monkeypatch: pytest.MonkeyPatch, values: list[float], calibrated: bool = True
                 ) -> None:
     monkeypatch.setattr(admission, "predict_psnr",
-                        lambda codec, latent, model: (list(values), calibrated))
+                        lambda codec, latent, model, image: (list(values), calibrated))
 
 
 async def test_exact_prediction_admits_with_one_decode(decoding: DecodeServices,

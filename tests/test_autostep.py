@@ -12,6 +12,7 @@ import random
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,7 +145,7 @@ def test_real_codec_same_answer_as_the_bisection_with_fewer_decodes() -> None:
 
     target = 30.0
     payload, params, _ = encode_to_target(codec, x, fidelity(old_calls), target)
-    predicted, calibrated = autostep.predict_psnr(codec, x, None)
+    predicted, calibrated = autostep.predict_psnr(codec, x, None, None)
     assert not calibrated
     found = search_from_prediction(codec, x, fidelity(new_calls), target, predicted,
                                    calibrated=False)
@@ -156,10 +157,24 @@ def test_prediction_is_deterministic_and_cheap_to_compute() -> None:
     x = torch.randn(32, 64, 64, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
     codec = get_codec("q4p", model="taef2")
     assert isinstance(codec, PredictiveCodec)
-    a = autostep.predict_psnr(codec, x, "taef2")
-    b = autostep.predict_psnr(codec, x.clone(), "taef2")
+    image = np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    a = autostep.predict_psnr(codec, x, "taef2", image)
+    b = autostep.predict_psnr(codec, x.clone(), "taef2", image.copy())
     assert a == b and a[1] is True
+    assert autostep.predict_psnr(codec, x, "taef2", None)[1] is False  # no image: uncalibrated
     assert all(p > q for p, q in zip(a[0][1:], a[0][:-1], strict=False))  # finer: higher
+
+
+def test_image_features_rank_texture() -> None:
+    """A flat image scores lower than a textured one: its latent errors cost fewer dB."""
+    rng = np.random.default_rng(1)
+    flat = np.full((64, 64, 3), 120, dtype=np.uint8)
+    flat[::8] = 125
+    noisy = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    f, n = autostep.image_features(flat), autostep.image_features(noisy)
+    assert f["img_grad"] < n["img_grad"] and f["img_lap"] < n["img_lap"]
+    assert autostep.image_features(noisy[..., 0])["img_grad"] == pytest.approx(n["img_grad"],
+                                                                                abs=0.1)
 
 
 def test_committed_coefficients_are_in_the_package() -> None:

@@ -37,7 +37,8 @@ TARGET = 40.3  # the default policy: min_psnr 40 + AUTO_MARGIN_DB 0.3
 
 
 async def _collect(dirs: list[tuple[Path, tuple[int, ...], int | None]], model_dir: Path,
-                   out: Path, log: Any = print) -> list[dict[str, Any]]:
+                   out: Path, earlier: list[dict[str, Any]], log: Any = print
+                   ) -> list[dict[str, Any]]:
     from ..config import Config
     from ..decode.services import DecodeServices
     from ..latent.fidelity import decode_image_bytes, psnr
@@ -48,15 +49,20 @@ async def _collect(dirs: list[tuple[Path, tuple[int, ...], int | None]], model_d
     cfg = Config(models={"taef2": {"kind": "tae",
                                    "decoder": str(model_dir / "taef2_decoder.pth")}})
     decoding = DecodeServices(cfg)
-    records: list[dict[str, Any]] = []
+    records = list(earlier)  # kept: a run can be stopped and resumed, or extended
+    done = {r["image"] for r in records}
     try:
         await decoding.ready()
         for corpus_dir, sizes, count in dirs:
             items = make_corpus(corpus_dir, sizes=sizes, count=count, model_dir=model_dir)
             for item in items:
-                started = time.monotonic()
                 png = item.png.read_bytes()
                 upload, _ = decode_image_bytes(png)
+                if item.name in done:  # measured before: its features brought up to date
+                    old = next(r for r in records if r["image"] == item.name)
+                    old["features"].update(autostep.image_features(upload))
+                    continue
+                started = time.monotonic()
                 sidecar = parse_sidecar(item.latent.read_bytes())
                 latent = sidecar.latent
                 shape = tuple(latent.shape)
@@ -77,7 +83,8 @@ async def _collect(dirs: list[tuple[Path, tuple[int, ...], int | None]], model_d
                     rows.append({"step": step, "distortion": d, "payload_bytes": len(payload),
                                  "psnr": score})
                 records.append({"image": item.name, "size": item.size, "model": "taef2",
-                                "features": autostep.latent_features(codec, latent),
+                                "features": {**autostep.latent_features(codec, latent),
+                                             **autostep.image_features(upload)},
                                 "steps": rows,
                                 "seconds": round(time.monotonic() - started, 1)})
                 text = json.dumps({"target": TARGET, "records": records}, indent=1)
@@ -215,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--large-count", type=int, default=4)
     c.add_argument("--model-dir", type=Path, default=None)
     c.add_argument("--workdir", type=Path, default=Path("/tmp/s3latent-autostep"))
-    c.add_argument("--out", type=Path, required=True)
+    c.add_argument("--out", type=Path, required=True,
+                   help="records; images already in it are not measured again")
     f = sub.add_parser("fit")
     f.add_argument("data", type=Path)
     f.add_argument("--write", type=Path, default=None)
@@ -228,12 +236,15 @@ def main(argv: list[str] | None = None) -> int:
         from .corpus import default_model_dir
 
         model_dir = args.model_dir or default_model_dir()
-        dirs: list[tuple[Path, tuple[int, ...], int | None]] = [
-            (args.workdir / "small", tuple(int(v) for v in args.sizes.split(",")), None)]
+        dirs: list[tuple[Path, tuple[int, ...], int | None]] = []
+        if args.sizes:
+            dirs.append((args.workdir / "small", tuple(int(v) for v in args.sizes.split(",")),
+                         None))
         if args.large and args.large_count:
             dirs.append((args.workdir / "large", tuple(int(v) for v in args.large.split(",")),
                          args.large_count))
-        asyncio.run(_collect(dirs, model_dir, args.out))
+        earlier = json.loads(args.out.read_text())["records"] if args.out.is_file() else []
+        asyncio.run(_collect(dirs, model_dir, args.out, earlier))
         return 0
     records = json.loads(args.data.read_text())["records"]
     if args.cmd == "fit":

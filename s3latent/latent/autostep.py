@@ -9,9 +9,10 @@ it closely once one per-image offset is known. So:
 
 1. ``step_distortion``: per ladder step, the mean squared quantisation error in the codec's
    gain-weighted transform domain (the gains are the decoder's channel sensitivities).
-2. ``predict_psnr``: PSNR per step = a calibrated linear function of that distortion and of a
-   few statistics of the latent (coefficients per model in ``autostep.json``, fitted offline
-   on the bench corpus by ``python -m s3latent.bench.auto_calibrate``).
+2. ``predict_psnr``: PSNR per step = a calibrated linear function of that distortion, a few
+   statistics of the latent and the texture of the image it must match (coefficients per
+   model in ``autostep.json``, fitted offline on the bench corpus by
+   ``python -m s3latent.bench.auto_calibrate``).
 3. ``search_from_prediction``: decode the coarsest step predicted to pass; the measured PSNR
    corrects the prediction for every other step (one offset); then step coarser while the
    corrected prediction says the next one may still pass, or finer while it fails. Every step
@@ -85,7 +86,29 @@ def latent_features(codec: PredictiveCodec, latent: torch.Tensor) -> dict[str, f
             "log_pixels": math.log2(y.shape[1] * y.shape[2])}
 
 
-FEATURES = ("log_rms", "log_grad", "log_pixels")
+def image_features(pixels: np.ndarray) -> dict[str, float]:
+    """Texture of the image the latent must reproduce (the upload, or the reference decode).
+
+    How much a latent error costs in pixels depends mostly on this: the same error moves
+    more pixel value where the image has edges and texture (grass) than where it is flat
+    (cells on a plain background), a spread of ~15 dB the latent's own statistics miss.
+    ``img_grad``: RMS of the first differences; ``img_lap``: RMS of the 4-neighbour
+    Laplacian; both of the [0, 1] pixel values.
+    """
+    im = np.asarray(pixels, dtype=np.float32) / np.float32(255.0)
+    if im.ndim == 2:
+        im = im[..., None]
+    gx = np.diff(im, axis=1)
+    gy = np.diff(im, axis=0)
+    grad = (float(np.mean(gx.astype(np.float64) ** 2))
+            + float(np.mean(gy.astype(np.float64) ** 2))) / 2
+    lap = (4 * im[1:-1, 1:-1] - im[:-2, 1:-1] - im[2:, 1:-1] - im[1:-1, :-2] - im[1:-1, 2:])
+    lap_ms = float(np.mean(lap.astype(np.float64) ** 2)) if lap.size else 0.0
+    return {"img_grad": 0.5 * math.log10(grad + 1e-12),
+            "img_lap": 0.5 * math.log10(lap_ms + 1e-12)}
+
+
+FEATURES = ("log_rms", "log_grad", "log_pixels", "img_grad", "img_lap")
 
 
 def design_row(neg_db_distortion: float, features: dict[str, float]) -> list[float]:
@@ -106,16 +129,18 @@ def model_coefficients(model: str | None) -> list[float] | None:
 
 
 def predict_psnr(codec: PredictiveCodec, latent: torch.Tensor, model: str | None,
-                 steps: Sequence[float] = LADDER) -> tuple[list[float], bool]:
-    """(predicted PSNR per step, calibrated?): without coefficients, -10 log10 D(step) only.
+                 image: np.ndarray | None, steps: Sequence[float] = LADDER
+                 ) -> tuple[list[float], bool]:
+    """(predicted PSNR per step, calibrated?) of `latent` against `image` (uint8 HxWx3).
 
-    Uncalibrated values are right up to one constant, which the first decode measures.
+    Without coefficients for `model` (or without the image), -10 log10 D(step) only: right
+    up to one constant, which the search's first decode measures.
     """
     dist = [-10.0 * math.log10(max(d, 1e-20)) for d in step_distortion(codec, latent, steps)]
     coef = model_coefficients(model)
-    if coef is None:
+    if coef is None or image is None:
         return dist, False
-    feats = latent_features(codec, latent)
+    feats = {**latent_features(codec, latent), **image_features(image)}
     return [float(np.dot(coef, design_row(d, feats))) for d in dist], True
 
 
@@ -124,7 +149,7 @@ def predict_psnr(codec: PredictiveCodec, latent: torch.Tensor, model: str | None
 # TRY_COARSER: after a pass, the next coarser step is tried when its corrected prediction is
 # >= target - TRY_COARSER; TRY_FINER: after a failure, the coarsest finer step whose corrected
 # prediction is >= target + TRY_FINER is tried next.
-START_MARGIN, TRY_COARSER, TRY_FINER = 0.0, 0.5, 0.2
+START_MARGIN, TRY_COARSER, TRY_FINER = 0.5, 0.5, 0.2
 
 
 @dataclass

@@ -122,7 +122,7 @@ class Admitter:
                 codec_name = AUTO_BASE
                 try:
                     codec, payload, params, searched = await self._auto_candidate(
-                        model_id, sidecar.latent, settings.min_psnr + AUTO_MARGIN_DB,
+                        model_id, sidecar.latent, upload, settings.min_psnr + AUTO_MARGIN_DB,
                         image_psnr)
                 except ModelUnavailable as exc:
                     raise Refused(f"model unavailable: {exc}", durable=False) from exc
@@ -181,7 +181,8 @@ class Admitter:
             if codec_name == AUTO:
                 codec_name = AUTO_BASE
                 codec, payload, params, searched = await self._auto_candidate(
-                    model_id, sidecar.latent, settings.min_psnr + AUTO_MARGIN_DB, pixel_psnr)
+                    model_id, sidecar.latent, reference, settings.min_psnr + AUTO_MARGIN_DB,
+                    pixel_psnr)
             else:
                 codec = codecs.get_codec(codec_name, model=model_id)
                 payload, params = await asyncio.to_thread(codec.encode, sidecar.latent)
@@ -213,13 +214,14 @@ class Admitter:
         raise AssertionError("the lossless fallback always reproduces the reference")
 
     async def _auto_candidate(
-        self, model_id: str, latent: torch.Tensor, target: float,
+        self, model_id: str, latent: torch.Tensor, image: np.ndarray, target: float,
         score: Callable[[torch.Tensor], tuple[float, Any]],
     ) -> tuple[codecs.Codec, bytes, dict[str, Any], Any]:
         """The `auto` candidate: the predictive codec at the coarsest step meeting `target`.
 
-        The search starts at the step the latent predicts (latent/autostep.py) instead of
-        bisecting the ladder, so most admissions decode once or twice. `score` decodes a
+        The search starts at the step predicted from the latent and the `image` it must match
+        (latent/autostep.py) instead of bisecting the ladder, so most admissions decode once
+        or twice. `score` decodes a
         candidate latent and returns (fidelity, what to keep of that decode). Returns codec,
         payload, params and what `score` kept for the chosen step, so the caller checks that
         decode instead of repeating it; when no step meets the target, the codec's own step
@@ -235,7 +237,7 @@ class Admitter:
             return value
 
         def search() -> tuple[bytes, dict[str, Any], Any]:
-            predicted, calibrated = predict_psnr(codec, latent, model_id)
+            predicted, calibrated = predict_psnr(codec, latent, model_id, image)
             found = search_from_prediction(codec, latent, fidelity, target, predicted,
                                            calibrated=calibrated)
             if not found.passed:
