@@ -16,6 +16,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from ..config import BucketSettings
 from ..decode.renderer import AVIF_DECODER_KEY, settings_dict, tiling_extra
 from ..latent import avif
 from ..latent import codec as codecs
+from ..latent.autostep import predict_psnr, search_from_prediction
 from ..latent.container import (
     KIND_AVIF,
     LATENT_PART,
@@ -227,39 +229,51 @@ class Admitter:
         reasons = []
         loop = asyncio.get_running_loop()
 
-        def image_psnr(restored: torch.Tensor) -> float:
-            """Admission fidelity of a candidate latent, rendered exactly as reads will."""
+        def image_psnr(restored: torch.Tensor) -> tuple[float, Any]:
+            """Admission fidelity of a candidate latent, rendered exactly as reads will.
+
+            Also returns the rendition and its settings, which admission checks and stores
+            if this candidate is chosen.
+            """
             future = asyncio.run_coroutine_threadsafe(
                 self.decoding.decode_pixels(model_id, restored.float(), tiling), loop)
-            data, _ = encode_rendition_sized(future.result(), render_settings, len(image_bytes))
+            data, used = encode_rendition_sized(future.result(), render_settings,
+                                                len(image_bytes))
             if len(data) != len(image_bytes):
                 # Too noisy to fit the upload's length even re-encoded harder: a finer step
                 # keeps it, so tools that compare sizes (aws s3 sync) see the object unchanged.
-                return float("-inf")
-            return psnr(decode_image_bytes(data)[0], upload)
+                return float("-inf"), None
+            return psnr(decode_image_bytes(data)[0], upload), (data, used)
 
         for codec_name in (settings.codec, *FALLBACK.get(settings.codec, ())):
+            searched = None
             if codec_name == AUTO:
                 # The coarsest step of the predictive codec that still meets the policy.
                 codec_name = AUTO_BASE
-                codec = codecs.get_codec(codec_name, model=model_id)
-                target = settings.min_psnr + AUTO_MARGIN_DB
                 try:
-                    payload, params, _ = await asyncio.to_thread(
-                        codecs.encode_to_target, codec, sidecar.latent, image_psnr, target)
+                    codec, payload, params, searched = await self._auto_candidate(
+                        model_id, sidecar.latent, upload, settings.min_psnr + AUTO_MARGIN_DB,
+                        image_psnr)
                 except ModelUnavailable as exc:
                     raise Refused(f"model unavailable: {exc}", durable=False) from exc
             else:
                 codec = codecs.get_codec(codec_name, model=model_id)
                 payload, params = await asyncio.to_thread(codec.encode, sidecar.latent)
-            restored = await asyncio.to_thread(codec.decode, payload, params,
-                                               tuple(sidecar.latent.shape), sidecar.raw_dtype)
-            try:
-                pixels = await self.decoding.decode_pixels(model_id, restored.float(), tiling)
-            except ModelUnavailable as exc:
-                raise Refused(f"model unavailable: {exc}", durable=False) from exc
-            rendition, used = await asyncio.to_thread(
-                encode_rendition_sized, pixels, render_settings, len(image_bytes))
+            if searched is not None:
+                # The search decoded and rendered this very payload; the same decode, not a
+                # second one, goes through the policy check below.
+                rendition, used = searched
+            else:
+                restored = await asyncio.to_thread(codec.decode, payload, params,
+                                                   tuple(sidecar.latent.shape),
+                                                   sidecar.raw_dtype)
+                try:
+                    pixels = await self.decoding.decode_pixels(model_id, restored.float(),
+                                                               tiling)
+                except ModelUnavailable as exc:
+                    raise Refused(f"model unavailable: {exc}", durable=False) from exc
+                rendition, used = await asyncio.to_thread(
+                    encode_rendition_sized, pixels, render_settings, len(image_bytes))
             ok, fidelity, why = await self._policy(settings, rendition, image_bytes, upload)
             if ok:
                 header = self._header(model_id, sidecar, codec_name, params, payload, image,
@@ -286,23 +300,26 @@ class Admitter:
             fmt, self.decoding.config.decode.png_encoder)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
 
-        def pixel_psnr(restored: torch.Tensor) -> float:
+        def pixel_psnr(restored: torch.Tensor) -> tuple[float, Any]:
             future = asyncio.run_coroutine_threadsafe(
                 self.decoding.decode_pixels(model_id, restored.float(), tiling), loop)
-            return psnr(future.result(), reference)
+            pixels = future.result()
+            return psnr(pixels, reference), pixels
 
         for codec_name in (settings.codec, *FALLBACK.get(settings.codec, ())):
+            searched = None
             if codec_name == AUTO:
                 codec_name = AUTO_BASE
-                codec = codecs.get_codec(codec_name, model=model_id)
-                payload, params, _ = await asyncio.to_thread(
-                    codecs.encode_to_target, codec, sidecar.latent, pixel_psnr,
-                    settings.min_psnr + AUTO_MARGIN_DB)
+                codec, payload, params, searched = await self._auto_candidate(
+                    model_id, sidecar.latent, reference, settings.min_psnr + AUTO_MARGIN_DB,
+                    pixel_psnr)
             else:
                 codec = codecs.get_codec(codec_name, model=model_id)
                 payload, params = await asyncio.to_thread(codec.encode, sidecar.latent)
             if codec.lossless:
                 pixels = reference
+            elif searched is not None:
+                pixels = searched  # the search's decode of this payload, checked below
             else:
                 restored = await asyncio.to_thread(codec.decode, payload, params,
                                                    tuple(sidecar.latent.shape), sidecar.raw_dtype)
@@ -327,6 +344,41 @@ class Admitter:
                     extra=tiling_extra(tiling, self.decoding.cpu_threads))
                 return Admission(pack(header, payload), header, rendition)
         raise AssertionError("the lossless fallback always reproduces the reference")
+
+    async def _auto_candidate(
+        self, model_id: str, latent: torch.Tensor, image: np.ndarray, target: float,
+        score: Callable[[torch.Tensor], tuple[float, Any]],
+    ) -> tuple[codecs.Codec, bytes, dict[str, Any], Any]:
+        """The `auto` candidate: the predictive codec at the coarsest step meeting `target`.
+
+        The search starts at the step predicted from the latent and the `image` it must match
+        (latent/autostep.py) instead of bisecting the ladder, so most admissions decode once
+        or twice. `score` decodes a
+        candidate latent and returns (fidelity, what to keep of that decode). Returns codec,
+        payload, params and what `score` kept for the chosen step, so the caller checks that
+        decode instead of repeating it; when no step meets the target, the codec's own step
+        with nothing kept (the caller decodes and checks it, then falls back, as before).
+        """
+        codec = codecs.get_codec(AUTO_BASE, model=model_id)
+        assert isinstance(codec, codecs.PredictiveCodec)
+        kept: list[Any] = []
+
+        def fidelity(restored: torch.Tensor) -> float:
+            value, keep = score(restored)
+            kept.append(keep)
+            return value
+
+        def search() -> tuple[bytes, dict[str, Any], Any]:
+            predicted, calibrated = predict_psnr(codec, latent, model_id, image)
+            found = search_from_prediction(codec, latent, fidelity, target, predicted,
+                                           calibrated=calibrated)
+            if not found.passed:
+                payload, params = codec.encode(latent)
+                return payload, params, None
+            return found.payload, found.params, kept[found.index]
+
+        payload, params, keep = await asyncio.to_thread(search)
+        return codec, payload, params, keep
 
     async def _policy(self, settings: BucketSettings, rendition: bytes, image_bytes: bytes,
                       upload: np.ndarray) -> tuple[bool, float, str]:
