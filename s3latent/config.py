@@ -68,6 +68,16 @@ class BucketSettings:
     min_psnr: float = 40.0
     convert: bool = True
     sidecar_suffix: str = ".latent.safetensors"
+    # How a converted pair is stored (docs/representations.md): "smallest" (fewest bytes;
+    # for a pair that is always the latent, since its sidecar key keeps needing it),
+    # "latent", or "avif" (the image as AVIF plus the latent for the sidecar: more bytes,
+    # reads need no VAE).
+    representation: str = "smallest"
+    # Images uploaded without a sidecar are stored as AVIF when that meets the policy and
+    # is smaller than the upload (lossy, so off by default), once they have waited
+    # `convert_plain_after` for a sidecar.
+    convert_plain: bool = False
+    convert_plain_after: float = 60.0
 
     def validate(self, name: str) -> None:
         if self.policy not in ("perceptual", "exact"):
@@ -79,6 +89,14 @@ class BucketSettings:
                               f"{', '.join(CODEC_NAMES)} (got {self.codec!r})")
         if not self.sidecar_suffix.startswith("."):
             raise ConfigError(f'buckets."{name}".sidecar_suffix must start with "."')
+        if self.representation not in REPRESENTATIONS:
+            raise ConfigError(f'buckets."{name}".representation must be one of '
+                              f"{', '.join(REPRESENTATIONS)} (got {self.representation!r})")
+        if not isinstance(self.convert_plain, bool):
+            raise ConfigError(f'buckets."{name}".convert_plain must be true or false')
+
+
+REPRESENTATIONS = ("smallest", "latent", "avif")
 
 
 @dataclass
@@ -340,11 +358,12 @@ def _dataclass_from(cls: type, table: dict[str, Any], where: str) -> Any:
     for name in ("memory", "memory_budget"):
         if name in values:
             values[name] = parse_size(values[name])
-    if "revalidate_after" in values:
-        try:
-            values["revalidate_after"] = parse_duration(values["revalidate_after"])
-        except ConfigError as exc:
-            raise ConfigError(f"[{where}] revalidate_after: {exc}") from exc
+    for name in ("revalidate_after", "convert_plain_after"):
+        if name in values:
+            try:
+                values[name] = parse_duration(values[name])
+            except ConfigError as exc:
+                raise ConfigError(f"[{where}] {name}: {exc}") from exc
     return cls(**values)
 
 

@@ -108,8 +108,8 @@ def _with_version(blob: bytes, version: int, flags: int = 0) -> bytes:
 
 def test_newer_version_is_unsupported():
     blob = pack(_header(), PAYLOAD)
-    with pytest.raises(UnsupportedContainer, match="version 2"):
-        unpack(_with_version(blob, 2))
+    with pytest.raises(UnsupportedContainer, match="version 3"):
+        unpack(_with_version(blob, 3))  # version 2 exists since representations (issue 15)
     with pytest.raises(UnsupportedContainer):
         peek_header(_with_version(blob, 1, flags=1))
 
@@ -164,3 +164,64 @@ def test_metadata_mirror():
     assert "lprof" not in long and header_from_metadata(long).render_profile is None
     assert header_from_metadata({}) is None
     assert header_from_metadata({**meta, "lsize": "x"}) is None
+
+
+# -- representations (issue 15): version 2 holds `kind`, version 1 stays as it was -----------
+
+def _raw_container(version: int, header_json: bytes, payload: bytes = b"") -> bytes:
+    head = struct.pack("<8sHHI", MAGIC, version, 0, len(header_json))
+    crc = zlib.crc32(header_json, zlib.crc32(head))
+    return head + struct.pack("<I", crc) + header_json + payload
+
+
+def test_latent_containers_stay_version_1_without_a_kind_field():
+    blob = pack(_header(), PAYLOAD)
+    assert struct.unpack_from("<H", blob, 8)[0] == 1
+    assert b'"kind"' not in blob[: header_span(blob)]
+    assert unpack(blob)[0].kind == "latent"
+
+
+def test_avif_container_round_trip_with_the_sidecars_latent():
+    from s3latent.latent.container import image_part, latent_part
+
+    image, latent = b"AVIF" * 50, b"LAT" * 30
+    h = _header(kind="avif", codec="avif", codec_params={"quality": 40},
+                extra={"latent": {"codec": "q4p", "codec_params": {"step": 0.3},
+                                  "size": len(latent)}})
+    blob = pack(h, image + latent)
+    assert struct.unpack_from("<H", blob, 8)[0] == 2
+    back, payload = unpack(blob)
+    assert back.kind == "avif" and back.version == 2
+    assert image_part(back, payload) == image
+    assert latent_part(back, payload) == ("q4p", {"step": 0.3}, latent)
+    meta = header_to_metadata(back)
+    assert meta["lcv"] == "2" and meta["lkind"] == "avif"
+    assert header_from_metadata(meta).kind == "avif"
+    # A plain image stored as AVIF holds no latent.
+    alone = unpack(pack(dataclasses.replace(h, extra={}, sidecar=None), image))
+    assert latent_part(*alone) is None and image_part(*alone) == image
+    # A latent container's payload is its latent.
+    lat = unpack(pack(_header(), PAYLOAD))
+    assert latent_part(*lat) == ("q4p", {"step": 0.3, "alpha": [0.0, 0.5]}, PAYLOAD)
+    with pytest.raises(ValueError):
+        image_part(*lat)
+
+
+def test_version_and_kind_must_agree():
+    good = pack(_header(kind="avif", codec="avif"), PAYLOAD)
+    span = header_span(good)
+    body = good[20:span]
+    # version 1 naming a kind, version 2 without one (a latent), unknown kinds, bad latent part
+    with pytest.raises(CorruptContainer):
+        peek_header(_raw_container(1, body))
+    latent_body = pack(_header(), PAYLOAD)[20: header_span(pack(_header(), PAYLOAD))]
+    with pytest.raises(CorruptContainer):
+        peek_header(_raw_container(2, latent_body))
+    with pytest.raises(UnsupportedContainer):
+        peek_header(_raw_container(2, body.replace(b'"kind":"avif"', b'"kind":"jxl1"')))
+    with pytest.raises(UnsupportedContainer):
+        peek_header(_raw_container(3, body))
+    bad_part = pack(_header(kind="avif", codec="avif", extra={"latent": {"size": 10**9}}),
+                    PAYLOAD)
+    with pytest.raises(CorruptContainer):
+        unpack(bad_part)

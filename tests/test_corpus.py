@@ -66,3 +66,18 @@ def test_corpus_items_decode_back_to_their_png(tmp_path: Path) -> None:
     for x, y in zip(items, again, strict=True):
         assert x.png.read_bytes() == y.png.read_bytes()
         assert x.latent.read_bytes() == y.latent.read_bytes()
+
+
+def test_varied_corpus_is_deterministic_and_covers_every_category() -> None:
+    from s3latent.bench.corpus import CATEGORIES, varied_images
+
+    first = list(varied_images(8))
+    again = list(varied_images(8))
+    assert [c for _, c, _ in first] == list(CATEGORIES) * 2
+    assert len({n for n, _, _ in first}) == 8
+    for (n1, _, a), (n2, _, b) in zip(first, again, strict=True):
+        assert n1 == n2 and a.mode == "RGB" and a.tobytes() == b.tobytes()
+    # Flat graphics and text really are flat: few distinct colours compared with a photo.
+    colours = {c: len(np.unique(np.asarray(img).reshape(-1, 3), axis=0))
+               for _, c, img in first[:4]}
+    assert colours["flat"] < colours["photo"] and colours["text"] < colours["photo"]

@@ -24,12 +24,14 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["CorpusItem", "default_model_dir", "make_corpus", "source_images"]
+__all__ = ["CATEGORIES", "CorpusItem", "default_model_dir", "make_corpus", "source_images",
+           "varied_images"]
 
 # Public domain or CC0 (per skimage.data's notes); colour photographs first.
 _SKIMAGE_FILES = (
@@ -119,6 +121,103 @@ def source_images() -> Iterator[tuple[str, str, Image.Image]]:
             yield f"synthetic{i:02d}", "synthetic", _synthetic(i, 1024)
 
 
+CATEGORIES = ("photo", "illustration", "flat", "text")
+
+
+def _illustration(seed: int, size: int) -> Image.Image:
+    """Cel-shaded blobs with dark outlines over a soft sky gradient (drawn at 2x, downsampled)."""
+    from PIL import ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(1000 + seed)
+    big = size * 2
+    yy = np.linspace(0, 1, big, dtype=np.float32)[:, None, None]
+    top, bottom = rng.uniform(80, 255, 3), rng.uniform(20, 200, 3)
+    sky = (top * (1 - yy) + bottom * yy) * np.ones((1, big, 1), np.float32)
+    img = Image.fromarray(sky.clip(0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(6, 12))):
+        x0, y0 = rng.uniform(0, big, 2)
+        r = rng.uniform(big * 0.05, big * 0.25)
+        fill = tuple(int(v) for v in rng.uniform(30, 255, 3))
+        shade = tuple(int(v * 0.7) for v in fill)
+        box = (x0 - r, y0 - r * 0.8, x0 + r, y0 + r * 0.8)
+        draw.ellipse(box, fill=shade, outline=(20, 15, 30), width=max(2, big // 200))
+        inner = (x0 - r * 0.8, y0 - r * 0.7, x0 + r * 0.6, y0 + r * 0.4)
+        draw.ellipse(inner, fill=fill)
+    img = img.filter(ImageFilter.GaussianBlur(1.2))
+    return img.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def _flat(seed: int, size: int) -> Image.Image:
+    """Flat graphics: a bar chart, icons and solid panels in a few colours."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(2000 + seed)
+    big = size * 2
+    palette = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(5)]
+    img = Image.new("RGB", (big, big), palette[0])
+    draw = ImageDraw.Draw(img)
+    bars = int(rng.integers(4, 9))
+    width = big * 0.8 / bars
+    for i in range(bars):
+        h = rng.uniform(0.1, 0.6) * big
+        x = big * 0.1 + i * width
+        draw.rectangle((x + 4, big * 0.9 - h, x + width - 4, big * 0.9), fill=palette[1 + i % 3])
+    draw.line((big * 0.08, big * 0.9, big * 0.92, big * 0.9), fill=palette[4], width=big // 150)
+    for _ in range(int(rng.integers(3, 7))):
+        x, y, r = rng.uniform(0.1, 0.9) * big, rng.uniform(0.05, 0.3) * big, big * 0.04
+        if rng.random() < 0.5:
+            draw.ellipse((x - r, y - r, x + r, y + r), fill=palette[int(rng.integers(1, 5))])
+        else:
+            draw.regular_polygon((x, y, r), int(rng.integers(3, 7)),
+                                 fill=palette[int(rng.integers(1, 5))])
+    return img.resize((size, size), Image.Resampling.LANCZOS)
+
+
+_WORDS = ("latent storage gateway image decoder policy render profile bucket object sidecar "
+          "quality margin codec pixels bytes listing range request version admission").split()
+
+
+def _text(seed: int, size: int) -> Image.Image:
+    """Lines of text (Pillow's built-in font, scaled) on a plain or tinted page."""
+    from PIL import ImageDraw, ImageFont
+
+    rng = np.random.default_rng(3000 + seed)
+    bg = tuple(int(v) for v in rng.integers(200, 256, 3)) if seed % 2 else (255, 255, 255)
+    ink = tuple(int(v) for v in rng.integers(0, 90, 3))
+    img = Image.new("RGB", (size, size), bg)
+    draw = ImageDraw.Draw(img)
+    pt = max(10, int(size / float(rng.choice([18, 28, 40]))))
+    try:
+        font: Any = ImageFont.load_default(size=pt)
+    except TypeError:  # Pillow without FreeType sizes
+        font = ImageFont.load_default()
+    y = int(size * 0.05)
+    while y < size * 0.92:
+        words = [str(rng.choice(_WORDS)) for _ in range(int(rng.integers(3, 12)))]
+        draw.text((int(size * 0.05), y), " ".join(words), fill=ink, font=font)
+        y += int(pt * 1.4)
+    return img
+
+
+def varied_images(count: int = 24) -> Iterator[tuple[str, str, Image.Image]]:
+    """(name, category, RGB image): photographs, illustrations, flat graphics and text,
+    round-robin, `count` in all; deterministic (procedural, seeded; photographs from
+    scikit-image when installed, else seeded synthetic photo-like fields)."""
+    photos = [(n, img) for n, _src, img in source_images()]
+    makers = {"illustration": _illustration, "flat": _flat, "text": _text}
+    for i in range(count):
+        category, k = CATEGORIES[i % 4], i // 4
+        if category == "photo":
+            if k < len(photos):
+                name, img = photos[k]
+                yield f"photo-{name}", category, img
+            else:
+                yield f"photo-synthetic{k:02d}", category, _synthetic(k, 1024)
+        else:
+            yield f"{category}{k:02d}", category, makers[category](k, 1024)
+
+
 def _to_tensor(img: Image.Image) -> torch.Tensor:
     arr = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255.0).unsqueeze(0)
@@ -150,6 +249,7 @@ def make_corpus(
     model_dir: Path | None = None,
     *,
     device: torch.device | str = "cpu",
+    varied: bool = False,
 ) -> list[CorpusItem]:
     """Write up to `count` items (all sources x sizes when None) and an index.json; return them.
 
@@ -171,12 +271,13 @@ def make_corpus(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     items: list[CorpusItem] = []
-    for name, source, img in source_images():
+    sources = varied_images(count if count is not None else 24) if varied else source_images()
+    for name, source, img in sources:
         for size in sizes:
-            if count is not None and len(items) >= count:
+            if count is not None and len(items) >= count and not varied:
                 break
             items.append(_make_item(model, out_dir, f"{name}_{size}", source, img, size))
-        if count is not None and len(items) >= count:
+        if count is not None and len(items) >= count and not varied:
             break
     index = [{k: str(v) if isinstance(v, Path) else v for k, v in asdict(i).items()} for i in items]
     (out_dir / "index.json").write_text(json.dumps(index, indent=1))

@@ -6,17 +6,24 @@ gateway over SeaweedFS, one bucket per codec. Once converted, the PHYSICAL
 bytes each image takes in SeaweedFS (container + sidecar stub, read directly
 from SeaweedFS) are compared with the PNG and the JPEG q90 originals, and the
 image read back through the gateway is compared with the uploaded PNG.
+
+What converting cost is measured per codec and image size (each size's pairs are uploaded and
+waited for as one group): model decodes per admission and decode seconds (the gateway's
+`s3latent_decode_batch_*` metrics), CPU seconds of the gateway process and wall seconds per
+image, and images per second with `--jobs N` conversions at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +42,22 @@ def _client(endpoint: str, key: str, secret: str) -> Any:
 
 
 def run(codecs: list[str], sizes: list[int], count: int, model_dir: Path, workdir: Path,
-        log: Any = print) -> dict[str, Any]:
+        log: Any = print, jobs: int = 1) -> dict[str, Any]:
+    """Bytes and fidelity per codec, and what converting cost, per codec and image size.
+
+    Each (codec, size) group is uploaded and waited for on its own, so the gateway's decode
+    count, decode time and process CPU time between its first upload and its last conversion
+    belong to that group's admissions; `jobs` conversions run at once (conversion_workers).
+    """
     items = make_corpus(workdir / "corpus", sizes=tuple(sizes), count=count,
                         model_dir=model_dir)
     log(f"corpus: {len(items)} images ({', '.join(i.name for i in items)})")
     config = workdir / "config.toml"
     tables = [f'[models.taef2]\nkind = "tae"\ndecoder = "{model_dir / "taef2_decoder.pth"}"\n',
-              "[server]\nconversion_workers = 1\n"]
+              f"[server]\nconversion_workers = {jobs}\n"]
     tables += [f'[buckets."st-{c}"]\ncodec = "{c}"\n' for c in codecs]
     config.write_text("\n".join(tables))
-    results: dict[str, Any] = {"codecs": {}, "images": [i.name for i in items]}
+    results: dict[str, Any] = {"codecs": {}, "images": [i.name for i in items], "jobs": jobs}
     with SeaweedServer() as weed, GatewayServer(
             weed.endpoint, workdir, backend_keys=(weed.access_key, weed.secret_key),
             extra_args=["--config", str(config)]) as gw:
@@ -54,32 +67,83 @@ def run(codecs: list[str], sizes: list[int], count: int, model_dir: Path, workdi
             bucket = f"st-{codec}"
             s3.create_bucket(Bucket=bucket)
             started = time.monotonic()
-            for item in items:
-                s3.put_object(Bucket=bucket, Key=item.png.name, Body=item.png.read_bytes(),
-                              ContentType="image/png")
-                s3.put_object(Bucket=bucket, Key=item.png.name + SUFFIX,
-                              Body=item.latent.read_bytes())
-            rows = []
-            for item in items:
-                state = _wait(s3, bucket, item.png.name)
-                physical = (direct.head_object(Bucket=bucket, Key=item.png.name)["ContentLength"]
-                            + direct.head_object(Bucket=bucket,
-                                                 Key=item.png.name + SUFFIX)["ContentLength"])
-                data = s3.get_object(Bucket=bucket, Key=item.png.name)["Body"].read()
-                got, _ = decode_image_bytes(data)
-                ref, _ = decode_image_bytes(item.png.read_bytes())
-                rows.append({"image": item.name, "state": state, "physical_bytes": physical,
-                             "png_bytes": item.png_bytes, "jpeg_bytes": item.jpeg_bytes,
-                             "sidecar_bytes": item.latent_bytes, "psnr": psnr(got, ref),
-                             "ssim": ssim(got, ref), "same_length": len(data) == item.png_bytes})
+            rows, cost = [], {}
+            for size in sorted({i.size for i in items}):
+                group = [i for i in items if i.size == size]
+                states, cost[str(size)] = _convert(s3, gw, bucket, group)
+                for item, state in zip(group, states, strict=True):
+                    rows.append(_row(s3, direct, bucket, item, state))
+                log(f"{codec} {size}: {json.dumps(cost[str(size)])}")
             seconds = time.monotonic() - started
             latent_rows = [r for r in rows if r["state"] == "latent"]
             summary = _summary(latent_rows, rows)
             summary["seconds"] = round(seconds, 1)
-            results["codecs"][codec] = {"summary": summary, "rows": rows}
+            results["codecs"][codec] = {"summary": summary, "conversion": cost, "rows": rows}
             log(f"{codec}: {json.dumps(summary)}")
-    results["machine"] = {"python": sys.version.split()[0], "platform": platform.platform()}
+    results["machine"] = {"python": sys.version.split()[0], "platform": platform.platform(),
+                          "cpus": os.cpu_count()}
     return results
+
+
+def _convert(s3: Any, gw: GatewayServer, bucket: str, group: list[Any]
+             ) -> tuple[list[str], dict[str, Any]]:
+    """Upload a group of pairs and wait for all of them; (states, what converting cost)."""
+    before, cpu0, wall0 = _metrics(gw.endpoint), _cpu_seconds(gw.pid), time.monotonic()
+    for item in group:
+        s3.put_object(Bucket=bucket, Key=item.png.name, Body=item.png.read_bytes(),
+                      ContentType="image/png")
+        s3.put_object(Bucket=bucket, Key=item.png.name + SUFFIX, Body=item.latent.read_bytes())
+    states = [_wait(s3, bucket, item.png.name) for item in group]
+    wall = time.monotonic() - wall0
+    cpu = _cpu_seconds(gw.pid) - cpu0
+    after = _metrics(gw.endpoint)
+    n = len(group)
+    decodes = after.get("s3latent_decode_batch_size_sum", 0) - before.get(
+        "s3latent_decode_batch_size_sum", 0)
+    decode_s = after.get("s3latent_decode_batch_seconds_sum", 0) - before.get(
+        "s3latent_decode_batch_seconds_sum", 0)
+    return states, {
+        "images": n,
+        "decodes_per_admission": round(decodes / n, 2),
+        "cpu_s_per_image": round(cpu / n, 2),  # the gateway process: all its threads
+        "wall_s_per_image": round(wall / n, 2),
+        "decode_s_per_image": round(decode_s / n, 2),  # model time (GPU time on a GPU)
+        "images_per_s": round(n / wall, 4) if wall > 0 else None,
+    }
+
+
+def _row(s3: Any, direct: Any, bucket: str, item: Any, state: str) -> dict[str, Any]:
+    physical = (direct.head_object(Bucket=bucket, Key=item.png.name)["ContentLength"]
+                + direct.head_object(Bucket=bucket, Key=item.png.name + SUFFIX)["ContentLength"])
+    data = s3.get_object(Bucket=bucket, Key=item.png.name)["Body"].read()
+    got, _ = decode_image_bytes(data)
+    ref, _ = decode_image_bytes(item.png.read_bytes())
+    return {"image": item.name, "size": item.size, "state": state, "physical_bytes": physical,
+            "png_bytes": item.png_bytes, "jpeg_bytes": item.jpeg_bytes,
+            "sidecar_bytes": item.latent_bytes, "psnr": psnr(got, ref), "ssim": ssim(got, ref),
+            "same_length": len(data) == item.png_bytes}
+
+
+def _metrics(endpoint: str) -> dict[str, float]:
+    """The gateway's unlabelled Prometheus samples (GET /metrics needs no signature)."""
+    with urllib.request.urlopen(endpoint + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                continue
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc), all threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait(s3: Any, bucket: str, key: str, timeout: float = 900.0) -> str:
@@ -127,6 +191,18 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cost_table(results: dict[str, Any]) -> str:
+    """What converting cost, per codec and image size."""
+    lines = [f"| codec | side | decodes / admission | CPU s / image | wall s / image | "
+             f"decode s / image | images/s (jobs={results.get('jobs', 1)}) |", "|" + "---|" * 7]
+    for codec, r in results["codecs"].items():
+        for size, c in r.get("conversion", {}).items():
+            lines.append(f"| {codec} | {size} | {c['decodes_per_admission']} | "
+                         f"{c['cpu_s_per_image']} | {c['wall_s_per_image']} | "
+                         f"{c['decode_s_per_image']} | {c['images_per_s']} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="s3latent bench storage", description=__doc__)
     parser.add_argument("--codecs", default="auto,q4p,q8,lossless")
@@ -134,17 +210,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=4, help="images in the corpus")
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="conversions at once (the gateway's conversion_workers)")
     parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--representations", action="store_true",
+                        help="latent vs AVIF vs JPEG XL on the varied corpus (issue 15; "
+                             "representation_bench.py); uses --counts")
+    parser.add_argument("--counts", default="512=24,1024=24",
+                        help="with --representations: images per side, e.g. 512=24,1024=8")
     args = parser.parse_args(argv)
     model_dir = args.model_dir or default_model_dir()
     if not (model_dir / "taef2_decoder.pth").is_file():
         print(f"TAEF2 weights not found in {model_dir}", file=sys.stderr)
         return 2
+    if args.representations:
+        from . import representation_bench
+
+        counts = {int(k): int(v) for k, v in (p.split("=") for p in args.counts.split(","))}
+        with tempfile.TemporaryDirectory(prefix="s3latent-repr-") as tmp:
+            rep = representation_bench.run(counts, model_dir, args.workdir or Path(tmp))
+        print(representation_bench.table(rep))
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(rep, indent=2))
+        return 0
     with tempfile.TemporaryDirectory(prefix="s3latent-storage-") as tmp:
         workdir = args.workdir or Path(tmp)
         results = run(args.codecs.split(","), [int(s) for s in args.sizes.split(",")],
-                      args.count, model_dir, workdir)
+                      args.count, model_dir, workdir, jobs=args.jobs)
     print(table(results))
+    print()
+    print(cost_table(results))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2))
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,12 +19,14 @@ import numpy as np
 import torch
 
 from ..latent import codec as codecs
-from ..latent.container import ContainerHeader, unpack
+from ..latent.container import KIND_AVIF, ContainerHeader, image_part, unpack
 from ..latent.rendition import PILLOW, RenderSettings, encode_rendition_sized
 from ..models.registry import ModelRegistry
 from ..models.tiling import Tiling
 from ..singleflight import SingleFlight
 from .pipeline import DecodePipeline
+
+log = logging.getLogger(__name__)
 
 
 class Renderer:
@@ -60,12 +63,19 @@ class Renderer:
     async def _render(self, raw: bytes) -> bytes:
         started = time.perf_counter()
         header, payload = await self._run(unpack, raw)
-        latent = await self._run(_dequantise, header, payload)
-        decoded = time.perf_counter()
-        self.stage_seconds["decompress"] += decoded - started
-        # the tiling recorded at conversion; none recorded (older containers): untiled
-        pixels = await self.pipeline.decode(header.model, latent, header_tiling(header),
-                                            header_threads(header))
+        if header.kind == KIND_AVIF:
+            # The image itself, stored as AVIF: decoded on the CPU by the pinned AV1 decoder
+            # (bit-exact, latent/avif.py); no VAE, no batching.
+            decoded = time.perf_counter()
+            self.stage_seconds["decompress"] += decoded - started
+            pixels = await self._run(_decode_avif, header, payload)
+        else:
+            latent = await self._run(_dequantise, header, payload)
+            decoded = time.perf_counter()
+            self.stage_seconds["decompress"] += decoded - started
+            # the tiling recorded at conversion; none recorded (older containers): untiled
+            pixels = await self.pipeline.decode(header.model, latent, header_tiling(header),
+                                                header_threads(header))
         encoded = time.perf_counter()
         self.stage_seconds["decode"] += encoded - decoded
         settings = RenderSettings(**header.encoder)
@@ -76,6 +86,19 @@ class Renderer:
     async def close(self) -> None:
         await self.pipeline.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _decode_avif(header: ContainerHeader, payload: bytes) -> np.ndarray:
+    """Pixels of an AVIF container, checked against the decoder its profile names."""
+    from ..latent import avif
+
+    expected = header.extra.get(AVIF_DECODER_KEY)
+    if expected is not None and expected != avif.decoder_version():
+        # Another decoder build could (in principle) round YUV->RGB differently; the read
+        # goes on, and `_checked` in the read path still refuses to send a wrong ETag.
+        log.warning("AVIF container decoded by %s, converted with %s",
+                    avif.decoder_version(), expected)
+    return avif.decode(image_part(header, payload))
 
 
 def _dequantise(header: ContainerHeader, payload: bytes) -> torch.Tensor:
@@ -93,6 +116,7 @@ THREADS_KEY = "cpu_threads"
 def header_threads(header: ContainerHeader) -> int | None:
     value = header.extra.get(THREADS_KEY)
     return value if isinstance(value, int) and 1 <= value <= 1024 else None
+AVIF_DECODER_KEY = "avif_decoder"  # in an AVIF container's extra: the decoder it was judged by
 
 
 def header_tiling(header: ContainerHeader) -> Tiling | None:

@@ -10,6 +10,13 @@ Layout (little-endian), fixed for every version so any reader can tell "newer" f
     20  N  header: compact UTF-8 JSON, sorted keys
     20+N   payload (codec output); its length and SHA-256 are in the header
 
+Version 1 holds a compressed latent (every container written before representations existed,
+and every latent container still: old readers keep reading them). Version 2 adds the header
+field `kind`, naming the representation: `"avif"` holds the image itself as AVIF, followed,
+for a pair, by the compressed latent its sidecar key is rebuilt from (`extra["latent"]` says
+which codec, with which parameters, and how many bytes). A reader of version 1 alone refuses
+version 2 as unsupported instead of misreading it; the CRC and SHA-256 rules are the same.
+
 The header length sits in the first 20 bytes, so a 4 KiB ranged read nearly always holds the whole
 header (`peek_header`); `header_span` says how much to read otherwise. The JSON carries everything
 needed to answer the logical image and the logical sidecar without the payload; the backend's user
@@ -42,14 +49,20 @@ __all__ = [
     "header_from_metadata",
     "header_span",
     "header_to_metadata",
+    "image_part",
     "is_container",
+    "latent_part",
     "pack",
     "peek_header",
     "unpack",
 ]
 
 MAGIC = b"\x89S3LAT\r\n"
-VERSION = 1
+VERSION = 1  # of latent containers (unchanged since the first)
+KIND_LATENT, KIND_AVIF = "latent", "avif"
+KIND_VERSIONS = {KIND_LATENT: 1, KIND_AVIF: 2}  # the version each representation is written as
+VERSIONS = frozenset(KIND_VERSIONS.values())
+LATENT_PART = "latent"  # in extra of an AVIF container: the sidecar's latent (codec, params, size)
 PREFIX_SIZE = 20
 MAX_HEADER = 1 << 20
 METADATA_LIMIT = 2048  # S3: user metadata, keys + values, at most 2 KB
@@ -116,6 +129,13 @@ class ContainerHeader:
     payload_size: int = 0  # set by pack
     payload_sha256: str = ""  # set by pack
     extra: dict[str, Any] = field(default_factory=dict)  # room for later additions
+    # The representation held: "latent" (version 1, not written in the JSON) or "avif".
+    kind: str = KIND_LATENT
+
+    @property
+    def version(self) -> int:
+        """The container version this header is written as."""
+        return KIND_VERSIONS[self.kind]
 
 
 def is_container(prefix: bytes) -> bool:
@@ -125,6 +145,8 @@ def is_container(prefix: bytes) -> bool:
 
 def _header_json(header: ContainerHeader) -> bytes:
     d = dataclasses.asdict(header)
+    if header.kind == KIND_LATENT:
+        del d["kind"]  # latent headers stay byte-for-byte what version 1 always wrote
     return json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -133,10 +155,12 @@ def pack(header: ContainerHeader, payload: bytes) -> bytes:
     h = dataclasses.replace(
         header, payload_size=len(payload), payload_sha256=hashlib.sha256(payload).hexdigest()
     )
+    if h.kind not in KIND_VERSIONS:
+        raise ContainerError(f"unknown representation {h.kind!r}")
     body = _header_json(h)
     if len(body) > MAX_HEADER:
         raise ContainerError(f"container header is {len(body)} bytes; limit {MAX_HEADER}")
-    head = _PREFIX.pack(MAGIC, VERSION, 0, len(body))
+    head = _PREFIX.pack(MAGIC, h.version, 0, len(body))
     crc = zlib.crc32(body, zlib.crc32(head))
     return head + struct.pack("<I", crc) + body + payload
 
@@ -162,9 +186,10 @@ def _parse_header(data: bytes) -> tuple[ContainerHeader, int]:
     body = data[PREFIX_SIZE:end]
     if zlib.crc32(body, zlib.crc32(data[:16])) != crc:
         raise CorruptContainer("container header checksum mismatch")
-    if version != VERSION or flags != 0:
+    if version not in VERSIONS or flags != 0:
         raise UnsupportedContainer(
-            f"container version {version} (flags {flags}); this reader knows version {VERSION}"
+            f"container version {version} (flags {flags}); this reader knows versions "
+            f"{sorted(VERSIONS)}"
         )
     try:
         d = json.loads(body.decode("utf-8"))
@@ -172,6 +197,17 @@ def _parse_header(data: bytes) -> tuple[ContainerHeader, int]:
         header = ContainerHeader(**d, sidecar=SidecarInfo(**sc) if sc is not None else None)
     except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise CorruptContainer(f"container header is not valid ({exc})") from None
+    if version == 1 and "kind" in d:
+        raise CorruptContainer("a version 1 container names no representation")
+    if header.kind not in KIND_VERSIONS:
+        raise UnsupportedContainer(f"representation {header.kind!r} is not known here")
+    if header.version != version:
+        raise CorruptContainer(f"a {header.kind} container cannot be version {version}")
+    if header.kind == KIND_AVIF:
+        part = header.extra.get(LATENT_PART)
+        if part is not None and not (isinstance(part, dict) and isinstance(part.get("size"), int)
+                                     and 0 <= part["size"] <= header.payload_size):
+            raise CorruptContainer("the AVIF container's latent part is not valid")
     return header, end
 
 
@@ -197,6 +233,30 @@ def unpack(data: bytes) -> tuple[ContainerHeader, bytes]:
     return header, payload
 
 
+def latent_part(header: ContainerHeader, payload: bytes
+                ) -> tuple[str, dict[str, Any], bytes] | None:
+    """(codec, codec params, compressed latent) the container holds, or None (an image only).
+
+    A latent container's payload is its latent; an AVIF container of a pair ends with the
+    latent its sidecar key is rebuilt from.
+    """
+    if header.kind == KIND_LATENT:
+        return header.codec, header.codec_params, payload
+    part = header.extra.get(LATENT_PART)
+    if part is None:
+        return None
+    size = int(part["size"])
+    return str(part["codec"]), dict(part["codec_params"]), payload[len(payload) - size:]
+
+
+def image_part(header: ContainerHeader, payload: bytes) -> bytes:
+    """The stored image (AVIF) of a container that holds one (ValueError for a latent)."""
+    if header.kind == KIND_LATENT:
+        raise ValueError("a latent container holds no image")
+    part = header.extra.get(LATENT_PART)
+    return payload[: len(payload) - int(part["size"])] if part is not None else payload
+
+
 # --------------------------------------------------------------------------------------------
 # Backend user-metadata mirror (HEAD without reading the body)
 
@@ -218,6 +278,7 @@ class HeadInfo:
     render_profile: str | None
     container_version: int
     sidecar: SidecarInfo | None  # header_b64 is "" here (too large for metadata)
+    kind: str = KIND_LATENT
 
 
 def _a(s: str) -> str:
@@ -240,13 +301,14 @@ _K = {
     "psnr": "lpsnr",
     "prof": "lprof",
     "sc": "lsc",
+    "kind": "lkind",
 }
 
 
 def header_to_metadata(header: ContainerHeader, limit: int = METADATA_LIMIT) -> dict[str, str]:
     """The HEAD mirror as ASCII metadata; drops the render profile first if over `limit`."""
     meta = {
-        _K["v"]: str(VERSION),
+        _K["v"]: str(header.version),
         _K["size"]: str(header.size),
         _K["etag"]: _a(header.etag),
         _K["ct"]: _a(header.content_type),
@@ -272,6 +334,8 @@ def header_to_metadata(header: ContainerHeader, limit: int = METADATA_LIMIT) -> 
                 "x".join(str(int(d)) for d in s.shape),
             ]
         )
+    if header.kind != KIND_LATENT:
+        meta[_K["kind"]] = header.kind
     if header.render_profile:
         meta[_K["prof"]] = _a(header.render_profile)
 
@@ -319,6 +383,7 @@ def header_from_metadata(meta: dict[str, str]) -> HeadInfo | None:
             render_profile=unquote(prof) if prof is not None else None,
             container_version=int(meta[_K["v"]]),
             sidecar=sc,
+            kind=meta.get(_K["kind"], KIND_LATENT),
         )
     except (KeyError, ValueError):
         return None

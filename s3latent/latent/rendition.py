@@ -295,3 +295,16 @@ def render_profile(settings: RenderSettings, model_id: str, dtype: str, device_k
         parts.append(f"threads-{threads}")
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return f"{model_id}/{dtype}/{device_kind}/{digest}"
+
+
+def avif_render_profile(settings: RenderSettings, decoder: str) -> str:
+    """The render profile of a rendition decoded from a stored AVIF (no VAE, no torch).
+
+    `decoder` is avif.decoder_version() (libavif, the pinned AV1 decoder, Pillow): like the
+    latent decoder and torch for latents, it names everything that shapes the pixels.
+    """
+    parts = ["avif", decoder, f"pillow-{PIL.__version__}", _settings_repr(settings)]
+    if settings.encoder != PILLOW:
+        parts.insert(3, f"{settings.encoder}-{encoder_version(settings.encoder)}")
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return f"avif/{decoder.split('/')[1]}/{digest}"

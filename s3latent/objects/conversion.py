@@ -28,6 +28,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache
@@ -90,6 +91,12 @@ def settings_fingerprint(settings: Any, models: dict[str, Any],
               "models": models}
     if max_image_pixels is not None and max_image_pixels != DecodeSettings.max_image_pixels:
         judged["max_image_pixels"] = max_image_pixels
+    # Representation settings count only when not the defaults (older fingerprints stay).
+    representation = getattr(settings, "representation", "smallest")
+    if representation != "smallest":
+        judged["representation"] = representation
+    if getattr(settings, "convert_plain", False):
+        judged["convert_plain"] = True
     text = json.dumps(judged, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -351,6 +358,8 @@ class Converter:
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket"):
                 if physical.representation(image) == "plain":
+                    if settings.convert_plain and looks_like_image(key, image.meta.content_type):
+                        return await self._convert_plain(bucket, key, image, settings)
                     self._set_state(bucket, key, "pending: waiting for the sidecar")
                 return "no sidecar"
             raise
@@ -380,8 +389,8 @@ class Converter:
         try:
             image, image_bytes = await read_all(self.backend, bucket, key, MAX_IMAGE_BYTES)
             side, side_bytes = await read_all(self.backend, bucket, side_key, MAX_SIDECAR_BYTES)
-            admission = await self.admitter().admit(settings, key, image, image_bytes, side,
-                                                    side_bytes)
+            admission = await self.admitter().admit_pair(settings, key, image, image_bytes,
+                                                         side, side_bytes)
         except Refused as exc:
             return await self._refuse(bucket, key, side_key, image.etag, side.etag, str(exc),
                                       durable=exc.durable)
@@ -422,6 +431,70 @@ class Converter:
         return (f"admitted: {admission.header.codec}, {len(admission.container)} bytes for a "
                 f"{image.size}-byte image, psnr {admission.header.psnr} dB; "
                 + outcome)
+
+    async def _convert_plain(self, bucket: str, key: str, image: ObjectInfo,
+                             settings: Any) -> str:
+        """An image with no sidecar, in a bucket with `convert_plain`: stored as AVIF if that
+        meets the policy and is smaller; else it stays as it is with the reason recorded
+        (a refusal with an empty sidecar ETag), exactly as refused pairs do.
+
+        An image younger than `convert_plain_after` waits (its sidecar may be on its way):
+        it is looked at again once that much time has passed, or by the next sweep.
+        """
+        age = (datetime.now(UTC) - image.last_modified).total_seconds()
+        wait = settings.convert_plain_after - age
+        if wait > 0:
+            self._set_state(bucket, key, "pending: waiting for the sidecar")
+            asyncio.get_running_loop().call_later(wait + 0.05, self.schedule, bucket, key)
+            return f"no sidecar yet; plain conversion in {wait:.1f}s"
+        side_key = key + settings.sidecar_suffix
+        judged_under = self.fingerprint(bucket)
+        refusal = self._refused.get((bucket, key))
+        stored = None
+        if refusal is None or not refusal.matches(image.etag, "", judged_under):
+            refusal = stored = await self.refusals.read(bucket, key)
+        if refusal is not None and refusal.matches(image.etag, "", judged_under):
+            self.note_refused(bucket, key, refusal)
+            self.skips.labels("worker").inc()
+            return f"refused earlier: {refusal.reason}"
+        self.attempts.inc()
+        try:
+            image, image_bytes = await read_all(self.backend, bucket, key, MAX_IMAGE_BYTES)
+            admission = await self.admitter().admit_plain(settings, image, image_bytes)
+        except Refused as exc:
+            return await self._refuse(bucket, key, side_key, image.etag, "", str(exc),
+                                      durable=exc.durable)
+        header = admission.header
+        view = physical.LogicalView(len(admission.rendition), header.etag, image.last_modified)
+        meta = ObjectMeta(
+            content_type=image.meta.content_type,
+            metadata=dict(image.meta.metadata),
+            headers=dict(image.meta.headers),
+            tags=await self.backend.get_tags(bucket, key),
+            internal=physical.mirror(physical.REP_LATENT, view.size, view.etag,
+                                     view.last_modified,
+                                     **physical.storage_mirror(header.codec, header.model,
+                                                               header.psnr)),
+        )
+        try:
+            written = await physical.write_single_part(self.backend, bucket, key,
+                                                       admission.container, meta,
+                                                       if_match=image.etag)
+        except S3Error as exc:
+            if exc.code in ("PreconditionFailed", "NoSuchKey"):
+                self._set_state(bucket, key, None)
+                self.results.labels("superseded", "newer write").inc()
+                return "superseded by a newer write"
+            raise
+        self._written(bucket, key)
+        self.results.labels("admitted", "avif-plain").inc()
+        self._set_state(bucket, key, None)
+        self._refused.pop((bucket, key), None)
+        await self._index(bucket, key, written.etag, view, replaced=image)
+        if stored is not None:
+            await self._drop_marker(bucket, key)
+        return (f"admitted as AVIF: {len(admission.container)} bytes for a {image.size}-byte "
+                f"image, psnr {header.psnr} dB")
 
     async def _finish_stub(self, bucket: str, key: str, container_etag: str, expected: str,
                            side_key: str, side: ObjectInfo,
@@ -567,7 +640,8 @@ class Converter:
                 continue
             try:
                 async with self.gate.work(bucket.name):
-                    f, r = await self._sweep_bucket(bucket.name, settings.sidecar_suffix)
+                    f, r = await self._sweep_bucket(bucket.name, settings.sidecar_suffix,
+                                                    plain=settings.convert_plain)
             except S3Error as exc:
                 if exc.code != "NoSuchBucket":
                     raise
@@ -579,7 +653,9 @@ class Converter:
         self.sweeps.inc()
         return found
 
-    async def _sweep_bucket(self, bucket: str, suffix: str) -> tuple[int, int]:
+    async def _sweep_bucket(self, bucket: str, suffix: str, *, plain: bool = False
+                            ) -> tuple[int, int]:
+        """Schedule the bucket's unconverted pairs (and, with `plain`, its plain images)."""
         markers = await self.refusals.scan(bucket)
         judged_under = self.fingerprint(bucket)
         found = 0
@@ -590,6 +666,25 @@ class Converter:
             page = await self.backend.list_objects(bucket, start_after=start, max_keys=1000)
             etags = {e.key: e.etag for e in page.entries if not physical.is_hidden(e.key)}
             for entry in page.entries:
+                if plain and not entry.key.endswith(suffix) and \
+                        not physical.may_be_latent(entry.etag) and \
+                        not physical.is_hidden(entry.key) and looks_like_image(entry.key, None):
+                    # convert_plain: a plain image may be stored alone (convert() checks
+                    # whether a sidecar is there); one refused alone is not judged again.
+                    marker = markers.get(entry.key)
+                    if marker is not None:
+                        refusal = marker[1] or await self.refusals.cached_or_read(
+                            bucket, entry.key, marker[0])
+                        if refusal is not None and refusal.matches(entry.etag, "",
+                                                                   judged_under):
+                            paired.add(entry.key)
+                            self.skips.labels("sweeper").inc()
+                            if (bucket, entry.key) not in self.states:
+                                self.note_refused(bucket, entry.key, refusal)
+                            continue
+                    found += 1
+                    self.schedule(bucket, entry.key)
+                    continue
                 if not entry.key.endswith(suffix) or physical.may_be_latent(entry.etag) or \
                         physical.is_hidden(entry.key):
                     continue

@@ -42,6 +42,7 @@ from ..latent.container import (
     ContainerError,
     ContainerHeader,
     IncompleteHeader,
+    latent_part,
     peek_header,
 )
 
@@ -406,6 +407,10 @@ async def write_single_part(
         raise
 
 
+class NoLatent(ValueError):
+    """A container that holds an image only (a plain image stored as AVIF) has no latent."""
+
+
 def sidecar_file(header: ContainerHeader, payload: bytes) -> bytes:
     """The latent as a safetensors file: the sidecar as uploaded (same length, dequantised
     values with a lossy codec), or a plain file for a latent-only upload. Deterministic:
@@ -415,8 +420,12 @@ def sidecar_file(header: ContainerHeader, payload: bytes) -> bytes:
     from ..latent import codec as codecs
     from ..latent.sidecar import build_sidecar_bytes
 
-    codec = codecs.get_codec(header.codec, model=header.model)
-    latent = codec.decode(payload, header.codec_params, tuple(header.shape), header.dtype)
+    part = latent_part(header, payload)
+    if part is None:
+        raise NoLatent("this object is stored as an image only; it holds no latent")
+    codec_name, params, data = part
+    codec = codecs.get_codec(codec_name, model=header.model)
+    latent = codec.decode(data, params, tuple(header.shape), header.dtype)
     if header.sidecar is not None:
         return build_sidecar_bytes(header.sidecar.header_bytes, latent)
     return save({"latent": latent.contiguous()}, metadata={"model": header.model})

@@ -354,7 +354,11 @@ class LatentReads:
             data = await ctx.sidecar_bytes(bucket, info)
         elif rep == physical.REP_LATENT:
             info, header, payload = await ctx.container(bucket, key)
-            data = await asyncio.to_thread(physical.sidecar_file, header, payload)
+            try:
+                data = await asyncio.to_thread(physical.sidecar_file, header, payload)
+            except physical.NoLatent as exc:  # a plain image stored as AVIF
+                raise S3Error("InvalidRequest", "This object is not stored as a latent.") \
+                    from exc
         else:
             raise S3Error("InvalidRequest", "This object is not stored as a latent.")
         logical = physical.logical_info(info)

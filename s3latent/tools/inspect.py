@@ -18,7 +18,7 @@ from typing import Any
 from ..backends.base import Backend, ObjectInfo, read_body
 from ..config import Config, ConfigError
 from ..errors import S3Error
-from ..latent.container import VERSION, ContainerError, ContainerHeader, unpack
+from ..latent.container import ContainerError, ContainerHeader, unpack
 from ..objects import physical
 from . import (
     UsageError,
@@ -97,7 +97,7 @@ async def _latent(
         raise InspectFailed(
             f"marked latent, but the container does not read: {exc}", report
         ) from exc
-    report["container_version"] = VERSION
+    report["container_version"] = header.version
     report["header_bytes"] = span
     report["header"] = dataclasses.asdict(header)
     view = physical.logical_view(info)
@@ -210,7 +210,7 @@ def render_text(report: dict[str, Any]) -> str:
         h = ContainerHeader(**{**report["header"], "sidecar": None})
         side = report["header"]["sidecar"]
         rows += [
-            ("representation", f"latent container, version {report['container_version']}"),
+            ("representation", f"{h.kind} container, version {report['container_version']}"),
             ("physical object", physical_line),
             ("  header / payload", f"{report['header_bytes']} / {h.payload_size} bytes"),
             ("model", h.model),

@@ -84,6 +84,9 @@ def object_headers(info: ObjectInfo) -> dict[str, str]:
     if info.version_id is not None:
         headers["x-amz-version-id"] = info.version_id
     headers.update(lock_headers(info.lock))
+    if rep == "latent":  # a container: which representation it holds (the latent, or AVIF)
+        headers["x-s3latent-stored-as"] = ("avif" if meta.internal.get("codec") == "avif"
+                                           else "latent")
     return headers
 
 
