@@ -235,3 +235,22 @@ def test_pair_in_a_default_bucket_stays_a_latent(s3: Any, workdir: Path,
     _wait(s3, bucket, "l.png", stored_as="latent")
     header = peek_header(_physical(workdir, bucket, "l.png"))
     assert header.kind == "latent" and header.codec == "q8"
+
+
+def test_a_plain_image_keeps_its_acl_when_stored_as_avif(gw: GatewayProcess, s3: Any) -> None:
+    """The AVIF container replaces the upload in the backend: the object's owner and ACL
+    must come with it, or a public-read image turns private (and another user's, the bucket
+    owner's)."""
+    import urllib.request
+
+    bucket = _bucket(s3, "pl-acl")
+    image, _ = _smooth_png()
+    s3.put_object(Bucket=bucket, Key="pub.png", Body=image, ContentType="image/png",
+                  ACL="public-read")
+    _wait(s3, bucket, "pub.png", stored_as="avif")
+    signed = s3.get_object(Bucket=bucket, Key="pub.png")["Body"].read()
+    with urllib.request.urlopen(f"{gw.endpoint}/{bucket}/pub.png", timeout=30) as resp:
+        assert resp.read() == signed
+    grants = s3.get_object_acl(Bucket=bucket, Key="pub.png")["Grants"]
+    assert any(g["Grantee"].get("URI", "").endswith("/AllUsers") and g["Permission"] == "READ"
+               for g in grants)

@@ -474,12 +474,14 @@ class Converter:
             internal=physical.mirror(physical.REP_LATENT, view.size, view.etag,
                                      view.last_modified,
                                      **physical.storage_mirror(header.codec, header.model,
-                                                               header.psnr)),
+                                                               header.psnr),
+                                     **physical.access_of(image.meta.internal)),
         )
         try:
-            written = await physical.write_single_part(self.backend, bucket, key,
-                                                       admission.container, meta,
-                                                       if_match=image.etag)
+            # As for pairs: the object keeps its owner and ACL, and a tagging that lands
+            # meanwhile wins over the tags read above.
+            written = await self.write_keeping_tags(bucket, key, admission.container, meta,
+                                                    if_match=image.etag)
         except S3Error as exc:
             if exc.code in ("PreconditionFailed", "NoSuchKey"):
                 self._set_state(bucket, key, None)
