@@ -20,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -74,6 +75,7 @@ class _Process:
 
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path
+    port: int = 0
 
     @property
     def pid(self) -> int:
@@ -89,6 +91,24 @@ class _Process:
                 args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
                 start_new_session=True,
             )
+
+    def _start_listening(self, spawn: Callable[[int], None], timeout: float, what: str,
+                         failure: Callable[[], str] | None = None) -> None:
+        """Spawn on a free port until it listens: another process may take the port between
+        choosing and binding it. `failure` words the error after the last attempt."""
+        for attempt in range(_START_ATTEMPTS):
+            self.port = free_port()
+            spawn(self.port)
+            try:
+                _wait_listening(self, self.port, timeout, what)
+                return
+            except RuntimeError:
+                _stop(self.proc)
+                self.proc = None
+                if attempt == _START_ATTEMPTS - 1:
+                    if failure is not None:
+                        raise RuntimeError(failure()) from None
+                    raise
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         """Stop the process (and its group); `sig=SIGKILL` is a crash, no clean-up."""
@@ -432,22 +452,14 @@ http {{
             raise RuntimeError("nginx is not installed (Debian: apt-get install nginx)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "nginx.conf"
-        for attempt in range(_START_ATTEMPTS):
-            self.port = free_port()
+        def spawn(port: int) -> None:
             conf.write_text(self.config_text())
             self._spawn([nginx, "-p", str(self.workdir), "-c", str(conf),
                          "-e", str(self.workdir / "error.log")], dict(os.environ),
                         cwd=self.workdir)
-            try:
-                _wait_listening(self, self.port, timeout, "nginx")
-                return self
-            except RuntimeError:
-                _stop(self.proc)
-                self.proc = None
-                if attempt == _START_ATTEMPTS - 1:
-                    raise RuntimeError(
-                        f"nginx did not start:\n{_tail(self.workdir / 'error.log')}"
-                    ) from None
+
+        self._start_listening(spawn, timeout, "nginx", lambda: (
+            f"nginx did not start:\n{_tail(self.workdir / 'error.log')}"))
         return self
 
     def log(self) -> str:
@@ -495,18 +507,11 @@ class RcloneS3(_Process):
             "RCLONE_CONFIG_UPSTREAM_REGION": "us-east-1",
             "RCLONE_CONFIG_UPSTREAM_FORCE_PATH_STYLE": "true",
         })
-        for attempt in range(_START_ATTEMPTS):
-            self.port = free_port()
+        def spawn(port: int) -> None:
             self._spawn([rclone, "--config", str(config), "serve", "s3", "upstream:",
-                         "--addr", f"127.0.0.1:{self.port}",
+                         "--addr", f"127.0.0.1:{port}",
                          "--auth-key", f"{self.access_key},{self.secret_key}",
                          *self.extra_args], env, cwd=self.workdir)
-            try:
-                _wait_listening(self, self.port, timeout, "rclone serve s3")
-                return self
-            except RuntimeError:
-                _stop(self.proc)
-                self.proc = None
-                if attempt == _START_ATTEMPTS - 1:
-                    raise
+
+        self._start_listening(spawn, timeout, "rclone serve s3")
         return self

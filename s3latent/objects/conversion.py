@@ -408,19 +408,10 @@ class Converter:
                                      **physical.access_of(image.meta.internal)),
         )
         crash_point("before-container")
-        try:
-            written = await self.write_keeping_tags(bucket, key, admission.container, meta,
-                                                    if_match=image.etag)
-        except S3Error as exc:
-            if exc.code in ("PreconditionFailed", "NoSuchKey"):
-                self._set_state(bucket, key, None)
-                self.results.labels("superseded", "newer write").inc()
-                return "superseded by a newer write"
-            raise
-        self._written(bucket, key)
-        self.results.labels("admitted", admission.header.codec).inc()
-        self._set_state(bucket, key, None)
-        self._refused.pop((bucket, key), None)
+        written = await self._commit(bucket, key, admission.container, meta, image,
+                                     admission.header.codec)
+        if written is None:
+            return "superseded by a newer write"
         crash_point("after-container")
         await self._index(bucket, key, written.etag, view, replaced=image)
         if marker_left:
@@ -431,6 +422,25 @@ class Converter:
         return (f"admitted: {admission.header.codec}, {len(admission.container)} bytes for a "
                 f"{image.size}-byte image, psnr {admission.header.psnr} dB; "
                 + outcome)
+
+    async def _commit(self, bucket: str, key: str, container: bytes, meta: ObjectMeta,
+                      image: ObjectInfo, label: str) -> ObjectInfo | None:
+        """Write the container over the image it was made from, keeping tags written
+        meanwhile; None when a newer write got there first (nothing is replaced then)."""
+        try:
+            written = await self.write_keeping_tags(bucket, key, container, meta,
+                                                    if_match=image.etag)
+        except S3Error as exc:
+            if exc.code in ("PreconditionFailed", "NoSuchKey"):
+                self._set_state(bucket, key, None)
+                self.results.labels("superseded", "newer write").inc()
+                return None
+            raise
+        self._written(bucket, key)
+        self.results.labels("admitted", label).inc()
+        self._set_state(bucket, key, None)
+        self._refused.pop((bucket, key), None)
+        return written
 
     async def _convert_plain(self, bucket: str, key: str, image: ObjectInfo,
                              settings: Any) -> str:
@@ -477,21 +487,12 @@ class Converter:
                                                                header.psnr),
                                      **physical.access_of(image.meta.internal)),
         )
-        try:
-            # As for pairs: the object keeps its owner and ACL, and a tagging that lands
-            # meanwhile wins over the tags read above.
-            written = await self.write_keeping_tags(bucket, key, admission.container, meta,
-                                                    if_match=image.etag)
-        except S3Error as exc:
-            if exc.code in ("PreconditionFailed", "NoSuchKey"):
-                self._set_state(bucket, key, None)
-                self.results.labels("superseded", "newer write").inc()
-                return "superseded by a newer write"
-            raise
-        self._written(bucket, key)
-        self.results.labels("admitted", "avif-plain").inc()
-        self._set_state(bucket, key, None)
-        self._refused.pop((bucket, key), None)
+        # As for pairs: the object keeps its owner and ACL (in `meta`), and a tagging that
+        # lands meanwhile wins over the tags read above.
+        written = await self._commit(bucket, key, admission.container, meta, image,
+                                     "avif-plain")
+        if written is None:
+            return "superseded by a newer write"
         await self._index(bucket, key, written.etag, view, replaced=image)
         if stored is not None:
             await self._drop_marker(bucket, key)
