@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import logging
 import os
@@ -25,7 +26,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
@@ -834,6 +835,16 @@ class S3Backend:
                          VersioningConfiguration={"Status": status})
         self._status[bucket] = status
 
+    async def _marked(self, bucket: str, entry: VersionEntry) -> bool:
+        """Whether a listed `dir/` + U+FFFD version is really the folder key `dir/`."""
+        try:
+            resp = await self._data.request("HEAD", bucket, entry.key[:-1] + FOLDER_MARK,
+                                            query={"versionId": entry.version_id})
+        except S3Error as exc:
+            return exc.code == "MethodNotAllowed"  # a delete marker's own version
+        resp.release()
+        return True
+
     async def list_object_versions(self, bucket: str, *, prefix: str = "",
                                    delimiter: str | None = None,
                                    key_marker: str | None = None,
@@ -841,13 +852,15 @@ class S3Backend:
                                    max_keys: int = 1000) -> VersionsPage:
         """From the raw XML: versions and markers interleaved in the store's order (boto
         splits them into two lists, and SeaweedFS's IDs do not sort by age)."""
-        query = {"versions": "", "max-keys": str(max_keys)}
+        # url encoding: FOLDER_MARK is not a character XML 1.0 can carry (unencoded, it comes
+        # back as U+FFFD, which a client key may really end with).
+        query = {"versions": "", "max-keys": str(max_keys), "encoding-type": "url"}
         if prefix:
             query["prefix"] = prefix
         if delimiter:
             query["delimiter"] = delimiter
         if key_marker:
-            query["key-marker"] = key_marker
+            query["key-marker"] = _to_backend(key_marker)
         if version_id_marker:
             query["version-id-marker"] = version_id_marker
         resp = await self._data.request("GET", bucket, None, query=query)
@@ -857,6 +870,11 @@ class S3Backend:
             resp.release()
         root = ET.fromstring(raw)
         ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+        encoded = (root.findtext(ns + "EncodingType") or "").lower() == "url"
+
+        def name(value: str) -> str:
+            return _from_backend(unquote(value) if encoded else value)
+
         entries: list[VersionEntry] = []
         prefixes: list[str] = []
         for child in root:
@@ -866,14 +884,14 @@ class S3Backend:
                     node = el.find(ns + name)
                     return node.text or default if node is not None else default
                 entries.append(VersionEntry(
-                    _from_backend(text("Key")), text("VersionId", "null") or "null",
+                    name(text("Key")), text("VersionId", "null") or "null",
                     text("IsLatest") == "true", tag == "DeleteMarker",
                     int(text("Size", "0") or 0), _unquote_etag(text("ETag")),
                     _utc(parse_iso(text("LastModified")))))
             elif tag == "CommonPrefixes":
                 node = child.find(ns + "Prefix")
                 if node is not None and node.text:
-                    prefixes.append(node.text)
+                    prefixes.append(unquote(node.text) if encoded else node.text)
 
         def top(name: str) -> str | None:
             node = root.find(ns + name)
@@ -892,8 +910,18 @@ class S3Backend:
         # SeaweedFS also answers keys outside the prefix ("a.png" for prefix "a.png.").
         entries = [e for e in ordered if e.key.startswith(prefix)]
         prefixes = [p for p in prefixes if p.startswith(prefix)]
+        if not encoded and any(e.key.endswith("/\ufffd") for e in entries):
+            # SeaweedFS sends FOLDER_MARK as U+FFFD here (no url encoding of version
+            # listings), and a client key may really end in U+FFFD: ask which it is.
+            renamed = [dataclasses.replace(e, key=e.key[:-1])
+                       if e.key.endswith("/\ufffd") and await self._marked(bucket, e) else e
+                       for e in entries]
+            entries = sorted(renamed, key=lambda e: e.key)  # stable: versions keep order
+        # The store's own marker, passed back as it came (key-marker of a page).
+        next_key = top("NextKeyMarker") if truncated else None
         return VersionsPage(entries, prefixes, truncated,
-                            top("NextKeyMarker") if truncated else None,
+                            unquote(next_key) if next_key is not None and encoded
+                            else next_key,
                             top("NextVersionIdMarker") if truncated else None)
 
     async def get_object_lock_configuration(self, bucket: str) -> dict[str, Any] | None:

@@ -401,7 +401,24 @@ class LatentWrites:
                     await self.ctx.backend.delete_object(bucket, entry.key)
                 if not page.is_truncated:
                     break
+            if await self.ctx.backend.get_bucket_versioning(bucket) is not None:
+                await self._purge_hidden_versions(bucket)
             await self.ctx.backend.delete_bucket(bucket)
+
+    async def _purge_hidden_versions(self, bucket: str) -> None:
+        """In a bucket that was ever versioned, deleting a hidden record leaves its versions
+        and a delete marker, and the backend deletes no bucket holding any: a client could
+        then never delete a bucket it emptied. Every page listed is deleted, so listing
+        from the start again ends."""
+        while True:
+            page = await self.ctx.backend.list_object_versions(
+                bucket, prefix=physical.HIDDEN_PREFIX)
+            if not page.entries:
+                return
+            for entry in page.entries:
+                await self.ctx.backend.delete_object(bucket, entry.key,
+                                                     version_id=entry.version_id,
+                                                     bypass_governance=True)
 
     async def _no_client_keys(self, bucket: str) -> None:
         """BucketNotEmpty unless every key left in `bucket` is one of the gateway's own."""
