@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from s3latent.backends.local import LocalBackend
+from s3latent.backends.s3 import S3Backend
 from tests.gateway import GatewayProcess
-from tests.seaweed import seaweedfs  # noqa: F401 - session fixture re-exported
+from tests.seaweed import SeaweedFS, seaweedfs  # noqa: F401 - session fixture re-exported
 
 REPO = Path(__file__).resolve().parents[1]
 TAEF2_DIR = REPO.parent / "shared" / "models" / "taef2"
+
+
+@pytest.fixture(params=["local", "s3"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """A started backend of each kind, for tests of the backend protocol itself (a test
+    module's own `backend` fixture takes precedence)."""
+    if request.param == "local":
+        b: Any = LocalBackend(tmp_path / "data")
+    else:
+        weed: SeaweedFS = request.getfixturevalue("seaweedfs")
+        b = S3Backend(weed.endpoint, weed.access_key, weed.secret_key)
+    await b.start()
+    try:
+        yield b
+    finally:
+        await b.close()
 
 
 @pytest.fixture(scope="session", params=["local", "seaweedfs"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,6 @@ from s3latent.backends.local import LocalBackend
 from s3latent.backends.s3 import S3Backend
 from s3latent.errors import S3Error
 from tests.seaweed import SeaweedFS
-
-
-@pytest.fixture(params=["local", "s3"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "local":
-        b: Any = LocalBackend(tmp_path / "data")
-    else:
-        weed: SeaweedFS = request.getfixturevalue("seaweedfs")
-        b = S3Backend(weed.endpoint, weed.access_key, weed.secret_key)
-    await b.start()
-    try:
-        yield b
-    finally:
-        await b.close()
 
 
 async def test_records_are_kept_replaced_and_removed(backend: Any) -> None:

@@ -44,6 +44,7 @@ from .refusals import Refusal, RefusalStore, Refused, now_iso
 
 if TYPE_CHECKING:
     from ..decode.services import DecodeServices
+    from .admission import Admission
 
 log = logging.getLogger(__name__)
 
@@ -394,19 +395,8 @@ class Converter:
         except Refused as exc:
             return await self._refuse(bucket, key, side_key, image.etag, side.etag, str(exc),
                                       durable=exc.durable)
-        header = admission.header
-        view = physical.LogicalView(len(admission.rendition), header.etag, image.last_modified)
-        meta = ObjectMeta(
-            content_type=image.meta.content_type,
-            metadata=dict(image.meta.metadata),
-            headers=dict(image.meta.headers),
-            tags=await self.backend.get_tags(bucket, key),
-            internal=physical.mirror(physical.REP_LATENT, view.size, view.etag,
-                                     view.last_modified, **{SIDECAR_ETAG: side.etag},
-                                     **physical.storage_mirror(header.codec, header.model,
-                                                               header.psnr),
-                                     **physical.access_of(image.meta.internal)),
-        )
+        view, meta = await self._container_meta(bucket, key, image, admission,
+                                                **{SIDECAR_ETAG: side.etag})
         crash_point("before-container")
         written = await self._commit(bucket, key, admission.container, meta, image,
                                      admission.header.codec)
@@ -422,6 +412,27 @@ class Converter:
         return (f"admitted: {admission.header.codec}, {len(admission.container)} bytes for a "
                 f"{image.size}-byte image, psnr {admission.header.psnr} dB; "
                 + outcome)
+
+    async def _container_meta(self, bucket: str, key: str, image: ObjectInfo,
+                              admission: Admission, **extra: str
+                              ) -> tuple[physical.LogicalView, ObjectMeta]:
+        """The logical view and backend metadata of the container that replaces `image`:
+        the image's content type, user metadata, headers, tags, owner and ACL, so a client
+        sees the same object."""
+        header = admission.header
+        view = physical.LogicalView(len(admission.rendition), header.etag, image.last_modified)
+        meta = ObjectMeta(
+            content_type=image.meta.content_type,
+            metadata=dict(image.meta.metadata),
+            headers=dict(image.meta.headers),
+            tags=await self.backend.get_tags(bucket, key),
+            internal=physical.mirror(physical.REP_LATENT, view.size, view.etag,
+                                     view.last_modified, **extra,
+                                     **physical.storage_mirror(header.codec, header.model,
+                                                               header.psnr),
+                                     **physical.access_of(image.meta.internal)),
+        )
+        return view, meta
 
     async def _commit(self, bucket: str, key: str, container: bytes, meta: ObjectMeta,
                       image: ObjectInfo, label: str) -> ObjectInfo | None:
@@ -475,18 +486,7 @@ class Converter:
             return await self._refuse(bucket, key, side_key, image.etag, "", str(exc),
                                       durable=exc.durable)
         header = admission.header
-        view = physical.LogicalView(len(admission.rendition), header.etag, image.last_modified)
-        meta = ObjectMeta(
-            content_type=image.meta.content_type,
-            metadata=dict(image.meta.metadata),
-            headers=dict(image.meta.headers),
-            tags=await self.backend.get_tags(bucket, key),
-            internal=physical.mirror(physical.REP_LATENT, view.size, view.etag,
-                                     view.last_modified,
-                                     **physical.storage_mirror(header.codec, header.model,
-                                                               header.psnr),
-                                     **physical.access_of(image.meta.internal)),
-        )
+        view, meta = await self._container_meta(bucket, key, image, admission)
         # As for pairs: the object keeps its owner and ACL (in `meta`), and a tagging that
         # lands meanwhile wins over the tags read above.
         written = await self._commit(bucket, key, admission.container, meta, image,
