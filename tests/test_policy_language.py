@@ -530,6 +530,25 @@ def test_arn_operators() -> None:
     assert not allows(p, req(aws__SourceArn="arn:aws:s3:::other"))
 
 
+def test_arn_wildcards_stay_within_their_component() -> None:
+    """IAM compares the six ARN parts one by one: a `*` in the region part must not swallow
+    the account, or a condition naming account 111 admits another account's topic."""
+    p = cond({"ArnLike": {"aws:SourceArn": "arn:aws:sns:*:111122223333:uploads"}})
+    assert allows(p, req(aws__SourceArn="arn:aws:sns:us-east-1:111122223333:uploads"))
+    assert not allows(p, req(
+        aws__SourceArn="arn:aws:sns:us-east-1:999999999999:x:111122223333:uploads"))
+    assert not allows(p, req(aws__SourceArn="arn:aws:sns:eu:west:111122223333:uploads"))
+    # The resource part keeps its own colons; a wildcard there may cross them.
+    tail = cond({"ArnEquals": {"aws:SourceArn": "arn:aws:logs:eu-west-1:111122223333:*"}})
+    assert allows(tail, req(aws__SourceArn="arn:aws:logs:eu-west-1:111122223333:log-group:a:*"))
+    assert not allows(tail, req(aws__SourceArn="arn:aws:logs:eu-west-1:444455556666:x"))
+    # Fewer than six parts never matches a full ARN pattern.
+    assert not allows(p, req(aws__SourceArn="arn:aws:sns:111122223333:uploads"))
+    negated = cond({"ArnNotLike": {"aws:SourceArn": "arn:aws:sns:*:111122223333:uploads"}})
+    assert allows(negated, req(
+        aws__SourceArn="arn:aws:sns:us-east-1:999999999999:x:111122223333:uploads"))
+
+
 def test_policy_variables_in_2012_10_17_only() -> None:
     res = f"{BKT}/home/${{aws:username}}/*"
     p = policy(stmt(Resource=res, Principal={"AWS": [ALICE, BOB]}))

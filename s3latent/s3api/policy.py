@@ -156,6 +156,33 @@ class Glob:
         return True
 
 
+class ArnPattern:
+    """An ARN pattern matched component by component, as IAM's Arn* operators do.
+
+    The six colon-separated parts (`arn:partition:service:region:account:resource`) are
+    compared one by one, so a `*` in the region never swallows the account: without this,
+    `arn:aws:sns:*:111:topic` would also match another account's ARN that merely ends in
+    `:111:topic`. The resource part keeps any further colons, and a wildcard there may
+    match them, as in IAM.
+    """
+
+    _PARTS = 6
+
+    def __init__(self, tokens: list[Any], *, ignore_case: bool = False) -> None:
+        parts: list[list[Any]] = [[]]
+        for tok in tokens:
+            if tok == ":" and len(parts) < self._PARTS:
+                parts.append([])
+            else:
+                parts[-1].append(tok)
+        self.parts = [Glob(p, ignore_case=ignore_case) for p in parts]
+
+    def match(self, subject: str) -> bool:
+        pieces = subject.split(":", self._PARTS - 1)
+        return len(pieces) == len(self.parts) and all(
+            g.match(s) for g, s in zip(self.parts, pieces, strict=True))
+
+
 def _close(tokens: list[Any], states: set[int]) -> set[int]:
     """States plus those reached by letting a star match nothing."""
     out = set(states)
@@ -300,7 +327,7 @@ class Condition:
             raise malformed(f"Condition {operator} on {key} has no values")
         self._prepared = [self._prepare(v) for v in values]
         # Patterns without variables are the same for every request: compiled once.
-        self._fixed: dict[str, Glob | None] = {}
+        self._fixed: dict[str, Glob | ArnPattern | None] = {}
         if base in _STRING_OPS or base in _ARN_OPS or base == "BinaryEquals":
             self._fixed = {v: self._pattern(v, _no_lookup) for v in values
                            if not (variables and "${" in v)}
@@ -328,7 +355,8 @@ class Condition:
             return value.lower() == "true"
         return value
 
-    def _pattern(self, value: str, lookup: Callable[[str], Any]) -> Glob | None:
+    def _pattern(self, value: str,
+                 lookup: Callable[[str], Any]) -> Glob | ArnPattern | None:
         if value in self._fixed:
             return self._fixed[value]
         tokens = _expand(value, lookup if self.variables else None)
@@ -336,6 +364,8 @@ class Condition:
             return None
         if self.base not in ("StringLike", "StringNotLike") and self.base not in _ARN_OPS:
             tokens = ["*" if t is _STAR else "?" if t is _QMARK else t for t in tokens]
+        if self.base in _ARN_OPS:
+            return ArnPattern(tokens)
         return Glob(tokens, ignore_case="IgnoreCase" in self.base)
 
     def _matches(self, actual: str, lookup: Callable[[str], Any]) -> bool:
