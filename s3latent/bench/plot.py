@@ -8,7 +8,7 @@ per-window latency during a trace replay), or grouped bars per configuration.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +57,60 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}".rstrip("0").rstrip(".")
 
 
+class _Canvas:
+    """The frame both plot kinds share: title, stacked panel boxes, y ticks, legend, save."""
+
+    left, right, gap = 80, 150, 30
+
+    def __init__(self, panels: int, *, title: str, width: int, panel_height: int,
+                 bottom: int) -> None:
+        if panels < 1:
+            raise ValueError("need at least one panel")
+        self.font = ImageFont.load_default()
+        self.top = 40 if title else 15
+        self.panel_height = panel_height
+        self.height = self.top + panels * panel_height + (panels - 1) * self.gap + bottom
+        self.img = Image.new("RGB", (width, self.height), "white")
+        self.draw = ImageDraw.Draw(self.img)
+        self.plot_w = width - self.left - self.right
+        if title:
+            self.text((self.left, 12), title)
+
+    def text(self, xy: tuple[float, float], text: str, anchor: str | None = None) -> None:
+        self.draw.text(xy, text, fill="black", font=self.font, anchor=anchor)
+
+    def panel(self, i: int, ylabel: str, ticks: list[float],
+              py: Callable[[float], float]) -> tuple[int, int]:
+        """Draw panel `i`'s box, y grid and label; returns its top and bottom y."""
+        y0 = self.top + i * (self.panel_height + self.gap)
+        y1 = y0 + self.panel_height
+        left, right_edge = self.left, self.left + self.plot_w
+        self.draw.rectangle((left, y0, right_edge, y1), outline="black")
+        for t in ticks:
+            yy = py(t)
+            self.draw.line((left, yy, right_edge, yy), fill=(225, 225, 225))
+            self.draw.line((left - 4, yy, left, yy), fill="black")
+            self.text((left - 8, yy), _fmt(t), anchor="rm")
+        self.text((8, y0 + self.panel_height / 2), ylabel, anchor="lm")
+        return y0, y1
+
+    def legend(self, y0: int, j: int, name: str, colour: tuple[int, int, int]) -> None:
+        ly = y0 + 10 + 16 * j
+        x = self.left + self.plot_w
+        self.draw.line((x + 10, ly, x + 30, ly), fill=colour, width=2)
+        self.text((x + 34, ly), name, anchor="lm")
+
+    def save(self, path: str | Path) -> Path:
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.img.save(out, format="PNG")
+        return out
+
+
+def _finite(panel: Panel) -> list[float]:
+    return [float(v) for s in panel.series.values() for v in s if math.isfinite(float(v))]
+
+
 def line_plot(
     path: str | Path,
     x: Sequence[float],
@@ -68,50 +122,35 @@ def line_plot(
     panel_height: int = 260,
 ) -> Path:
     """Write stacked line panels sharing `x` to a PNG at `path`; returns the path."""
-    if not panels:
-        raise ValueError("need at least one panel")
-    font = ImageFont.load_default()
-    left, right, top, gap, bottom = 80, 150, 40 if title else 15, 30, 45
-    height = top + len(panels) * panel_height + (len(panels) - 1) * gap + bottom
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    if title:
-        draw.text((left, 12), title, fill="black", font=font)
+    canvas = _Canvas(len(panels), title=title, width=width, panel_height=panel_height,
+                     bottom=45)
     xs = [float(v) for v in x]
     x_lo, x_hi = (min(xs), max(xs)) if xs else (0.0, 1.0)
     if x_hi <= x_lo:
         x_hi = x_lo + 1.0
-    plot_w = width - left - right
 
     def px(v: float) -> float:
-        return left + (v - x_lo) / (x_hi - x_lo) * plot_w
+        return canvas.left + (v - x_lo) / (x_hi - x_lo) * canvas.plot_w
 
     for i, panel in enumerate(panels):
-        y0 = top + i * (panel_height + gap)
-        y1 = y0 + panel_height
-        values = [float(v) for s in panel.series.values() for v in s if math.isfinite(float(v))]
+        values = _finite(panel)
         lo = panel.ymin if panel.ymin is not None else (min(values) if values else 0.0)
         hi = panel.ymax if panel.ymax is not None else (max(values) if values else 1.0)
         if hi <= lo:
             lo, hi = lo - 0.5, hi + 0.5
         pad = 0.0 if panel.ymin is not None and panel.ymax is not None else (hi - lo) * 0.05
         lo, hi = lo - pad, hi + pad
+        y1_of = canvas.top + i * (panel_height + canvas.gap) + panel_height
 
-        def py(v: float, lo: float = lo, hi: float = hi, y1: int = y1) -> float:
+        def py(v: float, lo: float = lo, hi: float = hi, y1: int = y1_of) -> float:
             return y1 - (v - lo) / (hi - lo) * panel_height
 
-        draw.rectangle((left, y0, left + plot_w, y1), outline="black")
-        for t in _nice_ticks(lo, hi):
-            yy = py(t)
-            draw.line((left, yy, left + plot_w, yy), fill=(225, 225, 225))
-            draw.line((left - 4, yy, left, yy), fill="black")
-            draw.text((left - 8, yy), _fmt(t), fill="black", font=font, anchor="rm")
+        y0, y1 = canvas.panel(i, panel.ylabel, _nice_ticks(lo, hi), py)
         for t in _nice_ticks(x_lo, x_hi, 8):
             xx = px(t)
-            draw.line((xx, y1, xx, y1 + 4), fill="black")
+            canvas.draw.line((xx, y1, xx, y1 + 4), fill="black")
             if i == len(panels) - 1:
-                draw.text((xx, y1 + 6), _fmt(t), fill="black", font=font, anchor="mt")
-        draw.text((8, y0 + panel_height / 2), panel.ylabel, fill="black", font=font, anchor="lm")
+                canvas.text((xx, y1 + 6), _fmt(t), anchor="mt")
         for j, (name, ys) in enumerate(panel.series.items()):
             colour = _COLOURS[j % len(_COLOURS)]
             points = [
@@ -120,18 +159,13 @@ def line_plot(
                 if math.isfinite(float(yv))
             ]
             if len(points) >= 2:
-                draw.line(points, fill=colour, width=2)
+                canvas.draw.line(points, fill=colour, width=2)
             for p in points:
-                draw.ellipse((p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2), fill=colour)
-            ly = y0 + 10 + 16 * j
-            draw.line((left + plot_w + 10, ly, left + plot_w + 30, ly), fill=colour, width=2)
-            draw.text((left + plot_w + 34, ly), name, fill="black", font=font, anchor="lm")
+                canvas.draw.ellipse((p[0] - 2, p[1] - 2, p[0] + 2, p[1] + 2), fill=colour)
+            canvas.legend(y0, j, name, colour)
     if xlabel:
-        draw.text((left + plot_w / 2, height - 14), xlabel, fill="black", font=font, anchor="mm")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out, format="PNG")
-    return out
+        canvas.text((canvas.left + canvas.plot_w / 2, canvas.height - 14), xlabel, anchor="mm")
+    return canvas.save(path)
 
 
 def bar_plot(
@@ -148,36 +182,22 @@ def bar_plot(
     For results that are one number per configuration, where a line between
     configurations would suggest an order that is not there.
     """
-    if not panels:
-        raise ValueError("need at least one panel")
-    font = ImageFont.load_default()
-    left, right, top, gap, bottom = 80, 150, 40 if title else 15, 30, 30
-    height = top + len(panels) * panel_height + (len(panels) - 1) * gap + bottom
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    if title:
-        draw.text((left, 12), title, fill="black", font=font)
-    plot_w = width - left - right
-    group_w = plot_w / max(1, len(categories))
+    canvas = _Canvas(len(panels), title=title, width=width, panel_height=panel_height,
+                     bottom=30)
+    group_w = canvas.plot_w / max(1, len(categories))
+    left = canvas.left
     for i, panel in enumerate(panels):
-        y0 = top + i * (panel_height + gap)
-        y1 = y0 + panel_height
-        values = [float(v) for s in panel.series.values() for v in s if math.isfinite(float(v))]
+        values = _finite(panel)
         lo = panel.ymin if panel.ymin is not None else min([0.0, *values])
         hi = panel.ymax if panel.ymax is not None else (max(values) * 1.08 if values else 1.0)
         if hi <= lo:
             hi = lo + 1.0
+        y1_of = canvas.top + i * (panel_height + canvas.gap) + panel_height
 
-        def py(v: float, lo: float = lo, hi: float = hi, y1: int = y1) -> float:
+        def py(v: float, lo: float = lo, hi: float = hi, y1: int = y1_of) -> float:
             return y1 - (min(max(v, lo), hi) - lo) / (hi - lo) * panel_height
 
-        draw.rectangle((left, y0, left + plot_w, y1), outline="black")
-        for t in _nice_ticks(lo, hi):
-            yy = py(t)
-            draw.line((left, yy, left + plot_w, yy), fill=(225, 225, 225))
-            draw.line((left - 4, yy, left, yy), fill="black")
-            draw.text((left - 8, yy), _fmt(t), fill="black", font=font, anchor="rm")
-        draw.text((8, y0 + panel_height / 2), panel.ylabel, fill="black", font=font, anchor="lm")
+        y0, y1 = canvas.panel(i, panel.ylabel, _nice_ticks(lo, hi), py)
         n_series = max(1, len(panel.series))
         bar_w = group_w * 0.8 / n_series
         for j, (name, ys) in enumerate(panel.series.items()):
@@ -186,17 +206,10 @@ def bar_plot(
                 if g >= len(categories) or not math.isfinite(float(v)):
                     continue
                 x0 = left + g * group_w + group_w * 0.1 + j * bar_w
-                draw.rectangle((x0, py(float(v)), x0 + bar_w - 1, py(lo)), fill=colour)
-                draw.text((x0 + bar_w / 2, py(float(v)) - 2), _fmt(float(v)), fill="black",
-                          font=font, anchor="mb")
-            ly = y0 + 10 + 16 * j
-            draw.line((left + plot_w + 10, ly, left + plot_w + 30, ly), fill=colour, width=2)
-            draw.text((left + plot_w + 34, ly), name, fill="black", font=font, anchor="lm")
+                canvas.draw.rectangle((x0, py(float(v)), x0 + bar_w - 1, py(lo)), fill=colour)
+                canvas.text((x0 + bar_w / 2, py(float(v)) - 2), _fmt(float(v)), anchor="mb")
+            canvas.legend(y0, j, name, colour)
         if i == len(panels) - 1:
             for g, label in enumerate(categories):
-                draw.text((left + (g + 0.5) * group_w, y1 + 8), label, fill="black", font=font,
-                          anchor="mt")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out, format="PNG")
-    return out
+                canvas.text((left + (g + 0.5) * group_w, y1 + 8), label, anchor="mt")
+    return canvas.save(path)
