@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ...backends.base import ObjectBody, ObjectInfo, ObjectMeta, ObjectPart, PartTable
 from ...errors import S3Error
-from ...httpdate import format_http_date
+from ...httpdate import format_http_date, parse_http_date
 from .. import access, xml
 from ..checksums import checksum_type_of
 from ..conditions import check_preconditions, parse_range
@@ -509,10 +509,12 @@ def _delete_conditions(entry: dict[str, object]) -> dict[str, object]:
         conditions["etag"] = xml.text(entry["ETag"]).strip()
     if entry.get("LastModifiedTime") is not None:
         raw = xml.text(entry["LastModifiedTime"]).strip()
-        try:
-            when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise S3Error("MalformedXML") from exc
+        when = parse_http_date(raw)  # the SDKs send an HTTP date here
+        if when is None:
+            try:
+                when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise S3Error("MalformedXML") from exc
         conditions["last_modified"] = when if when.tzinfo else when.replace(tzinfo=UTC)
     if entry.get("Size") is not None:
         try:
