@@ -217,6 +217,8 @@ class LifecycleWorker:
             except S3Error as exc:  # a bucket deleted meanwhile, a backend hiccup
                 if exc.code != "NoSuchBucket":
                     log.warning("lifecycle of %s: %s", bucket.name, exc)
+            except Exception:  # one bucket's failure does not hold back the others
+                log.exception("lifecycle of %s failed", bucket.name)
 
     async def apply(self, bucket: str, config: Lifecycle) -> None:
         status = await self.store.get_bucket_versioning(bucket)
