@@ -184,9 +184,21 @@ class TargetRun:
         }
 
 
+# s3tests.conf's `lc_debug_interval` (the suite's default too) and the gateway's lifecycle
+# pass interval: see docs/lifecycle.md.
+LC_DEBUG_INTERVAL = 10
+LC_PASS_S = 2
+
+
 def gateway_config_text() -> str:
     """The gateway's TOML config: every suite user may sign."""
-    lines = ["# written by compat_tests/run_s3tests.py: the s3-tests users"]
+    lines = ["# written by compat_tests/run_s3tests.py: the s3-tests users",
+             # A lifecycle "day" as long as the suite's lc_debug_interval (its tests sleep
+             # a few of those and expect expiry), judged every LC_PASS_S seconds.
+             "[server]",
+             f"lifecycle_day_s = {LC_DEBUG_INTERVAL}",
+             f"lifecycle_interval_s = {LC_PASS_S}",
+             ""]
     for user in USERS.values():
         lines += [
             "[[users]]",
@@ -242,6 +254,7 @@ def write_s3tests_conf(path: Path, endpoint: str, bucket_prefix: str) -> Path:
         lines += [f"{k} = {v}" for k, v in user.items()]
         if section == "s3 main":
             lines.append("api_name = default")
+            lines.append(f"lc_debug_interval = {LC_DEBUG_INTERVAL}")
         lines.append("")
     path.write_text("\n".join(lines))
     return path

@@ -280,6 +280,11 @@ class Config:
     log_format: str = "text"  # or "json"
     conversion_workers: int = 2
     sweep_interval_s: float = 300.0
+    # Bucket lifecycle (docs/lifecycle.md): how often the expiry worker runs, and how long a
+    # lifecycle "day" is. Shorter days are a test and operations setting (like RGW's
+    # rgw_lc_debug_interval): expiry dates are then not rounded to midnight UTC.
+    lifecycle_interval_s: float = 3600.0
+    lifecycle_day_s: float = 86400.0
     # Backend calls: well below botocore's 60 s, so a client of a hung backend
     # gets our 503 in seconds rather than its own SDK timeout.
     backend_connect_timeout_s: float = 2.0
@@ -394,6 +399,12 @@ def load_config(
         cfg.conversion_workers = int(server["conversion_workers"])
     if "sweep_interval_s" in server:
         cfg.sweep_interval_s = float(server["sweep_interval_s"])
+    for name in ("lifecycle_interval_s", "lifecycle_day_s"):
+        if name in server:
+            value = float(server[name])
+            if not value > 0:
+                raise ConfigError(f"[server] {name} must be a positive number of seconds")
+            setattr(cfg, name, value)
     for name in ("backend_connect_timeout_s", "backend_read_timeout_s", "header_timeout_s",
                  "idle_timeout_s", "shutdown_grace_s"):
         if name in server:

@@ -474,10 +474,18 @@ def test_presigned_missing_parameter(name: str) -> None:
     assert (err.code, err.status) == ("AuthorizationQueryParametersError", 400)
 
 
-@pytest.mark.parametrize("expires", ["0", "604801", "-5", "abc", "1e3"])
+@pytest.mark.parametrize("expires", ["604801", "-5", "abc", "1e3"])
 def test_presigned_expires_out_of_range(expires: str) -> None:
     req = client.presign("GET", "/bucket/k", expires=expires, now=NOW)
     assert _error(_auth, req, now=NOW).code == "AuthorizationQueryParametersError"
+
+
+def test_presigned_zero_expiry_has_expired() -> None:
+    """X-Amz-Expires=0 is valid for no time at all: 403 Request has expired (AWS), not 400."""
+    req = client.presign("GET", "/bucket/k", expires="0", now=NOW)
+    err = _error(_auth, req, now=NOW)
+    assert (err.code, err.status, err.message) == ("AccessDenied", 403, "Request has expired")
+    assert err.extra["X-Amz-Expires"] == "0"
 
 
 def test_presigned_expiry_boundaries() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -35,6 +36,7 @@ from ..errors import S3Error
 from . import physical
 from .context import LatentContext, readable, writable
 from .conversion import Converter
+from .lifecycle import LifecycleWorker
 from .listing import LatentListing
 from .reads import LatentReads
 from .store import ForwardingStore
@@ -71,6 +73,8 @@ class LatentStore(ForwardingStore):
         self.writes = LatentWrites(self.ctx)
         self.status = VersioningStatus(self.ctx)
         self.versioned = VersionedObjects(self.ctx, self.reads)
+        self.lifecycle = LifecycleWorker(self, interval_s=config.lifecycle_interval_s,
+                                         day_s=config.lifecycle_day_s)
 
     async def _versioned_access(self, bucket: str, version_id: str | None) -> bool:
         """Whether a request goes the versioned way; in a bucket never versioned only the
@@ -95,8 +99,10 @@ class LatentStore(ForwardingStore):
         await super().start()
         if self._background:
             await self.converter.start()
+            self.lifecycle.start()
 
     async def close(self) -> None:
+        await self.lifecycle.close()
         await self.listing.close()
         await self.converter.close()
         await self.decoding.close()
@@ -264,6 +270,50 @@ class LatentStore(ForwardingStore):
             raise S3Error("PreconditionFailed", Condition="If-Match")
         plain = physical.REP not in current.meta.internal
         return (current.etag if if_match is not None and plain else None), None
+
+    async def delete_if_unchanged(self, bucket: str, key: str, *, etag: str | None = None,
+                                  last_modified: datetime | None = None,
+                                  size: int | None = None, version_id: str | None = None,
+                                  current_version: str | None = None) -> DeleteResult:
+        """A delete that happens only while the object (the current one, or `version_id`)
+        is still what the caller judged: DeleteObjects' conditional entries and lifecycle
+        expiry, which must never remove a newer write. PreconditionFailed when it differs,
+        NoSuchKey when there is nothing to judge. In a bucket never versioned the check and
+        the delete run under the key's pair lock; elsewhere a version ID pins the object."""
+
+        def check(info: ObjectInfo | None) -> None:
+            if info is None:
+                raise S3Error("NoSuchKey", Key=key)
+            if etag is not None and etag.strip().strip('"') not in (info.etag, "*"):
+                raise S3Error("PreconditionFailed", Condition="ETag")
+            if last_modified is not None and \
+                    info.last_modified.replace(microsecond=0) != \
+                    last_modified.astimezone(UTC).replace(microsecond=0):
+                raise S3Error("PreconditionFailed", Condition="LastModifiedTime")
+            if size is not None and info.size != size:
+                raise S3Error("PreconditionFailed", Condition="Size")
+            if current_version is not None and info.version_id != current_version:
+                raise S3Error("PreconditionFailed", Condition="VersionId")
+
+        await self._versioned_access(bucket, version_id)
+        status = await self._status(bucket)
+        self.invalidate(bucket, key)
+        try:
+            if status is None:
+                await self.writes.delete_object(bucket, key, check=check)
+                return DeleteResult(version_id)
+            try:
+                judged: ObjectInfo | None = await self.versioned.head_object(bucket, key,
+                                                                              version_id)
+            except S3Error as exc:
+                if exc.code not in ("NoSuchKey", "NoSuchVersion", "MethodNotAllowed"):
+                    raise
+                judged = None
+            check(judged)
+            return await self._delete_object(bucket, key, version_id=version_id) or \
+                DeleteResult()
+        finally:
+            self.changed(bucket, key)
 
     async def _delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
                              bypass_governance: bool = False) -> DeleteResult | None:

@@ -140,13 +140,23 @@ class LatentWrites:
         except S3Error as exc:
             log.info("listing index of %s/%s not written: %s", bucket, key, exc)
 
-    async def delete_object(self, bucket: str, key: str) -> None:
-        """Delete `key`, keeping the other key of a converted pair readable."""
+    async def delete_object(self, bucket: str, key: str, *,
+                            check: Callable[[ObjectInfo | None], None] | None = None) -> None:
+        """Delete `key`, keeping the other key of a converted pair readable.
+
+        `check` (conditional deletes, lifecycle expiry) sees the object as clients see it
+        (None: there is none) under the pair lock right before the delete, and raises to
+        leave it alone.
+        """
         if physical.is_hidden(key):
+            if check is not None:
+                check(None)
             return  # not a client's object: deleting it "succeeds" like any missing key
         settings = self.ctx.config.bucket(bucket)
         async with self.ctx.converter.pair_lock(bucket, key):  # no stub written meanwhile
             current = await self.ctx.head_or_none(bucket, key)
+            if check is not None:
+                check(physical.logical_info(current) if current is not None else None)
             if current is not None and physical.representation(current) == physical.REP_LATENT:
                 await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
             await self.ctx.backend.delete_object(bucket, key)
@@ -434,8 +444,13 @@ class LatentWrites:
 
 def _check_write_conditions(current: ObjectInfo, if_match: str | None,
                             if_none_match: str | None) -> None:
-    """If-Match / If-None-Match of a write, against what the client sees at the key."""
-    if if_none_match is not None and if_none_match.strip() == "*":
+    """If-Match / If-None-Match of a write, against what the client sees at the key.
+
+    If-None-Match holds `*` (create only) or entity tags: as HTTP defines it for a PUT, the
+    write fails when any of them is the current object's ETag."""
+    if if_none_match is not None and any(
+            tag.strip().removeprefix("W/").strip('"') in ("*", current.etag)
+            for tag in if_none_match.split(",")):
         raise S3Error("PreconditionFailed", Condition="If-None-Match")
     if if_match is not None and if_match.strip('"') not in (current.etag, "*"):
         raise S3Error("PreconditionFailed", Condition="If-Match")

@@ -321,6 +321,9 @@ def _parse_presigned(params: dict[str, str], now: datetime, max_skew: timedelta)
     if not re.fullmatch(r"-?\d{1,12}", raw_expires):
         raise S3Error("AuthorizationQueryParametersError", "X-Amz-Expires should be a number")
     expires = int(raw_expires)
+    if expires == 0:  # valid for no time at all: expired, as AWS answers (403, not 400)
+        raise S3Error("AccessDenied", "Request has expired", **{
+            "X-Amz-Expires": "0", "Expires": _iso(when), "ServerTime": _iso(now)})
     if expires < 1:
         raise S3Error(
             "AuthorizationQueryParametersError", "X-Amz-Expires must be a positive number"

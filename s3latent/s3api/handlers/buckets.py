@@ -24,7 +24,6 @@ _AFTER_PREFIX = "\U0010ffff"
 
 # Bucket configuration GETs that have a truthful "there is none" answer.
 NOT_CONFIGURED = {
-    "lifecycle": "NoSuchLifecycleConfiguration",
     "website": "NoSuchWebsiteConfiguration",
     "encryption": "ServerSideEncryptionConfigurationNotFoundError",
     "object-lock": "ObjectLockConfigurationNotFoundError",

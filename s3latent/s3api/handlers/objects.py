@@ -7,6 +7,7 @@ import logging
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from ...backends.base import ObjectBody, ObjectInfo, ObjectMeta, ObjectPart, PartTable
 from ...errors import S3Error
-from ...httpdate import format_http_date
+from ...httpdate import format_http_date, parse_http_date
 from .. import access, xml
 from ..checksums import checksum_type_of
 from ..conditions import check_preconditions, parse_range
@@ -25,6 +26,7 @@ from ..request import (
     meta_from_headers,
     verified_body,
 )
+from . import lifecycle
 from .object_lock import bypass_governance, lock_from_headers, lock_headers
 
 if TYPE_CHECKING:
@@ -325,6 +327,8 @@ async def get_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     headers = _read_headers(req, info, gw)
     headers.update(read.headers)
     headers.update(await _checksum_headers(gw, req, read))
+    if version_param(req) is None:
+        headers.update(await lifecycle.expiration_headers(gw, req.bucket or "", info))
     if byte_range is None:
         status, length = 200, info.size
         if read.part is not None:  # an empty part
@@ -389,6 +393,7 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     )
     headers = {"ETag": f'"{info.etag}"'}
     headers.update(written_version(info.version_id))
+    headers.update(await lifecycle.expiration_headers(gw, req.bucket, info, meta.tags))
     headers.update({f"x-amz-checksum-{a}": v for a, v in reader.checksums.items()})
     if reader.checksums:
         headers["x-amz-checksum-type"] = "FULL_OBJECT"
@@ -496,6 +501,29 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     return web.Response(body=body, content_type="application/xml", headers=headers)
 
 
+def _delete_conditions(entry: dict[str, object]) -> dict[str, object]:
+    """A DeleteObjects entry's conditions (ETag, LastModifiedTime, Size): the object is
+    deleted only while it still has them (S3's conditional deletes)."""
+    conditions: dict[str, object] = {}
+    if entry.get("ETag") is not None:
+        conditions["etag"] = xml.text(entry["ETag"]).strip()
+    if entry.get("LastModifiedTime") is not None:
+        raw = xml.text(entry["LastModifiedTime"]).strip()
+        when = parse_http_date(raw)  # the SDKs send an HTTP date here
+        if when is None:
+            try:
+                when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise S3Error("MalformedXML") from exc
+        conditions["last_modified"] = when if when.tzinfo else when.replace(tzinfo=UTC)
+    if entry.get("Size") is not None:
+        try:
+            conditions["size"] = int(xml.text(entry["Size"]).strip())
+        except ValueError as exc:
+            raise S3Error("MalformedXML") from exc
+    return conditions
+
+
 async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None
     doc = xml.parse(await req.read_small_body(), "Delete")
@@ -516,12 +544,17 @@ async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
         version = xml.text(raw_version) if raw_version is not None else None
         if version is not None:
             result["VersionId"] = version
+        conditions = _delete_conditions(entry)
         try:
             check_key(key)
             async with limiter:
                 await access.refuse_denied_key(gw, req, "s3:DeleteObject", key)
-                done = await gw.store.delete_object(req.bucket, key, version_id=version,
-                                                    bypass_governance=bypass)
+                if conditions:
+                    done = await gw.store.delete_if_unchanged(req.bucket, key,
+                                                              version_id=version, **conditions)
+                else:
+                    done = await gw.store.delete_object(req.bucket, key, version_id=version,
+                                                        bypass_governance=bypass)
             if done.delete_marker:
                 result["DeleteMarker"] = "true"
                 if done.version_id is not None:
