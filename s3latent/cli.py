@@ -27,6 +27,7 @@ BENCHMARKS = {
     "decode-memory": "s3latent.bench.decode_memory",
     "determinism": "s3latent.bench.determinism",
     "encoders": "s3latent.bench.encoder_study",
+    "floor": "s3latent.bench.cpu_floor",
     "engines": "s3latent.bench.engine_study",
     "gpu": "s3latent.bench.gpu_bench",
     "gateway": "s3latent.bench.gateway_bench",
