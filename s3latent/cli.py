@@ -34,6 +34,7 @@ BENCHMARKS = {
     "listing": "s3latent.bench.listing_bench",
     "memory": "s3latent.bench.memory_check",
     "policies": "s3latent.bench.policy_compare",
+    "profile": "s3latent.bench.gateway_profile",
     "storage": "s3latent.bench.storage_bench",
     "trace": "s3latent.bench.trace_bench",
 }
