@@ -72,7 +72,9 @@ CATEGORIES = [
     ("s3latent/", "front end: ids, routing, names, conditions, dates (s3api/)"),
 ]
 _NEUTRAL = ("asyncio/", "selectors.py", "http_writer", "_weakrefset", "contextvars",
-            "s3latent/sigv4.py", "s3latent/httpdate.py")  # their caller decides
+            "s3latent/sigv4.py", "s3latent/httpdate.py",  # their caller decides
+            "s3latent/cli.py", "s3latent/__main__.py", "runpy",  # the roots of every stack
+            "s3latent/bench/")
 EVENT_LOOP = "event loop (asyncio: callbacks, timers, tasks)"
 
 
@@ -110,7 +112,7 @@ def attribute(path: Path) -> tuple[dict[str, int], int]:
     counts: collections.Counter[str] = collections.Counter()
     for line in path.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
-        if _is_startup(stack):
+        if _is_startup(stack) or "on_prof" in stack:  # the sampler's own work: not the gateway's
             continue
         counts[classify(stack.split(";"))] += int(n)
     return dict(counts), sum(counts.values())
