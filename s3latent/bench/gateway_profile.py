@@ -46,7 +46,7 @@ CATEGORIES = [
     ("prometheus_client", "metrics (prometheus-client)"),
     ("logging/__init__", "access log line (logging)"),
     ("DataPath._sign", "backend request signing (SigV4)"),
-    ("botocore", "backend client: aiobotocore (bucket versioning status, TTL 2 s)"),
+    ("botocore", "backend client: aiobotocore (bucket checks, background sweep)"),
     ("s3api/auth.py", "SigV4 verification (auth.py)"),
     ("s3api/sigv2.py", "SigV4 verification (auth.py)"),
     ("s3api/payload.py", "request body read + MD5 (payload.py)"),
