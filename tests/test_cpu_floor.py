@@ -19,6 +19,9 @@ def test_floor_measures_every_piece_and_sums_them() -> None:
             assert all(v >= 0 for v in op["parts_us"].values())
             assert op["parts_us"]["sigv4_verify"] > 0
             assert abs(op["floor_us"] - sum(op["parts_us"].values())) < 1
+        for op in (get, put):
+            assert op["minimal_asyncio_client_us"] > 0
+            assert op["bare_asyncio_floor_us"] >= 0
         assert put["parts_us"]["md5"] > 0
         assert put["floor_signed_payload_us"] > put["floor_us"]
         assert get["floor_signed_payload_us"] == get["floor_us"]  # a GET has no body

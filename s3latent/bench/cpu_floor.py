@@ -209,6 +209,92 @@ def backend_request_us(size: int, n: int, concurrency: int) -> dict[str, float]:
         proc.wait()
 
 
+class _MinimalClient(asyncio.Protocol):
+    """Keep-alive HTTP/1.1 on a bare asyncio protocol: one request at a time, bodies by
+    Content-Length only. Not a usable client (no timeouts, errors, chunking): it shows what
+    the data path's request would cost without aiohttp's client machinery."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.length: int | None = None
+        self.done: asyncio.Future[bytes] | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.length is None:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buf[:end]).lower() + b"\r\n"
+            del self.buf[:end + 4]
+            at = head.find(b"\r\ncontent-length:")
+            self.length = int(head[at + 17:head.index(b"\r\n", at + 2)]) if at >= 0 else 0
+        if len(self.buf) >= self.length:
+            body = bytes(self.buf[:self.length])
+            del self.buf[:self.length]
+            self.length = None
+            assert self.done is not None
+            self.done.set_result(body)
+
+    async def request(self, head: bytes, body: bytes) -> bytes:
+        assert self.transport is not None
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(head)
+        if body:
+            self.transport.write(body)
+        return await self.done
+
+
+def minimal_client_us(size: int, n: int, concurrency: int) -> dict[str, float]:
+    """CPU per GET / PUT of `size` bytes for a signed request on `_MinimalClient`."""
+    proc, port = _start(_RAW_SERVER)
+    try:
+        async def run() -> dict[str, float]:
+            loop = asyncio.get_running_loop()
+            signer = DataPath(f"http://127.0.0.1:{port}", ACCESS, SECRET, "us-east-1",
+                              max_connections=1, connect_timeout=5, read_timeout=30,
+                              max_attempts=1)
+            conns = []
+            for _ in range(concurrency):
+                _, proto = await loop.create_connection(_MinimalClient, "127.0.0.1", port)
+                conns.append(proto)
+            body = os.urandom(size)
+
+            async def one(conn: _MinimalClient, method: str) -> None:
+                path = f"/b/k/{size}" if method == "GET" else "/b/k"
+                headers = {"content-length": str(size)} if method == "PUT" else {}
+                signer._sign(method, path, "", headers)
+                head = "".join([f"{method} {path} HTTP/1.1\r\nHost: {signer.host}\r\n",
+                                *(f"{k}: {v}\r\n" for k, v in headers.items()), "\r\n"])
+                await conn.request(head.encode("latin-1"), body if method == "PUT" else b"")
+
+            out = {}
+            for method in ("GET", "PUT"):
+                async def worker(conn: _MinimalClient, count: int, method: str = method) -> None:
+                    for _ in range(count):
+                        await one(conn, method)
+
+                per = max(1, n // concurrency)
+                await asyncio.gather(*(worker(c, min(per, 20)) for c in conns))  # warm
+                t0 = time.process_time()
+                await asyncio.gather(*(worker(c, per) for c in conns))
+                out[method] = (time.process_time() - t0) / (per * concurrency) * 1e6
+            for conn in conns:
+                assert conn.transport is not None
+                conn.transport.close()
+            return out
+
+        return asyncio.run(run())
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
 def aiohttp_front_us(size: int, n: int, concurrency: int) -> dict[str, float]:
     """CPU of a one-handler aiohttp server per GET / PUT of `size` bytes (the front end)."""
     proc, port = _start(_AIOHTTP_SERVER)
@@ -251,6 +337,7 @@ def measure(n_small: int = 4000, n_large: int = 400, concurrency: int = 16) -> d
         hashes = hashing_us(size)
         backend = backend_request_us(size, n, concurrency)
         front = aiohttp_front_us(size, n, concurrency)
+        minimal = minimal_client_us(size, n, concurrency)
         cell: dict[str, Any] = {}
         for op in ("GET", "PUT"):
             parts = {"aiohttp_front_end": front[op], "sigv4_verify": verify,
@@ -261,6 +348,11 @@ def measure(n_small: int = 4000, n_large: int = 400, concurrency: int = 16) -> d
             signed = floor + hashes["sha256"] if op == "PUT" else floor
             cell[op] = {"parts_us": {k: round(v, 1) for k, v in parts.items()},
                         "raw_asyncio_server_us": round(backend[f"raw_server_{op}"], 1),
+                        "minimal_asyncio_client_us": round(minimal[op], 1),
+                        # The same work with both HTTP ends on bare asyncio protocols.
+                        "bare_asyncio_floor_us": round(
+                            floor - front[op] - backend[op] + backend[f"raw_server_{op}"]
+                            + minimal[op], 1),
                         "sha256_us": round(hashes["sha256"], 1),
                         "floor_us": round(floor, 1),
                         "floor_signed_payload_us": round(signed, 1)}
@@ -270,8 +362,9 @@ def measure(n_small: int = 4000, n_large: int = 400, concurrency: int = 16) -> d
 
 def format_table(res: dict[str, Any]) -> str:
     lines = ["| op | size | aiohttp front end | SigV4 verify | backend request (signed) | "
-             "MD5 | floor | + SHA-256 (signed payload) | minimal asyncio server |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "MD5 | floor | + SHA-256 (signed payload) | minimal asyncio server | "
+             "minimal asyncio client (signed) | floor on bare asyncio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for size, cell in res["sizes"].items():
         label = f"{int(size) // KiB} KiB" if int(size) < MiB else f"{int(size) // MiB} MiB"
         for op in ("GET", "PUT"):
@@ -281,7 +374,9 @@ def format_table(res: dict[str, Any]) -> str:
                 f"| {op} | {label} | {p['aiohttp_front_end']:.0f} | {p['sigv4_verify']:.0f} | "
                 f"{p['backend_request_signed']:.0f} | {md5} | **{cell[op]['floor_us']:.0f}** | "
                 f"{cell[op]['floor_signed_payload_us']:.0f} | "
-                f"{cell[op]['raw_asyncio_server_us']:.0f} |")
+                f"{cell[op]['raw_asyncio_server_us']:.0f} | "
+                f"{cell[op]['minimal_asyncio_client_us']:.0f} | "
+                f"{cell[op]['bare_asyncio_floor_us']:.0f} |")
     return "\n".join(lines)
 
 
