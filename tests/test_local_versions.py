@@ -353,3 +353,28 @@ async def test_local_versions_survive_a_restart(tmp_path: Path) -> None:
     assert [v for _, v, _, m in await versions(again, "bk") if not m] == [v1]
     assert (await again.list_objects("bk")).entries == []
     assert await read(again, "bk", "k", v1) == b"one"
+
+
+async def test_s3_backend_asks_the_versioning_status_over_the_data_path(
+        backend: Any, bucket: str) -> None:
+    """The status is asked again every few seconds per bucket: never through aiobotocore,
+    whose per-call CPU showed in the gateway's profile (docs/bench-gateway.md)."""
+    if isinstance(backend, LocalBackend):
+        pytest.skip("the S3 backend's data path")
+
+    async def refused(**_: Any) -> Any:
+        raise AssertionError("GetBucketVersioning went through aiobotocore")
+
+    backend._client.get_bucket_versioning = refused
+    assert await backend.get_bucket_versioning(bucket) is None
+    backend._status.clear()
+    assert await backend._cached_status(bucket) is None
+    await backend.put_bucket_versioning(bucket, "Enabled")
+    backend._status.clear()
+    assert await backend.get_bucket_versioning(bucket) == "Enabled"
+    await backend.put_bucket_versioning(bucket, "Suspended")
+    backend._status.clear()
+    assert await backend._cached_status(bucket) == "Suspended"
+    with pytest.raises(S3Error) as exc:
+        await backend._versioning_status(f"missing-{uuid.uuid4().hex[:8]}")
+    assert exc.value.code == "NoSuchBucket"

@@ -40,6 +40,8 @@ def check_preconditions(headers: Mapping[str, str], info: ObjectInfo, *, prefix:
     if_none_match = headers.get(prefix + "if-none-match")
     ims_raw = headers.get(prefix + "if-modified-since")
     ius_raw = headers.get(prefix + "if-unmodified-since")
+    if if_match is None and if_none_match is None and not ims_raw and not ius_raw:
+        return  # the usual GET: nothing to decide (and no validators to format)
     ims = parse_http_date(ims_raw) if ims_raw else None
     ius = parse_http_date(ius_raw) if ius_raw else None
     not_modified = "PreconditionFailed" if prefix else "NotModified"

@@ -10,6 +10,7 @@ from .xml import XML_INVALID
 
 MAX_KEY_BYTES = 1024
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_DIGITS_AND_DOTS = re.compile(r"[0-9.]+")  # the only names an IPv4 address can be
 
 
 def check_bucket_name(name: str) -> None:
@@ -17,7 +18,7 @@ def check_bucket_name(name: str) -> None:
     ok = bool(_BUCKET_RE.match(name)) and ".." not in name and ".-" not in name
     ok = ok and "-." not in name and not name.startswith("xn--")
     ok = ok and not name.endswith(("-s3alias", "--ol-s3"))
-    if ok:
+    if ok and _DIGITS_AND_DOTS.fullmatch(name):  # every request checks: skip the parse
         try:
             ipaddress.IPv4Address(name)
             ok = False
