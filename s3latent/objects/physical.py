@@ -20,6 +20,8 @@ refused), so they stay with the bucket's data and are browsable beside it:
   *key* carries the logical view of a container or stub. One listing of this
   range resolves a whole page of "-1" entries (see `view_index_key`).
 - `.s3latent/refused/<image key>`: why a pair was not converted (refusals.py).
+- `.s3latent/upload/<sha256 of an upload id>`: an encrypted upload's key record, for its
+  parts (objects/encryption.py); dropped when the upload completes or is aborted.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ HIDDEN_PREFIX = ".s3latent/"
 VIEWS_PREFIX = HIDDEN_PREFIX + "v/"
 REFUSALS_PREFIX = HIDDEN_PREFIX + "refused/"
 ACLS_PREFIX = HIDDEN_PREFIX + "acl/"
+UPLOADS_PREFIX = HIDDEN_PREFIX + "upload/"
 # Access fields of an object (docs/access-control.md): its owner's canonical ID, the ACL
 # given when it was written, and a token naming that write (an ACL set later by
 # PutObjectAcl is a record under ACLS_PREFIX tied to the token, so it dies with the write).
@@ -257,6 +260,11 @@ def access_of(internal: dict[str, str]) -> dict[str, str]:
 def acl_record_key(key: str) -> str:
     """The hidden key of `key`'s PutObjectAcl record (hashed: any key length fits)."""
     return ACLS_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+
+
+def upload_record_key(upload_id: str) -> str:
+    """The hidden key of a multipart upload's record (hashed: any upload id fits)."""
+    return UPLOADS_PREFIX + hashlib.sha256(upload_id.encode()).hexdigest()
 
 
 def storage_of(internal: dict[str, str]) -> dict[str, str]:

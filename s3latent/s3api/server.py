@@ -26,6 +26,7 @@ from .auth import authenticate
 from .gateway import Gateway
 from .handlers import (
     acl,
+    bucket_encryption,
     bucket_policy,
     buckets,
     cors,
@@ -87,6 +88,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "GetBucketPolicyStatus", bucket_policy.get_bucket_policy_status
             if "cors" in q:
                 return "GetBucketCors", cors.get_bucket_cors
+            if "encryption" in q:
+                return "GetBucketEncryption", bucket_encryption.get_bucket_encryption
             for sub in buckets.NOT_CONFIGURED:
                 if sub in q:
                     return f"GetBucket-{sub}", buckets.get_bucket_not_configured
@@ -108,6 +111,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "PutBucketPolicy", bucket_policy.put_bucket_policy
             if "cors" in q:
                 return "PutBucketCors", cors.put_bucket_cors
+            if "encryption" in q:
+                return "PutBucketEncryption", bucket_encryption.put_bucket_encryption
             if len(q):
                 raise S3Error("NotImplemented",
                               "Bucket configuration is not supported by s3latent.")
@@ -121,6 +126,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "DeleteBucketPolicy", bucket_policy.delete_bucket_policy
             if "cors" in q:
                 return "DeleteBucketCors", cors.delete_bucket_cors
+            if "encryption" in q:
+                return "DeleteBucketEncryption", bucket_encryption.delete_bucket_encryption
             if "publicAccessBlock" in q:
                 return "DeletePublicAccessBlock", acl.delete_public_access_block
             if len(q):
