@@ -98,6 +98,7 @@ def test_sse_s3_round_trip_ranges_and_stored_ciphertext(
         assert part["ContentRange"] == f"bytes {first}-{last}/{len(data)}"
     tail = s3.get_object(Bucket=bucket, Key="s3.bin", Range="bytes=-10")["Body"].read()
     assert tail == data[-10:]
+    assert _listed(s3, bucket) == {"s3.bin": len(data)}
     stored = stored_bytes(gateway, bucket, "s3.bin", enc.ciphertext_size(len(data)))
     assert len(stored) == enc.ciphertext_size(len(data))
     assert data[:64] not in stored and data[100_000:100_064] not in stored
@@ -116,6 +117,26 @@ def test_empty_and_small_objects(s3: Any, bucket: str) -> None:
         s3.put_object(Bucket=bucket, Key=f"k{size}", Body=data, **ssec())
         got = s3.get_object(Bucket=bucket, Key=f"k{size}", **ssec())
         assert got["Body"].read() == data and got["ContentLength"] == size
+
+
+def _listed(s3: Any, bucket: str) -> dict[str, int]:
+    return {o["Key"]: o["Size"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def test_listings_show_plaintext_sizes(s3: Any, bucket: str) -> None:
+    s3.put_object(Bucket=bucket, Key="a", Body=b"a" * 1000, **ssec())
+    s3.put_object(Bucket=bucket, Key="dir/b", Body=b"b" * 70_000,
+                  ServerSideEncryption="AES256")
+    s3.put_object(Bucket=bucket, Key="c", Body=b"c" * 10)
+    s3.copy_object(Bucket=bucket, Key="d", CopySource={"Bucket": bucket, "Key": "a"},
+                   ServerSideEncryption="AES256", **ssec(copy=True))
+    assert _listed(s3, bucket) == {"a": 1000, "dir/b": 70_000, "c": 10, "d": 1000}
+    rolled = s3.list_objects_v2(Bucket=bucket, Delimiter="/")
+    assert {o["Key"]: o["Size"] for o in rolled["Contents"]} == {"a": 1000, "c": 10, "d": 1000}
+    assert [p["Prefix"] for p in rolled["CommonPrefixes"]] == ["dir/"]
+    s3.put_object(Bucket=bucket, Key="a", Body=b"plain now")  # replaced: its record goes
+    s3.put_object(Bucket=bucket, Key="d", Body=b"x" * 5, **ssec())
+    assert _listed(s3, bucket) == {"a": 9, "dir/b": 70_000, "c": 10, "d": 5}
 
 
 # -- SSE-C ----------------------------------------------------------------------------------
@@ -209,6 +230,7 @@ def test_sse_c_multipart_with_ranges_across_parts(s3: Any, bucket: str) -> None:
                         (part - 1, 2 * part)]:
         r = s3.get_object(Bucket=bucket, Key="mp", Range=f"bytes={first}-{last}", **ssec())
         assert r["Body"].read() == data[first:last + 1]
+    assert _listed(s3, bucket)["mp"] == len(data)
     p2 = s3.get_object(Bucket=bucket, Key="mp", PartNumber=2, **ssec())
     assert p2["Body"].read() == data[part:2 * part]
     with pytest.raises(ClientError) as err:

@@ -41,6 +41,9 @@ from .bucket_records import BucketRecords, ObjectRecords
 # Bucket record set once a PutObjectAcl wrote an object ACL record in the bucket: reads in
 # buckets without one never look for such records.
 OBJECT_ACLS = "object-acls"
+# Bucket record set once an encrypted object was written in the bucket: its listings look up
+# plaintext sizes (physical.sse_index_key); other buckets' listings never do.
+SSE_INDEX = "sse-index"
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +177,20 @@ class ForwardingStore:
                 doc.get("key") != key:
             return None
         return doc
+
+    async def index_encrypted(self, bucket: str, key: str, physical_etag: str,
+                              size: int) -> None:
+        """Record an encrypted object's plaintext size for listings (best effort: a listing
+        without it shows the stored size; HEAD and GET are always right)."""
+        try:
+            if not await self.get_bucket_config(bucket, SSE_INDEX):
+                await self.put_bucket_config(bucket, SSE_INDEX, True)
+            index_key = physical.sse_index_key(key, physical_etag, size)
+            if index_key is not None:
+                await physical.put_small(self.backend, bucket, index_key, b"",
+                                         ObjectMeta(content_type="application/x-empty"))
+        except S3Error as exc:
+            log.warning("plaintext size of %s/%s not indexed: %s", bucket, key, exc)
 
     async def put_upload_record(self, bucket: str, upload_id: str,
                                 record: dict[str, str]) -> None:

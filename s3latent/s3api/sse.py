@@ -322,6 +322,17 @@ async def upload_record(gw: Gateway, bucket: str, upload_id: str) -> dict[str, s
     return cached
 
 
+async def index_written(gw: Gateway, bucket: str, key: str, info: ObjectInfo) -> None:
+    """An encrypted object was written: record its plaintext size for listings."""
+    try:
+        parts, _ = await _stored_parts(gw, bucket, key, info)
+        size = sum(c.size for c in enc.layout(parts))
+    except (S3Error, enc.EncryptionError) as exc:
+        log.warning("plaintext size of %s/%s unknown: %s", bucket, key, exc)
+        return
+    await gw.store.index_encrypted(bucket, key, info.etag, size)
+
+
 def completed_headers(record: dict[str, str], req: S3Request) -> dict[str, str]:
     """The encryption headers of a CompleteMultipartUpload answer."""
     mode = enc.mode_of(record)

@@ -392,6 +392,7 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
     else:
         COMPLETED[done_key] = (parts, info, checksums)
         if encrypted:
+            await sse.index_written(gw, req.bucket, req.key, info)
             await gw.store.drop_upload_record(req.bucket, upload_id)
             sse.forget_upload(req.bucket, upload_id)
     result: dict[str, Any] = {

@@ -414,6 +414,8 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
         if_none_match=req.header("If-None-Match"),
         **({"lock": lock} if lock is not None else {}),
     )
+    if encrypt is not None:
+        await sse.index_written(gw, req.bucket, req.key, info)
     headers = {"ETag": f'"{info.etag}"'}
     headers.update(written_version(info.version_id))
     headers.update(encrypt.headers if encrypt is not None else {})
@@ -576,10 +578,13 @@ async def _copy_through(gw: Gateway, req: S3Request, src_bucket: str, src_key: s
         body = dst_enc.body(plain)
         size = encryption.ciphertext_size(size)
     try:
-        return await gw.store.put_object(req.bucket, req.key, body, meta, size=size,
-                                         **extra)  # type: ignore[arg-type]
+        written = await gw.store.put_object(req.bucket, req.key, body, meta, size=size,
+                                            **extra)  # type: ignore[arg-type]
     finally:
         await plain.close()
+    if dst_enc is not None:
+        await sse.index_written(gw, req.bucket, req.key, written)
+    return written
 
 
 async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:

@@ -224,6 +224,8 @@ async def post_object(gw: Gateway, request: web.Request, bucket: str,
         meta.internal.update(encrypt.fields)
         stream = encrypt.body(stream)
     info = await gw.store.put_object(bucket, key, stream, meta)
+    if encrypt is not None:
+        await sse.index_written(gw, bucket, key, info)
     location = f"http://{request.host}/{bucket}/{key}"
     headers = {"ETag": f'"{info.etag}"', "Location": location}
     headers.update(encrypt.headers if encrypt is not None else {})
