@@ -221,8 +221,12 @@ def test_sse_c_multipart_with_ranges_across_parts(s3: Any, bucket: str) -> None:
         r = s3.upload_part(Bucket=bucket, Key="mp", UploadId=uid, PartNumber=n,
                            Body=data[start:start + part], **ssec())
         etags.append({"ETag": r["ETag"], "PartNumber": n})
+    with pytest.raises(ClientError) as err:  # a Complete naming another key commits nothing
+        s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid,
+                                     MultipartUpload={"Parts": etags}, **ssec(KEY_B))
+    assert _code(err) == (400, "InvalidRequest")
     s3.complete_multipart_upload(Bucket=bucket, Key="mp", UploadId=uid,
-                                 MultipartUpload={"Parts": etags})
+                                 MultipartUpload={"Parts": etags}, **ssec())
     got = s3.get_object(Bucket=bucket, Key="mp", **ssec())
     assert got["ContentLength"] == len(data) and got["Metadata"] == {"a": "b"}
     assert got["Body"].read() == data
@@ -454,3 +458,22 @@ def test_sse_s3_refused_without_a_key_on_an_s3_backend(tmp_path: Path) -> None:
     key.write_text(base64.b64encode(os.urandom(32)).decode())
     cfg = load_config(env={"S3LATENT_SSE_KEY_FILE": str(key)}, backend="s3://127.0.0.1:1")
     assert build_keyring(cfg, object()).available
+
+
+async def test_encrypted_images_are_never_converted(tmp_path: Path) -> None:
+    """An encrypted pair stays as stored (the converter would need the key); a read with the
+    key gives back the exact bytes."""
+    from tests.inprocess import serve_gateway
+
+    body = b"\x89PNG\r\n\x1a\n" + os.urandom(500)
+    async with serve_gateway(tmp_path) as gw:
+        await gw.run(lambda s3: s3.create_bucket(Bucket="enc-bucket"))
+        await gw.run(lambda s3: s3.put_object(Bucket="enc-bucket", Key="cat.png", Body=body,
+                                              ContentType="image/png", **ssec()))
+        await gw.settle()
+        head = await gw.run(lambda s3: s3.head_object(Bucket="enc-bucket", Key="cat.png", **ssec()))
+        headers = head["ResponseMetadata"]["HTTPHeaders"]
+        assert headers["x-s3latent-representation"] == "plain"
+        assert headers["x-s3latent-state"] == "not converted: encrypted"
+        got = await gw.run(lambda s3: s3.get_object(Bucket="enc-bucket", Key="cat.png", **ssec()))
+        assert got["Body"].read() == body

@@ -333,11 +333,23 @@ async def index_written(gw: Gateway, bucket: str, key: str, info: ObjectInfo) ->
     await gw.store.index_encrypted(bucket, key, info.etag, size)
 
 
-def completed_headers(record: dict[str, str], req: S3Request) -> dict[str, str]:
-    """The encryption headers of a CompleteMultipartUpload answer."""
+def complete_headers(gw: Gateway, req: S3Request, record: dict[str, str]) -> dict[str, str]:
+    """The encryption headers of a CompleteMultipartUpload answer, checked before the commit:
+    SSE-C headers need not be sent, but if they are they must be the upload's key."""
     mode = enc.mode_of(record)
-    customer = customer_key(req.headers) if mode == enc.MODE_C else None
-    return _headers_of(mode, customer)
+    customer = customer_key(req.headers)
+    if customer is not None:
+        if mode != enc.MODE_C:
+            raise S3Error("InvalidRequest", "The upload was not created with a customer "
+                          "provided key: the encryption parameters are not applicable.")
+        try:
+            enc.data_key(record, gw.keyring, customer.key)
+        except enc.WrongKey as exc:
+            raise S3Error("InvalidRequest", "The provided encryption parameters did not "
+                          "match the ones used originally.") from exc
+        except (enc.KeyUnavailable, enc.EncryptionError) as exc:
+            raise _internal_error(req.bucket or "", req.key or "", exc) from exc
+    return _headers_of(mode, None)  # S3 names no customer key in this answer
 
 
 async def upload_encryption(gw: Gateway, req: S3Request, bucket: str, key: str,

@@ -378,6 +378,7 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
     await _check_none_match(gw, req)
     done_key = (req.bucket, req.key, upload_id)
     encrypted = await sse.upload_record(gw, req.bucket, upload_id)
+    encryption_headers = sse.complete_headers(gw, req, encrypted)
     try:
         checksums = await _object_checksum(gw, req, upload_id, parts, part_checksums)
         stored_checksum = next(iter(checksums.values()), None)
@@ -405,7 +406,7 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
         result[checksum_element(algorithm)] = value
         result["ChecksumType"] = "COMPOSITE" if _COMPOSITE_RE.match(value) else "FULL_OBJECT"
     headers = written_version(info.version_id)
-    headers.update(sse.completed_headers(encrypted, req))
+    headers.update(encryption_headers)
     return _xml(xml.render("CompleteMultipartUploadResult", result), headers=headers or None)
 
 
