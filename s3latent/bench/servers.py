@@ -303,9 +303,13 @@ class GatewayServer(_Process):
         return env
 
     def _sse_key(self) -> Path:
-        path = self.workdir / f"{self.name}-sse.key"
+        """One key per work directory: the nodes of a cluster started there share it."""
+        path = self.workdir / "sse-master.key"
         if not path.exists():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return path
             with os.fdopen(fd, "w") as f:
                 f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
         return path
