@@ -477,3 +477,21 @@ async def test_encrypted_images_are_never_converted(tmp_path: Path) -> None:
         assert headers["x-s3latent-state"] == "not converted: encrypted"
         got = await gw.run(lambda s3: s3.get_object(Bucket="enc-bucket", Key="cat.png", **ssec()))
         assert got["Body"].read() == body
+
+
+def test_versions_keep_their_own_encryption(s3: Any, bucket: str) -> None:
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    v1 = s3.put_object(Bucket=bucket, Key="v", Body=b"one" * 30_000, **ssec())["VersionId"]
+    v2 = s3.put_object(Bucket=bucket, Key="v", Body=b"two", ServerSideEncryption="AES256")[
+        "VersionId"]
+    old = s3.get_object(Bucket=bucket, Key="v", VersionId=v1, Range="bytes=70000-70005",
+                        **ssec())
+    assert old["Body"].read() == (b"one" * 30_000)[70000:70006]
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket=bucket, Key="v", VersionId=v1)
+    assert _code(err) == (400, "InvalidRequest")
+    assert s3.get_object(Bucket=bucket, Key="v")["Body"].read() == b"two"
+    assert s3.head_object(Bucket=bucket, Key="v", VersionId=v2)["ServerSideEncryption"] == \
+        "AES256"
+    for version in (v1, v2):
+        s3.delete_object(Bucket=bucket, Key="v", VersionId=version)
