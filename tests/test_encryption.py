@@ -444,6 +444,9 @@ def test_keyring_rotation_and_the_local_auto_key(tmp_path: Path) -> None:
         enc.data_key(sealed.fields, enc.Keyring.from_files(str(new), []), None)
     with pytest.raises(enc.KeyUnavailable):
         enc.new_sse_s3(enc.Keyring())
+    # Old keys only unwrap: with no current key, nothing new is wrapped under one.
+    with pytest.raises(enc.KeyUnavailable):
+        enc.new_sse_s3(enc.Keyring.from_files(None, [str(auto)]))
 
 
 def test_sse_s3_refused_without_a_key_on_an_s3_backend(tmp_path: Path) -> None:

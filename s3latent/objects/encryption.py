@@ -133,19 +133,22 @@ class Keyring:
     """
 
     def __init__(self, keys: list[bytes] | None = None, *, auto_path: Path | None = None,
-                 why_not: str = "") -> None:
+                 why_not: str = "", old: list[bytes] | None = None) -> None:
         self._keys: dict[str, bytes] = {}
         self._current: str | None = None
         for key in keys or []:
             self._add(key)
+        for key in old or []:  # unwrap only: never the current key
+            self._keys.setdefault(_kid(key), key)
         self.auto_path = auto_path
         self.why_not = why_not or "no SSE-S3 master key is configured ([encryption] key_file)"
 
     @classmethod
     def from_files(cls, current: str | None, old: list[str], *,
                    auto_path: Path | None = None, why_not: str = "") -> Keyring:
-        keys = [read_key_file(p) for p in ([current] if current else []) + list(old)]
-        return cls(keys, auto_path=auto_path if current is None else None, why_not=why_not)
+        return cls([read_key_file(current)] if current else [],
+                   old=[read_key_file(p) for p in old],
+                   auto_path=auto_path if current is None else None, why_not=why_not)
 
     def _add(self, key: bytes) -> None:
         kid = _kid(key)
