@@ -98,7 +98,18 @@ def test_sse_s3_round_trip_ranges_and_stored_ciphertext(
         assert part["ContentRange"] == f"bytes {first}-{last}/{len(data)}"
     tail = s3.get_object(Bucket=bucket, Key="s3.bin", Range="bytes=-10")["Body"].read()
     assert tail == data[-10:]
-    assert _listed(s3, bucket) == {"s3.bin": len(data)}
+    assert _listed(s3, bucket) == {"s3.bin": len(data)}, "before the copy"
+    # The ETag of an SSE-S3 PUT is the plaintext's MD5, everywhere, as S3 sends it (clients
+    # such as rclone compare it with the MD5 of what they downloaded).
+    md5 = f'"{hashlib.md5(data).hexdigest()}"'
+    assert put["ETag"] == got["ETag"] == head["ETag"] == md5
+    assert s3.list_objects_v2(Bucket=bucket)["Contents"][0]["ETag"] == md5
+    assert s3.get_object(Bucket=bucket, Key="s3.bin", IfMatch=md5, Range="bytes=0-0")[
+        "ContentLength"] == 1
+    copied = s3.copy_object(Bucket=bucket, Key="s3-copy", ServerSideEncryption="AES256",
+                            CopySource={"Bucket": bucket, "Key": "s3.bin"}, CopySourceIfMatch=md5)
+    assert copied["CopyObjectResult"]["ETag"] == md5
+    assert s3.head_object(Bucket=bucket, Key="s3-copy")["ETag"] == md5
     stored = stored_bytes(gateway, bucket, "s3.bin", enc.ciphertext_size(len(data)))
     assert len(stored) == enc.ciphertext_size(len(data))
     assert data[:64] not in stored and data[100_000:100_064] not in stored
@@ -145,6 +156,7 @@ def test_sse_c_needs_the_right_key(s3: Any, bucket: str) -> None:
     data = b"customer secret " * 1000
     put = s3.put_object(Bucket=bucket, Key="c.bin", Body=data, **ssec())
     assert put["SSECustomerAlgorithm"] == "AES256" and put["SSECustomerKeyMD5"] == _md5(KEY_A)
+    assert put["ETag"] != f'"{hashlib.md5(data).hexdigest()}"'  # as S3: not the MD5
     assert "ServerSideEncryption" not in put
     got = s3.get_object(Bucket=bucket, Key="c.bin", **ssec())
     assert got["Body"].read() == data

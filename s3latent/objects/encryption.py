@@ -61,10 +61,13 @@ F_MODE = "sse"  # MODE_S3 or MODE_C
 F_FORMAT = "ssef"  # the stored format: FORMAT
 F_KEY = "ssek"  # SSE-S3: "<master key id>:<b64 nonce+wrapped data key>"; SSE-C: b64 salt
 F_CHECK = "ssech"  # SSE-C: b64 HMAC of the customer key (recognises it, reveals nothing)
+# SSE-S3 single-chunk objects: the plaintext's MD5, their ETag as S3 gives it (recorded when
+# the body ends: backends store the metadata after the body, as they do checksums).
+F_ETAG = "sseetag"
 MODE_S3 = "AES256"
 MODE_C = "C"
 FORMAT = f"gcm-{SEGMENT}"
-FIELDS = (F_MODE, F_FORMAT, F_KEY, F_CHECK)
+FIELDS = (F_MODE, F_FORMAT, F_KEY, F_CHECK, F_ETAG)
 
 _AAD = b"s3lx-sse-1"
 _WRAP_AAD = b"s3lx-sse-s3-data-key"
@@ -299,13 +302,17 @@ class EncryptingBody(HashedBody):
     the backend stores); `checksums` are the plaintext's, from the body it wraps.
     """
 
-    def __init__(self, body: AsyncIterable[bytes], data_key: bytes, part_number: int = 0
-                 ) -> None:
+    def __init__(self, body: AsyncIterable[bytes], data_key: bytes, part_number: int = 0,
+                 *, plain_md5_to: dict[str, str] | None = None) -> None:
         self._body = body
         self._key = data_key
         self._part = part_number
         self._md5 = hashlib.md5()
         self._hex: str | None = None
+        # Where the plaintext's MD5 goes (F_ETAG) once the body has ended.
+        self._plain_to = plain_md5_to
+        self._plain = hashlib.md5() if plain_md5_to is not None and \
+            not isinstance(body, HashedBody) else None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         salt = os.urandom(SALT - 4) + self._part.to_bytes(4, "big")
@@ -316,6 +323,8 @@ class EncryptingBody(HashedBody):
         pending = bytearray()
         index = 0
         async for piece in self._body:
+            if self._plain is not None:
+                self._plain.update(piece)
             pending += piece
             # Keep the last full segment back: only the end of the body says it is the last.
             whole = (len(pending) - 1) // SEGMENT if pending else 0
@@ -336,6 +345,9 @@ class EncryptingBody(HashedBody):
         last = cipher.encrypt(_nonce(index, True), bytes(pending), aad)
         self._md5.update(last)
         self._hex = self._md5.hexdigest()
+        if self._plain_to is not None:
+            self._plain_to[F_ETAG] = self._plain.hexdigest() if self._plain is not None \
+                else self._body.md5_hex  # type: ignore[attr-defined]
         yield last
 
     @property

@@ -104,7 +104,7 @@ class LatentListing:
                     continue
                 entry = entries.get(parsed[0])
                 if entry is not None and entry.etag == parsed[1]:
-                    entry.size = parsed[2]
+                    entry.size, entry.etag = parsed[2], parsed[3]
             after = found.next_start_after
             if not found.is_truncated or after is None or after > end:
                 return

@@ -20,8 +20,8 @@ refused), so they stay with the bucket's data and are browsable beside it:
   *key* carries the logical view of a container or stub. One listing of this
   range resolves a whole page of "-1" entries (see `view_index_key`).
 - `.s3latent/refused/<image key>`: why a pair was not converted (refusals.py).
-- `.s3latent/e/<key> <physical etag>.<size>`: empty objects whose key carries an
-  encrypted object's plaintext size, for listings (objects/encryption.py).
+- `.s3latent/e/<key> <physical etag>.<size>.<etag>`: empty objects whose key carries an
+  encrypted object's plaintext size and ETag, for listings (objects/encryption.py).
 - `.s3latent/upload/<sha256 of an upload id>`: an encrypted upload's key record, for its
   parts (objects/encryption.py); dropped when the upload completes or is aborted.
 """
@@ -325,25 +325,26 @@ def view_index_prefix(key: str) -> str:
     return f"{VIEWS_PREFIX}{key}{_VIEW_SEP}"
 
 
-def sse_index_key(key: str, physical_etag: str, size: int) -> str | None:
-    """The hidden key recording an encrypted object's plaintext size (listings show it),
-    laid out like view_index_key; None when it would be too long."""
-    if any(c in physical_etag for c in (_VIEW_SEP, _VIEW_FIELD)):
+def sse_index_key(key: str, physical_etag: str, size: int, etag: str) -> str | None:
+    """The hidden key recording an encrypted object's plaintext size and ETag (listings
+    show them), laid out like view_index_key; None when it would be too long."""
+    if any(c in e for e in (physical_etag, etag) for c in (_VIEW_SEP, _VIEW_FIELD)):
         return None
-    out = f"{SSE_INDEX_PREFIX}{key}{_VIEW_SEP}{physical_etag}{_VIEW_FIELD}{size:x}"
+    out = _VIEW_FIELD.join((f"{SSE_INDEX_PREFIX}{key}{_VIEW_SEP}{physical_etag}",
+                            f"{size:x}", etag))
     return out if len(out.encode()) <= MAX_KEY_BYTES else None
 
 
-def parse_sse_index_key(index_key: str) -> tuple[str, str, int] | None:
-    """(key, physical ETag, plaintext size) of an sse_index_key."""
+def parse_sse_index_key(index_key: str) -> tuple[str, str, int, str] | None:
+    """(key, physical ETag, plaintext size, ETag) of an sse_index_key."""
     if not index_key.startswith(SSE_INDEX_PREFIX):
         return None
     key, sep, fields = index_key[len(SSE_INDEX_PREFIX):].rpartition(_VIEW_SEP)
-    etag, dot, size = fields.rpartition(_VIEW_FIELD)
-    if not sep or not dot:
+    parts = fields.split(_VIEW_FIELD)
+    if not sep or len(parts) != 3:
         return None
     try:
-        return key, etag, int(size, 16)
+        return key, parts[0], int(parts[1], 16), parts[2]
     except ValueError:
         return None
 

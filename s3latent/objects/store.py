@@ -179,13 +179,13 @@ class ForwardingStore:
         return doc
 
     async def index_encrypted(self, bucket: str, key: str, physical_etag: str,
-                              size: int) -> None:
+                              size: int, etag: str) -> None:
         """Record an encrypted object's plaintext size for listings (best effort: a listing
         without it shows the stored size; HEAD and GET are always right)."""
         try:
             if not await self.get_bucket_config(bucket, SSE_INDEX):
                 await self.put_bucket_config(bucket, SSE_INDEX, True)
-            index_key = physical.sse_index_key(key, physical_etag, size)
+            index_key = physical.sse_index_key(key, physical_etag, size, etag)
             if index_key is not None:
                 await physical.put_small(self.backend, bucket, index_key, b"",
                                          ObjectMeta(content_type="application/x-empty"))

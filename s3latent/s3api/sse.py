@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 from cachetools import LRUCache
 
-from ..backends.base import ObjectBody, ObjectInfo, ObjectPart, PartTable, read_body
+from ..backends.base import (
+    ObjectBody,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectPart,
+    PartTable,
+    read_body,
+)
 from ..errors import S3Error
 from ..objects import encryption as enc
 from . import xml
@@ -119,8 +126,23 @@ class Write:
     def fields(self) -> dict[str, str]:
         return self.sealing.fields
 
-    def body(self, plain: Any, part_number: int = 0) -> enc.EncryptingBody:
-        return enc.EncryptingBody(plain, self.sealing.data_key, part_number)
+    def body(self, plain: Any, part_number: int = 0,
+             meta: ObjectMeta | None = None) -> enc.EncryptingBody:
+        """The stored chunk of `plain`. With the object's `meta` (a single PUT or copy), an
+        SSE-S3 object records its plaintext's MD5 there: its ETag, as S3 gives it."""
+        record = meta.internal if meta is not None and \
+            self.fields.get(enc.F_MODE) == enc.MODE_S3 else None
+        return enc.EncryptingBody(plain, self.sealing.data_key, part_number,
+                                  plain_md5_to=record)
+
+
+def etag_of(info: ObjectInfo) -> str:
+    """The ETag clients see for an object just written or read (see Write.body)."""
+    etag = info.meta.internal.get(enc.F_ETAG)
+    if etag and enc.mode_of(info.meta.internal) == enc.MODE_S3 and \
+            not _MULTIPART_ETAG.match(info.etag) and not info.parts_count:
+        return etag
+    return info.etag
 
 
 def new_s3(gw: Gateway) -> enc.Sealing:
@@ -243,7 +265,7 @@ async def open_read(gw: Gateway, req: S3Request, bucket: str, key: str, info: Ob
             ObjectPart(c.part_number, c.size, dict(p.checksums))
             for c, p in zip(chunks, table.parts, strict=True)])
     size = sum(c.size for c in chunks)
-    view = dataclasses.replace(info, size=size, part_table=plain_table)
+    view = dataclasses.replace(info, size=size, part_table=plain_table, etag=etag_of(info))
     return Read(view, info, chunks, data_key, _headers_of(mode, customer))
 
 
@@ -330,7 +352,7 @@ async def index_written(gw: Gateway, bucket: str, key: str, info: ObjectInfo) ->
     except (S3Error, enc.EncryptionError) as exc:
         log.warning("plaintext size of %s/%s unknown: %s", bucket, key, exc)
         return
-    await gw.store.index_encrypted(bucket, key, info.etag, size)
+    await gw.store.index_encrypted(bucket, key, info.etag, size, etag_of(info))
 
 
 def complete_headers(gw: Gateway, req: S3Request, record: dict[str, str]) -> dict[str, str]:

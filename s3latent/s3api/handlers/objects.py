@@ -402,7 +402,7 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     if encrypt is not None:
         refuse_encrypted_latent(meta)
         meta.internal.update(encrypt.fields)
-        body = encrypt.body(body)
+        body = encrypt.body(body, meta=meta)
         size = encryption.ciphertext_size(size) if size is not None else None
     info = await gw.store.put_object(
         req.bucket,
@@ -416,7 +416,7 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     )
     if encrypt is not None:
         await sse.index_written(gw, req.bucket, req.key, info)
-    headers = {"ETag": f'"{info.etag}"'}
+    headers = {"ETag": f'"{sse.etag_of(info)}"'}
     headers.update(written_version(info.version_id))
     headers.update(encrypt.headers if encrypt is not None else {})
     headers.update({f"x-amz-checksum-{a}": v for a, v in reader.checksums.items()})
@@ -540,7 +540,7 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
         info = await gw.store.copy_object(src_bucket, src_key, req.bucket, req.key, meta,
                                           **extra)  # type: ignore[arg-type]
     body = xml.render("CopyObjectResult", {"LastModified": info.last_modified,
-                                           "ETag": f'"{info.etag}"'})
+                                           "ETag": f'"{sse.etag_of(info)}"'})
     headers = {}
     if source.version_id is not None:
         headers["x-amz-copy-source-version-id"] = source.version_id
@@ -575,7 +575,7 @@ async def _copy_through(gw: Gateway, req: S3Request, src_bucket: str, src_key: s
     if dst_enc is not None:
         refuse_encrypted_latent(meta)
         meta.internal.update(dst_enc.fields)
-        body = dst_enc.body(plain)
+        body = dst_enc.body(plain, meta=meta)
         size = encryption.ciphertext_size(size)
     try:
         written = await gw.store.put_object(req.bucket, req.key, body, meta, size=size,

@@ -222,12 +222,12 @@ async def post_object(gw: Gateway, request: web.Request, bucket: str,
     if encrypt is not None:
         refuse_encrypted_latent(meta)
         meta.internal.update(encrypt.fields)
-        stream = encrypt.body(stream)
+        stream = encrypt.body(stream, meta=meta)
     info = await gw.store.put_object(bucket, key, stream, meta)
     if encrypt is not None:
         await sse.index_written(gw, bucket, key, info)
     location = f"http://{request.host}/{bucket}/{key}"
-    headers = {"ETag": f'"{info.etag}"', "Location": location}
+    headers = {"ETag": f'"{sse.etag_of(info)}"', "Location": location}
     headers.update(encrypt.headers if encrypt is not None else {})
     redirect = fields.get("success_action_redirect")
     if redirect:
