@@ -510,3 +510,17 @@ def test_versions_keep_their_own_encryption(s3: Any, bucket: str) -> None:
         "AES256"
     for version in (v1, v2):
         s3.delete_object(Bucket=bucket, Key="v", VersionId=version)
+
+
+def test_tagging_an_encrypted_object_keeps_it_encrypted(s3: Any, bucket: str) -> None:
+    """Metadata rewrites (tags) keep the key record: the bytes stay readable, and only so."""
+    data = os.urandom(70_000)
+    s3.put_object(Bucket=bucket, Key="t", Body=data, **ssec())
+    s3.put_object_tagging(Bucket=bucket, Key="t",
+                          Tagging={"TagSet": [{"Key": "k", "Value": "v"}]})
+    assert s3.get_object(Bucket=bucket, Key="t", **ssec())["Body"].read() == data
+    with pytest.raises(ClientError) as err:
+        s3.get_object(Bucket=bucket, Key="t")
+    assert _code(err) == (400, "InvalidRequest")
+    s3.delete_object_tagging(Bucket=bucket, Key="t")
+    assert s3.get_object(Bucket=bucket, Key="t", **ssec())["Body"].read() == data

@@ -250,11 +250,6 @@ def mode_of(internal: dict[str, str]) -> str | None:
     return internal.get(F_MODE)
 
 
-def fields_of(internal: dict[str, str]) -> dict[str, str]:
-    """The encryption fields of existing metadata (a rewrite of the same bytes keeps them)."""
-    return {k: internal[k] for k in FIELDS if k in internal}
-
-
 def data_key(internal: dict[str, str], keyring: Keyring,
              customer_key: bytes | None) -> bytes:
     """The data key of an encrypted object; WrongKey, KeyUnavailable or EncryptionError."""
