@@ -128,7 +128,30 @@ def build_gateway(cfg: Config, *, background: bool = True) -> Any:
         cluster = Cluster(cfg, store, decoding, registry=registry)
         store.add_write_listener(cluster.on_write)  # owners drop what a write replaced
         store.ctx.offload = cluster.offload  # decode spillover
-    return Gateway(cfg, store, registry=registry, cluster=cluster)
+    return Gateway(cfg, store, registry=registry, cluster=cluster,
+                   keyring=build_keyring(cfg, backend))
+
+
+def build_keyring(cfg: Config, backend: Any) -> Any:
+    """The SSE-S3 master keys (docs/encryption.md): the configured ones; else, for a lone
+    gateway over a local directory, a key it makes in the directory's state folder."""
+    from .backends.local import LocalBackend
+    from .objects.encryption import Keyring
+
+    settings = cfg.encryption
+    auto = None
+    why_not = ("SSE-S3 needs a master key: set [encryption] key_file (S3LATENT_SSE_KEY_FILE); "
+               "an S3 backend or a cluster never makes one itself")
+    if settings.key_file is None and cfg.cluster is None and isinstance(backend, LocalBackend):
+        auto = backend.root / ".s3latent" / "sse-master.key"
+    try:
+        keyring = Keyring.from_files(settings.key_file, settings.old_key_files,
+                                     auto_path=auto, why_not=why_not)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"[encryption]: {exc}") from exc
+    if not keyring.available:
+        logging.getLogger("s3latent").warning("SSE-S3 is unavailable: %s", why_not)
+    return keyring
 
 
 async def _serve(cfg: Config) -> None:

@@ -214,6 +214,18 @@ class ClusterSettings:
                               "peer_backoff_max_s")
 
 
+@dataclass
+class EncryptionSettings:
+    """SSE-S3 master keys (docs/encryption.md). `key_file` holds the current key (base64 of
+    32 random bytes); `old_key_files` keys that only unwrap objects written under them.
+    Without `key_file`, a lone gateway over a local directory makes its own key in the
+    directory's state folder; over an S3 backend or in a cluster SSE-S3 is refused."""
+
+    key_file: str | None = None
+    old_key_files: list[str] = field(default_factory=list)
+    # S3LATENT_SSE_KEY_FILE overrides key_file (one config file for several deployments).
+
+
 _NODE_URL_RE = re.compile(r"^(dns\+)?https?://[^/\s?#]+:\d+/?$")
 
 
@@ -302,6 +314,7 @@ class Config:
     # (docs/bench-gateway.md, "Cheap speedups").
     event_loop: str = "asyncio"
     cluster: ClusterSettings | None = None
+    encryption: EncryptionSettings = field(default_factory=EncryptionSettings)
 
     def validate_limits(self) -> None:
         """Zero or negative timeouts would disable a guard silently; refuse them."""
@@ -451,6 +464,12 @@ def load_config(
         cfg.cluster.secret = secret
         if "shutdown_grace_s" in table:
             cfg.shutdown_grace_s = float(table["shutdown_grace_s"])
+
+    if "encryption" in data:
+        cfg.encryption = _dataclass_from(EncryptionSettings, data["encryption"], "encryption")
+        cfg.encryption.old_key_files = [str(p) for p in cfg.encryption.old_key_files]
+    if env.get("S3LATENT_SSE_KEY_FILE"):
+        cfg.encryption.key_file = env["S3LATENT_SSE_KEY_FILE"]
 
     access = env.get("S3LATENT_ACCESS_KEY")
     secret = env.get("S3LATENT_SECRET_KEY")

@@ -55,6 +55,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "InvalidURI": (400, "Couldn't parse the specified URI."),
     "InvalidBucketName": (400, "The specified bucket is not valid."),
     "InvalidDigest": (400, "The Content-MD5 you specified is not valid."),
+    "InvalidEncryptionAlgorithmError": (
+        400,
+        "The encryption request you specified is not valid. The valid value is AES256.",
+    ),
+    "KMS.NotFoundException": (400, "Invalid keyId"),
     "InvalidPolicyDocument": (
         400,
         "The content of the form does not meet the conditions specified in the policy "

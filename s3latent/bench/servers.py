@@ -8,6 +8,7 @@ so several instances (and a test suite's own) can run side by side.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -294,8 +295,24 @@ class GatewayServer(_Process):
             env["S3LATENT_BACKEND_ACCESS_KEY"], env["S3LATENT_BACKEND_SECRET_KEY"] = (
                 self.backend_keys
             )
+        if not self.backend.startswith("file:") and "S3LATENT_SSE_KEY_FILE" not in env:
+            # An S3 backend never makes its own SSE-S3 master key (docs/encryption.md): a
+            # test or bench gateway gets one of its own, so SSE-S3 works as on a local one.
+            env["S3LATENT_SSE_KEY_FILE"] = str(self._sse_key())
         env.update(self.extra_env)
         return env
+
+    def _sse_key(self) -> Path:
+        """One key per work directory: the nodes of a cluster started there share it."""
+        path = self.workdir / "sse-master.key"
+        if not path.exists():
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return path
+            with os.fdopen(fd, "w") as f:
+                f.write(base64.b64encode(os.urandom(32)).decode() + "\n")
+        return path
 
     def start(self, timeout: float = 60.0) -> GatewayServer:
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ from ..backends.base import Backend, ObjectInfo, ObjectMeta
 from ..config import Config, DecodeSettings
 from ..errors import S3Error
 from ..latent.container import ContainerError, unpack
-from . import physical
+from . import encryption, physical
 from .bucket_gate import BucketGate
 from .refusals import Refusal, RefusalStore, Refused, now_iso
 
@@ -353,6 +353,10 @@ class Converter:
             raise
         # Backend metadata is only a claim (it can be written around the gateway).
         image = await physical.verified(self.backend, bucket, image)
+        if encryption.mode_of(image.meta.internal):
+            # The gateway would need the key (SSE-C) to read it: it stays as stored.
+            self._set_state(bucket, key, "not converted: encrypted")
+            return "encrypted"
         try:
             side = await physical.verified(self.backend, bucket,
                                            await self.backend.head_object(bucket, side_key))
@@ -364,6 +368,9 @@ class Converter:
                     self._set_state(bucket, key, "pending: waiting for the sidecar")
                 return "no sidecar"
             raise
+        if encryption.mode_of(side.meta.internal):
+            self._set_state(bucket, key, "not converted: the sidecar is encrypted")
+            return "encrypted sidecar"
         rep_image, rep_side = physical.representation(image), physical.representation(side)
         if rep_image == physical.REP_LATENT:
             self._set_state(bucket, key, None)

@@ -39,7 +39,7 @@ from .conversion import Converter
 from .lifecycle import LifecycleWorker
 from .listing import LatentListing
 from .reads import LatentReads
-from .store import ForwardingStore
+from .store import SSE_INDEX, ForwardingStore
 from .versioned import VersionedObjects, VersioningStatus
 from .writes import LATENT_CONTENT_TYPE, LatentWrites
 
@@ -70,6 +70,7 @@ class LatentStore(ForwardingStore):
         self.ctx.changed = lambda bucket, key: self.changed(bucket, key)
         self.reads = LatentReads(self.ctx, registry=registry)
         self.listing = LatentListing(self.ctx, registry=registry)
+        self.listing.sse_indexed = self._sse_indexed
         self.writes = LatentWrites(self.ctx)
         self.status = VersioningStatus(self.ctx)
         self.versioned = VersionedObjects(self.ctx, self.reads)
@@ -211,6 +212,9 @@ class LatentStore(ForwardingStore):
 
     async def latent_safetensors(self, bucket: str, key: str) -> tuple[ObjectInfo, bytes]:
         return await self.reads.latent_safetensors(bucket, key)
+
+    async def _sse_indexed(self, bucket: str) -> bool:
+        return bool(await self.get_bucket_config(bucket, SSE_INDEX))
 
     async def list_objects(self, bucket: str, *, prefix: str = "",
                            delimiter: str | None = None, start_after: str | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -45,6 +46,9 @@ class LatentListing:
         self._repairs: set[tuple[str, str, str]] = set()
         self._repair_tasks: set[asyncio.Task[None]] = set()
         self._repair_limit = asyncio.Semaphore(INDEX_REPAIR_CONCURRENCY)
+        # Whether a bucket ever held an encrypted object (its plaintext sizes are indexed):
+        # set by the store; None: never look.
+        self.sse_indexed: Callable[[str], Awaitable[bool]] | None = None
 
     async def close(self) -> None:
         """Stop index repairs under way (they are best effort)."""
@@ -71,7 +75,39 @@ class LatentListing:
                 if view is not None:
                     entry.size, entry.etag, entry.last_modified = view.size, view.etag, \
                         view.last_modified
+        if page.entries and self.sse_indexed is not None and await self.sse_indexed(bucket):
+            await self._plaintext_sizes(bucket, prefix, delimiter, page)
         return page
+
+    async def _plaintext_sizes(self, bucket: str, prefix: str, delimiter: str | None,
+                               page: ListPage) -> None:
+        """Encrypted objects list their plaintext size (physical.sse_index_key): one listing
+        of that index range per page, in buckets that ever held an encrypted object."""
+        entries = {e.key: e for e in page.entries}
+        index_delimiter = delimiter
+        if delimiter and set(delimiter) & physical.VIEW_KEY_CHARS:
+            index_delimiter = None
+        after: str | None = physical.SSE_INDEX_PREFIX + min(entries)
+        end = f"{physical.SSE_INDEX_PREFIX}{max(entries)} \U0010ffff"
+        for _ in range(MAX_INDEX_CALLS):
+            self.list_backend_calls.labels("index").inc()
+            try:
+                found = await self.ctx.backend.list_objects(
+                    bucket, prefix=physical.SSE_INDEX_PREFIX + prefix,
+                    delimiter=index_delimiter, start_after=after, max_keys=1000)
+            except S3Error as exc:
+                log.warning("plaintext size index of %s not readable: %s", bucket, exc)
+                return
+            for index_entry in found.entries:
+                parsed = physical.parse_sse_index_key(index_entry.key)
+                if parsed is None:
+                    continue
+                entry = entries.get(parsed[0])
+                if entry is not None and entry.etag == parsed[1]:
+                    entry.size, entry.etag = parsed[2], parsed[3]
+            after = found.next_start_after
+            if not found.is_truncated or after is None or after > end:
+                return
 
     async def _backend_list(self, bucket: str, prefix: str, delimiter: str | None,
                             start_after: str | None, max_keys: int) -> ListPage:

@@ -20,6 +20,10 @@ refused), so they stay with the bucket's data and are browsable beside it:
   *key* carries the logical view of a container or stub. One listing of this
   range resolves a whole page of "-1" entries (see `view_index_key`).
 - `.s3latent/refused/<image key>`: why a pair was not converted (refusals.py).
+- `.s3latent/e/<key> <physical etag>.<size>.<etag>`: empty objects whose key carries an
+  encrypted object's plaintext size and ETag, for listings (objects/encryption.py).
+- `.s3latent/upload/<sha256 of an upload id>`: an encrypted upload's key record, for its
+  parts (objects/encryption.py); dropped when the upload completes or is aborted.
 """
 
 from __future__ import annotations
@@ -69,6 +73,8 @@ HIDDEN_PREFIX = ".s3latent/"
 VIEWS_PREFIX = HIDDEN_PREFIX + "v/"
 REFUSALS_PREFIX = HIDDEN_PREFIX + "refused/"
 ACLS_PREFIX = HIDDEN_PREFIX + "acl/"
+UPLOADS_PREFIX = HIDDEN_PREFIX + "upload/"
+SSE_INDEX_PREFIX = HIDDEN_PREFIX + "e/"
 # Access fields of an object (docs/access-control.md): its owner's canonical ID, the ACL
 # given when it was written, and a token naming that write (an ACL set later by
 # PutObjectAcl is a record under ACLS_PREFIX tied to the token, so it dies with the write).
@@ -259,6 +265,11 @@ def acl_record_key(key: str) -> str:
     return ACLS_PREFIX + hashlib.sha256(key.encode()).hexdigest()
 
 
+def upload_record_key(upload_id: str) -> str:
+    """The hidden key of a multipart upload's record (hashed: any upload id fits)."""
+    return UPLOADS_PREFIX + hashlib.sha256(upload_id.encode()).hexdigest()
+
+
 def storage_of(internal: dict[str, str]) -> dict[str, str]:
     """The storage_mirror fields of existing metadata (a copy keeps them)."""
     return {k: internal[k] for k in (M_CODEC, M_MODEL, M_PSNR) if k in internal}
@@ -312,6 +323,40 @@ def parse_view_index_key(index_key: str) -> tuple[str, str, LogicalView | None] 
 def view_index_prefix(key: str) -> str:
     """Where every index key of `key` starts (to find stale ones)."""
     return f"{VIEWS_PREFIX}{key}{_VIEW_SEP}"
+
+
+def sse_index_key(key: str, physical_etag: str, size: int, etag: str) -> str | None:
+    """The hidden key recording an encrypted object's plaintext size and ETag (listings
+    show them), laid out like view_index_key; None when it would be too long."""
+    if any(c in e for e in (physical_etag, etag) for c in (_VIEW_SEP, _VIEW_FIELD)):
+        return None
+    out = _VIEW_FIELD.join((f"{SSE_INDEX_PREFIX}{key}{_VIEW_SEP}{physical_etag}",
+                            f"{size:x}", etag))
+    return out if len(out.encode()) <= MAX_KEY_BYTES else None
+
+
+def parse_sse_index_key(index_key: str) -> tuple[str, str, int, str] | None:
+    """(key, physical ETag, plaintext size, ETag) of an sse_index_key."""
+    if not index_key.startswith(SSE_INDEX_PREFIX):
+        return None
+    key, sep, fields = index_key[len(SSE_INDEX_PREFIX):].rpartition(_VIEW_SEP)
+    parts = fields.split(_VIEW_FIELD)
+    if not sep or len(parts) != 3:
+        return None
+    try:
+        return key, parts[0], int(parts[1], 16), parts[2]
+    except ValueError:
+        return None
+
+
+async def drop_sse_index(backend: Backend, bucket: str, key: str, physical_etag: str) -> None:
+    """Forget the plaintext size recorded for `key` at `physical_etag` (it was replaced)."""
+    prefix = f"{SSE_INDEX_PREFIX}{key}{_VIEW_SEP}"
+    page = await backend.list_objects(bucket, prefix=prefix, max_keys=100)
+    for entry in page.entries:
+        parsed = parse_sse_index_key(entry.key)
+        if parsed is not None and parsed[0] == key and parsed[1] == physical_etag:
+            await backend.delete_object(bucket, entry.key)
 
 
 def stub_body(image_key: str, container_etag: str) -> bytes:

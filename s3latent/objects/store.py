@@ -41,6 +41,9 @@ from .bucket_records import BucketRecords, ObjectRecords
 # Bucket record set once a PutObjectAcl wrote an object ACL record in the bucket: reads in
 # buckets without one never look for such records.
 OBJECT_ACLS = "object-acls"
+# Bucket record set once an encrypted object was written in the bucket: its listings look up
+# plaintext sizes (physical.sse_index_key); other buckets' listings never do.
+SSE_INDEX = "sse-index"
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +177,53 @@ class ForwardingStore:
                 doc.get("key") != key:
             return None
         return doc
+
+    async def index_encrypted(self, bucket: str, key: str, physical_etag: str,
+                              size: int, etag: str) -> None:
+        """Record an encrypted object's plaintext size for listings (best effort: a listing
+        without it shows the stored size; HEAD and GET are always right)."""
+        try:
+            if not await self.get_bucket_config(bucket, SSE_INDEX):
+                await self.put_bucket_config(bucket, SSE_INDEX, True)
+            index_key = physical.sse_index_key(key, physical_etag, size, etag)
+            if index_key is not None:
+                await physical.put_small(self.backend, bucket, index_key, b"",
+                                         ObjectMeta(content_type="application/x-empty"))
+        except S3Error as exc:
+            log.warning("plaintext size of %s/%s not indexed: %s", bucket, key, exc)
+
+    async def put_upload_record(self, bucket: str, upload_id: str,
+                                record: dict[str, str]) -> None:
+        """Facts about a multipart upload its parts need (its encryption: objects/
+        encryption.py), in a hidden key of the bucket; written before the upload id is
+        given out, so a missing record means the upload has none."""
+        data = json.dumps({"s3latent": "upload", "upload": upload_id, **record}).encode()
+        await physical.put_small(self.backend, bucket, physical.upload_record_key(upload_id),
+                                 data, ObjectMeta(content_type="application/json"))
+
+    async def get_upload_record(self, bucket: str, upload_id: str) -> dict[str, str] | None:
+        try:
+            _, body = await self.backend.get_object(bucket,
+                                                    physical.upload_record_key(upload_id))
+        except S3Error as exc:
+            if exc.code == "NoSuchKey":
+                return None
+            raise
+        try:
+            doc = json.loads(await read_body(body))
+        except ValueError:
+            return None
+        if not isinstance(doc, dict) or doc.get("s3latent") != "upload" or \
+                doc.get("upload") != upload_id:
+            return None
+        return {str(k): str(v) for k, v in doc.items() if k not in ("s3latent", "upload")}
+
+    async def drop_upload_record(self, bucket: str, upload_id: str) -> None:
+        """Best effort (a leftover is harmless and goes with the bucket)."""
+        try:
+            await self.backend.delete_object(bucket, physical.upload_record_key(upload_id))
+        except S3Error as exc:
+            log.info("could not drop the record of upload %s: %s", upload_id, exc)
 
     async def get_bucket_tags(self, bucket: str) -> dict[str, str] | None:
         return await self.backend.get_bucket_tags(bucket)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from ..backends.base import HashedBody, ObjectInfo, ObjectMeta, read_body
 from ..errors import S3Error
-from . import physical
+from . import encryption, physical
 from .context import LatentContext, readable, writable
 from .conversion import SIDECAR_ETAG, looks_like_image
 
@@ -128,6 +128,9 @@ class LatentWrites:
         drop its listing index entry (best effort; a stale entry is never used)."""
         try:
             await physical.drop_view_index(self.ctx.backend, bucket, replaced)
+            if encryption.mode_of(replaced.meta.internal):
+                await physical.drop_sse_index(self.ctx.backend, bucket, replaced.key,
+                                              replaced.etag)
         except S3Error as exc:
             log.info("stale listing index entry of %s/%s left: %s", bucket, replaced.key, exc)
 

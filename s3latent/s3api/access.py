@@ -81,6 +81,9 @@ ACTIONS: dict[str, tuple[str, str, str | None]] = {
     "GetBucketCors": ("s3:GetBucketCORS", _B, None),
     "PutBucketCors": ("s3:PutBucketCORS", _B, None),
     "DeleteBucketCors": ("s3:PutBucketCORS", _B, None),
+    "GetBucketEncryption": ("s3:GetEncryptionConfiguration", _B, None),
+    "PutBucketEncryption": ("s3:PutEncryptionConfiguration", _B, None),
+    "DeleteBucketEncryption": ("s3:PutEncryptionConfiguration", _B, None),
     "GetPublicAccessBlock": ("s3:GetBucketPublicAccessBlock", _B, None),
     "PutPublicAccessBlock": ("s3:PutBucketPublicAccessBlock", _B, None),
     "DeletePublicAccessBlock": ("s3:PutBucketPublicAccessBlock", _B, None),
@@ -270,6 +273,10 @@ async def _policy_verdict(gw: Gateway, req: S3Request, caller: Caller, action: s
             conditions[f"s3:{name}"] = q[name]
     if "x-amz-acl" in req.headers:
         conditions["s3:x-amz-acl"] = req.headers["x-amz-acl"]
+    for name in ("x-amz-server-side-encryption", "x-amz-server-side-encryption-aws-kms-key-id",
+                 "x-amz-server-side-encryption-customer-algorithm"):
+        if name in req.headers:
+            conditions[f"s3:{name}"] = req.headers[name]
     tagging = req.headers.get("x-amz-tagging")
     if tagging:
         for k, v in parse_qsl(tagging, keep_blank_values=True):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..config import Config
+from ..objects.encryption import Keyring
 from ..objects.store import ForwardingStore
 
 if TYPE_CHECKING:
@@ -28,9 +29,11 @@ class Gateway:
 
     def __init__(self, config: Config, store: ForwardingStore, *,
                  registry: CollectorRegistry | None = None,
-                 cluster: Cluster | None = None) -> None:
+                 cluster: Cluster | None = None, keyring: Keyring | None = None) -> None:
         self.config = config
         self.store = store
+        # SSE-S3 master keys (objects/encryption.py); none: SSE-S3 writes are refused.
+        self.keyring = keyring if keyring is not None else Keyring()
         self.cluster = cluster  # None: a lone gateway
         self.leaving = False  # shutting down: /health answers 503, connections close
         self.in_flight = 0  # requests being handled (graceful shutdown waits for them)

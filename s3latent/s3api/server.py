@@ -26,6 +26,7 @@ from .auth import authenticate
 from .gateway import Gateway
 from .handlers import (
     acl,
+    bucket_encryption,
     bucket_policy,
     buckets,
     cors,
@@ -90,6 +91,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "GetBucketCors", cors.get_bucket_cors
             if "lifecycle" in q:
                 return "GetBucketLifecycleConfiguration", lifecycle.get_bucket_lifecycle
+            if "encryption" in q:
+                return "GetBucketEncryption", bucket_encryption.get_bucket_encryption
             for sub in buckets.NOT_CONFIGURED:
                 if sub in q:
                     return f"GetBucket-{sub}", buckets.get_bucket_not_configured
@@ -113,6 +116,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "PutBucketCors", cors.put_bucket_cors
             if "lifecycle" in q:
                 return "PutBucketLifecycleConfiguration", lifecycle.put_bucket_lifecycle
+            if "encryption" in q:
+                return "PutBucketEncryption", bucket_encryption.put_bucket_encryption
             if len(q):
                 raise S3Error("NotImplemented",
                               "Bucket configuration is not supported by s3latent.")
@@ -128,6 +133,8 @@ def route(req: S3Request) -> tuple[str, Handler]:
                 return "DeleteBucketCors", cors.delete_bucket_cors
             if "lifecycle" in q:
                 return "DeleteBucketLifecycle", lifecycle.delete_bucket_lifecycle
+            if "encryption" in q:
+                return "DeleteBucketEncryption", bucket_encryption.delete_bucket_encryption
             if "publicAccessBlock" in q:
                 return "DeletePublicAccessBlock", acl.delete_public_access_block
             if len(q):

@@ -13,7 +13,8 @@ from cachetools import TTLCache
 
 from ...backends.base import MAX_PART_NUMBER, HashedBody, PartInfo, UploadChecksum
 from ...errors import S3Error
-from .. import access, xml
+from ...objects import encryption
+from .. import access, sse, xml
 from ..checksums import (
     ALGORITHMS,
     COMPOSITE_ALGORITHMS,
@@ -28,7 +29,9 @@ from ..request import S3Request, meta_from_headers, verified_body
 from .buckets import _int_param
 from .object_lock import lock_from_headers
 from .objects import (
+    open_copy_source,
     parse_versioned_copy_source,
+    refuse_encrypted_latent,
     reject_unsupported_write_headers,
     written_version,
 )
@@ -139,10 +142,20 @@ async def create_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResp
     await gw.store.head_bucket(req.bucket)
     if lock is not None and not await gw.store.get_object_lock_configuration(req.bucket):
         raise S3Error("InvalidRequest", "Bucket is missing ObjectLockConfiguration")
+    encrypt = await sse.for_write(gw, req.bucket, req.headers)
+    if encrypt is not None:
+        refuse_encrypted_latent(meta)
+        meta.internal.update(encrypt.fields)
     upload_id = await gw.store.create_multipart_upload(
         req.bucket, req.key, meta, checksum=checksum,
         **({"lock": lock} if lock is not None else {}))
-    headers = {}
+    headers = dict(encrypt.headers) if encrypt is not None else {}
+    if encrypt is not None:
+        try:  # before the client learns the upload id: its parts will look for it
+            await gw.store.put_upload_record(req.bucket, upload_id, encrypt.fields)
+        except BaseException:
+            await gw.store.abort_multipart_upload(req.bucket, req.key, upload_id)
+            raise
     if checksum is not None:
         headers["x-amz-checksum-algorithm"] = checksum.algorithm.upper()
         headers["x-amz-checksum-type"] = checksum.type
@@ -159,17 +172,23 @@ async def upload_part(gw: Gateway, req: S3Request) -> web.StreamResponse:
         return await upload_part_copy(gw, req)
     number = _part_number(req)
     upload_id = _upload_id(req)
+    encrypt = await sse.upload_encryption(gw, req, req.bucket, req.key, upload_id)
     reader = req.payload()
     checksum = await gw.store.upload_checksum(req.bucket, req.key, upload_id)
     if checksum is not None:
         # Every part of such an upload keeps a checksum of the upload's algorithm,
         # whether or not the client sent one (as S3 does).
         reader.compute(checksum.algorithm)
+    body: AsyncIterable[bytes] = verified_body(reader, None)
+    size = reader.decoded_length
+    if encrypt is not None:
+        body = encrypt.body(body, number)
+        size = encryption.ciphertext_size(size) if size is not None else None
     etag = await gw.store.upload_part(
-        req.bucket, req.key, upload_id, number, verified_body(reader, None),
-        size=reader.decoded_length,
+        req.bucket, req.key, upload_id, number, body, size=size,
     )
     headers = {"ETag": f'"{etag}"'}
+    headers.update(encrypt.headers if encrypt is not None else {})
     headers.update({f"x-amz-checksum-{a}": v for a, v in reader.checksums.items()})
     return web.Response(status=200, headers=headers)
 
@@ -183,19 +202,22 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     pin = {"version_id": src_version} if src_version is not None else {}
     source = await gw.store.head_object(src_bucket, src_key, **pin)
     await access.authorize_source(gw, req, src_bucket, src_key, source)
-    check_preconditions(req.headers, source, prefix="x-amz-copy-source-")
-    byte_range = _copy_range(req.header("x-amz-copy-source-range"), source.size)
+    src_enc = await sse.open_read(gw, req, src_bucket, src_key, source, copy_source=True)
+    view = src_enc.info if src_enc is not None else source
+    check_preconditions(req.headers, view, prefix="x-amz-copy-source-")
+    byte_range = _copy_range(req.header("x-amz-copy-source-range"), view.size)
+    encrypt = await sse.upload_encryption(gw, req, req.bucket, req.key, upload_id)
     checksum = await gw.store.upload_checksum(req.bucket, req.key, upload_id)
-    if source.version_id is not None:  # the very version the HEAD described
-        pin = {"version_id": source.version_id}
-    info, body = await gw.store.get_object(src_bucket, src_key, byte_range, **pin)
+    info, body = await open_copy_source(gw, src_bucket, src_key, source, src_enc, byte_range)
     hashed = _ChecksummedBody(body, checksum.algorithm if checksum else None)
     try:
-        if info.etag != source.etag:
-            check_preconditions(req.headers, info, prefix="x-amz-copy-source-")
         size = (byte_range[1] - byte_range[0] + 1) if byte_range else info.size
+        stream: AsyncIterable[bytes] = hashed
+        if encrypt is not None:
+            stream = encrypt.body(hashed, number)
+            size = encryption.ciphertext_size(size)
         etag = await gw.store.upload_part(
-            req.bucket, req.key, upload_id, number, hashed, size=size
+            req.bucket, req.key, upload_id, number, stream, size=size
         )
     finally:
         await body.close()
@@ -203,8 +225,9 @@ async def upload_part_copy(gw: Gateway, req: S3Request) -> web.StreamResponse:
     for algorithm, value in hashed.checksums.items():
         result[checksum_element(algorithm)] = value
     headers = {"x-amz-copy-source-version-id": source.version_id} \
-        if source.version_id is not None else None
-    return _xml(xml.render("CopyPartResult", result), headers=headers)
+        if source.version_id is not None else {}
+    headers.update(encrypt.headers if encrypt is not None else {})
+    return _xml(xml.render("CopyPartResult", result), headers=headers or None)
 
 
 def _copy_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -354,6 +377,8 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
         raise S3Error("InvalidPartOrder", UploadId=upload_id)
     await _check_none_match(gw, req)
     done_key = (req.bucket, req.key, upload_id)
+    encrypted = await sse.upload_record(gw, req.bucket, upload_id)
+    encryption_headers = sse.complete_headers(gw, req, encrypted)
     try:
         checksums = await _object_checksum(gw, req, upload_id, parts, part_checksums)
         stored_checksum = next(iter(checksums.values()), None)
@@ -367,6 +392,10 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
         _, info, checksums = previous
     else:
         COMPLETED[done_key] = (parts, info, checksums)
+        if encrypted:
+            await sse.index_written(gw, req.bucket, req.key, info)
+            await gw.store.drop_upload_record(req.bucket, upload_id)
+            sse.forget_upload(req.bucket, upload_id)
     result: dict[str, Any] = {
         "Location": f"http://{req.http.host}/{req.bucket}/{req.key}",
         "Bucket": req.bucket,
@@ -376,13 +405,18 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
     for algorithm, value in checksums.items():
         result[checksum_element(algorithm)] = value
         result["ChecksumType"] = "COMPOSITE" if _COMPOSITE_RE.match(value) else "FULL_OBJECT"
-    return _xml(xml.render("CompleteMultipartUploadResult", result),
-                headers=written_version(info.version_id) or None)
+    headers = written_version(info.version_id)
+    headers.update(encryption_headers)
+    return _xml(xml.render("CompleteMultipartUploadResult", result), headers=headers or None)
 
 
 async def abort_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
-    await gw.store.abort_multipart_upload(req.bucket, req.key, _upload_id(req))
+    upload_id = _upload_id(req)
+    await gw.store.abort_multipart_upload(req.bucket, req.key, upload_id)
+    if await sse.upload_record(gw, req.bucket, upload_id):
+        await gw.store.drop_upload_record(req.bucket, upload_id)
+        sse.forget_upload(req.bucket, upload_id)
     return web.Response(status=204)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -16,7 +16,9 @@ from aiohttp import web
 from ...backends.base import ObjectBody, ObjectInfo, ObjectMeta, ObjectPart, PartTable
 from ...errors import S3Error
 from ...httpdate import format_http_date, parse_http_date
-from .. import access, xml
+from ...objects import encryption
+from ...objects.writes import LATENT_CONTENT_TYPE
+from .. import access, sse, xml
 from ..checksums import checksum_type_of
 from ..conditions import check_preconditions, parse_range
 from ..names import check_bucket_name, check_key, check_new_key
@@ -110,11 +112,7 @@ def version_param(req: S3Request) -> str | None:
 def reject_unsupported_write_headers(req: S3Request) -> None:
     """Headers that ask for something we would silently not do get NotImplemented."""
     headers = req.headers
-    for name in (
-        "x-amz-server-side-encryption",
-        "x-amz-server-side-encryption-customer-algorithm",
-        "x-amz-website-redirect-location",
-    ):
+    for name in ("x-amz-website-redirect-location",):
         if name in headers:
             raise S3Error("NotImplemented", f"The {name} header is not supported by s3latent.")
     storage_class = headers.get("x-amz-storage-class")
@@ -186,6 +184,7 @@ class _Read:
     part: ObjectPart | None = None
     table: PartTable | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    encrypted: sse.Read | None = None
 
 
 def _part_number_param(req: S3Request) -> int | None:
@@ -251,30 +250,50 @@ async def _resolve_read(gw: Gateway, req: S3Request) -> _Read:
     part_number = _part_number_param(req)
     version = version_param(req)
     pin = {"version_id": version} if version is not None else {}
+    sse.refuse_read_headers(req)
     if req.method == "GET" and not range_header and part_number is None:
         info, body = await gw.store.get_object(bucket, key, **pin)
         try:
             await req.check_object(info)
-            check_preconditions(req.headers, info)
+            encrypted = await sse.open_read(gw, req, bucket, key, info)
+            if encrypted is None:
+                check_preconditions(req.headers, info)
+                return _Read(info, None, body)
         except BaseException:
             await body.close()
             raise
-        return _Read(info, None, body)
-    info = await gw.store.head_object(bucket, key, **pin)
-    await req.check_object(info)
-    if info.version_id is not None:  # read the very version the HEAD described
-        pin = {"version_id": info.version_id}
+        try:
+            check_preconditions(req.headers, encrypted.info)
+        except BaseException:
+            await body.close()
+            raise
+        body = await sse.decrypt_whole(bucket, key, encrypted, body)
+        return _Read(encrypted.info, None, body, headers=dict(encrypted.headers),
+                     encrypted=encrypted)
+    stored = await gw.store.head_object(bucket, key, **pin)
+    await req.check_object(stored)
+    if stored.version_id is not None:  # read the very version the HEAD described
+        pin = {"version_id": stored.version_id}
+    encrypted = await sse.open_read(gw, req, bucket, key, stored)
+    info = encrypted.info if encrypted is not None else stored
     check_preconditions(req.headers, info)
     if part_number is not None:
         read = await _part_read(gw, req, info, part_number)
     else:
         read = _Read(info, parse_range(range_header, info.size))
+    if encrypted is not None:
+        read.encrypted = encrypted
+        read.headers.update(encrypted.headers)
     if req.method == "HEAD":
         read.body = None
         return read
     if read.body is not None:  # an empty part
         return read
     byte_range = read.byte_range
+    if encrypted is not None:
+        read.body = await sse.read_body_of(gw, bucket, key, encrypted, byte_range,
+                                           pin.get("version_id"))
+        return read
     info2, body = await gw.store.get_object(bucket, key, byte_range, known=info, **pin)
     if info2.etag != info.etag:
         # Replaced between the two calls: evaluate against what we will send.
@@ -380,24 +399,41 @@ async def put_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     meta = meta_from_headers(req)
     meta.internal.update(await access.new_object_fields(gw, req, req.bucket))
     lock = lock_from_headers(req)
+    encrypt = await sse.for_write(gw, req.bucket, req.headers)
     reader = req.payload()
+    body: AsyncIterable[bytes] = verified_body(reader, meta)
+    size = reader.decoded_length
+    if encrypt is not None:
+        refuse_encrypted_latent(meta)
+        meta.internal.update(encrypt.fields)
+        body = encrypt.body(body, meta=meta)
+        size = encryption.ciphertext_size(size) if size is not None else None
     info = await gw.store.put_object(
         req.bucket,
         req.key,
-        verified_body(reader, meta),
+        body,
         meta,
-        size=reader.decoded_length,
+        size=size,
         if_match=_unquoted(req.header("If-Match")),
         if_none_match=req.header("If-None-Match"),
         **({"lock": lock} if lock is not None else {}),
     )
-    headers = {"ETag": f'"{info.etag}"'}
+    if encrypt is not None:
+        await sse.index_written(gw, req.bucket, req.key, info)
+    headers = {"ETag": f'"{sse.etag_of(info)}"'}
     headers.update(written_version(info.version_id))
     headers.update(await lifecycle.expiration_headers(gw, req.bucket, info, meta.tags))
+    headers.update(encrypt.headers if encrypt is not None else {})
     headers.update({f"x-amz-checksum-{a}": v for a, v in reader.checksums.items()})
     if reader.checksums:
         headers["x-amz-checksum-type"] = "FULL_OBJECT"
     return web.Response(status=200, headers=headers)
+
+
+def refuse_encrypted_latent(meta: ObjectMeta) -> None:
+    """A latent upload is read by the gateway at write time; it cannot also be encrypted."""
+    if meta.content_type.split(";")[0].strip().lower() == LATENT_CONTENT_TYPE:
+        raise S3Error("InvalidRequest", "Latent uploads cannot be server-side encrypted.")
 
 
 def _unquoted(value: str | None) -> str | None:
@@ -449,8 +485,11 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     pin = {"version_id": src_version} if src_version is not None else {}
     source = await gw.store.head_object(src_bucket, src_key, **pin)
     await access.authorize_source(gw, req, src_bucket, src_key, source)
-    check_preconditions(req.headers, source, prefix="x-amz-copy-source-")
+    src_enc = await sse.open_read(gw, req, src_bucket, src_key, source, copy_source=True)
+    check_preconditions(req.headers, src_enc.info if src_enc else source,
+                        prefix="x-amz-copy-source-")
     fields = await access.new_object_fields(gw, req, req.bucket)
+    dst_enc = await sse.for_write(gw, req.bucket, req.headers)
     directive = (req.header("x-amz-metadata-directive") or "COPY").upper()
     tag_directive = (req.header("x-amz-tagging-directive") or "COPY").upper()
     if directive not in ("COPY", "REPLACE") or tag_directive not in ("COPY", "REPLACE"):
@@ -470,7 +509,7 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
         else:
             meta.tags = await gw.store.get_tags(src_bucket, src_key, **pin)
     elif (src_bucket, src_key) == (req.bucket, req.key) and src_version is None and \
-            not req.header("x-amz-storage-class"):
+            not req.header("x-amz-storage-class") and not sse.names_encryption(req):
         raise S3Error(
             "InvalidRequest",
             "This copy request is illegal because it is trying to copy an object to itself "
@@ -486,18 +525,32 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     if meta is not None:
         meta.internal.update(fields)
     extra: dict[str, object] = {}
-    if src_version is not None:
-        extra["src_version_id"] = src_version
     if lock is not None:
         extra["lock"] = lock
-    info = await gw.store.copy_object(src_bucket, src_key, req.bucket, req.key, meta,
-                                      **extra)  # type: ignore[arg-type]
+    if src_enc is not None or dst_enc is not None:
+        # Encrypted on either side: the plaintext goes through the gateway (never the
+        # ciphertext: the copy has its own data key, or none).
+        if meta is None:
+            meta = ObjectMeta(content_type=source.meta.content_type,
+                              metadata=dict(source.meta.metadata),
+                              headers=dict(source.meta.headers),
+                              tags=await gw.store.get_tags(src_bucket, src_key, **pin),
+                              checksums=dict(source.meta.checksums))
+            meta.internal.update(fields)
+        info = await _copy_through(gw, req, src_bucket, src_key, source, src_enc, dst_enc,
+                                   meta, extra)
+    else:
+        if src_version is not None:
+            extra["src_version_id"] = src_version
+        info = await gw.store.copy_object(src_bucket, src_key, req.bucket, req.key, meta,
+                                          **extra)  # type: ignore[arg-type]
     body = xml.render("CopyObjectResult", {"LastModified": info.last_modified,
-                                           "ETag": f'"{info.etag}"'})
+                                           "ETag": f'"{sse.etag_of(info)}"'})
     headers = {}
     if source.version_id is not None:
         headers["x-amz-copy-source-version-id"] = source.version_id
     headers.update(written_version(info.version_id))
+    headers.update(dst_enc.headers if dst_enc is not None else {})
     return web.Response(body=body, content_type="application/xml", headers=headers)
 
 
@@ -522,6 +575,44 @@ def _delete_conditions(entry: dict[str, object]) -> dict[str, object]:
         except ValueError as exc:
             raise S3Error("MalformedXML") from exc
     return conditions
+
+
+async def open_copy_source(gw: Gateway, bucket: str, key: str, source: ObjectInfo,
+                           src_enc: sse.Read | None, byte_range: tuple[int, int] | None
+                           ) -> tuple[ObjectInfo, ObjectBody]:
+    """(info as clients see it, plaintext body) of a copy's source: the version HEAD saw."""
+    if src_enc is not None:
+        body = await sse.read_body_of(gw, bucket, key, src_enc, byte_range, source.version_id)
+        return src_enc.info, body
+    pin = {"version_id": source.version_id} if source.version_id is not None else {}
+    info, body = await gw.store.get_object(bucket, key, byte_range, **pin)
+    if info.etag != source.etag:
+        await body.close()
+        raise S3Error("PreconditionFailed", "The copy source changed while it was read; "
+                      "retry.", Condition="ETag")
+    return info, body
+
+
+async def _copy_through(gw: Gateway, req: S3Request, src_bucket: str, src_key: str,
+                        source: ObjectInfo, src_enc: sse.Read | None, dst_enc: sse.Write | None,
+                        meta: ObjectMeta, extra: dict[str, object]) -> ObjectInfo:
+    assert req.bucket is not None and req.key is not None
+    info, plain = await open_copy_source(gw, src_bucket, src_key, source, src_enc, None)
+    body: AsyncIterable[bytes] = plain
+    size = info.size
+    if dst_enc is not None:
+        refuse_encrypted_latent(meta)
+        meta.internal.update(dst_enc.fields)
+        body = dst_enc.body(plain, meta=meta)
+        size = encryption.ciphertext_size(size)
+    try:
+        written = await gw.store.put_object(req.bucket, req.key, body, meta, size=size,
+                                            **extra)  # type: ignore[arg-type]
+    finally:
+        await plain.close()
+    if dst_enc is not None:
+        await sse.index_written(gw, req.bucket, req.key, written)
+    return written
 
 
 async def delete_objects(gw: Gateway, req: S3Request) -> web.StreamResponse:
@@ -672,6 +763,9 @@ async def get_object_attributes(gw: Gateway, req: S3Request) -> web.StreamRespon
     info = await gw.store.head_object(
         req.bucket, req.key, **({"version_id": version} if version is not None else {}))
     await req.check_object(info)
+    encrypted = await sse.open_read(gw, req, req.bucket, req.key, info)
+    if encrypted is not None:
+        info = encrypted.info
     check_preconditions(req.headers, info)
     count = multipart_count(info)
     table = None

@@ -13,7 +13,7 @@ import base64
 import binascii
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -24,10 +24,11 @@ from multidict import CIMultiDict, MultiDict
 from ...backends.base import STORED_HEADERS, ObjectMeta
 from ...errors import S3Error
 from ...sigv4 import sign_hex, signatures_equal, signing_key
-from .. import access, xml
+from .. import access, sse, xml
 from ..auth import AuthContext
 from ..names import check_new_key
 from ..request import S3Request, check_tags, check_user_metadata
+from .objects import refuse_encrypted_latent
 
 if TYPE_CHECKING:
     from ..gateway import Gateway
@@ -216,9 +217,18 @@ async def post_object(gw: Gateway, request: web.Request, bucket: str,
             raise S3Error("EntityTooSmall", ProposedSize=str(size),
                           MinSizeAllowed=str(length_range[0]))
 
-    info = await gw.store.put_object(bucket, key, body(), meta)
+    encrypt = await sse.for_write(gw, bucket, fields)
+    stream: AsyncIterable[bytes] = body()
+    if encrypt is not None:
+        refuse_encrypted_latent(meta)
+        meta.internal.update(encrypt.fields)
+        stream = encrypt.body(stream, meta=meta)
+    info = await gw.store.put_object(bucket, key, stream, meta)
+    if encrypt is not None:
+        await sse.index_written(gw, bucket, key, info)
     location = f"http://{request.host}/{bucket}/{key}"
-    headers = {"ETag": f'"{info.etag}"', "Location": location}
+    headers = {"ETag": f'"{sse.etag_of(info)}"', "Location": location}
+    headers.update(encrypt.headers if encrypt is not None else {})
     redirect = fields.get("success_action_redirect")
     if redirect:
         sep = "&" if "?" in redirect else "?"
