@@ -10,6 +10,7 @@ ForwardingStore; so are the write hooks (invalidation before and after, write li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
@@ -34,7 +35,7 @@ from ..config import Config
 from ..errors import S3Error
 from . import physical
 from .context import LatentContext, readable, writable
-from .conversion import Converter
+from .conversion import Converter, looks_like_image
 from .listing import LatentListing
 from .reads import LatentReads
 from .store import ForwardingStore
@@ -71,6 +72,9 @@ class LatentStore(ForwardingStore):
         self.writes = LatentWrites(self.ctx)
         self.status = VersioningStatus(self.ctx)
         self.versioned = VersionedObjects(self.ctx, self.reads)
+        # Each sweep of a versioned bucket removes the keep copies no stub reads any more.
+        self.converter.keep_sweeper = lambda bucket: self.versioned.sweep_keep_copies(
+            bucket, self.converter.pair_lock)
 
     async def _versioned_access(self, bucket: str, version_id: str | None) -> bool:
         """Whether a request goes the versioned way; in a bucket never versioned only the
@@ -232,12 +236,30 @@ class LatentStore(ForwardingStore):
                           "buckets.")
         if_match, if_none_match = await self._versioned_conditions(bucket, key, if_match,
                                                                    if_none_match)
-        if status == "Suspended":
-            await self.versioned.keep_if_needed(bucket, key, "null")
         extra = {"lock": lock} if lock is not None else {}
-        return await self.backend.put_object(bucket, key, body, meta, size=size,
-                                             if_match=if_match, if_none_match=if_none_match,
-                                             **extra)
+        # Suspended: the write replaces the `null` version, so it is kept first if a stub
+        # reads from it, under the pair lock (no such stub written in between). Enabled
+        # writes remove nothing and hold nothing.
+        async with self.converter.pair_lock(bucket, key) if status == "Suspended" \
+                else contextlib.nullcontext():
+            if status == "Suspended":
+                await self.versioned.keep_if_needed(bucket, key, "null")
+            info = await self.backend.put_object(bucket, key, body, meta, size=size,
+                                                 if_match=if_match,
+                                                 if_none_match=if_none_match, **extra)
+        self._schedule_versioned(bucket, key)
+        return info
+
+    def _schedule_versioned(self, bucket: str, key: str) -> None:
+        """A new version in a versioned bucket: its pair is converted (in place, keeping
+        version IDs) where the backend can (Converter.in_place), as after any write."""
+        settings = self.config.bucket(bucket)
+        if not settings.convert or not self.converter.in_place or physical.is_hidden(key):
+            return
+        if key.endswith(settings.sidecar_suffix):
+            self.converter.schedule(bucket, key[: -len(settings.sidecar_suffix)])
+        elif looks_like_image(key, None):
+            self.converter.schedule(bucket, key)
 
     async def _versioned_conditions(self, bucket: str, key: str, if_match: str | None,
                                     if_none_match: str | None
@@ -274,12 +296,15 @@ class LatentStore(ForwardingStore):
             return DeleteResult(version_id)
         if physical.is_hidden(key):
             return DeleteResult(version_id)  # not a client's object
-        if version_id is not None:
-            await self.versioned.keep_if_needed(bucket, key, version_id)
-        elif status == "Suspended":
-            await self.versioned.keep_if_needed(bucket, key, "null")
-        return await super()._delete_object(bucket, key, version_id=version_id,
-                                            bypass_governance=bypass_governance)
+        # Under the pair lock: no stub naming the version is written between the keep
+        # copy and the delete (Converter._finish_stub holds it too).
+        async with self.converter.pair_lock(bucket, key):
+            if version_id is not None:
+                await self.versioned.keep_if_needed(bucket, key, version_id)
+            elif status == "Suspended":
+                await self.versioned.keep_if_needed(bucket, key, "null")
+            return await super()._delete_object(bucket, key, version_id=version_id,
+                                                bypass_governance=bypass_governance)
 
     async def _copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                            meta: ObjectMeta | None, *, src_version_id: str | None = None,
@@ -293,8 +318,21 @@ class LatentStore(ForwardingStore):
         writable(dst_key)
         if dst_status is None and lock is not None:
             raise S3Error("InvalidRequest", "Bucket is missing ObjectLockConfiguration")
-        if dst_status == "Suspended":
-            await self.versioned.keep_if_needed(dst_bucket, dst_key, "null")
+        async with self.converter.pair_lock(dst_bucket, dst_key):
+            if dst_status == "Suspended":
+                await self.versioned.keep_if_needed(dst_bucket, dst_key, "null")
+            info = await self._copy_version(src_bucket, src_key, dst_bucket, dst_key, meta,
+                                            src_version_id=src_version_id, lock=lock)
+        if dst_status is not None:
+            self._schedule_versioned(dst_bucket, dst_key)
+        return info
+
+    async def _copy_version(self, src_bucket: str, src_key: str, dst_bucket: str,
+                            dst_key: str, meta: ObjectMeta | None, *,
+                            src_version_id: str | None, lock: ObjectLock | None
+                            ) -> ObjectInfo:
+        """A copy that involves a versioned bucket: the source version as clients read it
+        (a latent one as its rendition, a plain one server-side)."""
         stored = await self.backend.head_object(src_bucket, src_key, version_id=src_version_id)
         pinned = stored.version_id or src_version_id
         if physical.representation(stored) == "plain" and \
@@ -351,13 +389,15 @@ class LatentStore(ForwardingStore):
                                         checksum: str | None = None) -> ObjectInfo:
         writable(key)
         status = await self._status(bucket)
-        if status is not None:  # a new version: nothing materialised, nothing converted
+        if status is not None:  # a new version: nothing materialised
             self.invalidate(bucket, key)
-            if status == "Suspended":
-                await self.versioned.keep_if_needed(bucket, key, "null")
-            info = await self.backend.complete_multipart_upload(
-                bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)
+            async with self.converter.pair_lock(bucket, key):
+                if status == "Suspended":
+                    await self.versioned.keep_if_needed(bucket, key, "null")
+                info = await self.backend.complete_multipart_upload(
+                    bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)
             self.changed(bucket, key)
+            self._schedule_versioned(bucket, key)
             return info
         return await super().complete_multipart_upload(
             bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)

@@ -57,6 +57,8 @@ L_SIZE, L_ETAG, L_MODIFIED, L_IMAGE = "lsize", "letag", "lmod", "image"
 # header's sidecar.etag). The stub's L_ETAG is that of the bytes served, which differ
 # after a lossy conversion. Stubs written before this field compare L_ETAG instead.
 S_SOURCE = "setag"
+# On a stub in a versioned bucket: the version of the image key whose container it reads.
+L_IVID = "ivid"
 # First read of a claimed container: nearly always holds the whole header.
 CLAIM_READ = 4096
 # On a container, for people browsing the backend bucket: how it was stored.
@@ -183,12 +185,16 @@ async def verified(backend: Backend, bucket: str, info: ObjectInfo) -> ObjectInf
             return info
     else:
         image_key = info.meta.internal.get(L_IMAGE, "")
+        ivid = info.meta.internal.get(L_IVID)  # versioned: the container's version
         image = None
         if image_key and not is_hidden(image_key):
             try:
-                image = await backend.head_object(bucket, image_key)
+                if ivid is None:
+                    image = await backend.head_object(bucket, image_key)
+                else:
+                    image = await backend.head_object(bucket, image_key, version_id=ivid)
             except S3Error as exc:
-                if exc.code != "NoSuchKey":
+                if exc.code not in ("NoSuchKey", "NoSuchVersion", "MethodNotAllowed"):
                     raise
         if image is not None and representation(image) == REP_LATENT:
             header = await read_header(backend, bucket, image)
@@ -373,8 +379,12 @@ async def write_single_part(
     *,
     if_match: str | None = None,
     keep_tags: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+    replace_version: str | None = None,
 ) -> ObjectInfo:
     """Write `data` as a one-part multipart upload (ETag "...-1"), optionally guarded.
+
+    `replace_version` (backends with REPLACES_VERSIONS, versioned buckets): the write takes
+    the place of that version, which must be current with ETag `if_match`, keeping its ID.
 
     The guard is checked just before completing; completing is the commit point,
     so a concurrent newer PUT either lands first (we abort) or after (it wins).
@@ -396,6 +406,10 @@ async def write_single_part(
                 tags = await backend.get_tags(bucket, key)
                 if tags != meta.tags:
                     raise TagsChanged(tags)
+            if replace_version is not None:
+                return await backend.complete_multipart_upload(  # type: ignore[call-arg]
+                    bucket, key, upload_id, [(1, etag)], if_match=if_match,
+                    replace_version=replace_version)
             return await backend.complete_multipart_upload(
                 bucket, key, upload_id, [(1, etag)], if_match=if_match
             )

@@ -26,6 +26,8 @@ import dataclasses
 import hashlib
 import logging
 import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 from ..backends.base import ObjectBody, ObjectInfo, read_body
 from ..errors import S3Error
@@ -38,13 +40,40 @@ from .reads import BytesBody, LatentReads, _slice
 log = logging.getLogger(__name__)
 
 KEEP_PREFIX = physical.HIDDEN_PREFIX + "keep/"
+# Keep copies of containers converted in a versioned bucket: `keepv/<version>/<image key>`
+# (a version ID holds no "/", so the name is never ambiguous).
+KEEPV_PREFIX = physical.HIDDEN_PREFIX + "keepv/"
 # How long a bucket's versioning status is believed (a fleet's other nodes may change it).
 STATUS_TTL_S = 2.0
 _MISSING = ("NoSuchKey", "NoSuchVersion", "MethodNotAllowed")
 
 
-def keep_key(image_key: str) -> str:
-    return KEEP_PREFIX + image_key
+def keep_key(image_key: str, version_id: str | None = None) -> str:
+    """Where the container of `image_key`'s version is kept for stubs that outlive it:
+    the `null` version of a pair converted before versioning (no `ivid` on its stub) at
+    the old name, a version a stub names by `ivid` under keepv/."""
+    if version_id is None:
+        return KEEP_PREFIX + image_key
+    return KEEPV_PREFIX + version_id + "/" + image_key
+
+
+def parse_keep_key(key: str) -> tuple[str, str | None] | None:
+    """(image key, ivid or None) of a keep copy's name; None for other keys."""
+    if key.startswith(KEEPV_PREFIX):
+        vid, sep, image_key = key[len(KEEPV_PREFIX):].partition("/")
+        return (image_key, vid) if sep and image_key else None
+    if key.startswith(KEEP_PREFIX) and len(key) > len(KEEP_PREFIX):
+        return key[len(KEEP_PREFIX):], None
+    return None
+
+
+def stub_names(stub: ObjectInfo, image_key: str, version_id: str) -> bool:
+    """Whether a stub reads its latent from `image_key`'s version `version_id`: by its
+    `ivid`, or (stubs written before versioning, none) the `null` version."""
+    if physical.representation(stub) != physical.REP_STUB or \
+            stub.meta.internal.get(physical.L_IMAGE) != image_key:
+        return False
+    return stub.meta.internal.get(physical.L_IVID, "null") == version_id
 
 
 class VersioningStatus:
@@ -150,13 +179,21 @@ class VersionedObjects:
 
     async def _stub_container(self, bucket: str, stub: ObjectInfo
                               ) -> tuple[ContainerHeader, bytes] | None:
-        """The container a stub version reads from: the image's current version, its
-        `null` version, or the keep copy, whichever holds the stub's sidecar."""
+        """The container a stub version reads from: the image version it names (`ivid`)
+        or that version's keep copy; for stubs written before versioning (no `ivid`) the
+        image's current version, its `null` version, or the keep copy, whichever holds the
+        stub's sidecar."""
         image_key = stub.meta.internal.get(physical.L_IMAGE, "")
         if not image_key or physical.is_hidden(image_key):
             return None
-        for key, version_id in ((image_key, None), (image_key, "null"),
-                                (keep_key(image_key), None)):
+        ivid = stub.meta.internal.get(physical.L_IVID)
+        candidates: tuple[tuple[str, str | None], ...]
+        if ivid is not None:
+            candidates = ((image_key, ivid),
+                          (keep_key(image_key, None if ivid == "null" else ivid), None))
+        else:
+            candidates = ((image_key, None), (image_key, "null"), (keep_key(image_key), None))
+        for key, version_id in candidates:
             try:
                 info, body = await self.ctx.backend.get_object(bucket, key,
                                                                version_id=version_id)
@@ -178,10 +215,13 @@ class VersionedObjects:
 
     # -- keep copies -------------------------------------------------------------
     async def keep_if_needed(self, bucket: str, key: str, version_id: str) -> None:
-        """`key`'s version `version_id` is about to go for good: if it is a container whose
-        stub (the sidecar's `null` version) still needs it, copy it to the keep copy first.
+        """`key`'s version `version_id` is about to go for good: if it is a container that
+        a stub version of its sidecar key still reads from, copy it to its keep copy first.
 
-        Costs one HEAD for image keys only; the copy happens at most once per such pair.
+        The caller holds the pair lock of `key` (Converter.pair_lock) from here until its
+        delete has landed, so no stub naming this version is written in between. Costs
+        one HEAD for image keys only; for a container, one version listing of the sidecar
+        key and a HEAD per one-part version on it; the copy at most once per version.
         """
         if physical.is_hidden(key) or not looks_like_image(key, None):
             return
@@ -194,30 +234,109 @@ class VersionedObjects:
             raise
         if physical.representation(info) != physical.REP_LATENT:
             return
-        side_key = key + self.ctx.config.bucket(bucket).sidecar_suffix
-        try:
-            stub = await backend.head_object(bucket, side_key, version_id="null")
-        except S3Error as exc:
-            if exc.code in _MISSING:
-                return
-            raise
-        if physical.representation(stub) != physical.REP_STUB or \
-                stub.meta.internal.get(physical.L_IMAGE) != key:
+        vid = info.version_id or version_id
+        stubs = await self.stubs_naming(bucket, key, vid)
+        if not stubs:
             return
-        info, body = await backend.get_object(bucket, key, version_id=info.version_id)
+        info, body = await backend.get_object(bucket, key, version_id=vid)
         raw = await read_body(body)
         header = self._header_of(bucket, key, info, raw)
-        if header is None or not physical.stub_holds(stub, key, header):
+        if header is None or not any(physical.stub_holds(s, key, header) for s in stubs):
             return
         # A server-side copy keeps the one-part multipart ETag and the internal metadata
         # that make it a container (a PUT would make a plain-looking object).
-        kept = await backend.copy_object(bucket, key, bucket, keep_key(key), None,
-                                         src_version_id=info.version_id)
+        named = any(physical.L_IVID in s.meta.internal for s in stubs)
+        target = keep_key(key, vid if named and vid != "null" else None)
+        kept = await backend.copy_object(bucket, key, bucket, target, None,
+                                         src_version_id=vid)
         if physical.representation(kept) != physical.REP_LATENT:
             log.error("keep copy of %s/%s is not a container (etag %s)", bucket, key,
                       kept.etag)
-        log.info("kept the container of %s/%s (md5 %s) for its sidecar stub", bucket, key,
-                 hashlib.md5(raw).hexdigest())
+        log.info("kept the container of %s/%s version %s (md5 %s) for its sidecar stub",
+                 bucket, key, vid, hashlib.md5(raw).hexdigest())
+
+    async def stubs_naming(self, bucket: str, image_key: str, version_id: str
+                           ) -> list[ObjectInfo]:
+        """The stub versions of `image_key`'s sidecar key that read from its version
+        `version_id` (one version listing of the sidecar key, a HEAD per candidate)."""
+        side_key = image_key + self.ctx.config.bucket(bucket).sidecar_suffix
+        backend = self.ctx.backend
+        found: list[ObjectInfo] = []
+        key_marker: str | None = None
+        vid_marker: str | None = None
+        while True:
+            page = await backend.list_object_versions(
+                bucket, prefix=side_key, key_marker=key_marker,
+                version_id_marker=vid_marker, max_keys=1000)
+            for entry in page.entries:
+                if entry.key != side_key or entry.delete_marker:
+                    continue
+                if not physical.may_be_latent(entry.etag) and entry.version_id != "null":
+                    continue
+                try:
+                    stub = await backend.head_object(bucket, side_key,
+                                                     version_id=entry.version_id)
+                except S3Error as exc:
+                    if exc.code in _MISSING:
+                        continue
+                    raise
+                if stub_names(stub, image_key, version_id):
+                    found.append(stub)
+            done = not page.is_truncated or any(e.key > side_key for e in page.entries)
+            if done or page.next_key_marker is None:
+                return found
+            key_marker, vid_marker = page.next_key_marker, page.next_version_id_marker
+
+    async def sweep_keep_copies(self, bucket: str,
+                                lock: Callable[[str, str], AbstractAsyncContextManager[None]]
+                                ) -> int:
+        """Delete the keep copies no stub version reads from any more (their stubs were
+        deleted or replaced); returns how many went. Each is checked and deleted under
+        the image key's pair lock (`lock`), which keep_if_needed's callers hold too."""
+        removed = 0
+        start: str | None = None
+        backend = self.ctx.backend
+        while True:
+            page = await backend.list_objects(bucket, prefix=physical.HIDDEN_PREFIX + "keep",
+                                              start_after=start, max_keys=1000)
+            for entry in page.entries:
+                parsed = parse_keep_key(entry.key)
+                if parsed is None:
+                    continue
+                image_key, ivid = parsed
+                async with lock(bucket, image_key):
+                    if await self._keep_needed(bucket, image_key, ivid, entry.key):
+                        continue
+                    try:
+                        await backend.delete_object(bucket, entry.key)
+                    except S3Error as exc:
+                        if exc.code not in _MISSING:
+                            raise
+                        continue
+                removed += 1
+                log.info("removed the keep copy %s/%s: no stub reads from it", bucket,
+                         entry.key)
+            if not page.is_truncated or page.next_start_after is None:
+                return removed
+            start = page.next_start_after
+
+    async def _keep_needed(self, bucket: str, image_key: str, ivid: str | None,
+                           kept_key: str) -> bool:
+        """Whether a stub version still reads from the keep copy at `kept_key`."""
+        # The old name (no version in it) serves the stubs of the `null` version.
+        stubs = await self.stubs_naming(bucket, image_key, ivid or "null")
+        if not stubs:
+            return False
+        try:
+            info, body = await self.ctx.backend.get_object(bucket, kept_key)
+        except S3Error as exc:
+            if exc.code in _MISSING:
+                return False
+            raise
+        header = self._header_of(bucket, kept_key, info, await read_body(body))
+        # A copy that does not hold the stubs' sidecar serves none of them: it goes too.
+        return header is not None and any(physical.stub_holds(s, image_key, header)
+                                          for s in stubs)
 
 
 def _plain(info: ObjectInfo) -> ObjectInfo:
