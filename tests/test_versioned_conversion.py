@@ -9,6 +9,7 @@ calls the converter makes. Crash rows run a gateway process that dies at a step.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -351,3 +352,67 @@ def test_a_crash_during_conversion_in_a_versioned_bucket_heals(
     finally:
         survivor.stop()
     time.sleep(0)
+
+
+# -- the backend primitive and the Suspended replacement ----------------------------
+
+async def test_local_backend_replaces_only_the_current_unlocked_version(tmp_path: Path) -> None:
+    from s3latent.backends.base import ObjectLock, ObjectMeta
+    from s3latent.errors import S3Error
+    from s3latent.objects.physical import write_single_part
+
+    backend = LocalBackend(tmp_path)
+    await backend.start()
+    await backend.create_bucket("b", object_lock=True)
+
+    async def put(data: bytes, lock: ObjectLock | None = None) -> Any:
+        async def once() -> Any:
+            yield data
+        return await backend.put_object("b", "k", once(), ObjectMeta(), lock=lock)
+
+    async def replace(vid: str, etag: str) -> Any:
+        return await write_single_part(backend, "b", "k", b"new", ObjectMeta(),
+                                       if_match=etag, replace_version=vid)
+
+    async def code(coro: Any) -> str:
+        with pytest.raises(S3Error) as err:
+            await coro
+        return err.value.code
+
+    first = await put(b"one")
+    until = datetime.now(UTC) + timedelta(seconds=1.5)
+    second = await put(b"two", ObjectLock("GOVERNANCE", until))
+    assert await code(replace(first.version_id, first.etag)) == "PreconditionFailed"
+    assert await code(replace(second.version_id, first.etag)) == "PreconditionFailed"
+    assert await code(replace(second.version_id, second.etag)) == "AccessDenied"  # retained
+    await backend.put_object_legal_hold("b", "k", version_id=second.version_id, on=True)
+    await asyncio.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.1)
+    assert await code(replace(second.version_id, second.etag)) == "AccessDenied"  # held
+    await backend.put_object_legal_hold("b", "k", version_id=second.version_id, on=False)
+    written = await replace(second.version_id, second.etag)
+    assert written.version_id == second.version_id
+    info = await backend.head_object("b", "k", version_id=second.version_id)
+    assert info.etag == written.etag and info.last_modified == second.last_modified
+    assert info.lock is not None and info.lock.mode == "GOVERNANCE"  # kept, expired
+    assert info.lock.retain_until == until
+    page = await backend.list_object_versions("b")
+    assert [(e.version_id, e.is_latest) for e in page.entries] == \
+        [(second.version_id, True), (first.version_id, False)]
+    assert _noncurrent_files(tmp_path, "b") and len(_noncurrent_files(tmp_path, "b")) == 1
+    await backend.close()
+
+
+async def test_a_suspended_overwrite_of_a_converted_null_version_keeps_its_stub_readable(
+        gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    await _bucket(gw, VB, status="Suspended")
+    await _put_pair(gw, VB, tiny_model, seed=21)
+    await gw.settle()
+    served_side = (await _get(gw, VB, "img.png" + SIDE))[1]
+    assert _rep(await _head(gw, VB, "img.png" + SIDE)) == "latent"
+    other = make_pair(tiny_model, seed=22)[0]
+    await _put(gw, VB, "img.png", other, ContentType="image/png")  # replaces `null`
+    await gw.settle()
+    assert (await _get(gw, VB, "img.png" + SIDE))[1] == served_side
+    listed = (await gw.run(lambda s3: s3.list_objects_v2(Bucket=VB)))["Contents"]
+    sizes = {c["Key"]: c["Size"] for c in listed}
+    assert sizes["img.png" + SIDE] == len(served_side)

@@ -395,6 +395,10 @@ class Converter:
             if exc.code in ("NoSuchKey", "NoSuchBucket"):
                 if physical.representation(image) == "plain":
                     if settings.convert_plain and looks_like_image(key, image.meta.content_type):
+                        held = _locked(image) if status is not None else None
+                        if held is not None:  # never rewritten while locked
+                            self._set_state(bucket, key, f"pending: {held}")
+                            return f"deferred: {held}"
                         return await self._convert_plain(bucket, key, image, settings)
                     self._set_state(bucket, key, "pending: waiting for the sidecar")
                 return "no sidecar"

@@ -89,6 +89,20 @@ VIEW_KEY_CHARS = frozenset("0123456789abcdefp-" + _VIEW_SEP + _VIEW_FIELD)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+KEEP_PREFIX = HIDDEN_PREFIX + "keep/"
+# Keep copies of containers converted in a versioned bucket: `keepv/<version>/<image key>`
+# (a version ID holds no "/", so the name is never ambiguous).
+KEEPV_PREFIX = HIDDEN_PREFIX + "keepv/"
+
+
+def keep_key(image_key: str, version_id: str | None = None) -> str:
+    """Where the container of `image_key`'s version is kept for stubs that outlive it
+    (docs/versioning.md): the `null` version at the old name, others under keepv/."""
+    if version_id is None or version_id == "null":
+        return KEEP_PREFIX + image_key
+    return KEEPV_PREFIX + version_id + "/" + image_key
+
+
 def is_hidden(key: str) -> bool:
     """Keys of the gateway's own records, never shown to clients."""
     return key.startswith(HIDDEN_PREFIX)
@@ -186,17 +200,23 @@ async def verified(backend: Backend, bucket: str, info: ObjectInfo) -> ObjectInf
     else:
         image_key = info.meta.internal.get(L_IMAGE, "")
         ivid = info.meta.internal.get(L_IVID)  # versioned: the container's version
-        image = None
-        if image_key and not is_hidden(image_key):
+        # Where its container may be: the image's current version (unversioned), or the
+        # version it names and that version's keep copy (versioned).
+        places: list[tuple[str, str | None]] = [(image_key, ivid)]
+        if ivid is not None:
+            places.append((keep_key(image_key, ivid), None))
+        for place, vid in places if image_key and not is_hidden(image_key) else []:
             try:
-                if ivid is None:
-                    image = await backend.head_object(bucket, image_key)
+                if vid is None:
+                    image = await backend.head_object(bucket, place)
                 else:
-                    image = await backend.head_object(bucket, image_key, version_id=ivid)
+                    image = await backend.head_object(bucket, place, version_id=vid)
             except S3Error as exc:
                 if exc.code not in ("NoSuchKey", "NoSuchVersion", "MethodNotAllowed"):
                     raise
-        if image is not None and representation(image) == REP_LATENT:
+                continue
+            if representation(image) != REP_LATENT:
+                continue
             header = await read_header(backend, bucket, image)
             if header is not None and container_holds(image, header) and \
                     stub_holds(info, image_key, header):

@@ -39,22 +39,12 @@ from .reads import BytesBody, LatentReads, _slice
 
 log = logging.getLogger(__name__)
 
-KEEP_PREFIX = physical.HIDDEN_PREFIX + "keep/"
-# Keep copies of containers converted in a versioned bucket: `keepv/<version>/<image key>`
-# (a version ID holds no "/", so the name is never ambiguous).
-KEEPV_PREFIX = physical.HIDDEN_PREFIX + "keepv/"
+KEEP_PREFIX = physical.KEEP_PREFIX
+KEEPV_PREFIX = physical.KEEPV_PREFIX
+keep_key = physical.keep_key
 # How long a bucket's versioning status is believed (a fleet's other nodes may change it).
 STATUS_TTL_S = 2.0
 _MISSING = ("NoSuchKey", "NoSuchVersion", "MethodNotAllowed")
-
-
-def keep_key(image_key: str, version_id: str | None = None) -> str:
-    """Where the container of `image_key`'s version is kept for stubs that outlive it:
-    the `null` version of a pair converted before versioning (no `ivid` on its stub) at
-    the old name, a version a stub names by `ivid` under keepv/."""
-    if version_id is None:
-        return KEEP_PREFIX + image_key
-    return KEEPV_PREFIX + version_id + "/" + image_key
 
 
 def parse_keep_key(key: str) -> tuple[str, str | None] | None:
@@ -189,8 +179,7 @@ class VersionedObjects:
         ivid = stub.meta.internal.get(physical.L_IVID)
         candidates: tuple[tuple[str, str | None], ...]
         if ivid is not None:
-            candidates = ((image_key, ivid),
-                          (keep_key(image_key, None if ivid == "null" else ivid), None))
+            candidates = ((image_key, ivid), (keep_key(image_key, ivid), None))
         else:
             candidates = ((image_key, None), (image_key, "null"), (keep_key(image_key), None))
         for key, version_id in candidates:
@@ -245,8 +234,7 @@ class VersionedObjects:
             return
         # A server-side copy keeps the one-part multipart ETag and the internal metadata
         # that make it a container (a PUT would make a plain-looking object).
-        named = any(physical.L_IVID in s.meta.internal for s in stubs)
-        target = keep_key(key, vid if named and vid != "null" else None)
+        target = keep_key(key, vid)
         kept = await backend.copy_object(bucket, key, bucket, target, None,
                                          src_version_id=vid)
         if physical.representation(kept) != physical.REP_LATENT:
