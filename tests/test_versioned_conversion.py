@@ -416,3 +416,29 @@ async def test_a_suspended_overwrite_of_a_converted_null_version_keeps_its_stub_
     listed = (await gw.run(lambda s3: s3.list_objects_v2(Bucket=VB)))["Contents"]
     sizes = {c["Key"]: c["Size"] for c in listed}
     assert sizes["img.png" + SIDE] == len(served_side)
+
+
+async def test_reads_of_a_converted_version_decode_once(
+        gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """Failed before the read cache was used for versions: every GET decoded again."""
+    from tests.test_object_layer_inprocess import decodes
+
+    await _bucket(gw, VB)
+    vi = (await _put_pair(gw, VB, tiny_model, seed=23))[0]
+    await gw.settle()
+    first = (await _get(gw, VB, "img.png"))[1]
+    before = await decodes(gw)
+    for kw in ({}, {"VersionId": vi}, {}):
+        got, data = await _get(gw, VB, "img.png", **kw)
+        assert data == first and got["VersionId"] == vi and got["ETag"] == md5_etag(first)
+    ranged = (await _get(gw, VB, "img.png", Range="bytes=0-9"))[1]
+    assert ranged == first[:10]
+    head = await _head(gw, VB, "img.png", VersionId=vi)
+    assert head["ETag"] == md5_etag(first) and head["ContentLength"] == len(first)
+    assert await decodes(gw) == before
+    # A new version of the key is not served from the old one's entry.
+    other = make_pair(tiny_model, seed=24)[0]
+    new = (await _put(gw, VB, "img.png", other, ContentType="image/png"))["VersionId"]
+    got, data = await _get(gw, VB, "img.png")
+    assert got["VersionId"] == new and len(data) == len(other)
+    assert (await _get(gw, VB, "img.png", VersionId=vi))[1] == first

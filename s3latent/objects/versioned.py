@@ -1,22 +1,26 @@
-"""Objects in versioned buckets (docs/versioning.md), before stand-ins exist.
+"""Objects in versioned buckets (docs/versioning.md).
 
-Conversion never runs in a bucket whose versioning was ever enabled, so every version
-written there is plain. What can be latent are the pairs converted *before* versioning was
-turned on: their container and stub are the keys' `null` versions. They stay latent and read
-exactly as before, current or not:
+Latent versions in a versioned bucket are of two kinds: pairs converted *before*
+versioning was turned on (their container and stub are the keys' `null` versions), and, on a
+backend that rewrites versions in place (the local backend), pairs converted since, each
+container and stub standing at the version ID the client uploaded. They read exactly, current
+or not:
 
 - a version is read by its backend version ID; a container version is verified from its own
   bytes (not from the key's current version) and rendered; a stub version finds its
-  container as the image key's current version, else the image key's `null` version (what a
-  stub written before versioning refers to), else the keep copy below;
+  container as the image version it names (`ivid`) or that version's keep copy, and (stubs
+  written before versioning) the image key's current version, else its `null` version,
+  else the keep copy below;
 - nothing is materialised on overwrite (the replaced container stays as a noncurrent
   version and its stub still reads from it);
-- before a container version its stub still needs is removed for good (DELETE ?versionId,
-  or a Suspended write or delete replacing the `null` version), it is copied to the hidden
-  keep copy `.s3latent/keep/<image key>`, so the stub stays readable.
+- before a container version a stub still needs is removed for good (DELETE ?versionId,
+  or a Suspended write or delete replacing the `null` version), it is copied to a hidden
+  keep copy (physical.keep_key), so the stub stays readable; sweeps remove keep copies no
+  stub reads any more.
 
-Reads here do not use the read cache (a version is immutable, but the cache is keyed by
-key, not version); plain versions stream straight from the backend.
+Renditions of container versions are kept in the image tier of the read cache and served
+for a version whose backend object (ETag, Last-Modified, metadata: the same container
+bytes) a HEAD just showed; stubs and plain versions are read from the backend.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from ..backends.base import ObjectBody, ObjectInfo, read_body
+from ..cache.readpath import Entry
 from ..errors import S3Error
 from ..latent.container import ContainerError, ContainerHeader
 from . import physical
@@ -102,6 +107,9 @@ class VersionedObjects:
         info = await self.ctx.backend.head_object(bucket, key, version_id=version_id)
         if physical.representation(info) == "plain":
             return _plain(info)
+        hit = self._cached(bucket, key, info)
+        if hit is not None:
+            return hit[0]
         logical, _ = await self._latent(bucket, key, info.version_id or version_id, info,
                                         render=False)
         return logical
@@ -110,20 +118,39 @@ class VersionedObjects:
                          version_id: str | None) -> tuple[ObjectInfo, ObjectBody]:
         readable(key)
         backend = self.ctx.backend
+        asked = time.monotonic()
         info = await backend.head_object(bucket, key, version_id=version_id)
         pinned = info.version_id or version_id  # read the version that HEAD described
+        hit = self._cached(bucket, key, info)
+        if hit is not None:
+            return hit[0], BytesBody(_slice(hit[1], byte_range))
         if physical.representation(info) == "plain":
             info2, body = await backend.get_object(bucket, key, byte_range, version_id=pinned)
             if physical.representation(info2) == "plain":
                 return _plain(info2), body
             await body.close()  # replaced meanwhile (no version to pin): read it whole
             info = info2
-        logical, data = await self._latent(bucket, key, pinned, info, render=True)
+        logical, data = await self._latent(bucket, key, pinned, info, render=True, asked=asked)
         assert data is not None
         return logical, BytesBody(_slice(data, byte_range))
 
+    def _cached(self, bucket: str, key: str, info: ObjectInfo
+                ) -> tuple[ObjectInfo, bytes] | None:
+        """The rendition of the container version `info` (a HEAD just now) if the image
+        tier holds one made from a backend object with the same ETag, Last-Modified and
+        metadata: the same container bytes, so the same rendition, whichever version.
+        Saves the GET and the decode; stubs and plain versions are not cached here."""
+        cache = self.ctx.cache
+        if cache is None or physical.representation(info) != physical.REP_LATENT:
+            return None
+        entry = cache.image(bucket, key)
+        if entry is None or not entry.same_source(info):
+            return None
+        logical = dataclasses.replace(entry.info, version_id=info.version_id, lock=info.lock)
+        return logical, bytes(entry.data)
+
     async def _latent(self, bucket: str, key: str, version_id: str | None,
-                      claimed: ObjectInfo, *, render: bool
+                      claimed: ObjectInfo, *, render: bool, asked: float | None = None
                       ) -> tuple[ObjectInfo, bytes | None]:
         """The logical info (and bytes) of a version whose metadata claims it is latent.
 
@@ -143,6 +170,8 @@ class VersionedObjects:
             if render:
                 data = await self.reads._render(bucket, key, info.etag, raw)
                 logical = self.reads._checked(bucket, key, info, data)
+                if self.ctx.cache is not None and asked is not None:
+                    self.ctx.cache.put_image(bucket, key, Entry.of(logical, data, info, asked))
             else:
                 logical = physical.logical_info(info)
         elif rep == physical.REP_STUB:
