@@ -442,3 +442,38 @@ async def test_reads_of_a_converted_version_decode_once(
     got, data = await _get(gw, VB, "img.png")
     assert got["VersionId"] == new and len(data) == len(other)
     assert (await _get(gw, VB, "img.png", VersionId=vi))[1] == first
+
+
+async def test_listing_versions_of_converted_pairs_needs_no_head(
+        gw: InProcessGateway, tiny_model: dict[str, str],  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failed before: every converted version on a page cost a HEAD and a whole-container
+    GET; the listing index already holds each (key, physical ETag)'s view."""
+    await _bucket(gw, VB)
+    for i in range(3):
+        await _put_pair(gw, VB, tiny_model, seed=30 + i, key=f"k{i}.png")
+    await gw.settle()
+    want = {}
+    for i in range(3):
+        for key in (f"k{i}.png", f"k{i}.png" + SIDE):
+            head = await _head(gw, VB, key)
+            assert _rep(head) == "latent"
+            want[key] = (head["VersionId"], head["ContentLength"], head["ETag"])
+    calls: list[str] = []
+    real_head, real_get = gw.backend.head_object, gw.backend.get_object
+
+    async def head(bucket: str, key: str, **kw: Any) -> Any:
+        calls.append(key)
+        return await real_head(bucket, key, **kw)
+
+    async def get(bucket: str, key: str, *a: Any, **kw: Any) -> Any:
+        calls.append(key)
+        return await real_get(bucket, key, *a, **kw)
+
+    monkeypatch.setattr(gw.backend, "head_object", head)
+    monkeypatch.setattr(gw.backend, "get_object", get)
+    resp = await gw.run(lambda s3: s3.list_object_versions(Bucket=VB))
+    got = {v["Key"]: (v["VersionId"], v["Size"], v["ETag"]) for v in resp["Versions"]}
+    assert got == want and len(resp["Versions"]) == 6
+    # (the local backend's own listing of the index range reads its hidden files)
+    assert [c for c in calls if not c.startswith(".s3latent/")] == []

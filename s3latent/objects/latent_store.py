@@ -143,12 +143,14 @@ class LatentStore(ForwardingStore):
                                    key_marker: str | None = None,
                                    version_id_marker: str | None = None,
                                    max_keys: int = 1000) -> VersionsPage:
-        """Versions as clients see them: a latent version (of a pair converted before
-        versioning) shows the size, ETag and time its reads give.
+        """Versions as clients see them: a latent version shows the size, ETag and time
+        its reads give.
 
         Which versions may be latent: a one-part multipart ETag, or a key the listing
         index knows as converted (SeaweedFS lists multipart versions without the "-1").
-        One index listing per page, one HEAD per such version.
+        One index listing per page; a version whose (key, physical ETag) the index holds
+        takes its view from there (the same bytes, whichever version), any other such
+        version costs one HEAD.
         """
         page = await super().list_object_versions(
             bucket, prefix=prefix, delimiter=delimiter, key_marker=key_marker,
@@ -156,7 +158,8 @@ class LatentStore(ForwardingStore):
         versions = [e for e in page.entries if not e.delete_marker]
         if not versions:
             return page
-        converted = await self._converted_keys(bucket, versions[0].key, versions[-1].key)
+        indexed = await self._indexed_views(bucket, versions[0].key, versions[-1].key)
+        converted = {key for key, _ in indexed}
         limiter = asyncio.Semaphore(16)
 
         async def fix(entry: VersionEntry) -> None:
@@ -169,13 +172,22 @@ class LatentStore(ForwardingStore):
             entry.size, entry.etag = info.size, info.etag
             entry.last_modified = info.last_modified
 
-        await asyncio.gather(*(fix(e) for e in versions
-                               if physical.may_be_latent(e.etag) or e.key in converted))
+        rest = []
+        for entry in versions:
+            view = indexed.get((entry.key, entry.etag))
+            if view is not None:
+                entry.size, entry.etag = view.size, view.etag
+                entry.last_modified = view.last_modified
+            elif physical.may_be_latent(entry.etag) or entry.key in converted:
+                rest.append(entry)
+        await asyncio.gather(*(fix(e) for e in rest))
         return page
 
-    async def _converted_keys(self, bucket: str, first: str, last: str) -> set[str]:
-        """Keys in [first, last] with a latent view in the listing index (bounded pages)."""
-        found: set[str] = set()
+    async def _indexed_views(self, bucket: str, first: str, last: str
+                             ) -> dict[tuple[str, str], physical.LogicalView]:
+        """(key, physical ETag) -> logical view of the latent objects in [first, last] the
+        listing index holds (bounded pages)."""
+        found: dict[tuple[str, str], physical.LogicalView] = {}
         start = physical.view_index_prefix(first)[:-1]
         end = physical.view_index_prefix(last) + "\U0010ffff"
         for _ in range(5):
@@ -186,7 +198,7 @@ class LatentStore(ForwardingStore):
                     return found
                 parsed = physical.parse_view_index_key(entry.key)
                 if parsed is not None and parsed[2] is not None:
-                    found.add(parsed[0])
+                    found[parsed[0], parsed[1]] = parsed[2]
             if not page.is_truncated or page.next_start_after is None:
                 return found
             start = page.next_start_after
