@@ -405,10 +405,6 @@ class Converter:
             raise
         rep_image, rep_side = physical.representation(image), physical.representation(side)
         if status is not None:
-            held = _locked(image, side)
-            if held is not None:  # never rewritten while locked; swept again later
-                self._set_state(bucket, key, f"pending: {held}")
-                return f"deferred: {held}"
             if rep_side == "plain" and physical.representation(claimed) != "plain":
                 # A stub whose container version is not the image's current one (it was
                 # overwritten, or the stub reads a keep copy): never a sidecar to convert.
@@ -426,6 +422,10 @@ class Converter:
             return "already latent"
         if rep_side != "plain":
             return "sidecar key holds a stub of another image"
+        held = _locked(image, side) if status is not None else None
+        if held is not None:  # never rewritten while locked; swept again, not decoded
+            self._set_state(bucket, key, f"pending: {held}")
+            return f"deferred: {held}"
         judged_under = self.fingerprint(bucket)
         refusal = self._refused.get((bucket, key))
         stored = None
