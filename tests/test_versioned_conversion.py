@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import BotoCoreError, ClientError
 
 from s3latent.backends.local import LocalBackend
 from tests.gateway import GatewayProcess
@@ -477,3 +478,48 @@ async def test_listing_versions_of_converted_pairs_needs_no_head(
     assert got == want and len(resp["Versions"]) == 6
     # (the local backend's own listing of the index range reads its hidden files)
     assert [c for c in calls if not c.startswith(".s3latent/")] == []
+
+
+def test_c8_a_crash_between_keep_copy_and_delete_loses_nothing(
+        tiny_model: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """The keep copy is made, the gateway dies before deleting the container version: both
+    exist, the sidecar reads; the client's retry deletes; the sweeper removes the keep copy
+    once no stub reads it."""
+    data_dir = tmp_path / "data"
+    crashing = GatewayProcess(f"file://{data_dir}", tmp_path, config=_config(tiny_model),
+                              env={"S3LATENT_CRASH_AT": "after-keep-copy"})
+    crashing.start()
+    s3 = crashing.client()
+    s3.create_bucket(Bucket="crash")
+    s3.put_bucket_versioning(Bucket="crash", VersioningConfiguration={"Status": "Enabled"})
+    image, sidecar, _ = make_pair(tiny_model, seed=25)
+    vi = s3.put_object(Bucket="crash", Key="x.png", Body=image,
+                       ContentType="image/png")["VersionId"]
+    vs = s3.put_object(Bucket="crash", Key="x.png" + SIDE, Body=sidecar)["VersionId"]
+    wait_latent(s3, "crash", "x.png")
+    wait_latent(s3, "crash", "x.png" + SIDE)
+    served = s3.get_object(Bucket="crash", Key="x.png" + SIDE)["Body"].read()
+    with pytest.raises((BotoCoreError, ClientError)):  # the gateway dies mid-request
+        s3.delete_object(Bucket="crash", Key="x.png", VersionId=vi)
+    assert crashing.proc is not None
+    crashing.proc.wait(30)
+    crashing.proc = None
+    keep = data_dir / "buckets" / "crash"
+    assert [p for p in keep.rglob("*") if "keepv" in str(p) and p.is_file()]
+    survivor = GatewayProcess(f"file://{data_dir}", tmp_path, config=_config(tiny_model))
+    survivor.start()
+    try:
+        s3 = survivor.client()
+        assert s3.head_object(Bucket="crash", Key="x.png", VersionId=vi)["VersionId"] == vi
+        assert s3.get_object(Bucket="crash", Key="x.png" + SIDE)["Body"].read() == served
+        s3.delete_object(Bucket="crash", Key="x.png", VersionId=vi)  # the retry
+        assert s3.get_object(Bucket="crash", Key="x.png" + SIDE,
+                             VersionId=vs)["Body"].read() == served
+        s3.delete_object(Bucket="crash", Key="x.png" + SIDE, VersionId=vs)
+        deadline = time.monotonic() + 30  # sweeps run every second
+        while time.monotonic() < deadline and \
+                [p for p in keep.rglob("*") if "keepv" in str(p) and p.is_file()]:
+            time.sleep(0.3)
+        assert [p for p in keep.rglob("*") if "keepv" in str(p) and p.is_file()] == []
+    finally:
+        survivor.stop()

@@ -39,7 +39,7 @@ from ..errors import S3Error
 from ..latent.container import ContainerError, ContainerHeader
 from . import physical
 from .context import LatentContext, readable
-from .conversion import looks_like_image
+from .conversion import crash_point, looks_like_image
 from .reads import BytesBody, LatentReads, _slice
 
 log = logging.getLogger(__name__)
@@ -269,6 +269,7 @@ class VersionedObjects:
         if physical.representation(kept) != physical.REP_LATENT:
             log.error("keep copy of %s/%s is not a container (etag %s)", bucket, key,
                       kept.etag)
+        crash_point("after-keep-copy")  # both copies exist: the client's retry deletes
         log.info("kept the container of %s/%s version %s (md5 %s) for its sidecar stub",
                  bucket, key, vid, hashlib.md5(raw).hexdigest())
 
