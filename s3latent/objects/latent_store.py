@@ -131,9 +131,10 @@ class LatentStore(ForwardingStore):
         self.status.forget(bucket)
 
     async def put_bucket_versioning(self, bucket: str, status: str) -> None:
-        """Conversions of the bucket in flight are waited for and held back meanwhile:
-        none may write a container into a bucket that has just become versioned (it would
-        add a version); later ones see the status and leave the bucket plain."""
+        """Conversions of the bucket in flight are waited for and held back meanwhile: one
+        that started unversioned must not commit into a bucket that has just become
+        versioned (its plain overwrite would add a version); later ones see the status and
+        convert in place (Converter.in_place) or leave the bucket plain."""
         async with self.converter.gate.closed(bucket):
             await self.backend.put_bucket_versioning(bucket, status)
             self.status.set(bucket, status)
