@@ -1,7 +1,8 @@
 """Latent objects and versioning, with real clients (boto3 and the AWS CLI), both backends.
 
-Until stand-ins exist (docs/versioning-design.md steps 4-6), a bucket whose versioning was
-ever enabled is never converted. What these tests pin (docs/versioning.md):
+On the local backend versioned buckets are converted in place (a version keeps its ID); on
+the S3 backend they stay plain until stand-ins exist (docs/versioning-design.md). What these
+tests pin (docs/versioning.md):
 - a pair converted *before* versioning was enabled keeps reading exactly, as the `null`
   versions: after an overwrite, through a restore by copy, and after its container version is
   deleted for good (the sidecar stub stays readable from the keep copy);
@@ -106,13 +107,28 @@ def test_a_pair_converted_before_versioning_keeps_reading_exactly(
         {new, restored["VersionId"]}
 
 
-def test_new_pairs_in_a_versioned_bucket_stay_plain(
-        s3l: Any, lbucket: str, tiny_model: dict[str, str]) -> None:
+def test_new_pairs_in_a_versioned_bucket(
+        latent_gateway: GatewayProcess, s3l: Any, lbucket: str,
+        tiny_model: dict[str, str]) -> None:
+    """Local backend: converted in place, the client's version ID, size and ETag (the
+    unversioned rule) kept, no version added. SeaweedFS: plain (no stand-ins yet)."""
     s3l.put_bucket_versioning(Bucket=lbucket, VersioningConfiguration={"Status": "Enabled"})
     image, sidecar, _ = make_pair(tiny_model, seed=63)
     vid = s3l.put_object(Bucket=lbucket, Key="p.png", Body=image,
                          ContentType="image/png")["VersionId"]
-    s3l.put_object(Bucket=lbucket, Key="p.png" + SIDE, Body=sidecar)
+    svid = s3l.put_object(Bucket=lbucket, Key="p.png" + SIDE, Body=sidecar)["VersionId"]
+    if latent_gateway.backend.startswith("file://"):
+        head = wait_latent(s3l, lbucket, "p.png")
+        side = wait_latent(s3l, lbucket, "p.png" + SIDE)
+        data, got = _read(s3l, lbucket, "p.png", VersionId=vid)
+        assert head["VersionId"] == got["VersionId"] == vid
+        assert head["ContentLength"] == len(data) == len(image)
+        assert head["ETag"] == got["ETag"] == _md5(data)
+        assert side["VersionId"] == svid and side["ContentLength"] == len(sidecar)
+        assert [(v["VersionId"], v["Size"], v["ETag"])
+                for v in _versions(s3l, lbucket, "p.png")] == [(vid, len(image), _md5(data))]
+        assert [v["VersionId"] for v in _versions(s3l, lbucket, "p.png" + SIDE)] == [svid]
+        return
     time.sleep(3.0)  # three sweeps of this gateway
     head = s3l.head_object(Bucket=lbucket, Key="p.png")
     assert head["ResponseMetadata"]["HTTPHeaders"]["x-s3latent-representation"] == "plain"
@@ -167,6 +183,53 @@ def test_cli_versioned_overwrite_and_restore_of_a_converted_image(
     out = tmp_path / "restored.png"
     run("s3", "cp", f"s3://{lbucket}/img.png", str(out))
     assert out.read_bytes() == rendition
+
+
+def test_cli_pair_converted_in_a_versioned_bucket_overwrite_and_restore(
+        latent_gateway: GatewayProcess, s3l: Any, lbucket: str, tiny_model: dict[str, str],
+        home: Path, tmp_path: Path) -> None:
+    """Versioning Enabled first, then the pair: once converted (local backend) the version
+    the client uploaded lists and reads with its ID; overwrite and restore by copy."""
+    if not latent_gateway.backend.startswith("file://"):
+        pytest.skip("versioned buckets are converted on the local backend only")
+    run = lambda *a, **k: _aws(latent_gateway, home, *a, **k)  # noqa: E731
+    run("s3api", "put-bucket-versioning", "--bucket", lbucket,
+        "--versioning-configuration", "Status=Enabled")
+    image, sidecar, _ = make_pair(tiny_model, seed=67)
+    (tmp_path / "i.png").write_bytes(image)
+    (tmp_path / "s").write_bytes(sidecar)
+    put = json.loads(run("s3api", "put-object", "--bucket", lbucket, "--key", "img.png",
+                         "--body", str(tmp_path / "i.png"), "--content-type",
+                         "image/png").stdout)
+    run("s3api", "put-object", "--bucket", lbucket, "--key", "img.png" + SIDE,
+        "--body", str(tmp_path / "s"))
+    wait_latent(s3l, lbucket, "img.png")
+    wait_latent(s3l, lbucket, "img.png" + SIDE)
+    vid = put["VersionId"]
+    listed = json.loads(run("s3api", "list-object-versions", "--bucket", lbucket,
+                            "--prefix", "img.png", "--output", "json").stdout)["Versions"]
+    mine = [v for v in listed if v["Key"] == "img.png"]
+    assert [v["VersionId"] for v in mine] == [vid] and mine[0]["Size"] == len(image)
+    assert len(listed) == 2  # the image's and the sidecar's one version each
+    head = json.loads(run("s3api", "head-object", "--bucket", lbucket, "--key", "img.png",
+                          "--version-id", vid).stdout)
+    assert head["VersionId"] == vid and head["ETag"] == mine[0]["ETag"]
+    assert head["ContentLength"] == len(image)
+    out = tmp_path / "v.png"
+    run("s3api", "get-object", "--bucket", lbucket, "--key", "img.png", "--version-id", vid,
+        str(out))
+    rendition = out.read_bytes()
+    assert _md5(rendition) == head["ETag"]
+    other = tmp_path / "other.png"
+    other.write_bytes(make_pair(tiny_model, seed=68)[0])
+    run("s3", "cp", str(other), f"s3://{lbucket}/img.png")
+    run("s3api", "copy-object", "--bucket", lbucket, "--key", "img.png",
+        "--copy-source", f"{lbucket}/img.png?versionId={vid}")
+    back = tmp_path / "restored.png"
+    run("s3", "cp", f"s3://{lbucket}/img.png", str(back))
+    assert back.read_bytes() == rendition
+    ids = [v["VersionId"] for v in _versions(s3l, lbucket, "img.png")]
+    assert len(ids) == 3 and ids[-1] == vid
 
 
 def test_cli_retention_locked_image_survives_delete_and_sweeps(

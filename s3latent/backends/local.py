@@ -297,6 +297,10 @@ class _LocalBody:
 class LocalBackend:
     """See the module docstring."""
 
+    # complete_multipart_upload(replace_version=...) exists: a converter may rewrite a
+    # version in place, keeping its ID (docs/versioning-design.md §3, local backend).
+    REPLACES_VERSIONS = True
+
     def __init__(self, root: str | Path, *, min_part_size: int = MIN_PART_SIZE) -> None:
         self.root = Path(root).resolve()
         self.name = f"file://{self.root}"
@@ -1261,7 +1265,13 @@ class LocalBackend:
     async def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
                                         parts: list[tuple[int, str]], *,
                                         if_match: str | None = None,
-                                        checksum: str | None = None) -> ObjectInfo:
+                                        checksum: str | None = None,
+                                        replace_version: str | None = None) -> ObjectInfo:
+        """As the protocol says; with `replace_version` (see REPLACES_VERSIONS) the upload
+        takes that version's place instead of adding one: same version ID, place in the
+        stack, Last-Modified and lock. Only if that version is the key's current one, has
+        ETag `if_match` and is not locked (PreconditionFailed, or AccessDenied when locked);
+        one rename, so a crash leaves either the old bytes or the new ones under the ID."""
         record = await asyncio.to_thread(self._upload_record, bucket, key, upload_id)
         stored = {p.part_number: (p, path, off)
                   for p, path, off in await asyncio.to_thread(self._parts, upload_id)}
@@ -1309,21 +1319,51 @@ class LocalBackend:
                             writer.write(chunk, hash_it=False)
                             left -= len(chunk)
                 info.size = writer.size
-                self._commit(bucket, key, writer, info)
+                if replace_version is None:
+                    self._commit(bucket, key, writer, info)
+                else:
+                    self._commit_in_place(bucket, key, writer, info, replace_version,
+                                          if_match)
             except BaseException:
                 writer.abort()
                 raise
             shutil.rmtree(self._upload_dir(upload_id), ignore_errors=True)
 
+        if replace_version is not None and if_match is None:
+            raise ValueError("replace_version needs if_match")
         async with self._lock(bucket, key):
             await self._check_conditions(bucket, key, if_match, None)
-            lock = await asyncio.to_thread(self._new_lock, bucket, key,
-                                           ObjectLock.from_json(record.get("lock")))
+            lock = None if replace_version is not None else await asyncio.to_thread(
+                self._new_lock, bucket, key, ObjectLock.from_json(record.get("lock")))
             info = ObjectInfo(key, 0, etag, _now(), meta, parts_count=len(chosen),
                               part_table=table, lock=lock)
             await asyncio.to_thread(assemble, info)
         self._index_add(bucket, key)
         return info
+
+    def _commit_in_place(self, bucket: str, key: str, writer: _Writer, info: ObjectInfo,
+                         version_id: str, if_match: str | None) -> None:
+        """Commit `writer` as version `version_id` of `key`, which must be current (caller
+        holds the key's lock). Keeps the version's ID, seq, Last-Modified and lock."""
+        path = self._object_path(bucket, key)
+        if self._key_status(bucket, key) is None:
+            raise S3Error("InvalidRequest", "Not a versioned key.")
+        vpath, old, current = self._find(bucket, key, version_id)
+        if not current or vpath != path or old.get("dm") or \
+                (if_match is not None and old.get("etag") != if_match):
+            raise S3Error("PreconditionFailed", Condition="If-Match")
+        lock = ObjectLock.from_json(old.get("lock"))
+        if lock is not None and lock.locked(_now()):
+            raise S3Error("AccessDenied", "Access Denied because object protected by "
+                          "object lock.")
+        info.last_modified = datetime.fromisoformat(old["mtime"])
+        info.lock = lock
+        header = self._header(info)
+        for name in ("vid", "seq"):
+            if name in old:
+                header[name] = old[name]
+        info.version_id = old.get("vid") or "null"
+        writer.commit(header, path)
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         await asyncio.to_thread(self._upload_record, bucket, key, upload_id)

@@ -26,7 +26,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -135,9 +135,12 @@ def looks_like_image(key: str, content_type: str | None) -> bool:
         key.lower().endswith(IMAGE_SUFFIXES)
 
 
-async def read_all(backend: Backend, bucket: str, key: str, limit: int
-                   ) -> tuple[ObjectInfo, bytes]:
-    info, body = await backend.get_object(bucket, key)
+async def read_all(backend: Backend, bucket: str, key: str, limit: int, *,
+                   version_id: str | None = None) -> tuple[ObjectInfo, bytes]:
+    if version_id is None:
+        info, body = await backend.get_object(bucket, key)
+    else:
+        info, body = await backend.get_object(bucket, key, version_id=version_id)
     try:
         if info.size > limit:
             raise Refused(f"{key} is {info.size} bytes, over the {limit}-byte conversion limit")
@@ -145,6 +148,20 @@ async def read_all(backend: Backend, bucket: str, key: str, limit: int
     finally:
         await body.close()
     return info, b"".join(chunks)
+
+
+def _locked(*infos: ObjectInfo) -> str | None:
+    """Why a version of the pair may not be rewritten now (retention or legal hold)."""
+    now = datetime.now(UTC)
+    for info in infos:
+        lock = info.lock
+        if lock is None or not lock.locked(now):
+            continue
+        if lock.legal_hold:
+            return f"object lock: legal hold on {info.key}"
+        assert lock.retain_until is not None
+        return f"object lock on {info.key} until {lock.retain_until.isoformat()}"
+    return None
 
 
 class Converter:
@@ -200,6 +217,8 @@ class Converter:
                                   registry=registry)
         self.seconds = Histogram("s3latent_conversion_seconds", "Time to convert one pair",
                                  registry=registry)
+        # Set by the store: removes a versioned bucket's keep copies no stub reads any more.
+        self.keep_sweeper: Callable[[str], Awaitable[int]] | None = None
         self._active = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -253,7 +272,8 @@ class Converter:
             yield
 
     async def write_keeping_tags(self, bucket: str, key: str, data: bytes, meta: ObjectMeta,
-                                 *, if_match: str) -> ObjectInfo:
+                                 *, if_match: str,
+                                 replace_version: str | None = None) -> ObjectInfo:
         """physical.write_single_part over `key` with the tags that are on it at the commit.
 
         `meta.tags` were read before; should a tagging have landed since, the write is
@@ -264,7 +284,8 @@ class Converter:
             try:
                 return await physical.write_single_part(
                     self.backend, bucket, key, data, meta, if_match=if_match,
-                    keep_tags=lambda: self.tags_lock(bucket, key))
+                    keep_tags=lambda: self.tags_lock(bucket, key),
+                    replace_version=replace_version)
             except physical.TagsChanged as exc:
                 meta = dataclasses.replace(meta, tags=exc.tags)
         raise S3Error("PreconditionFailed", Condition="tags")
@@ -320,19 +341,32 @@ class Converter:
                     self.idle.set()
 
     # -- the conversion itself --------------------------------------------
-    async def versioned(self, bucket: str) -> bool:
-        """Whether the bucket's versioning was ever enabled: such buckets are never
-        converted until stand-ins exist (docs/versioning.md). Asked of the backend each
-        time, so a conversion never trusts a status older than the call."""
+    @property
+    def in_place(self) -> bool:
+        """Whether the backend can rewrite a version in place, keeping its ID
+        (LocalBackend.REPLACES_VERSIONS): then versioned buckets are converted."""
+        return bool(getattr(self.backend, "REPLACES_VERSIONS", False))
+
+    async def status(self, bucket: str) -> str | None:
+        """The bucket's versioning status (None: never versioned, or no such bucket).
+        Asked of the backend each time, so a conversion never trusts an older status;
+        it cannot change during a conversion (put_bucket_versioning waits on the gate)."""
         getter = getattr(self.backend, "get_bucket_versioning", None)
         if getter is None:
-            return False
+            return None
         try:
-            return await getter(bucket) is not None
+            result: str | None = await getter(bucket)
+            return result
         except S3Error as exc:
             if exc.code == "NoSuchBucket":
-                return False
+                return None
             raise
+
+    async def versioned(self, bucket: str) -> bool:
+        """Whether the bucket is left plain because it is versioned: its versioning was
+        ever enabled and the backend cannot rewrite a version in place (the S3 backend,
+        until stand-ins exist: docs/versioning.md)."""
+        return not self.in_place and await self.status(bucket) is not None
 
     async def convert(self, bucket: str, key: str) -> str:
         """Convert K with its sidecar if both are there; returns what happened."""
@@ -340,7 +374,8 @@ class Converter:
         if not settings.convert:
             self._set_state(bucket, key, None)
             return "conversion disabled for this bucket"
-        if await self.versioned(bucket):
+        status = await self.status(bucket)
+        if status is not None and not self.in_place:
             self._set_state(bucket, key, "not converted: versioned bucket")
             return "versioned bucket"
         side_key = key + settings.sidecar_suffix
@@ -358,12 +393,16 @@ class Converter:
             self._set_state(bucket, key, "not converted: encrypted")
             return "encrypted"
         try:
-            side = await physical.verified(self.backend, bucket,
-                                           await self.backend.head_object(bucket, side_key))
+            claimed = await self.backend.head_object(bucket, side_key)
+            side = await physical.verified(self.backend, bucket, claimed)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket"):
                 if physical.representation(image) == "plain":
                     if settings.convert_plain and looks_like_image(key, image.meta.content_type):
+                        held = _locked(image) if status is not None else None
+                        if held is not None:  # never rewritten while locked
+                            self._set_state(bucket, key, f"pending: {held}")
+                            return f"deferred: {held}"
                         return await self._convert_plain(bucket, key, image, settings)
                     self._set_state(bucket, key, "pending: waiting for the sidecar")
                 return "no sidecar"
@@ -372,6 +411,12 @@ class Converter:
             self._set_state(bucket, key, "not converted: the sidecar is encrypted")
             return "encrypted sidecar"
         rep_image, rep_side = physical.representation(image), physical.representation(side)
+        if status is not None:
+            if rep_side == "plain" and physical.representation(claimed) != "plain":
+                # A stub whose container version is not the image's current one (it was
+                # overwritten, or the stub reads a keep copy): never a sidecar to convert.
+                self._set_state(bucket, key, None)
+                return "sidecar key holds a stub of another version"
         if rep_image == physical.REP_LATENT:
             self._set_state(bucket, key, None)
             if rep_side == "plain":
@@ -379,10 +424,15 @@ class Converter:
                 if expected is None:  # a latent-only upload or a copy: holds no sidecar
                     return "already latent; the sidecar key is not its sidecar"
                 return await self._finish_stub(bucket, key, image.etag, expected, side_key,
-                                               side, None)
+                                               side, None, image_vid=image.version_id,
+                                               versioned=status is not None)
             return "already latent"
         if rep_side != "plain":
             return "sidecar key holds a stub of another image"
+        held = _locked(image, side) if status is not None else None
+        if held is not None:  # never rewritten while locked; swept again, not decoded
+            self._set_state(bucket, key, f"pending: {held}")
+            return f"deferred: {held}"
         judged_under = self.fingerprint(bucket)
         refusal = self._refused.get((bucket, key))
         stored = None
@@ -406,7 +456,7 @@ class Converter:
                                                 **{SIDECAR_ETAG: side.etag})
         crash_point("before-container")
         written = await self._commit(bucket, key, admission.container, meta, image,
-                                     admission.header.codec)
+                                     admission.header.codec, versioned=status is not None)
         if written is None:
             return "superseded by a newer write"
         crash_point("after-container")
@@ -414,7 +464,9 @@ class Converter:
         if marker_left:
             await self._drop_marker(bucket, key)
         outcome = await self._finish_stub(bucket, key, written.etag, side.etag, side_key, side,
-                                          (admission, side_bytes))
+                                          (admission, side_bytes),
+                                          image_vid=written.version_id,
+                                          versioned=status is not None)
         crash_point("after-stub")
         return (f"admitted: {admission.header.codec}, {len(admission.container)} bytes for a "
                 f"{image.size}-byte image, psnr {admission.header.psnr} dB; "
@@ -442,16 +494,26 @@ class Converter:
         return view, meta
 
     async def _commit(self, bucket: str, key: str, container: bytes, meta: ObjectMeta,
-                      image: ObjectInfo, label: str) -> ObjectInfo | None:
+                      image: ObjectInfo, label: str, *, versioned: bool = False
+                      ) -> ObjectInfo | None:
         """Write the container over the image it was made from, keeping tags written
-        meanwhile; None when a newer write got there first (nothing is replaced then)."""
+        meanwhile; None when a newer write got there first (nothing is replaced then).
+
+        Versioned (a backend that rewrites versions in place): the container takes the
+        place of the image's version, keeping its ID; a lock set on it meanwhile (the
+        backend refuses with AccessDenied) leaves it plain until the lock lifts."""
         try:
-            written = await self.write_keeping_tags(bucket, key, container, meta,
-                                                    if_match=image.etag)
+            written = await self.write_keeping_tags(
+                bucket, key, container, meta, if_match=image.etag,
+                replace_version=(image.version_id or "null") if versioned else None)
         except S3Error as exc:
-            if exc.code in ("PreconditionFailed", "NoSuchKey"):
+            if exc.code in ("PreconditionFailed", "NoSuchKey", "NoSuchVersion"):
                 self._set_state(bucket, key, None)
                 self.results.labels("superseded", "newer write").inc()
+                return None
+            if versioned and exc.code == "AccessDenied":
+                self._set_state(bucket, key, "pending: object lock")
+                self.results.labels("deferred", "object lock").inc()
                 return None
             raise
         self._written(bucket, key)
@@ -497,7 +559,8 @@ class Converter:
         # As for pairs: the object keeps its owner and ACL (in `meta`), and a tagging that
         # lands meanwhile wins over the tags read above.
         written = await self._commit(bucket, key, admission.container, meta, image,
-                                     "avif-plain")
+                                     "avif-plain",
+                                     versioned=await self.status(bucket) is not None)
         if written is None:
             return "superseded by a newer write"
         await self._index(bucket, key, written.etag, view, replaced=image)
@@ -508,20 +571,28 @@ class Converter:
 
     async def _finish_stub(self, bucket: str, key: str, container_etag: str, expected: str,
                            side_key: str, side: ObjectInfo,
-                           converted: tuple[Any, bytes] | None) -> str:
+                           converted: tuple[Any, bytes] | None, *,
+                           image_vid: str | None = None, versioned: bool = False) -> str:
         """Replace the real sidecar by a stub, if it is the one the container holds.
 
         The stub mirrors the sidecar key as it will be served: same size, and the ETag
         of the bytes rebuilt from the container (physical.served_etag), so HEAD, GET
         and listings agree after a lossy codec too. `converted` is (admission, sidecar
         bytes) when just converted; else both are read back.
+
+        Versioned: the stub takes the place of the sidecar's version (keeping its ID) and
+        names the container's version (`ivid`); that version must still exist when the
+        stub is written, under the pair lock a permanent delete of it holds too (it makes
+        a keep copy for every stub naming it first, VersionedObjects.keep_if_needed).
         """
         if expected != side.etag:
             return "sidecar replaced since conversion; kept as it is"
         try:
             if converted is None:
-                container = (await read_all(self.backend, bucket, key, 2 * MAX_IMAGE_BYTES))[1]
-                _, side_bytes = await read_all(self.backend, bucket, side_key, MAX_SIDECAR_BYTES)
+                container = (await read_all(self.backend, bucket, key, 2 * MAX_IMAGE_BYTES,
+                                            version_id=image_vid if versioned else None))[1]
+                _, side_bytes = await read_all(self.backend, bucket, side_key, MAX_SIDECAR_BYTES,
+                                               version_id=side.version_id if versioned else None)
             else:
                 container, side_bytes = converted[0].container, converted[1]
             header, payload = await asyncio.to_thread(unpack, container)
@@ -535,21 +606,28 @@ class Converter:
                       bucket, side_key)
             return "sidecar kept: the container does not rebuild it"
         etag = physical.served_etag(side.etag, side_bytes, served)
+        names = {physical.L_IMAGE: key, physical.S_SOURCE: side.etag}
+        if versioned:
+            names[physical.L_IVID] = image_vid or "null"
         meta = ObjectMeta(
             content_type=side.meta.content_type,
             metadata=dict(side.meta.metadata),
             headers=dict(side.meta.headers),
             tags=await self.backend.get_tags(bucket, side_key),
             internal=physical.mirror(physical.REP_STUB, side.size, etag,
-                                     side.last_modified, **{physical.L_IMAGE: key,
-                                                            physical.S_SOURCE: side.etag},
+                                     side.last_modified, **names,
                                      **physical.access_of(side.meta.internal)),
         )
         async with self.pair_lock(bucket, key):
             try:  # the container is still at `key` (and stays while the lock is held)
-                current = await self.backend.head_object(bucket, key)
+                if versioned:  # its version, current or not
+                    current = await self.backend.head_object(bucket, key,
+                                                             version_id=image_vid or "null")
+                else:
+                    current = await self.backend.head_object(bucket, key)
             except S3Error as exc:
-                if exc.code not in ("NoSuchKey", "NoSuchBucket"):
+                if exc.code not in ("NoSuchKey", "NoSuchBucket", "NoSuchVersion",
+                                    "MethodNotAllowed"):
                     raise
                 current = None
             if current is None or current.etag != container_etag:
@@ -557,10 +635,13 @@ class Converter:
             try:
                 written = await self.write_keeping_tags(
                     bucket, side_key, physical.stub_body(key, container_etag), meta,
-                    if_match=side.etag)
+                    if_match=side.etag,
+                    replace_version=(side.version_id or "null") if versioned else None)
             except S3Error as exc:
-                if exc.code in ("PreconditionFailed", "NoSuchKey"):
+                if exc.code in ("PreconditionFailed", "NoSuchKey", "NoSuchVersion"):
                     return "sidecar changed meanwhile; kept as it is"
+                if versioned and exc.code == "AccessDenied":
+                    return "sidecar locked meanwhile; kept as it is until the lock lifts"
                 raise
         self._written(bucket, side_key)
         await self._index(bucket, side_key, written.etag,
@@ -652,6 +733,9 @@ class Converter:
                 async with self.gate.work(bucket.name):
                     f, r = await self._sweep_bucket(bucket.name, settings.sidecar_suffix,
                                                     plain=settings.convert_plain)
+                    if self.keep_sweeper is not None and \
+                            await self.status(bucket.name) is not None:
+                        await self.keep_sweeper(bucket.name)
             except S3Error as exc:
                 if exc.code != "NoSuchBucket":
                     raise

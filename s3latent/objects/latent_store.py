@@ -10,6 +10,7 @@ ForwardingStore; so are the write hooks (invalidation before and after, write li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -35,7 +36,7 @@ from ..config import Config
 from ..errors import S3Error
 from . import physical
 from .context import LatentContext, readable, writable
-from .conversion import Converter
+from .conversion import Converter, looks_like_image
 from .lifecycle import LifecycleWorker
 from .listing import LatentListing
 from .reads import LatentReads
@@ -76,6 +77,9 @@ class LatentStore(ForwardingStore):
         self.versioned = VersionedObjects(self.ctx, self.reads)
         self.lifecycle = LifecycleWorker(self, interval_s=config.lifecycle_interval_s,
                                          day_s=config.lifecycle_day_s)
+        # Each sweep of a versioned bucket removes the keep copies no stub reads any more.
+        self.converter.keep_sweeper = lambda bucket: self.versioned.sweep_keep_copies(
+            bucket, self.converter.pair_lock)
 
     async def _versioned_access(self, bucket: str, version_id: str | None) -> bool:
         """Whether a request goes the versioned way; in a bucket never versioned only the
@@ -134,9 +138,10 @@ class LatentStore(ForwardingStore):
         self.status.forget(bucket)
 
     async def put_bucket_versioning(self, bucket: str, status: str) -> None:
-        """Conversions of the bucket in flight are waited for and held back meanwhile:
-        none may write a container into a bucket that has just become versioned (it would
-        add a version); later ones see the status and leave the bucket plain."""
+        """Conversions of the bucket in flight are waited for and held back meanwhile: one
+        that started unversioned must not commit into a bucket that has just become
+        versioned (its plain overwrite would add a version); later ones see the status and
+        convert in place (Converter.in_place) or leave the bucket plain."""
         async with self.converter.gate.closed(bucket):
             await self.backend.put_bucket_versioning(bucket, status)
             self.status.set(bucket, status)
@@ -146,12 +151,14 @@ class LatentStore(ForwardingStore):
                                    key_marker: str | None = None,
                                    version_id_marker: str | None = None,
                                    max_keys: int = 1000) -> VersionsPage:
-        """Versions as clients see them: a latent version (of a pair converted before
-        versioning) shows the size, ETag and time its reads give.
+        """Versions as clients see them: a latent version shows the size, ETag and time
+        its reads give.
 
         Which versions may be latent: a one-part multipart ETag, or a key the listing
         index knows as converted (SeaweedFS lists multipart versions without the "-1").
-        One index listing per page, one HEAD per such version.
+        One index listing per page; a version whose (key, physical ETag) the index holds
+        takes its view from there (the same bytes, whichever version), any other such
+        version costs one HEAD.
         """
         page = await super().list_object_versions(
             bucket, prefix=prefix, delimiter=delimiter, key_marker=key_marker,
@@ -159,7 +166,8 @@ class LatentStore(ForwardingStore):
         versions = [e for e in page.entries if not e.delete_marker]
         if not versions:
             return page
-        converted = await self._converted_keys(bucket, versions[0].key, versions[-1].key)
+        indexed = await self._indexed_views(bucket, versions[0].key, versions[-1].key)
+        converted = {key for key, _ in indexed}
         limiter = asyncio.Semaphore(16)
 
         async def fix(entry: VersionEntry) -> None:
@@ -172,13 +180,22 @@ class LatentStore(ForwardingStore):
             entry.size, entry.etag = info.size, info.etag
             entry.last_modified = info.last_modified
 
-        await asyncio.gather(*(fix(e) for e in versions
-                               if physical.may_be_latent(e.etag) or e.key in converted))
+        rest = []
+        for entry in versions:
+            view = indexed.get((entry.key, entry.etag))
+            if view is not None:
+                entry.size, entry.etag = view.size, view.etag
+                entry.last_modified = view.last_modified
+            elif physical.may_be_latent(entry.etag) or entry.key in converted:
+                rest.append(entry)
+        await asyncio.gather(*(fix(e) for e in rest))
         return page
 
-    async def _converted_keys(self, bucket: str, first: str, last: str) -> set[str]:
-        """Keys in [first, last] with a latent view in the listing index (bounded pages)."""
-        found: set[str] = set()
+    async def _indexed_views(self, bucket: str, first: str, last: str
+                             ) -> dict[tuple[str, str], physical.LogicalView]:
+        """(key, physical ETag) -> logical view of the latent objects in [first, last] the
+        listing index holds (bounded pages)."""
+        found: dict[tuple[str, str], physical.LogicalView] = {}
         start = physical.view_index_prefix(first)[:-1]
         end = physical.view_index_prefix(last) + "\U0010ffff"
         for _ in range(5):
@@ -189,7 +206,7 @@ class LatentStore(ForwardingStore):
                     return found
                 parsed = physical.parse_view_index_key(entry.key)
                 if parsed is not None and parsed[2] is not None:
-                    found.add(parsed[0])
+                    found[parsed[0], parsed[1]] = parsed[2]
             if not page.is_truncated or page.next_start_after is None:
                 return found
             start = page.next_start_after
@@ -242,12 +259,30 @@ class LatentStore(ForwardingStore):
                           "buckets.")
         if_match, if_none_match = await self._versioned_conditions(bucket, key, if_match,
                                                                    if_none_match)
-        if status == "Suspended":
-            await self.versioned.keep_if_needed(bucket, key, "null")
         extra = {"lock": lock} if lock is not None else {}
-        return await self.backend.put_object(bucket, key, body, meta, size=size,
-                                             if_match=if_match, if_none_match=if_none_match,
-                                             **extra)
+        # Suspended: the write replaces the `null` version, so it is kept first if a stub
+        # reads from it, under the pair lock (no such stub written in between). Enabled
+        # writes remove nothing and hold nothing.
+        async with self.converter.pair_lock(bucket, key) if status == "Suspended" \
+                else contextlib.nullcontext():
+            if status == "Suspended":
+                await self.versioned.keep_if_needed(bucket, key, "null")
+            info = await self.backend.put_object(bucket, key, body, meta, size=size,
+                                                 if_match=if_match,
+                                                 if_none_match=if_none_match, **extra)
+        self._schedule_versioned(bucket, key)
+        return info
+
+    def _schedule_versioned(self, bucket: str, key: str) -> None:
+        """A new version in a versioned bucket: its pair is converted (in place, keeping
+        version IDs) where the backend can (Converter.in_place), as after any write."""
+        settings = self.config.bucket(bucket)
+        if not settings.convert or not self.converter.in_place or physical.is_hidden(key):
+            return
+        if key.endswith(settings.sidecar_suffix):
+            self.converter.schedule(bucket, key[: -len(settings.sidecar_suffix)])
+        elif looks_like_image(key, None):
+            self.converter.schedule(bucket, key)
 
     async def _versioned_conditions(self, bucket: str, key: str, if_match: str | None,
                                     if_none_match: str | None
@@ -328,12 +363,15 @@ class LatentStore(ForwardingStore):
             return DeleteResult(version_id)
         if physical.is_hidden(key):
             return DeleteResult(version_id)  # not a client's object
-        if version_id is not None:
-            await self.versioned.keep_if_needed(bucket, key, version_id)
-        elif status == "Suspended":
-            await self.versioned.keep_if_needed(bucket, key, "null")
-        return await super()._delete_object(bucket, key, version_id=version_id,
-                                            bypass_governance=bypass_governance)
+        # Under the pair lock: no stub naming the version is written between the keep
+        # copy and the delete (Converter._finish_stub holds it too).
+        async with self.converter.pair_lock(bucket, key):
+            if version_id is not None:
+                await self.versioned.keep_if_needed(bucket, key, version_id)
+            elif status == "Suspended":
+                await self.versioned.keep_if_needed(bucket, key, "null")
+            return await super()._delete_object(bucket, key, version_id=version_id,
+                                                bypass_governance=bypass_governance)
 
     async def _copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                            meta: ObjectMeta | None, *, src_version_id: str | None = None,
@@ -347,8 +385,21 @@ class LatentStore(ForwardingStore):
         writable(dst_key)
         if dst_status is None and lock is not None:
             raise S3Error("InvalidRequest", "Bucket is missing ObjectLockConfiguration")
-        if dst_status == "Suspended":
-            await self.versioned.keep_if_needed(dst_bucket, dst_key, "null")
+        async with self.converter.pair_lock(dst_bucket, dst_key):
+            if dst_status == "Suspended":
+                await self.versioned.keep_if_needed(dst_bucket, dst_key, "null")
+            info = await self._copy_version(src_bucket, src_key, dst_bucket, dst_key, meta,
+                                            src_version_id=src_version_id, lock=lock)
+        if dst_status is not None:
+            self._schedule_versioned(dst_bucket, dst_key)
+        return info
+
+    async def _copy_version(self, src_bucket: str, src_key: str, dst_bucket: str,
+                            dst_key: str, meta: ObjectMeta | None, *,
+                            src_version_id: str | None, lock: ObjectLock | None
+                            ) -> ObjectInfo:
+        """A copy that involves a versioned bucket: the source version as clients read it
+        (a latent one as its rendition, a plain one server-side)."""
         stored = await self.backend.head_object(src_bucket, src_key, version_id=src_version_id)
         pinned = stored.version_id or src_version_id
         if physical.representation(stored) == "plain" and \
@@ -405,13 +456,15 @@ class LatentStore(ForwardingStore):
                                         checksum: str | None = None) -> ObjectInfo:
         writable(key)
         status = await self._status(bucket)
-        if status is not None:  # a new version: nothing materialised, nothing converted
+        if status is not None:  # a new version: nothing materialised
             self.invalidate(bucket, key)
-            if status == "Suspended":
-                await self.versioned.keep_if_needed(bucket, key, "null")
-            info = await self.backend.complete_multipart_upload(
-                bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)
+            async with self.converter.pair_lock(bucket, key):
+                if status == "Suspended":
+                    await self.versioned.keep_if_needed(bucket, key, "null")
+                info = await self.backend.complete_multipart_upload(
+                    bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)
             self.changed(bucket, key)
+            self._schedule_versioned(bucket, key)
             return info
         return await super().complete_multipart_upload(
             bucket, key, upload_id, parts, if_match=if_match, checksum=checksum)

@@ -61,6 +61,8 @@ L_SIZE, L_ETAG, L_MODIFIED, L_IMAGE = "lsize", "letag", "lmod", "image"
 # header's sidecar.etag). The stub's L_ETAG is that of the bytes served, which differ
 # after a lossy conversion. Stubs written before this field compare L_ETAG instead.
 S_SOURCE = "setag"
+# On a stub in a versioned bucket: the version of the image key whose container it reads.
+L_IVID = "ivid"
 # First read of a claimed container: nearly always holds the whole header.
 CLAIM_READ = 4096
 # On a container, for people browsing the backend bucket: how it was stored.
@@ -91,6 +93,20 @@ _VIEW_FIELD = "."
 # delimiter made of none of them rolls index keys up exactly as logical keys.
 VIEW_KEY_CHARS = frozenset("0123456789abcdefp-" + _VIEW_SEP + _VIEW_FIELD)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+KEEP_PREFIX = HIDDEN_PREFIX + "keep/"
+# Keep copies of containers converted in a versioned bucket: `keepv/<version>/<image key>`
+# (a version ID holds no "/", so the name is never ambiguous).
+KEEPV_PREFIX = HIDDEN_PREFIX + "keepv/"
+
+
+def keep_key(image_key: str, version_id: str | None = None) -> str:
+    """Where the container of `image_key`'s version is kept for stubs that outlive it
+    (docs/versioning.md): the `null` version at the old name, others under keepv/."""
+    if version_id is None or version_id == "null":
+        return KEEP_PREFIX + image_key
+    return KEEPV_PREFIX + version_id + "/" + image_key
 
 
 def is_hidden(key: str) -> bool:
@@ -189,14 +205,24 @@ async def verified(backend: Backend, bucket: str, info: ObjectInfo) -> ObjectInf
             return info
     else:
         image_key = info.meta.internal.get(L_IMAGE, "")
-        image = None
-        if image_key and not is_hidden(image_key):
+        ivid = info.meta.internal.get(L_IVID)  # versioned: the container's version
+        # Where its container may be: the image's current version (unversioned), or the
+        # version it names and that version's keep copy (versioned).
+        places: list[tuple[str, str | None]] = [(image_key, ivid)]
+        if ivid is not None:
+            places.append((keep_key(image_key, ivid), None))
+        for place, vid in places if image_key and not is_hidden(image_key) else []:
             try:
-                image = await backend.head_object(bucket, image_key)
+                if vid is None:
+                    image = await backend.head_object(bucket, place)
+                else:
+                    image = await backend.head_object(bucket, place, version_id=vid)
             except S3Error as exc:
-                if exc.code != "NoSuchKey":
+                if exc.code not in ("NoSuchKey", "NoSuchVersion", "MethodNotAllowed"):
                     raise
-        if image is not None and representation(image) == REP_LATENT:
+                continue
+            if representation(image) != REP_LATENT:
+                continue
             header = await read_header(backend, bucket, image)
             if header is not None and container_holds(image, header) and \
                     stub_holds(info, image_key, header):
@@ -418,8 +444,12 @@ async def write_single_part(
     *,
     if_match: str | None = None,
     keep_tags: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+    replace_version: str | None = None,
 ) -> ObjectInfo:
     """Write `data` as a one-part multipart upload (ETag "...-1"), optionally guarded.
+
+    `replace_version` (backends with REPLACES_VERSIONS, versioned buckets): the write takes
+    the place of that version, which must be current with ETag `if_match`, keeping its ID.
 
     The guard is checked just before completing; completing is the commit point,
     so a concurrent newer PUT either lands first (we abort) or after (it wins).
@@ -441,6 +471,10 @@ async def write_single_part(
                 tags = await backend.get_tags(bucket, key)
                 if tags != meta.tags:
                     raise TagsChanged(tags)
+            if replace_version is not None:
+                return await backend.complete_multipart_upload(  # type: ignore[call-arg]
+                    bucket, key, upload_id, [(1, etag)], if_match=if_match,
+                    replace_version=replace_version)
             return await backend.complete_multipart_upload(
                 bucket, key, upload_id, [(1, etag)], if_match=if_match
             )
