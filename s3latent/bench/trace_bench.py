@@ -27,12 +27,7 @@ import asyncio
 import hashlib
 import io
 import json
-import os
-import platform
-import shutil
-import tempfile
 import time
-import tomllib
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -40,10 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from . import trace_common as tc
 from .gateway_bench import S3Client, S3HttpError, percentile
-from .servers import GatewayServer, SeaweedServer
+from .servers import GatewayServer
 
 CONFIGS = ("imgstore", "latent_only", "static", "adaptive")
 AVIF_CONFIG = "avif"
@@ -613,69 +607,14 @@ def plot_alpha(path: Path, samples: Sequence[dict[str, float]], title: str) -> P
     )
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version()}
-
-
 # -- main ----------------------------------------------------------------------------------
-
-
-def _model_from_file(path: str) -> tuple[str, dict[str, Any]]:
-    data = tomllib.loads(Path(path).read_text())
-    models = data.get("models", {})
-    if not models:
-        raise SystemExit(f"{path}: no [models.X] table")
-    model_id, table = next(iter(models.items()))
-    return str(model_id), dict(table)
-
-
-def _parse_size(text: str) -> int:
-    from ..config import parse_size
-
-    return parse_size(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="s3latent bench trace", description=__doc__.splitlines()[0] if __doc__ else None
     )
-    ap.add_argument("--quick", action="store_true", help="small run (about 2 minutes on 2 cores)")
-    ap.add_argument("--backend", help="S3 endpoint URL or file:///dir (default: start SeaweedFS)")
-    ap.add_argument("--model-config", help="TOML file with a [models.X] table (default: tiny)")
-    ap.add_argument("--trace", default="synthetic", help="'synthetic' or a trace CSV file")
-    ap.add_argument("--requests", type=int, default=None, help="GETs to replay")
-    ap.add_argument("--objects", type=int, default=None, help="distinct objects (synthetic)")
-    ap.add_argument("--zipf", type=float, default=0.9, help="popularity skew (synthetic)")
-    ap.add_argument(
-        "--half-life",
-        type=float,
-        default=None,
-        help="popularity half-life in requests (synthetic; default 5000)",
-    )
-    ap.add_argument(
-        "--arrival-rate",
-        type=float,
-        default=None,
-        help="new images per request (synthetic; default 0.02)",
-    )
-    ap.add_argument("--seed", type=int, default=1)
+    tc.add_trace_arguments(ap, quick_help="small run (about 2 minutes on 2 cores)")
     ap.add_argument(
         "--memory",
         default="auto",
@@ -698,8 +637,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="latent codec of the latent bucket (default: q8 with --quick, else auto)",
     )
-    ap.add_argument("--sizes", default=None, help="image sides, e.g. 64,96,128")
-    ap.add_argument("--corpus-items", type=int, default=None, help="distinct images")
     ap.add_argument(
         "--configs",
         default=None,
@@ -712,24 +649,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="issue 15: replay against ImgStore, latent-held and AVIF-held objects (configs "
         f"{','.join(REPRESENTATION_CONFIGS)}; the AVIF bucket has representation = \"avif\")",
     )
-    ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--plot", help="PNG of alpha and window latency during the adaptive run")
-    ap.add_argument("--workdir", help="keep files here (default: a temp dir, removed)")
+    tc.add_output_arguments(
+        ap,
+        plot_help="PNG of alpha and window latency during the adaptive run",
+        workdir_help="keep files here (default: a temp dir, removed)",
+    )
     return ap
 
 
+QUICK = tc.TraceDefaults(requests=400, objects=60, sizes="32,48,64", model_sizes="256",
+                         corpus_items=24)
+FULL = tc.TraceDefaults(requests=6000, objects=1000, sizes="64,96,128", model_sizes="256",
+                        corpus_items=32)
+
+
 def _defaults(args: argparse.Namespace) -> None:
-    q = args.quick
-    if args.requests is None:
-        args.requests = 400 if q else 6000
-    if args.objects is None:
-        args.objects = 60 if q else 1000
+    tc.apply_trace_defaults(args, QUICK, FULL)
     if args.codec is None:
-        args.codec = "q8" if q else "auto"
-    if args.sizes is None:
-        args.sizes = ("32,48,64" if q else "64,96,128") if args.model_config is None else "256"
-    if args.corpus_items is None:
-        args.corpus_items = 24 if q else 32
+        args.codec = "q8" if args.quick else "auto"
     if args.window is None:
         args.window = max(25, args.requests // 12)
     if args.configs is None:
@@ -745,7 +682,7 @@ async def _run(
 ) -> dict[str, Any]:
     sizes = [int(s) for s in str(args.sizes).split(",") if s]
     if args.model_config:
-        model_id, table = _model_from_file(args.model_config)
+        model_id, table = tc.model_from_file(args.model_config)
     else:
         model_id, table = TINY_MODEL_ID, tiny_model(workdir)
     log(f"trace: {args.trace}")
@@ -761,9 +698,8 @@ async def _run(
     objects[WARMUP_KEY] = corpus[0]
     image_bytes = sum(len(corpus[content[k]].png) for k in keys)
     distinct_bytes = sum(len(o.png) for k, o in objects.items() if k != WARMUP_KEY)
-    memory = (
-        max(64 * 1024, distinct_bytes // 10) if args.memory == "auto" else _parse_size(args.memory)
-    )
+    auto = max(64 * 1024, distinct_bytes // 10)
+    memory = auto if args.memory == "auto" else tc.parse_size(args.memory)
     log(
         f"trace: {len(keys)} GETs over {len(content)} objects "
         f"({distinct_bytes:,} image bytes); cache {memory:,} bytes"
@@ -778,19 +714,7 @@ async def _run(
         "imgstore": img_bucket,
         AVIF_CONFIG: avif_bucket or "",
     }
-    weed: SeaweedServer | None = None
-    if args.backend:
-        backend = args.backend
-        bkeys: tuple[str, str] | None = None
-        if os.environ.get("S3LATENT_BACKEND_ACCESS_KEY"):
-            bkeys = (
-                os.environ["S3LATENT_BACKEND_ACCESS_KEY"],
-                os.environ.get("S3LATENT_BACKEND_SECRET_KEY", ""),
-            )
-    else:
-        weed = SeaweedServer(workdir / "weed").start()
-        backend, bkeys = weed.endpoint, (weed.access_key, weed.secret_key)
-    try:
+    with tc.backend_for(args, workdir) as (backend, bkeys, started):
 
         def config_file(name: str, alpha: float, adaptive: bool, mem: int) -> Path:
             path = workdir / f"{name}.toml"
@@ -870,34 +794,29 @@ async def _run(
                 f"p99 {c['p99_ms']:8.2f}  image hit {c['image_hit_ratio']:.3f}  "
                 f"latent hit {c['latent_hit_ratio']:.3f}  ({c['wall_s']:.1f}s)"
             )
-    finally:
-        if weed is not None:
-            weed.stop()
     report: dict[str, Any] = {
         "configs": results,
         "params": {
-            "trace": args.trace,
-            "requests": len(keys),
-            "objects": len(content),
-            "zipf": args.zipf,
-            "half_life": args.half_life,
-            "arrival_rate": args.arrival_rate,
-            "seed": args.seed,
+            **tc.trace_params(
+                args,
+                requests=len(keys),
+                objects=len(content),
+                model=model_id,
+                sizes=sizes,
+                corpus_items=len(corpus),
+                backend=backend,
+                started=started,
+            ),
             "memory": memory,
             "concurrency": args.concurrency,
             "window": args.window,
             "alpha_step": args.alpha_step,
             "sample_rate": args.sample_rate,
-            "codec": args.codec,
-            "model": model_id,
-            "sizes": sizes,
-            "corpus_items": len(corpus),
             "replayed_image_bytes": image_bytes,
             "distinct_image_bytes": distinct_bytes,
-            "backend": "seaweedfs (started by the benchmark)" if weed else backend,
         },
         "backend_usage": sizes_on_backend,
-        "machine": machine(),
+        "machine": tc.machine(),
         "adaptive_samples": samples,
     }
     if avif_bucket is not None:
@@ -914,21 +833,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`s3latent bench trace [--quick] ...`; prints a table, optionally JSON and a plot."""
     args = build_parser().parse_args(argv)
     _defaults(args)
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
-    own = args.workdir is None
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="s3latent-trace-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        report = asyncio.run(_run(args, workdir, log))
-    except aiohttp.ClientError as exc:
-        print(f"trace bench: client error: {exc}")
+    report = tc.run_in_workdir(args, "trace", _run)
+    if report is None:
         return 1
-    finally:
-        if own:
-            shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(table(report["configs"]))
     for k, v in {**report.get("ratios", {}), **report.get("representation_ratios", {})}.items():
