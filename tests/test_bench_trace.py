@@ -91,3 +91,112 @@ def test_tiny_run_writes_the_json_and_the_plot(tmp_path: Path) -> None:
     }
     assert report["adaptive_samples"], "alpha was never sampled"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gateway_config_names_the_avif_bucket() -> None:
+    import tempfile
+
+    from s3latent.config import load_config
+
+    text = tb.gateway_config(
+        "tiny", {"kind": "tae", "arch": "taesd", "decoder": "/x/d.pth"}, "img", codec="q8",
+        memory=1, alpha=0.5, adaptive=True, window=40, alpha_step=0.1, avif_bucket="avif-b",
+    )
+    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+        f.write(text)
+    cfg = load_config(f.name, env={})
+    assert cfg.bucket("avif-b").representation == "avif" and cfg.bucket("avif-b").convert
+    assert cfg.bucket("other").representation == "smallest"
+    assert cfg.bucket("img").convert is False
+
+
+class _FakeClient:
+    """Answers GETs from a dict; /metrics empty."""
+
+    def __init__(self, bodies: dict[str, bytes], etags: dict[str, str]) -> None:
+        self.bodies, self.etags = bodies, etags
+
+    async def get(self, bucket: str, key: str) -> int:
+        return 0
+
+    async def get_body(self, bucket: str, key: str) -> tuple[bytes, str]:
+        return self.bodies[key], self.etags[key]
+
+    async def metrics(self) -> str:
+        return ""
+
+
+def test_replay_checks_every_body_against_what_head_promised() -> None:
+    import asyncio
+    import hashlib
+
+    import pytest
+
+    good, bad = b"rendition", b"renditioN"
+    md5 = hashlib.md5(good).hexdigest()
+    promised = {"a": tb.Promise(len(good), md5)}
+
+    def run(body: bytes, etag: str) -> tb.ReplayResult:
+        client = _FakeClient({"a": body}, {"a": etag})
+        return asyncio.run(tb.replay(client, "b", ["a"] * 5, concurrency=2,  # type: ignore[arg-type]
+                                     sample_every=100, promised=promised))
+
+    assert run(good, md5).verified == 5
+    with pytest.raises(tb.BodyMismatch):  # same length, other bytes
+        run(bad, md5)
+    with pytest.raises(tb.BodyMismatch):  # right bytes, another ETag header
+        run(good, hashlib.md5(bad).hexdigest())
+
+
+def test_representations_run_reads_avif_held_objects_next_to_latent_and_imgstore(
+    tmp_path: Path,
+) -> None:
+    """Issue 15: one run, one trace, ImgStore vs latent-held vs AVIF-held objects."""
+    out = tmp_path / "trace.json"
+    rc = tb.main([
+        "--quick",
+        "--representations",
+        "--backend", f"file://{tmp_path / 'data'}",
+        "--requests", "40",
+        "--objects", "8",
+        "--corpus-items", "3",
+        "--sizes", "32",
+        "--window", "20",
+        "--concurrency", "2",
+        "--json", str(out),
+        "--workdir", str(tmp_path / "work"),
+    ])  # fmt: skip
+    assert rc == 0
+    report = json.loads(out.read_text())
+    cfgs = report["configs"]
+    assert list(cfgs) == ["imgstore", "adaptive", "avif"]
+    objects = report["params"]["objects"]
+    # every object of the AVIF bucket (and the warm-up object) is held as AVIF, none fell
+    # back to a latent: the avif row measures AV1 decodes only
+    assert report["avif_stored_as"] == {"avif": objects + 1}
+    for name, c in cfgs.items():
+        assert c["requests"] == 40 and c["verified_bodies"] == 40, name
+        assert 0 < c["p50_ms"] <= c["p99_ms"], name
+    # AVIF containers hold the image and the pair's latent: more bytes than the latent alone
+    assert cfgs["avif"]["backend_bytes"] > cfgs["adaptive"]["backend_bytes"]
+    assert report["backend_usage"]["avif"]["sidecar_objects"] == objects + 1
+    ratios = report["representation_ratios"]
+    for label in ("latent_vs_imgstore", "avif_vs_imgstore", "avif_vs_latent"):
+        for metric in ("mean_ms", "p50_ms", "p99_ms", "backend_bytes"):
+            assert ratios[f"{label}_{metric}"] > 0
+    assert ratios["avif_vs_imgstore_mean_ms"] == round(
+        cfgs["avif"]["mean_ms"] / cfgs["imgstore"]["mean_ms"], 3
+    )
+    # an AV1 decode is no VAE decode: AVIF-held reads are faster than latent-held ones
+    assert ratios["avif_vs_latent_mean_ms"] < 1.0
+
+
+def test_configs_are_checked_and_representations_selects_three() -> None:
+    import pytest
+
+    args = tb.build_parser().parse_args(["--quick", "--configs", "imgstore,avif2"])
+    with pytest.raises(SystemExit, match="avif2"):  # before: silently left out
+        tb._defaults(args)
+    args = tb.build_parser().parse_args(["--quick", "--representations"])
+    tb._defaults(args)
+    assert args.configs == "imgstore,adaptive,avif"

@@ -25,10 +25,7 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -39,21 +36,19 @@ from typing import Any
 
 import aiohttp
 
+from . import trace_common as tc
 from .gateway_bench import S3HttpError, percentile
-from .servers import GatewayServer, SeaweedServer, free_port
+from .servers import GatewayServer, free_port
 from .trace_bench import (
     IMG_BUCKET_PREFIX,
     LAT_BUCKET_PREFIX,
     TINY_MODEL_ID,
     WARMUP_KEY,
     TraceClient,
-    _model_from_file,
-    _parse_size,
     build_corpus,
     gateway_config,
     load_objects,
     load_trace,
-    machine,
     map_keys,
     tiny_model,
 )
@@ -468,16 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
         "3-independent on the trace; on the skewed trace 3-routed-spill's p99 is at least "
         "20%% below 3-routed's and its mean is not higher.",
     )
-    ap.add_argument("--quick", action="store_true", help="CI-sized run (tiny model, few GETs)")
-    ap.add_argument("--backend", help="S3 endpoint URL or file:///dir (default: start SeaweedFS)")
-    ap.add_argument("--model-config", help="TOML file with a [models.X] table (default: tiny)")
-    ap.add_argument("--trace", default="synthetic", help="'synthetic' or a trace CSV file")
-    ap.add_argument("--requests", type=int, default=None, help="GETs to replay per run")
-    ap.add_argument("--objects", type=int, default=None, help="distinct objects (synthetic)")
-    ap.add_argument("--zipf", type=float, default=0.9, help="popularity skew (synthetic)")
-    ap.add_argument("--half-life", type=float, default=None, help="(synthetic) see bench trace")
-    ap.add_argument("--arrival-rate", type=float, default=None, help="(synthetic)")
-    ap.add_argument("--seed", type=int, default=1)
+    tc.add_trace_arguments(
+        ap, quick_help="CI-sized run (tiny model, few GETs)", requests_help="GETs to replay per run"
+    )
     ap.add_argument(
         "--memory",
         default="auto",
@@ -495,8 +483,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--spill-threshold", type=int, default=4)
     ap.add_argument("--sample-ms", type=float, default=100.0, help="queue depth sampling period")
     ap.add_argument("--codec", default="q8", help="latent codec of the bucket")
-    ap.add_argument("--sizes", default=None, help="image sides, e.g. 96,128")
-    ap.add_argument("--corpus-items", type=int, default=None, help="distinct images")
     ap.add_argument(
         "--configs", default=",".join(CONFIGS), help="configurations on the trace workload"
     )
@@ -506,9 +492,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="configurations on the skewed workload ('' for none; needs the cluster's ring); "
         "known: " + ", ".join(CONFIGS),
     )
-    ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--plot", help="PNG of latency, hit ratio and queue depth per run")
-    ap.add_argument("--workdir", help="keep files (and node logs) here (default: temp, removed)")
+    tc.add_output_arguments(
+        ap,
+        plot_help="PNG of latency, hit ratio and queue depth per run",
+        workdir_help="keep files (and node logs) here (default: temp, removed)",
+    )
     return ap
 
 
@@ -519,18 +507,15 @@ def node_python(device_ms: float | None) -> list[str] | None:
     return [sys.executable, "-m", "s3latent.bench.emulated_device", f"--service-ms={device_ms}"]
 
 
+QUICK = tc.TraceDefaults(requests=80, objects=20, sizes="32", model_sizes="128", corpus_items=4)
+FULL = tc.TraceDefaults(requests=500, objects=200, sizes="96,128", model_sizes="128",
+                        corpus_items=24)
+
+
 def _defaults(args: argparse.Namespace) -> None:
-    q = args.quick
-    if args.requests is None:
-        args.requests = 80 if q else 500
-    if args.objects is None:
-        args.objects = 20 if q else 200
-    if args.sizes is None:
-        args.sizes = ("32" if q else "96,128") if args.model_config is None else "128"
-    if args.corpus_items is None:
-        args.corpus_items = 4 if q else 24
+    tc.apply_trace_defaults(args, QUICK, FULL)
     if args.concurrency is None:
-        args.concurrency = 4 if q else 8
+        args.concurrency = 4 if args.quick else 8
 
 
 def _split(text: str) -> list[str]:
@@ -547,7 +532,7 @@ async def _run(
     trace_configs, skewed_configs = _split(args.configs), _split(args.skewed_configs)
     sizes = [int(s) for s in str(args.sizes).split(",") if s]
     if args.model_config:
-        model_id, model = _model_from_file(args.model_config)
+        model_id, model = tc.model_from_file(args.model_config)
     else:
         model_id, model = TINY_MODEL_ID, tiny_model(workdir)
     trace_keys = load_trace(args)
@@ -564,36 +549,23 @@ async def _run(
     memory = (
         max(3 * 64 * 1024, distinct_bytes * 15 // 100)
         if args.memory == "auto"
-        else _parse_size(args.memory)
+        else tc.parse_size(args.memory)
     )
     log(f"trace: {len(keys)} GETs over {len(content)} objects ({distinct_bytes:,} image bytes); "
         f"total cache {memory:,} bytes")
 
     run_id = uuid.uuid4().hex[:8]
     img_bucket, bucket = IMG_BUCKET_PREFIX + run_id, LAT_BUCKET_PREFIX + run_id
-    weed: SeaweedServer | None = None
-    bkeys: tuple[str, str] | None = None
-    if args.backend:
-        backend = args.backend
-        if os.environ.get("S3LATENT_BACKEND_ACCESS_KEY"):
-            bkeys = (
-                os.environ["S3LATENT_BACKEND_ACCESS_KEY"],
-                os.environ.get("S3LATENT_BACKEND_SECRET_KEY", ""),
+    with tc.backend_for(args, workdir) as (backend, bkeys, started):
+        def base_config(mem: int) -> str:
+            return gateway_config(
+                model_id, model, img_bucket, codec=args.codec, memory=mem, alpha=args.alpha,
+                adaptive=False, window=1000, alpha_step=0.05,
             )
-    else:
-        weed = SeaweedServer(workdir / "weed").start()
-        backend, bkeys = weed.endpoint, (weed.access_key, weed.secret_key)
 
-    def base_config(mem: int) -> str:
-        return gateway_config(
-            model_id, model, img_bucket, codec=args.codec, memory=mem, alpha=args.alpha,
-            adaptive=False, window=1000, alpha_step=0.05,
-        )
-
-    results: dict[str, dict[str, dict[str, Any]]] = {}
-    extra: dict[str, Any] = {}
-    reference: dict[str, str] = {}
-    try:
+        results: dict[str, dict[str, dict[str, Any]]] = {}
+        extra: dict[str, Any] = {}
+        reference: dict[str, str] = {}
         log("loading through a gateway without a cache")
         loader_cfg = node_config(
             base_config(0), cpu_threads=0, cluster=None, nodes=[], self_url="", spill_threshold=0
@@ -685,20 +657,14 @@ async def _run(
                 f"{'/'.join(str(int(n['queue_max'])) for n in c['nodes'])}  "
                 f"errors {c['errors']}  ({c['wall_s']:.1f}s)"
             )
-    finally:
-        if weed is not None:
-            weed.stop()
     return {
         "results": results,
         "targets": targets(results),
         "params": {
-            "trace": args.trace,
-            "requests": len(keys),
-            "objects": len(content),
-            "zipf": args.zipf,
-            "half_life": args.half_life,
-            "arrival_rate": args.arrival_rate,
-            "seed": args.seed,
+            **tc.trace_params(
+                args, requests=len(keys), objects=len(content), model=model_id, sizes=sizes,
+                corpus_items=len(corpus), backend=backend, started=started,
+            ),
             "total_cache_memory": memory,
             "alpha": args.alpha,
             "concurrency": args.concurrency,
@@ -706,15 +672,10 @@ async def _run(
             "spill_threshold": args.spill_threshold,
             "device_ms": args.device_ms,
             "sample_ms": args.sample_ms,
-            "codec": args.codec,
-            "model": model_id,
-            "sizes": sizes,
-            "corpus_items": len(corpus),
             "distinct_image_bytes": distinct_bytes,
-            "backend": "seaweedfs (started by the benchmark)" if weed else backend,
             **extra,
         },
-        "machine": machine(),
+        "machine": tc.machine(),
     }
 
 
@@ -722,22 +683,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`s3latent bench cluster [--quick] ...`; prints a table and the targets."""
     args = build_parser().parse_args(argv)
     _defaults(args)
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
-    own = args.workdir is None
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="s3latent-cluster-"))
-    workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    try:
-        report = asyncio.run(_run(args, workdir, log))
-    except aiohttp.ClientError as exc:
-        print(f"cluster bench: client error: {exc}")
+    report = tc.run_in_workdir(args, "cluster", _run)
+    if report is None:
         return 1
-    finally:
-        if own:
-            shutil.rmtree(workdir, ignore_errors=True)
     report["params"]["bench_wall_s"] = round(time.perf_counter() - t0, 1)
     print()
     print(table(report["results"]))

@@ -1,13 +1,16 @@
 """Trace replay of the read path (LatentBox-style): image store vs latent store, static vs adaptive.
 
 One run, one trace, one memory budget, one backend. Four configurations, each a fresh
-gateway process (cold cache) over the same backend:
+gateway process (cold cache) over the same backend (and a fifth, ``avif``, on request):
 
 - ``imgstore``: images stored as plain objects (a bucket with ``convert=false``, no
   sidecars uploaded, nothing decoded); the cache holds images only (alpha=1).
 - ``latent_only``: latent containers; the cache holds latents only (alpha=0).
 - ``static``: latent containers; the budget split half/half (alpha=0.5), fixed.
 - ``adaptive``: as ``static`` but the resizer moves alpha every ``window`` requests.
+- ``avif`` (``--representations``, issue 15): the same pairs uploaded into a bucket with
+  ``representation = "avif"`` (the image held as AVIF, read with one AV1 decode and no VAE),
+  with the cache settings of ``adaptive``.
 
 The three latent configurations read the same converted bucket (loaded and converted
 once by a loader gateway without a cache, then stopped), so their backend bytes are the
@@ -21,14 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import io
 import json
-import os
-import platform
-import shutil
-import tempfile
 import time
-import tomllib
 import uuid
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -36,21 +35,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
+from . import trace_common as tc
 from .gateway_bench import S3Client, S3HttpError, percentile
-from .servers import GatewayServer, SeaweedServer
+from .servers import GatewayServer
 
 CONFIGS = ("imgstore", "latent_only", "static", "adaptive")
+AVIF_CONFIG = "avif"
+ALL_CONFIGS = (*CONFIGS, AVIF_CONFIG)
+# --representations: ImgStore, latent-held and AVIF-held objects under the same cache settings
+REPRESENTATION_CONFIGS = ("imgstore", "adaptive", AVIF_CONFIG)
 # name -> (cache alpha, adaptive)
 CACHE_SETTINGS: dict[str, tuple[float, bool]] = {
     "imgstore": (1.0, False),
     "latent_only": (0.0, False),
     "static": (0.5, False),
     "adaptive": (0.5, True),
+    AVIF_CONFIG: (0.5, True),  # as `adaptive`: only the representation differs
 }
 IMG_BUCKET_PREFIX = "trace-img-"
 LAT_BUCKET_PREFIX = "trace-lat-"
+AVIF_BUCKET_PREFIX = "trace-avif-"
 WARMUP_KEY = "warmup/warmup.png"
 TINY_MODEL_ID = "tiny"
 
@@ -63,6 +67,19 @@ class CorpusObject:
     sidecar: bytes
 
 
+@dataclass(frozen=True)
+class Promise:
+    """What HEAD says a GET of an object returns: its length and (as the ETag) its MD5."""
+
+    size: int
+    etag: str
+
+
+class BodyMismatch(RuntimeError):
+    """A GET answered other bytes than HEAD promised: the benchmark stops, it never times
+    wrong answers."""
+
+
 @dataclass
 class ReplayResult:
     """What one configuration's replay measured."""
@@ -71,6 +88,7 @@ class ReplayResult:
     wall_s: float
     paths: dict[str, float]
     samples: list[dict[str, float]] = field(default_factory=list)
+    verified: int = 0  # bodies whose length and MD5 were checked against their Promise
 
 
 class TraceClient(S3Client):
@@ -94,6 +112,15 @@ class TraceClient(S3Client):
             answer = await r.read()
             if r.status != 200:
                 raise S3HttpError(f"PUT {key}: {r.status} {answer[:300]!r}")
+
+    async def get_body(self, bucket: str, key: str) -> tuple[bytes, str]:
+        """GET: (the body, read to its last byte; the ETag header)."""
+        url, headers = self._signed("GET", f"/{bucket}/{key}")
+        async with self.session.get(url, headers=headers) as r:
+            body = await r.read()
+            if r.status != 200:
+                raise S3HttpError(f"GET {key}: {r.status} {body[:300]!r}")
+            return body, r.headers.get("ETag", "").strip('"')
 
     async def metrics(self) -> str:
         async with self.session.get(self.endpoint + "/metrics") as r:
@@ -231,8 +258,10 @@ def gateway_config(
     window: int,
     alpha_step: float,
     sample_rate: float = 1.0,
+    avif_bucket: str | None = None,
 ) -> str:
-    """TOML for one gateway: the model, the plain image bucket, the cache split."""
+    """TOML for one gateway: the model, the plain image bucket, the AVIF bucket (if any), the
+    cache split."""
     lines = [f"[models.{model_id}]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in table.items()]
     lines += [
@@ -240,6 +269,11 @@ def gateway_config(
         f"codec = {_toml_value(codec)}",
         f'[buckets."{img_bucket}"]',
         "convert = false",
+    ]
+    if avif_bucket is not None:
+        # pairs, as in the latent bucket: only the stored representation differs
+        lines += [f'[buckets."{avif_bucket}"]', 'representation = "avif"']
+    lines += [
         "[cache]",
         f"memory = {memory}",
         f"alpha = {alpha!r}",
@@ -293,47 +327,83 @@ async def load_objects(
     *,
     wait_s: float,
     log: Callable[[str], None],
-) -> None:
-    """Images into the plain bucket, pairs into the latent bucket; wait for every conversion."""
-    await client.create_bucket(img_bucket)
-    await client.create_bucket(lat_bucket)
+    avif_bucket: str | None = None,
+) -> dict[str, int]:
+    """Images into the plain bucket, pairs into the latent (and AVIF) bucket; wait for every
+    conversion. Returns how the AVIF bucket's objects were stored (`x-s3latent-stored-as`
+    counts; empty without one): an image whose AVIF fails the policy is stored as a latent."""
+    converted = [lat_bucket] + ([avif_bucket] if avif_bucket is not None else [])
+    for bucket in (img_bucket, *converted):
+        await client.create_bucket(bucket)
     t0 = time.perf_counter()
 
     def put(key: str, obj: CorpusObject) -> Callable[[], Any]:
         async def job() -> None:
             await client.put_typed(img_bucket, key, obj.png, "image/png")
-            await client.put_typed(lat_bucket, key, obj.png, "image/png")
-            await client.put_typed(
-                lat_bucket, key + ".latent.safetensors", obj.sidecar, "application/octet-stream"
-            )
+            for bucket in converted:
+                await client.put_typed(bucket, key, obj.png, "image/png")
+                await client.put_typed(
+                    bucket, key + ".latent.safetensors", obj.sidecar, "application/octet-stream"
+                )
 
         return job
 
     await _bounded((put(k, o) for k, o in objects.items()), 8)
     log(f"  uploaded {len(objects)} objects in {time.perf_counter() - t0:.1f}s; converting")
-    pending = set(objects)
+    pending = {(b, k) for b in converted for k in objects}
+    stored_as: dict[str, int] = {}
     deadline = time.monotonic() + wait_s
     refused: list[str] = []
     while pending:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{len(pending)} objects not converted within {wait_s:.0f}s")
 
-        def check(key: str) -> Callable[[], Any]:
+        def check(bucket: str, key: str) -> Callable[[], Any]:
             async def job() -> None:
-                h = await client.head(lat_bucket, key)
+                h = await client.head(bucket, key)
                 if h.get("x-s3latent-representation") == "latent":
-                    pending.discard(key)
+                    pending.discard((bucket, key))
+                    if bucket == avif_bucket:
+                        kind = h.get("x-s3latent-stored-as", "latent")
+                        stored_as[kind] = stored_as.get(kind, 0) + 1
                 elif "refused" in h.get("x-s3latent-state", ""):
-                    refused.append(f"{key}: {h['x-s3latent-state']}")
+                    refused.append(f"{bucket}/{key}: {h['x-s3latent-state']}")
 
             return job
 
-        await _bounded([check(k) for k in sorted(pending)], 8)
+        await _bounded([check(b, k) for b, k in sorted(pending)], 8)
         if refused:
             raise RuntimeError("conversion refused: " + "; ".join(refused[:3]))
         if pending:
             await asyncio.sleep(1.0)
-    log(f"  all {len(objects)} converted after {time.perf_counter() - t0:.1f}s")
+    log(
+        f"  all {len(objects)} converted after {time.perf_counter() - t0:.1f}s"
+        + (f"; AVIF bucket stored as {stored_as}" if avif_bucket is not None else "")
+    )
+    return stored_as
+
+
+async def promises(
+    client: TraceClient, bucket: str, keys: Iterable[str], expected: dict[str, bytes] | None = None
+) -> dict[str, Promise]:
+    """What HEAD promises for each key (length and ETag); with `expected`, each promise must
+    also be those bytes (the uploaded image, for the plain bucket)."""
+    out: dict[str, Promise] = {}
+
+    def check(key: str) -> Callable[[], Any]:
+        async def job() -> None:
+            h = await client.head(bucket, key)
+            p = Promise(int(h["content-length"]), h["etag"].strip('"'))
+            if expected is not None:
+                want = expected[key]
+                if (p.size, p.etag) != (len(want), hashlib.md5(want).hexdigest()):
+                    raise BodyMismatch(f"HEAD {bucket}/{key}: {p} is not the uploaded object")
+            out[key] = p
+
+        return job
+
+    await _bounded([check(k) for k in sorted(set(keys))], 8)
+    return out
 
 
 # -- replay --------------------------------------------------------------------------------
@@ -346,8 +416,12 @@ async def replay(
     *,
     concurrency: int,
     sample_every: int,
+    promised: dict[str, Promise],
 ) -> ReplayResult:
-    """GET `keys` in order with `concurrency` workers; sample alpha every `sample_every` GETs."""
+    """GET `keys` in order with `concurrency` workers; sample alpha every `sample_every` GETs.
+
+    Each body is checked against `promised` after its latency is taken (the client's hashing
+    is not timed); any difference stops the replay (BodyMismatch)."""
     await client.get(bucket, WARMUP_KEY)  # model load and connections, not in the stats
     before = parse_metrics(await client.metrics())
     latencies: list[float] = []
@@ -367,12 +441,22 @@ async def replay(
         )
 
     it = iter(keys)
+    verified = 0
 
     async def worker() -> None:
+        nonlocal verified
         for key in it:
             t0 = time.perf_counter()
-            await client.get(bucket, key)
+            body, etag = await client.get_body(bucket, key)
             latencies.append(time.perf_counter() - t0)
+            want = promised[key]
+            got = Promise(len(body), hashlib.md5(body).hexdigest())
+            if got != want or etag != want.etag:
+                raise BodyMismatch(
+                    f"GET {bucket}/{key}: {got.size} bytes, md5 {got.etag}, ETag {etag}; "
+                    f"HEAD promised {want.size} bytes, ETag {want.etag}"
+                )
+            verified += 1
             n = len(latencies)
             if n % sample_every == 0:
                 window = latencies[-sample_every:]
@@ -387,7 +471,7 @@ async def replay(
         for p in ("image_hit", "latent_hit", "miss", "plain")
     }
     samples.sort(key=lambda s: s["requests"])
-    return ReplayResult(latencies, wall, paths, samples)
+    return ReplayResult(latencies, wall, paths, samples, verified)
 
 
 def summarise(result: ReplayResult, backend_bytes: int) -> dict[str, Any]:
@@ -402,6 +486,7 @@ def summarise(result: ReplayResult, backend_bytes: int) -> dict[str, Any]:
         "latent_hit_ratio": round(result.paths["latent_hit"] / n, 4),
         "backend_bytes": backend_bytes,
         "requests": n,
+        "verified_bodies": result.verified,
         "wall_s": round(result.wall_s, 3),
         "paths": {k: int(v) for k, v in result.paths.items()},
     }
@@ -463,18 +548,45 @@ def ratios(configs: dict[str, dict[str, Any]]) -> dict[str, float]:
     return out
 
 
+def _over(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def representation_ratios(configs: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Issue 15: latent-held (`adaptive`) and AVIF-held (`avif`) objects over ImgStore, and
+    AVIF over latent, under the same cache settings: mean, p50, p99 and backend bytes."""
+    out: dict[str, float | None] = {}
+    pairs = (("latent", "adaptive", "imgstore"), ("avif", AVIF_CONFIG, "imgstore"),
+             ("avif", AVIF_CONFIG, "adaptive"))
+    for label, name, base in pairs:
+        c, b = configs[name], configs[base]
+        against = "imgstore" if base == "imgstore" else "latent"
+        for metric in ("mean_ms", "p50_ms", "p99_ms", "backend_bytes"):
+            out[f"{label}_vs_{against}_{metric}"] = _over(c[metric], b[metric])
+    return out
+
+
 def table(configs: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of the four configurations."""
-    rows = [
-        "| config | mean ms | p50 ms | p99 ms | image hit | latent hit | backend bytes |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name in CONFIGS:
+    """Markdown table of the configurations that ran, in a fixed order; with ImgStore among
+    them, each one's mean, p50 and p99 over ImgStore's."""
+    img = configs.get("imgstore")
+    head = "| config | mean ms | p50 ms | p99 ms | image hit | latent hit | backend bytes |"
+    rule = "|---|---:|---:|---:|---:|---:|---:|"
+    if img is not None:
+        head += " mean / ImgStore | p50 / ImgStore | p99 / ImgStore |"
+        rule += "---:|---:|---:|"
+    rows = [head, rule]
+    for name in [n for n in ALL_CONFIGS if n in configs]:
         c = configs[name]
-        rows.append(
+        row = (
             f"| {name} | {c['mean_ms']:.2f} | {c['p50_ms']:.2f} | {c['p99_ms']:.2f} | "
             f"{c['image_hit_ratio']:.3f} | {c['latent_hit_ratio']:.3f} | {c['backend_bytes']:,} |"
         )
+        if img is not None:
+            for metric in ("mean_ms", "p50_ms", "p99_ms"):
+                r = _over(c[metric], img[metric])
+                row += " n/a |" if r is None else f" {r:.3f} |"
+        rows.append(row)
     return "\n".join(rows)
 
 
@@ -495,69 +607,14 @@ def plot_alpha(path: Path, samples: Sequence[dict[str, float]], title: str) -> P
     )
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = None
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version()}
-
-
 # -- main ----------------------------------------------------------------------------------
-
-
-def _model_from_file(path: str) -> tuple[str, dict[str, Any]]:
-    data = tomllib.loads(Path(path).read_text())
-    models = data.get("models", {})
-    if not models:
-        raise SystemExit(f"{path}: no [models.X] table")
-    model_id, table = next(iter(models.items()))
-    return str(model_id), dict(table)
-
-
-def _parse_size(text: str) -> int:
-    from ..config import parse_size
-
-    return parse_size(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="s3latent bench trace", description=__doc__.splitlines()[0] if __doc__ else None
     )
-    ap.add_argument("--quick", action="store_true", help="small run (about 2 minutes on 2 cores)")
-    ap.add_argument("--backend", help="S3 endpoint URL or file:///dir (default: start SeaweedFS)")
-    ap.add_argument("--model-config", help="TOML file with a [models.X] table (default: tiny)")
-    ap.add_argument("--trace", default="synthetic", help="'synthetic' or a trace CSV file")
-    ap.add_argument("--requests", type=int, default=None, help="GETs to replay")
-    ap.add_argument("--objects", type=int, default=None, help="distinct objects (synthetic)")
-    ap.add_argument("--zipf", type=float, default=0.9, help="popularity skew (synthetic)")
-    ap.add_argument(
-        "--half-life",
-        type=float,
-        default=None,
-        help="popularity half-life in requests (synthetic; default 5000)",
-    )
-    ap.add_argument(
-        "--arrival-rate",
-        type=float,
-        default=None,
-        help="new images per request (synthetic; default 0.02)",
-    )
-    ap.add_argument("--seed", type=int, default=1)
+    tc.add_trace_arguments(ap, quick_help="small run (about 2 minutes on 2 cores)")
     ap.add_argument(
         "--memory",
         default="auto",
@@ -580,31 +637,44 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="latent codec of the latent bucket (default: q8 with --quick, else auto)",
     )
-    ap.add_argument("--sizes", default=None, help="image sides, e.g. 64,96,128")
-    ap.add_argument("--corpus-items", type=int, default=None, help="distinct images")
     ap.add_argument(
-        "--configs", default=",".join(CONFIGS), help="subset to run (the JSON ratios need all four)"
+        "--configs",
+        default=None,
+        help=f"subset to run, of {', '.join(ALL_CONFIGS)} (default: the first four; the JSON "
+        "ratios need all four)",
     )
-    ap.add_argument("--json", help="write the results here")
-    ap.add_argument("--plot", help="PNG of alpha and window latency during the adaptive run")
-    ap.add_argument("--workdir", help="keep files here (default: a temp dir, removed)")
+    ap.add_argument(
+        "--representations",
+        action="store_true",
+        help="issue 15: replay against ImgStore, latent-held and AVIF-held objects (configs "
+        f"{','.join(REPRESENTATION_CONFIGS)}; the AVIF bucket has representation = \"avif\")",
+    )
+    tc.add_output_arguments(
+        ap,
+        plot_help="PNG of alpha and window latency during the adaptive run",
+        workdir_help="keep files here (default: a temp dir, removed)",
+    )
     return ap
 
 
+QUICK = tc.TraceDefaults(requests=400, objects=60, sizes="32,48,64", model_sizes="256",
+                         corpus_items=24)
+FULL = tc.TraceDefaults(requests=6000, objects=1000, sizes="64,96,128", model_sizes="256",
+                        corpus_items=32)
+
+
 def _defaults(args: argparse.Namespace) -> None:
-    q = args.quick
-    if args.requests is None:
-        args.requests = 400 if q else 6000
-    if args.objects is None:
-        args.objects = 60 if q else 1000
+    tc.apply_trace_defaults(args, QUICK, FULL)
     if args.codec is None:
-        args.codec = "q8" if q else "auto"
-    if args.sizes is None:
-        args.sizes = ("32,48,64" if q else "64,96,128") if args.model_config is None else "256"
-    if args.corpus_items is None:
-        args.corpus_items = 24 if q else 32
+        args.codec = "q8" if args.quick else "auto"
     if args.window is None:
         args.window = max(25, args.requests // 12)
+    if args.configs is None:
+        args.configs = ",".join(REPRESENTATION_CONFIGS if args.representations else CONFIGS)
+    names = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in names if c not in ALL_CONFIGS]
+    if unknown or not names:
+        raise SystemExit(f"unknown configuration(s) {unknown}; known: {', '.join(ALL_CONFIGS)}")
 
 
 async def _run(
@@ -612,7 +682,7 @@ async def _run(
 ) -> dict[str, Any]:
     sizes = [int(s) for s in str(args.sizes).split(",") if s]
     if args.model_config:
-        model_id, table = _model_from_file(args.model_config)
+        model_id, table = tc.model_from_file(args.model_config)
     else:
         model_id, table = TINY_MODEL_ID, tiny_model(workdir)
     log(f"trace: {args.trace}")
@@ -628,9 +698,8 @@ async def _run(
     objects[WARMUP_KEY] = corpus[0]
     image_bytes = sum(len(corpus[content[k]].png) for k in keys)
     distinct_bytes = sum(len(o.png) for k, o in objects.items() if k != WARMUP_KEY)
-    memory = (
-        max(64 * 1024, distinct_bytes // 10) if args.memory == "auto" else _parse_size(args.memory)
-    )
+    auto = max(64 * 1024, distinct_bytes // 10)
+    memory = auto if args.memory == "auto" else tc.parse_size(args.memory)
     log(
         f"trace: {len(keys)} GETs over {len(content)} objects "
         f"({distinct_bytes:,} image bytes); cache {memory:,} bytes"
@@ -638,19 +707,14 @@ async def _run(
 
     run_id = uuid.uuid4().hex[:8]
     img_bucket, lat_bucket = IMG_BUCKET_PREFIX + run_id, LAT_BUCKET_PREFIX + run_id
-    weed: SeaweedServer | None = None
-    if args.backend:
-        backend = args.backend
-        bkeys: tuple[str, str] | None = None
-        if os.environ.get("S3LATENT_BACKEND_ACCESS_KEY"):
-            bkeys = (
-                os.environ["S3LATENT_BACKEND_ACCESS_KEY"],
-                os.environ.get("S3LATENT_BACKEND_SECRET_KEY", ""),
-            )
-    else:
-        weed = SeaweedServer(workdir / "weed").start()
-        backend, bkeys = weed.endpoint, (weed.access_key, weed.secret_key)
-    try:
+    names = [c for c in ALL_CONFIGS if c in args.configs.split(",")]
+    # the AVIF bucket costs an AVIF search per object: only when its config runs
+    avif_bucket = AVIF_BUCKET_PREFIX + run_id if AVIF_CONFIG in names else None
+    bucket_of = {name: lat_bucket for name in CONFIGS} | {
+        "imgstore": img_bucket,
+        AVIF_CONFIG: avif_bucket or "",
+    }
+    with tc.backend_for(args, workdir) as (backend, bkeys, started):
 
         def config_file(name: str, alpha: float, adaptive: bool, mem: int) -> Path:
             path = workdir / f"{name}.toml"
@@ -666,6 +730,7 @@ async def _run(
                     window=args.window,
                     alpha_step=args.alpha_step,
                     sample_rate=args.sample_rate,
+                    avif_bucket=avif_bucket,
                 )
             )
             return path
@@ -676,24 +741,34 @@ async def _run(
             backend, workdir, backend_keys=bkeys, extra_args=["--config", str(loader_cfg)]
         ) as gw:
             async with TraceClient(gw.endpoint, gw.access_key, gw.secret_key) as client:
-                await load_objects(
+                stored_as = await load_objects(
                     client,
                     img_bucket,
                     lat_bucket,
                     objects,
-                    wait_s=max(300.0, len(objects) * 10.0),
+                    wait_s=max(300.0, len(objects) * (20.0 if avif_bucket else 10.0)),
                     log=log,
+                    avif_bucket=avif_bucket,
                 )
+                # What every GET must answer: HEAD's length and ETag (the rendition's MD5
+                # for converted objects, the uploaded PNG's for ImgStore).
+                pngs = {k: o.png for k, o in objects.items()}
+                promised = {
+                    b: await promises(client, b, keys, pngs if b == img_bucket else None)
+                    for b in {bucket_of[n] for n in names}
+                }
         sizes_on_backend = {
             "imgstore": backend_usage(backend, bkeys, img_bucket),
             "latent": backend_usage(backend, bkeys, lat_bucket),
         }
+        if avif_bucket is not None:
+            sizes_on_backend["avif"] = backend_usage(backend, bkeys, avif_bucket)
         results: dict[str, dict[str, Any]] = {}
         samples: list[dict[str, float]] = []
-        for name in [c for c in CONFIGS if c in args.configs.split(",")]:
+        for name in names:
             alpha, adaptive = CACHE_SETTINGS[name]
             cfg = config_file(name, alpha, adaptive, memory)
-            bucket = img_bucket if name == "imgstore" else lat_bucket
+            bucket = bucket_of[name]
             with GatewayServer(
                 backend, workdir, backend_keys=bkeys, extra_args=["--config", str(cfg)]
             ) as gw:
@@ -706,8 +781,10 @@ async def _run(
                         keys,
                         concurrency=args.concurrency,
                         sample_every=max(10, args.window // 2),
+                        promised=promised[bucket],
                     )
-            stored = sizes_on_backend["imgstore" if name == "imgstore" else "latent"]["bytes"]
+            usage = {"imgstore": "imgstore", AVIF_CONFIG: "avif"}.get(name, "latent")
+            stored = sizes_on_backend[usage]["bytes"]
             results[name] = summarise(res, stored)
             if name == "adaptive":
                 samples = res.samples
@@ -717,38 +794,38 @@ async def _run(
                 f"p99 {c['p99_ms']:8.2f}  image hit {c['image_hit_ratio']:.3f}  "
                 f"latent hit {c['latent_hit_ratio']:.3f}  ({c['wall_s']:.1f}s)"
             )
-    finally:
-        if weed is not None:
-            weed.stop()
     report: dict[str, Any] = {
         "configs": results,
         "params": {
-            "trace": args.trace,
-            "requests": len(keys),
-            "objects": len(content),
-            "zipf": args.zipf,
-            "half_life": args.half_life,
-            "arrival_rate": args.arrival_rate,
-            "seed": args.seed,
+            **tc.trace_params(
+                args,
+                requests=len(keys),
+                objects=len(content),
+                model=model_id,
+                sizes=sizes,
+                corpus_items=len(corpus),
+                backend=backend,
+                started=started,
+            ),
             "memory": memory,
             "concurrency": args.concurrency,
             "window": args.window,
             "alpha_step": args.alpha_step,
             "sample_rate": args.sample_rate,
-            "codec": args.codec,
-            "model": model_id,
-            "sizes": sizes,
-            "corpus_items": len(corpus),
             "replayed_image_bytes": image_bytes,
             "distinct_image_bytes": distinct_bytes,
-            "backend": "seaweedfs (started by the benchmark)" if weed else backend,
         },
         "backend_usage": sizes_on_backend,
-        "machine": machine(),
+        "machine": tc.machine(),
         "adaptive_samples": samples,
     }
+    if avif_bucket is not None:
+        # how the AVIF bucket's objects are held (a failed AVIF search leaves a latent)
+        report["avif_stored_as"] = stored_as
     if all(c in results for c in CONFIGS):
         report["ratios"] = ratios(results)
+    if all(c in results for c in REPRESENTATION_CONFIGS):
+        report["representation_ratios"] = representation_ratios(results)
     return report
 
 
@@ -756,27 +833,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`s3latent bench trace [--quick] ...`; prints a table, optionally JSON and a plot."""
     args = build_parser().parse_args(argv)
     _defaults(args)
-
-    def log(msg: str) -> None:
-        print(msg, flush=True)
-
-    own = args.workdir is None
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="s3latent-trace-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        report = asyncio.run(_run(args, workdir, log))
-    except aiohttp.ClientError as exc:
-        print(f"trace bench: client error: {exc}")
+    report = tc.run_in_workdir(args, "trace", _run)
+    if report is None:
         return 1
-    finally:
-        if own:
-            shutil.rmtree(workdir, ignore_errors=True)
-    results = report["configs"]
-    if len(results) == len(CONFIGS):
-        print()
-        print(table(results))
-        for k, v in report["ratios"].items():
-            print(f"{k}: {v}")
+    print()
+    print(table(report["configs"]))
+    for k, v in {**report.get("ratios", {}), **report.get("representation_ratios", {})}.items():
+        print(f"{k}: {v}")
+    if "avif_stored_as" in report:
+        print(f"AVIF bucket stored as: {report['avif_stored_as']}")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     if args.plot and report["adaptive_samples"]:
