@@ -24,7 +24,7 @@ from s3latent.backends.local import LocalBackend
 from tests.gateway import GatewayProcess
 from tests.inprocess import InProcessGateway
 from tests.test_latent_objects import _config, make_pair, tiny_model, wait_latent  # noqa: F401
-from tests.test_object_layer_inprocess import gw, md5_etag  # noqa: F401 - fixture
+from tests.test_object_layer_inprocess import gw, md5_etag, start  # noqa: F401 - fixture
 
 SIDE = ".latent.safetensors"
 VB = "vers"
@@ -523,3 +523,24 @@ def test_c8_a_crash_between_keep_copy_and_delete_loses_nothing(
         assert [p for p in keep.rglob("*") if "keepv" in str(p) and p.is_file()] == []
     finally:
         survivor.stop()
+
+
+async def test_a_consume_bucket_turned_versioned_keeps_the_sidecar_readable(
+        tmp_path: Path, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """`sidecar = "consume"` in a versioned bucket converts as `keep`: the sidecar version
+    becomes a stub that reads back the uploaded latent, and no delete marker hides it.
+    Failed before the merge's rule: the container was built without the latent (consume)
+    while the versioned path wrote a stub pointing into it, so the sidecar key broke."""
+    extra = f'[buckets.{VB}]\nsidecar = "consume"\n'
+    async for gw in start(tmp_path, tiny_model, extra=extra):  # noqa: F811
+        await _bucket(gw, VB)
+        vi, vs, image, sidecar = await _put_pair(gw, VB, tiny_model, seed=17)
+        await gw.settle()
+        head = await _head(gw, VB, "img.png")
+        assert _rep(head) == "latent" and head["VersionId"] == vi
+        side_head = await _head(gw, VB, "img.png" + SIDE)
+        assert side_head["VersionId"] == vs and side_head["ContentLength"] == len(sidecar)
+        _, data = await _get(gw, VB, "img.png" + SIDE, VersionId=vs)
+        assert len(data) == len(sidecar)
+        assert await _versions(gw, VB, "img.png" + SIDE) == \
+            [(vs, len(sidecar), side_head["ETag"])]
