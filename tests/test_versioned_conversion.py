@@ -532,15 +532,15 @@ async def test_a_consume_bucket_turned_versioned_keeps_the_sidecar_readable(
     Failed before the merge's rule: the container was built without the latent (consume)
     while the versioned path wrote a stub pointing into it, so the sidecar key broke."""
     extra = f'[buckets.{VB}]\nsidecar = "consume"\n'
-    async for gw in start(tmp_path, tiny_model, extra=extra):  # noqa: F811
-        await _bucket(gw, VB)
-        vi, vs, image, sidecar = await _put_pair(gw, VB, tiny_model, seed=17)
-        await gw.settle()
-        head = await _head(gw, VB, "img.png")
+    async for served in start(tmp_path, tiny_model, extra=extra):
+        await _bucket(served, VB)
+        vi, vs, _, sidecar = await _put_pair(served, VB, tiny_model, seed=17)
+        await served.settle()
+        head = await _head(served, VB, "img.png")
         assert _rep(head) == "latent" and head["VersionId"] == vi
-        side_head = await _head(gw, VB, "img.png" + SIDE)
+        side_head = await _head(served, VB, "img.png" + SIDE)
         assert side_head["VersionId"] == vs and side_head["ContentLength"] == len(sidecar)
-        _, data = await _get(gw, VB, "img.png" + SIDE, VersionId=vs)
+        _, data = await _get(served, VB, "img.png" + SIDE, VersionId=vs)
         assert len(data) == len(sidecar)
-        assert await _versions(gw, VB, "img.png" + SIDE) == \
+        assert await _versions(served, VB, "img.png" + SIDE) == \
             [(vs, len(sidecar), side_head["ETag"])]
