@@ -137,6 +137,14 @@ _WEED_PORT_FLAGS = (
 _START_ATTEMPTS = 3  # a free port can be taken between choosing it and binding it
 
 
+# `weed mini` sizes its volume count from the free disk (free space / 128 MB) and gives every
+# bucket (a collection) several volumes of its own, so on a 50 GB disk about 55 buckets fill
+# it: every later PUT into a new bucket answers 500 "No writable volumes". Test sessions and
+# the s3-tests runner create hundreds of buckets in one server; volumes grow on demand (an
+# empty one costs almost nothing), so the count is set instead of derived from the disk.
+_VOLUME_MAX = "-volume.max=5000"
+
+
 class SeaweedServer(_Process):
     """`weed mini` on free loopback ports; data in `workdir` (or a temp dir, removed on stop).
 
@@ -193,6 +201,7 @@ class SeaweedServer(_Process):
             args = [
                 weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-master.telemetry=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                _VOLUME_MAX,
                 *(f"-{flag}={port}" for flag, port in self.ports.items()), *extra,
             ]
             self._spawn(args, env, cwd=self.workdir)
