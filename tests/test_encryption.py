@@ -524,3 +524,53 @@ def test_tagging_an_encrypted_object_keeps_it_encrypted(s3: Any, bucket: str) ->
     assert _code(err) == (400, "InvalidRequest")
     s3.delete_object_tagging(Bucket=bucket, Key="t")
     assert s3.get_object(Bucket=bucket, Key="t", **ssec())["Body"].read() == data
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+@pytest.mark.parametrize("directive", ["COPY", "REPLACE"])
+async def test_copy_of_a_source_replaced_by_an_encrypted_one_copies_no_ciphertext(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, versioned: bool,
+        directive: str) -> None:
+    """A CopyObject judges its source plain (HEAD), then the source is overwritten with an
+    SSE-C object before the copy is made: the copy must not become the new ciphertext
+    without its key record (served to anyone as if it were plaintext). The copy fails
+    (412, retry) as a changed source does on every other copy path."""
+    from tests.inprocess import serve_gateway
+
+    secret = b"secret image bytes " * 5000
+    replaced: list[bool] = []
+    async with serve_gateway(tmp_path) as gw:
+        original = gw.store.copy_object
+
+        async def replace_then_copy(*args: Any, **kwargs: Any) -> Any:
+            # After the handler's HEAD judged the source plain, before the copy is made.
+            replaced.append(True)
+            await gw.run(lambda s3: s3.put_object(Bucket="copy-race", Key="src", Body=secret,
+                                                  **ssec()))
+            return await original(*args, **kwargs)
+
+        await gw.run(lambda s3: s3.create_bucket(Bucket="copy-race"))
+        if versioned:
+            await gw.run(lambda s3: s3.put_bucket_versioning(
+                Bucket="copy-race", VersioningConfiguration={"Status": "Enabled"}))
+        await gw.run(lambda s3: s3.put_object(Bucket="copy-race", Key="src", Body=b"plain text"))
+        monkeypatch.setattr(gw.store, "copy_object", replace_then_copy)
+        extra = {"ContentType": "text/plain"} if directive == "REPLACE" else {}
+        try:
+            await gw.run(lambda s3: s3.copy_object(
+                Bucket="copy-race", Key="dst", CopySource={"Bucket": "copy-race", "Key": "src"},
+                MetadataDirective=directive, **extra))
+        except ClientError as exc:
+            assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+            assert exc.response["Error"]["Code"] == "PreconditionFailed"
+        monkeypatch.setattr(gw.store, "copy_object", original)
+        assert replaced
+        try:
+            copied = await gw.run(lambda s3: s3.get_object(Bucket="copy-race",
+                                                           Key="dst")["Body"].read())
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "NoSuchKey"  # the copy was refused
+        else:  # a copy made: of the plaintext it judged, never of stored ciphertext
+            assert copied == b"plain text"
+        assert await gw.run(lambda s3: s3.get_object(Bucket="copy-race", Key="src", **ssec())
+                            ["Body"].read()) == secret

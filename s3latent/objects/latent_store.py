@@ -42,7 +42,7 @@ from .listing import LatentListing
 from .reads import LatentReads
 from .store import SSE_INDEX, ForwardingStore
 from .versioned import VersionedObjects, VersioningStatus
-from .writes import LATENT_CONTENT_TYPE, LatentWrites
+from .writes import LATENT_CONTENT_TYPE, LatentWrites, refuse_encrypted_source
 
 if TYPE_CHECKING:
     from ..decode.services import DecodeServices
@@ -401,6 +401,7 @@ class LatentStore(ForwardingStore):
         """A copy that involves a versioned bucket: the source version as clients read it
         (a latent one as its rendition, a plain one server-side)."""
         stored = await self.backend.head_object(src_bucket, src_key, version_id=src_version_id)
+        refuse_encrypted_source(stored)
         pinned = stored.version_id or src_version_id
         if physical.representation(stored) == "plain" and \
                 physical.REP not in stored.meta.internal:

@@ -38,6 +38,17 @@ class _SourceChanged(Exception):
     """A copy's source changed after its HEAD: the copy is decided again."""
 
 
+def refuse_encrypted_source(stored: ObjectInfo) -> None:
+    """The store copies only unencrypted sources: the front end copies an encrypted one
+    through itself (decrypt, re-encrypt), having judged it by its HEAD. An encrypted source
+    here was written after that HEAD; copied as it is (its key record dropped, or a metadata
+    REPLACE) the copy would be ciphertext served as plaintext. Refused: a retry decides
+    again."""
+    if encryption.mode_of(stored.meta.internal) is not None:
+        raise S3Error("PreconditionFailed", "The copy source changed while it was copied; "
+                      "retry.", Condition="ETag")
+
+
 class LatentWrites:
     """See the module docstring."""
 
@@ -204,6 +215,7 @@ class LatentWrites:
         """One attempt; _SourceChanged when the source is no longer what its HEAD said (a
         client's write or a conversion landed in between), before anything is written."""
         stored = await self.ctx.backend.head_object(src_bucket, src_key)
+        refuse_encrypted_source(stored)
         source = await self.ctx.trusted(src_bucket, stored)
         rep = physical.representation(source)
         current = await self.ctx.head_or_none(dst_bucket, dst_key)
