@@ -399,3 +399,29 @@ def test_presigned_url_with_zero_expiry_is_expired(s3: Any, bucket: str) -> None
     assert reply.status_code == 403
     assert b"<Code>AccessDenied</Code>" in reply.content
     assert b"Request has expired" in reply.content
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+async def test_worker_expires_sse_s3_objects(gw: InProcessGateway, versioned: bool) -> None:
+    """Listings show an SSE-S3 object's plaintext ETag and size (docs/encryption.md); the
+    expiry was conditional on the stored ciphertext's, so it never matched and encrypted
+    objects were never expired (nor deleted by a DeleteObjects entry with the ETag and
+    Size the client sees)."""
+    worker = gw.store.lifecycle
+    await gw.run(lambda s3: s3.create_bucket(Bucket="encb"))
+    if versioned:
+        await gw.run(lambda s3: s3.put_bucket_versioning(
+            Bucket="encb", VersioningConfiguration={"Status": "Enabled"}))
+    for key in ("old", "cond"):
+        await gw.run(lambda s3, key=key: s3.put_object(  # type: ignore[misc]
+            Bucket="encb", Key=key, Body=b"x" * 1000, ServerSideEncryption="AES256"))
+    head = await gw.run(lambda s3: s3.head_object(Bucket="encb", Key="cond"))
+    result = await gw.run(lambda s3: s3.delete_objects(Bucket="encb", Delete={"Objects": [
+        {"Key": "cond", "ETag": head["ETag"], "Size": head["ContentLength"]}]}))
+    assert "Errors" not in result, result["Errors"]
+    await gw.run(lambda s3: s3.put_bucket_lifecycle_configuration(
+        Bucket="encb", LifecycleConfiguration={"Rules": [
+            {"ID": "r", "Expiration": {"Days": 1}, "Prefix": "", "Status": "Enabled"}]}))
+    worker.now = _later(3)
+    await worker.run_once()
+    assert await gw.run(lambda s3: s3.list_objects_v2(Bucket="encb").get("KeyCount")) == 0

@@ -34,7 +34,7 @@ from ..backends.base import (
 from ..cache.readpath import ReadCache
 from ..config import Config
 from ..errors import S3Error
-from . import physical
+from . import encryption, physical
 from .context import LatentContext, readable, writable
 from .conversion import Converter, looks_like_image
 from .lifecycle import LifecycleWorker
@@ -323,13 +323,14 @@ class LatentStore(ForwardingStore):
         def check(info: ObjectInfo | None) -> None:
             if info is None:
                 raise S3Error("NoSuchKey", Key=key)
-            if etag is not None and etag.strip().strip('"') not in (info.etag, "*"):
+            etags, sizes = encryption.client_views(info)
+            if etag is not None and etag.strip().strip('"') not in (*etags, "*"):
                 raise S3Error("PreconditionFailed", Condition="ETag")
             if last_modified is not None and \
                     info.last_modified.replace(microsecond=0) != \
                     last_modified.astimezone(UTC).replace(microsecond=0):
                 raise S3Error("PreconditionFailed", Condition="LastModifiedTime")
-            if size is not None and info.size != size:
+            if size is not None and size not in sizes:
                 raise S3Error("PreconditionFailed", Condition="Size")
             if current_version is not None and info.version_id != current_version:
                 raise S3Error("PreconditionFailed", Condition="VersionId")
