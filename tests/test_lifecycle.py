@@ -425,3 +425,41 @@ async def test_worker_expires_sse_s3_objects(gw: InProcessGateway, versioned: bo
     worker.now = _later(3)
     await worker.run_once()
     assert await gw.run(lambda s3: s3.list_objects_v2(Bucket="encb").get("KeyCount")) == 0
+
+
+async def test_worker_never_removes_a_newer_write_in_a_suspended_bucket(
+        gw: InProcessGateway) -> None:
+    """In a Suspended bucket the expiry's delete marker replaces the `null` version for
+    good. It was judged (HEAD) and then deleted without holding off writes: a client's
+    PUT landing in between (a new `null` version) was removed with it."""
+    import asyncio
+
+    store, worker = gw.store, gw.store.lifecycle
+    await gw.run(lambda s3: s3.create_bucket(Bucket="susp"))
+    await gw.run(lambda s3: s3.put_bucket_versioning(
+        Bucket="susp", VersioningConfiguration={"Status": "Suspended"}))
+    await gw.run(lambda s3: s3.put_object(Bucket="susp", Key="k", Body=b"old"))
+    await gw.run(lambda s3: s3.put_bucket_lifecycle_configuration(
+        Bucket="susp", LifecycleConfiguration={"Rules": [
+            {"ID": "r", "Expiration": {"Days": 1}, "Prefix": "", "Status": "Enabled"}]}))
+    head = store.versioned.head_object
+    writes: list[asyncio.Task[Any]] = []
+
+    async def head_then_overwrite(*args: Any, **kwargs: Any) -> Any:
+        judged = await head(*args, **kwargs)  # the expiry judges this version ...
+        if not writes:  # ... while a client writes the key again
+            writes.append(asyncio.create_task(gw.run(lambda s3: s3.put_object(
+                Bucket="susp", Key="k", Body=b"new"))))
+            await asyncio.sleep(0.5)  # the write lands now unless it waits for the delete
+        return judged
+
+    store.versioned.head_object = head_then_overwrite
+    worker.now = _later(3)
+    try:
+        await worker.run_once()
+    finally:
+        store.versioned.head_object = head
+    assert writes
+    await writes[0]
+    body = await gw.run(lambda s3: s3.get_object(Bucket="susp", Key="k")["Body"].read())
+    assert body == b"new"

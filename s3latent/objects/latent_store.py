@@ -342,18 +342,29 @@ class LatentStore(ForwardingStore):
             if status is None:
                 await self.writes.delete_object(bucket, key, check=check)
                 return DeleteResult(version_id)
-            try:
-                judged: ObjectInfo | None = await self.versioned.head_object(bucket, key,
-                                                                              version_id)
-            except S3Error as exc:
-                if exc.code not in ("NoSuchKey", "NoSuchVersion", "MethodNotAllowed"):
-                    raise
-                judged = None
-            check(judged)
+            if status == "Suspended" and version_id is None:
+                # This delete replaces the `null` version for good: judged and deleted
+                # under the pair lock, which this gateway's Suspended writes hold too, so
+                # a write landing in between is not removed with it.
+                async with self.converter.pair_lock(bucket, key):
+                    check(await self._judged(bucket, key, None))
+                    await self.versioned.keep_if_needed(bucket, key, "null")
+                    return await super()._delete_object(bucket, key) or DeleteResult()
+            check(await self._judged(bucket, key, version_id))
             return await self._delete_object(bucket, key, version_id=version_id) or \
                 DeleteResult()
         finally:
             self.changed(bucket, key)
+
+    async def _judged(self, bucket: str, key: str, version_id: str | None
+                      ) -> ObjectInfo | None:
+        """The version a conditional delete judges (None: nothing there)."""
+        try:
+            return await self.versioned.head_object(bucket, key, version_id)
+        except S3Error as exc:
+            if exc.code not in ("NoSuchKey", "NoSuchVersion", "MethodNotAllowed"):
+                raise
+            return None
 
     async def _delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
                              bypass_governance: bool = False) -> DeleteResult | None:
