@@ -574,3 +574,26 @@ async def test_copy_of_a_source_replaced_by_an_encrypted_one_copies_no_ciphertex
             assert copied == b"plain text"
         assert await gw.run(lambda s3: s3.get_object(Bucket="copy-race", Key="src", **ssec())
                             ["Body"].read()) == secret
+
+
+def test_a_configured_key_still_opens_objects_wrapped_by_the_local_auto_key(
+        tmp_path: Path) -> None:
+    """A lone local gateway made its own key (<directory>/.s3latent/sse-master.key); once
+    the operator configures a key_file (or a [cluster]), that key was no longer loaded and
+    every SSE-S3 object written before answered 500. It stays an unwrap-only key."""
+    from s3latent.backends.local import LocalBackend
+    from s3latent.cli import build_keyring
+    from s3latent.config import load_config
+
+    backend = LocalBackend(tmp_path / "data")
+    auto = build_keyring(load_config(env={}, backend=f"file://{tmp_path / 'data'}"), backend)
+    sealed = enc.new_sse_s3(auto)
+    key = tmp_path / "k"
+    key.write_text(base64.b64encode(os.urandom(32)).decode())
+    cfg = load_config(env={"S3LATENT_SSE_KEY_FILE": str(key)},
+                      backend=f"file://{tmp_path / 'data'}")
+    configured = build_keyring(cfg, backend)
+    assert enc.data_key(sealed.fields, configured, None) == sealed.data_key
+    # New objects are wrapped under the configured key, never the auto one.
+    assert enc.new_sse_s3(configured).fields[enc.F_KEY].split(":")[0] != \
+        sealed.fields[enc.F_KEY].split(":")[0]
