@@ -463,3 +463,41 @@ async def test_worker_never_removes_a_newer_write_in_a_suspended_bucket(
     await writes[0]
     body = await gw.run(lambda s3: s3.get_object(Bucket="susp", Key="k")["Body"].read())
     assert body == b"new"
+
+
+async def test_a_bucket_created_again_during_a_pass_keeps_its_objects(
+        gw: InProcessGateway) -> None:
+    """A pass reads the bucket's rules once, then lists page after page. The bucket was
+    emptied, deleted and created again meanwhile (without a configuration): its new
+    objects were judged by the old rules, and a past Date expired them."""
+    store, worker = gw.store, gw.store.lifecycle
+    await gw.run(lambda s3: s3.create_bucket(Bucket="again"))
+    for key in ("a", "b"):
+        await gw.run(lambda s3, key=key: s3.put_object(  # type: ignore[misc]
+            Bucket="again", Key=key, Body=b"old"))
+    await gw.run(lambda s3: s3.put_bucket_lifecycle_configuration(
+        Bucket="again", LifecycleConfiguration={"Rules": [
+            {"ID": "r", "Expiration": {"Date": datetime(2020, 1, 1, tzinfo=UTC)},
+             "Prefix": "", "Status": "Enabled"}]}))
+    listed = store.list_objects
+    calls: list[int] = []
+
+    async def one_per_page(bucket: str, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # between two pages: the bucket is made anew by a client
+            def recreate(s3: Any) -> None:
+                s3.delete_object(Bucket="again", Key="b")
+                s3.delete_bucket(Bucket="again")
+                s3.create_bucket(Bucket="again")
+                s3.put_object(Bucket="again", Key="c", Body=b"new")
+            await gw.run(recreate)
+        return await listed(bucket, **{**kwargs, "max_keys": 1})
+
+    store.list_objects = one_per_page
+    try:
+        await worker.run_once()
+    finally:
+        store.list_objects = listed
+    assert len(calls) >= 2
+    body = await gw.run(lambda s3: s3.get_object(Bucket="again", Key="c")["Body"].read())
+    assert body == b"new"
