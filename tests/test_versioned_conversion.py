@@ -523,3 +523,21 @@ def test_c8_a_crash_between_keep_copy_and_delete_loses_nothing(
         assert [p for p in keep.rglob("*") if "keepv" in str(p) and p.is_file()] == []
     finally:
         survivor.stop()
+
+
+async def test_a_converted_image_named_without_an_image_suffix_keeps_its_stub_readable(
+        gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """A pair converts whatever the image key is called (its content type says image);
+    the keep copy was made only for keys that end like an image file (`.png`), so deleting
+    the converted version of `photo` for good left its sidecar's stub reading nothing: the
+    sidecar's bytes were lost."""
+    await _bucket(gw, VB)
+    vi, vs, _, sidecar = await _put_pair(gw, VB, tiny_model, seed=21, key="photo")
+    await gw.settle()
+    assert _rep(await _head(gw, VB, "photo")) == "latent"
+    served_side = (await _get(gw, VB, "photo" + SIDE))[1]
+    assert len(served_side) == len(sidecar)
+    await gw.run(lambda s3: s3.delete_object(Bucket=VB, Key="photo", VersionId=vi))
+    assert (await _get(gw, VB, "photo" + SIDE, VersionId=vs))[1] == served_side
+    await gw.store.converter.sweep()
+    assert (await _get(gw, VB, "photo" + SIDE))[1] == served_side

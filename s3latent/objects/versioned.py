@@ -39,7 +39,7 @@ from ..errors import S3Error
 from ..latent.container import ContainerError, ContainerHeader
 from . import physical
 from .context import LatentContext, readable
-from .conversion import crash_point, looks_like_image
+from .conversion import crash_point
 from .reads import BytesBody, LatentReads, _slice
 
 log = logging.getLogger(__name__)
@@ -238,10 +238,13 @@ class VersionedObjects:
 
         The caller holds the pair lock of `key` (Converter.pair_lock) from here until its
         delete has landed, so no stub naming this version is written in between. Costs
-        one HEAD for image keys only; for a container, one version listing of the sidecar
-        key and a HEAD per one-part version on it; the copy at most once per version.
+        one HEAD for any key but a sidecar key (a pair converts whatever its image key is
+        called: `photo` with an image content type too); for a container, one version
+        listing of the sidecar key and a HEAD per one-part version on it; the copy at most
+        once per version.
         """
-        if physical.is_hidden(key) or not looks_like_image(key, None):
+        if physical.is_hidden(key) or \
+                key.endswith(self.ctx.config.bucket(bucket).sidecar_suffix):
             return
         backend = self.ctx.backend
         try:
