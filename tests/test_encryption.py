@@ -597,3 +597,31 @@ def test_a_configured_key_still_opens_objects_wrapped_by_the_local_auto_key(
     # New objects are wrapped under the configured key, never the auto one.
     assert enc.new_sse_s3(configured).fields[enc.F_KEY].split(":")[0] != \
         sealed.fields[enc.F_KEY].split(":")[0]
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+async def test_conditional_writes_judge_an_sse_s3_object_by_the_etag_clients_see(
+        tmp_path: Path, versioned: bool) -> None:
+    """An SSE-S3 object's ETag is its plaintext's MD5 (what PUT, HEAD and listings say);
+    conditional writes compared the header with the stored ciphertext's: If-Match with that
+    ETag always failed (412), and If-None-Match with it let the write replace the very
+    object the client meant to keep."""
+    from tests.inprocess import serve_gateway
+
+    async with serve_gateway(tmp_path) as gw:
+        await gw.run(lambda s3: s3.create_bucket(Bucket="cond-sse"))
+        if versioned:
+            await gw.run(lambda s3: s3.put_bucket_versioning(
+                Bucket="cond-sse", VersioningConfiguration={"Status": "Enabled"}))
+        await gw.run(lambda s3: s3.put_object(Bucket="cond-sse", Key="k", Body=b"first",
+                                              ServerSideEncryption="AES256"))
+        etag = (await gw.run(lambda s3: s3.head_object(Bucket="cond-sse", Key="k")))["ETag"]
+        assert etag == '"' + hashlib.md5(b"first").hexdigest() + '"'
+        with pytest.raises(ClientError) as exc:
+            await gw.run(lambda s3: s3.put_object(Bucket="cond-sse", Key="k", Body=b"other",
+                                                  IfNoneMatch=etag))
+        assert _code(exc) == (412, "PreconditionFailed")
+        await gw.run(lambda s3: s3.put_object(Bucket="cond-sse", Key="k", Body=b"second",
+                                              IfMatch=etag))
+        got = await gw.run(lambda s3: s3.get_object(Bucket="cond-sse", Key="k")["Body"].read())
+        assert got == b"second"

@@ -303,9 +303,10 @@ class LatentStore(ForwardingStore):
             if if_match is not None:
                 raise S3Error("NoSuchKey", Key=key)
             return None, "*" if none_match == "*" else None
-        if none_match == "*" or (none_match and none_match.strip('"') == current.etag):
+        etags, _ = encryption.client_views(current)  # an SSE-S3 object's plaintext MD5 too
+        if none_match == "*" or (none_match and none_match.strip('"') in etags):
             raise S3Error("PreconditionFailed", Condition="If-None-Match")
-        if if_match is not None and if_match.strip('"') not in (current.etag, "*"):
+        if if_match is not None and if_match.strip('"') not in (*etags, "*"):
             raise S3Error("PreconditionFailed", Condition="If-Match")
         plain = physical.REP not in current.meta.internal
         return (current.etag if if_match is not None and plain else None), None

@@ -462,12 +462,14 @@ def _check_write_conditions(current: ObjectInfo, if_match: str | None,
     """If-Match / If-None-Match of a write, against what the client sees at the key.
 
     If-None-Match holds `*` (create only) or entity tags: as HTTP defines it for a PUT, the
-    write fails when any of them is the current object's ETag."""
+    write fails when any of them is the current object's ETag (an SSE-S3 object's is also
+    its plaintext MD5, the one clients are shown: encryption.client_views)."""
+    etags, _ = encryption.client_views(current)
     if if_none_match is not None and any(
-            tag.strip().removeprefix("W/").strip('"') in ("*", current.etag)
+            tag.strip().removeprefix("W/").strip('"') in ("*", *etags)
             for tag in if_none_match.split(",")):
         raise S3Error("PreconditionFailed", Condition="If-None-Match")
-    if if_match is not None and if_match.strip('"') not in (current.etag, "*"):
+    if if_match is not None and if_match.strip('"') not in (*etags, "*"):
         raise S3Error("PreconditionFailed", Condition="If-Match")
 
 
