@@ -543,17 +543,14 @@ async def test_a_converted_image_named_without_an_image_suffix_keeps_its_stub_re
     assert (await _get(gw, VB, "photo" + SIDE))[1] == served_side
 
 
-@pytest.mark.xfail(strict=True, reason="open: one keep-copy name (.s3latent/keep/<image>) "
-                   "serves every stub naming the image's `null` version; a second null "
-                   "container kept there replaces the first while an older stub still "
-                   "reads it (found by review; a fix needs a second name, see the report)")
 async def test_two_null_containers_kept_in_turn_keep_both_stubs_readable(
         gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
     """Suspended and Enabled in turn: the image's `null` version is converted twice, each
     time with a sidecar version uploaded while Enabled (stubs Va and Vb, both naming the
     image's `null` version). Each Suspended overwrite keeps the null container at the same
-    name: the second copy replaces the first while Va still reads it, and Va's sidecar
-    bytes are lost (500 "The sidecar's container is missing")."""
+    name: the second copy replaced the first while Va still read it, and Va's sidecar
+    bytes were lost (500 "The sidecar's container is missing"). Each is now kept by the
+    sidecar it holds."""
     bucket = "keep-null"
 
     async def status(value: str) -> None:
