@@ -625,3 +625,41 @@ async def test_conditional_writes_judge_an_sse_s3_object_by_the_etag_clients_see
                                               IfMatch=etag))
         got = await gw.run(lambda s3: s3.get_object(Bucket="cond-sse", Key="k")["Body"].read())
         assert got == b"second"
+
+
+async def test_a_source_encrypted_while_the_backend_copies_it_leaves_no_ciphertext_copy(
+        tmp_path: Path) -> None:
+    """The store's copy HEADs its source (plain), then the backend reads it again to copy
+    it. An SSE-C object written between those two reads was copied with the metadata the
+    gateway had chosen (no key record): ciphertext served as plaintext. The copy is
+    refused (412) and removed instead."""
+    from tests.inprocess import serve_gateway
+
+    secret = b"secret image bytes " * 5000
+    async with serve_gateway(tmp_path) as gw:
+        await gw.run(lambda s3: s3.create_bucket(Bucket="copy-race2"))
+        await gw.run(lambda s3: s3.put_object(Bucket="copy-race2", Key="src", Body=b"plain"))
+        real_get = gw.backend.get_object
+        fired: list[bool] = []
+
+        async def get_object(bucket: str, key: str, *args: Any, **kw: Any) -> Any:
+            if key == "src" and not args and not kw.get("byte_range") and not fired:
+                fired.append(True)  # the backend's copy reads its source
+                await gw.run(lambda s3: s3.put_object(Bucket="copy-race2", Key="src",
+                                                      Body=secret, **ssec()))
+            return await real_get(bucket, key, *args, **kw)
+
+        gw.backend.get_object = get_object
+        try:
+            with pytest.raises(ClientError) as exc:
+                await gw.run(lambda s3: s3.copy_object(
+                    Bucket="copy-race2", Key="dst",
+                    CopySource={"Bucket": "copy-race2", "Key": "src"},
+                    MetadataDirective="REPLACE", ContentType="text/plain"))
+        finally:
+            gw.backend.get_object = real_get
+        assert fired
+        assert _code(exc) == (412, "PreconditionFailed")
+        with pytest.raises(ClientError) as exc:
+            await gw.run(lambda s3: s3.get_object(Bucket="copy-race2", Key="dst"))
+        assert _code(exc) == (404, "NoSuchKey")

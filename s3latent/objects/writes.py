@@ -258,6 +258,9 @@ class LatentWrites:
                                                     meta)
             if current is not None:
                 await self._unindex(dst_bucket, current)
+            if meta is not None and copied.etag != stored.etag:
+                await self._undo_ciphertext_copy(src_bucket, src_key, dst_bucket, dst_key,
+                                                 copied)
             return copied
         if rep == physical.REP_STUB:
             new_meta = meta or ObjectMeta(
@@ -306,6 +309,25 @@ class LatentWrites:
         await self._index(dst_bucket, dst_key, written.etag,
                           physical.LogicalView(view.size, view.etag, now))
         return ObjectInfo(dst_key, view.size, view.etag, now, new_meta)
+
+    async def _undo_ciphertext_copy(self, src_bucket: str, src_key: str, dst_bucket: str,
+                                    dst_key: str, copied: ObjectInfo) -> None:
+        """The backend copied another source than the one judged (written between the HEAD
+        and the backend's read). If that was an encrypted object, the metadata chosen here
+        dropped its key record: ciphertext would be served as plaintext. Then our copy goes
+        (the destination's pair lock is held; only while it is still ours) and the copy is
+        refused. (A backend whose copies get other ETags than their sources is not judged:
+        the comparison below never matches there.)"""
+        now = await self.ctx.head_or_none(src_bucket, src_key)
+        if now is None or encryption.mode_of(now.meta.internal) is None or \
+                now.etag != copied.etag:
+            return
+        dst = await self.ctx.head_or_none(dst_bucket, dst_key)
+        if dst is not None and dst.etag == copied.etag and \
+                encryption.mode_of(dst.meta.internal) is None:
+            await self.ctx.backend.delete_object(dst_bucket, dst_key)
+        raise S3Error("PreconditionFailed", "The copy source changed while it was copied; "
+                      "retry.", Condition="ETag")
 
     async def _put_latent_only(self, bucket: str, key: str, body: AsyncIterable[bytes],
                                meta: ObjectMeta, *, size: int | None, if_match: str | None,
