@@ -78,6 +78,11 @@ class BucketSettings:
     # `convert_plain_after` for a sidecar.
     convert_plain: bool = False
     convert_plain_after: float = 60.0
+    # What becomes of a pair's sidecar key once the pair is admitted: "keep" (it stays
+    # readable, rebuilt from the container, which must then hold the latent) or "consume"
+    # (an upload-time hint: the key is removed, so the container holds only what the image
+    # needs and AVIF can win for pairs). Opt-in: it removes a key the client wrote.
+    sidecar: str = "keep"
 
     def validate(self, name: str) -> None:
         if self.policy not in ("perceptual", "exact"):
@@ -94,9 +99,13 @@ class BucketSettings:
                               f"{', '.join(REPRESENTATIONS)} (got {self.representation!r})")
         if not isinstance(self.convert_plain, bool):
             raise ConfigError(f'buckets."{name}".convert_plain must be true or false')
+        if self.sidecar not in SIDECAR_MODES:
+            raise ConfigError(f'buckets."{name}".sidecar must be one of '
+                              f"{', '.join(SIDECAR_MODES)} (got {self.sidecar!r})")
 
 
 REPRESENTATIONS = ("smallest", "latent", "avif")
+SIDECAR_MODES = ("keep", "consume")
 
 
 @dataclass

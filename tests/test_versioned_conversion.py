@@ -24,7 +24,7 @@ from s3latent.backends.local import LocalBackend
 from tests.gateway import GatewayProcess
 from tests.inprocess import InProcessGateway
 from tests.test_latent_objects import _config, make_pair, tiny_model, wait_latent  # noqa: F401
-from tests.test_object_layer_inprocess import gw, md5_etag  # noqa: F401 - fixture
+from tests.test_object_layer_inprocess import gw, md5_etag, start  # noqa: F401 - fixture
 
 SIDE = ".latent.safetensors"
 VB = "vers"
@@ -573,3 +573,24 @@ async def test_two_null_containers_kept_in_turn_keep_both_stubs_readable(
     await gw.settle()
     for vid, data in served:
         assert (await _get(gw, bucket, "img.png" + SIDE, VersionId=vid))[1] == data
+
+
+async def test_a_consume_bucket_turned_versioned_keeps_the_sidecar_readable(
+        tmp_path: Path, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """`sidecar = "consume"` in a versioned bucket converts as `keep`: the sidecar version
+    becomes a stub that reads back the uploaded latent, and no delete marker hides it.
+    Failed before the merge's rule: the container was built without the latent (consume)
+    while the versioned path wrote a stub pointing into it, so the sidecar key broke."""
+    extra = f'[buckets.{VB}]\nsidecar = "consume"\n'
+    async for served in start(tmp_path, tiny_model, extra=extra):
+        await _bucket(served, VB)
+        vi, vs, _, sidecar = await _put_pair(served, VB, tiny_model, seed=17)
+        await served.settle()
+        head = await _head(served, VB, "img.png")
+        assert _rep(head) == "latent" and head["VersionId"] == vi
+        side_head = await _head(served, VB, "img.png" + SIDE)
+        assert side_head["VersionId"] == vs and side_head["ContentLength"] == len(sidecar)
+        _, data = await _get(served, VB, "img.png" + SIDE, VersionId=vs)
+        assert len(data) == len(sidecar)
+        assert await _versions(served, VB, "img.png" + SIDE) == \
+            [(vs, len(sidecar), side_head["ETag"])]

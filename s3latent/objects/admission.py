@@ -69,6 +69,9 @@ class Admission:
     container: bytes
     header: ContainerHeader
     rendition: bytes
+    # Container bytes of each candidate judged for a consumed pair ("latent", "avif"), so
+    # the backend object says what the choice was between (bench: both sizes, one search).
+    candidates: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -92,12 +95,18 @@ class Admitter:
                          image_bytes: bytes, side: ObjectInfo, side_bytes: bytes) -> Admission:
         """The latent candidate (`admit`), then the representation the bucket asks for.
 
-        "smallest" and "latent" store the latent: an AVIF container of a pair must still
-        hold the latent its sidecar key is rebuilt from, so it is always the larger (no
-        AVIF search is spent on it). "avif" stores the image as AVIF *plus* that latent,
-        when an AVIF quality meets the policy: more bytes, reads without a VAE.
+        With `sidecar = "keep"`, "smallest" and "latent" store the latent: an AVIF container
+        of a pair must still hold the latent its sidecar key is rebuilt from, so it is
+        always the larger (no AVIF search is spent on it). "avif" stores the image as AVIF
+        *plus* that latent, when an AVIF quality meets the policy: more bytes, reads without
+        a VAE. With `sidecar = "consume"` the sidecar key goes once admitted, so neither
+        container holds anything for it (`_admit_consumed`).
         """
-        latent = await self.admit(settings, key, image, image_bytes, side, side_bytes)
+        consume = settings.sidecar == "consume"
+        latent = await self.admit(settings, key, image, image_bytes, side, side_bytes,
+                                  keep_sidecar=not consume)
+        if consume:
+            return await self._admit_consumed(settings, image, image_bytes, latent)
         if settings.representation != "avif" or not avif.available():
             return latent
         upload, _ = await asyncio.to_thread(decode_image_bytes, image_bytes)
@@ -105,6 +114,49 @@ class Admitter:
         if found is None:
             return latent  # no AVIF quality meets the policy: the latent serves
         return await asyncio.to_thread(self._avif_pair, latent, found)
+
+    async def _admit_consumed(self, settings: BucketSettings, image: ObjectInfo,
+                              image_bytes: bytes, latent: Admission) -> Admission:
+        """A pair whose sidecar is consumed: the latent container (no sidecar record) or the
+        AVIF-only container (no latent inside), each holding only what the image needs.
+
+        "smallest" compares the two containers' real bytes and keeps the smaller (the
+        latent on a tie); "avif" takes the AVIF whenever a quality meets the policy;
+        "latent" never searches AVIF. The latent candidate must pass first: a pair whose
+        latent is refused is refused (nothing is consumed), whatever AVIF could do.
+        """
+        candidates = {"latent": len(latent.container)}
+        latent.candidates = candidates
+        if settings.representation == "latent" or not avif.available():
+            return latent
+        upload, _ = await asyncio.to_thread(decode_image_bytes, image_bytes)
+        found = await self.avif_candidate(settings, image_bytes, upload)
+        if found is None:
+            return latent  # no AVIF quality meets the policy: the latent serves
+        only = await asyncio.to_thread(self._avif_only, image, upload, found)
+        candidates["avif"] = len(only.container)
+        only.candidates = candidates
+        if settings.representation == "avif" or len(only.container) < len(latent.container):
+            return only
+        return latent
+
+    def _avif_only(self, image: ObjectInfo, upload: np.ndarray,
+                   found: AvifCandidate) -> Admission:
+        """The container of an image stored as AVIF alone (no model, no latent, no sidecar
+        record): a plain image's, and a consumed pair's."""
+        header = ContainerHeader(
+            model="", shape=[3, int(upload.shape[0]), int(upload.shape[1])], dtype="uint8",
+            codec=KIND_AVIF, codec_params=found.params.as_dict(), size=len(found.rendition),
+            etag=hashlib.md5(found.rendition).hexdigest(),
+            content_type=image.meta.content_type,
+            last_modified=image.last_modified.isoformat(),
+            image_format=found.render_settings.format.lower(),
+            encoder=settings_dict(found.render_settings),
+            psnr=None if found.fidelity == float("inf") else found.fidelity,
+            render_profile=avif_render_profile(found.render_settings, avif.decoder_version()),
+            sidecar=None, user_metadata=dict(image.meta.metadata),
+            extra={AVIF_DECODER_KEY: avif.decoder_version()}, kind=KIND_AVIF)
+        return Admission(pack(header, found.payload), header, found.rendition)
 
     async def admit_plain(self, settings: BucketSettings, image: ObjectInfo,
                           image_bytes: bytes) -> Admission:
@@ -127,23 +179,11 @@ class Admitter:
             raise Refused("admission policy failed (avif: no quality meets "
                           + ("a byte-identical rendition" if settings.policy == "exact"
                              else f"PSNR {settings.min_psnr} dB") + ")")
-        header = ContainerHeader(
-            model="", shape=[3, int(upload.shape[0]), int(upload.shape[1])], dtype="uint8",
-            codec=KIND_AVIF, codec_params=found.params.as_dict(), size=len(found.rendition),
-            etag=hashlib.md5(found.rendition).hexdigest(),
-            content_type=image.meta.content_type,
-            last_modified=image.last_modified.isoformat(),
-            image_format=found.render_settings.format.lower(),
-            encoder=settings_dict(found.render_settings),
-            psnr=None if found.fidelity == float("inf") else found.fidelity,
-            render_profile=avif_render_profile(found.render_settings, avif.decoder_version()),
-            sidecar=None, user_metadata=dict(image.meta.metadata),
-            extra={AVIF_DECODER_KEY: avif.decoder_version()}, kind=KIND_AVIF)
-        container = await asyncio.to_thread(pack, header, found.payload)
-        if len(container) >= len(image_bytes):
-            raise Refused(f"AVIF is not smaller than the upload ({len(container)} >= "
-                          f"{len(image_bytes)} bytes at quality {found.params.quality})")
-        return Admission(container, header, found.rendition)
+        admission = await asyncio.to_thread(self._avif_only, image, upload, found)
+        if len(admission.container) >= len(image_bytes):
+            raise Refused(f"AVIF is not smaller than the upload ({len(admission.container)} "
+                          f">= {len(image_bytes)} bytes at quality {found.params.quality})")
+        return admission
 
     async def avif_candidate(self, settings: BucketSettings, image_bytes: bytes,
                              upload: np.ndarray) -> AvifCandidate | None:
@@ -191,8 +231,12 @@ class Admitter:
         return Admission(pack(header, found.payload + lpayload), header, found.rendition)
 
     async def admit(self, settings: BucketSettings, key: str, image: ObjectInfo,
-                    image_bytes: bytes, side: ObjectInfo, side_bytes: bytes) -> Admission:
-        """Decide and build the container; raises Refused with the reason."""
+                    image_bytes: bytes, side: ObjectInfo, side_bytes: bytes, *,
+                    keep_sidecar: bool = True) -> Admission:
+        """Decide and build the container; raises Refused with the reason.
+
+        `keep_sidecar` False: the container records no sidecar (it is consumed), so it
+        holds only what the image needs."""
         await self.decoding.ready()
         try:
             sidecar = await asyncio.to_thread(parse_sidecar, side_bytes)
@@ -279,6 +323,8 @@ class Admitter:
                 header = self._header(model_id, sidecar, codec_name, params, payload, image,
                                       rendition, used, fidelity, side, side_bytes, settings,
                                       tiling)
+                if not keep_sidecar:
+                    header = dataclasses.replace(header, sidecar=None)
                 return Admission(pack(header, payload), header, rendition)
             reasons.append(f"{codec_name}: {why}")
             if settings.policy == "exact" and codec.lossless:

@@ -54,6 +54,14 @@ IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG",
                "image/webp": "WEBP"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SIDECAR_ETAG = "scetag"  # in a container's mirror: the sidecar it was converted with
+# Also in the mirror, for a pair admitted with `sidecar = "consume"`: that mode, and the
+# admitted sidecar's Last-Modified (with its ETag, what a guarded delete of it checks: a
+# newer PUT of the same bytes has the same ETag but a later Last-Modified).
+SIDECAR_MODE, SIDECAR_MODIFIED = "scmode", "sclmod"
+CONSUME = "consume"
+PAIR_FIELDS = (SIDECAR_ETAG, SIDECAR_MODE, SIDECAR_MODIFIED)
+# In the mirror, for people browsing the backend: the candidates' container bytes.
+CANDIDATES = "cands"
 # Rewrites of a key made again because a tagging of it landed meanwhile, before giving way.
 TAGS_RETRIES = 3
 
@@ -71,6 +79,11 @@ async def _keyed(locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]],
         users[0] -= 1
         if users[0] == 0:
             locks.pop(ident, None)
+
+
+def _when(moment: datetime) -> str:
+    """A Last-Modified as the mirror records it (UTC, ISO 8601) and compares it."""
+    return moment.astimezone(UTC).isoformat()
 
 
 def crash_point(name: str) -> None:
@@ -98,6 +111,8 @@ def settings_fingerprint(settings: Any, models: dict[str, Any],
         judged["representation"] = representation
     if getattr(settings, "convert_plain", False):
         judged["convert_plain"] = True
+    if getattr(settings, "sidecar", "keep") != "keep":
+        judged["sidecar"] = settings.sidecar
     text = json.dumps(judged, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -324,8 +339,9 @@ class Converter:
             try:
                 async with self.gate.work(bucket), lock:
                     outcome = await self.convert(bucket, key)
-                self.seconds.observe(time.perf_counter() - started)
-                log.info("conversion of %s/%s: %s", bucket, key, outcome)
+                took = time.perf_counter() - started
+                self.seconds.observe(took)
+                log.info("conversion of %s/%s (%.1f s): %s", bucket, key, took, outcome)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -423,6 +439,12 @@ class Converter:
                 expected = image.meta.internal.get(SIDECAR_ETAG)
                 if expected is None:  # a latent-only upload or a copy: holds no sidecar
                     return "already latent; the sidecar key is not its sidecar"
+                if image.meta.internal.get(SIDECAR_MODE) == CONSUME:
+                    # Left by a crash between the container's commit and the delete (or a
+                    # newer upload of the sidecar key, which the guard keeps).
+                    return await self._consume_sidecar(
+                        bucket, key, image.etag, expected,
+                        image.meta.internal.get(SIDECAR_MODIFIED, ""), side_key, side)
                 return await self._finish_stub(bucket, key, image.etag, expected, side_key,
                                                side, None, image_vid=image.version_id,
                                                versioned=status is not None)
@@ -444,6 +466,11 @@ class Converter:
             return f"refused earlier: {refusal.reason}"
         marker_left = stored is not None  # about an older pair: goes if this one converts
         self.attempts.inc()
+        if status is not None and settings.sidecar == CONSUME:
+            # A versioned bucket keeps every sidecar version a client wrote: consuming one
+            # there would only hide it behind a delete marker, and the container must then
+            # hold its latent for the stub. Such pairs convert as under `keep`.
+            settings = dataclasses.replace(settings, sidecar="keep")
         try:
             image, image_bytes = await read_all(self.backend, bucket, key, MAX_IMAGE_BYTES)
             side, side_bytes = await read_all(self.backend, bucket, side_key, MAX_SIDECAR_BYTES)
@@ -452,8 +479,11 @@ class Converter:
         except Refused as exc:
             return await self._refuse(bucket, key, side_key, image.etag, side.etag, str(exc),
                                       durable=exc.durable)
-        view, meta = await self._container_meta(bucket, key, image, admission,
-                                                **{SIDECAR_ETAG: side.etag})
+        pair = {SIDECAR_ETAG: side.etag}
+        consume = settings.sidecar == CONSUME
+        if consume:
+            pair |= {SIDECAR_MODE: CONSUME, SIDECAR_MODIFIED: _when(side.last_modified)}
+        view, meta = await self._container_meta(bucket, key, image, admission, **pair)
         crash_point("before-container")
         written = await self._commit(bucket, key, admission.container, meta, image,
                                      admission.header.codec, versioned=status is not None)
@@ -463,14 +493,19 @@ class Converter:
         await self._index(bucket, key, written.etag, view, replaced=image)
         if marker_left:
             await self._drop_marker(bucket, key)
-        outcome = await self._finish_stub(bucket, key, written.etag, side.etag, side_key, side,
-                                          (admission, side_bytes),
-                                          image_vid=written.version_id,
-                                          versioned=status is not None)
+        if consume:
+            outcome = await self._consume_sidecar(bucket, key, written.etag, side.etag,
+                                                  _when(side.last_modified), side_key, side)
+        else:
+            outcome = await self._finish_stub(bucket, key, written.etag, side.etag, side_key,
+                                              side, (admission, side_bytes),
+                                              image_vid=written.version_id,
+                                              versioned=status is not None)
         crash_point("after-stub")
+        chosen = ", ".join(f"{k} {v} bytes" for k, v in admission.candidates.items())
         return (f"admitted: {admission.header.codec}, {len(admission.container)} bytes for a "
-                f"{image.size}-byte image, psnr {admission.header.psnr} dB; "
-                + outcome)
+                f"{image.size}-byte image, psnr {admission.header.psnr} dB"
+                + (f" (candidates: {chosen})" if chosen else "") + "; " + outcome)
 
     async def _container_meta(self, bucket: str, key: str, image: ObjectInfo,
                               admission: Admission, **extra: str
@@ -480,6 +515,8 @@ class Converter:
         sees the same object."""
         header = admission.header
         view = physical.LogicalView(len(admission.rendition), header.etag, image.last_modified)
+        if admission.candidates:
+            extra[CANDIDATES] = " ".join(f"{k}={v}" for k, v in admission.candidates.items())
         meta = ObjectMeta(
             content_type=image.meta.content_type,
             metadata=dict(image.meta.metadata),
@@ -648,6 +685,46 @@ class Converter:
                           physical.LogicalView(side.size, etag, side.last_modified),
                           replaced=side)
         return "sidecar stubbed"
+
+    async def _consume_sidecar(self, bucket: str, key: str, container_etag: str,
+                               expected: str, expected_modified: str, side_key: str,
+                               side: ObjectInfo) -> str:
+        """Delete the sidecar key a consuming admission was made from, and only that upload.
+
+        Guarded: the container that consumed it must still be at `key` (a newer PUT of the
+        image leaves the sidecar as a plain object, as a refused pair would), and the
+        sidecar key must still hold the admitted upload (same ETag *and* Last-Modified: a
+        newer PUT of the key, even of the same bytes, is kept). Client writes and deletes
+        of either key hold that key's pair_lock until they have landed, so nothing is
+        written between the check and the delete.
+        """
+        if expected != side.etag or expected_modified != _when(side.last_modified):
+            return "sidecar key written since conversion; kept as it is"
+        async with self.pair_lock(bucket, key), self.pair_lock(bucket, side_key):
+            try:
+                current = await self.backend.head_object(bucket, key)
+            except S3Error as exc:
+                if exc.code not in ("NoSuchKey", "NoSuchBucket"):
+                    raise
+                current = None
+            if current is None or current.etag != container_etag:
+                return "image replaced or deleted meanwhile; sidecar kept as it is"
+            try:
+                now = await self.backend.head_object(bucket, side_key)
+            except S3Error as exc:
+                if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                    return "sidecar already gone"
+                raise
+            if now.etag != expected or _when(now.last_modified) != expected_modified:
+                return "sidecar key written since conversion; kept as it is"
+            crash_point("before-consume")
+            await self.backend.delete_object(bucket, side_key)
+        self._written(bucket, side_key)
+        try:
+            await physical.drop_view_index(self.backend, bucket, side)
+        except S3Error as exc:
+            log.info("stale listing index entry of %s/%s left: %s", bucket, side_key, exc)
+        return "sidecar consumed"
 
     def _written(self, bucket: str, key: str) -> None:
         if self.on_written is not None:

@@ -21,7 +21,7 @@ from ..backends.base import HashedBody, ObjectInfo, ObjectMeta, read_body
 from ..errors import S3Error
 from . import encryption, physical
 from .context import LatentContext, readable, writable
-from .conversion import SIDECAR_ETAG, looks_like_image
+from .conversion import PAIR_FIELDS, SIDECAR_ETAG, looks_like_image
 
 log = logging.getLogger(__name__)
 
@@ -280,8 +280,10 @@ class LatentWrites:
         now = datetime.now(UTC)
         kept = physical.storage_of(info.meta.internal)
         if same_container and SIDECAR_ETAG in info.meta.internal:
-            # Still the container of the sidecar beside it (whose stub points here).
-            kept[SIDECAR_ETAG] = info.meta.internal[SIDECAR_ETAG]
+            # Still the container of the sidecar beside it (whose stub points here, or which
+            # it consumes: a sidecar left by a crash is still recognised as the admitted one).
+            kept.update({k: info.meta.internal[k] for k in PAIR_FIELDS
+                         if k in info.meta.internal})
         # The copy's access fields are the copy request's (none: the default ones).
         internal = physical.mirror(physical.REP_LATENT, view.size, view.etag, now, **kept,
                                    **physical.access_of(meta.internal if meta else {}))
