@@ -140,12 +140,19 @@ def build_keyring(cfg: Config, backend: Any) -> Any:
 
     settings = cfg.encryption
     auto = None
+    old = list(settings.old_key_files)
     why_not = ("SSE-S3 needs a master key: set [encryption] key_file (S3LATENT_SSE_KEY_FILE); "
                "an S3 backend or a cluster never makes one itself")
-    if settings.key_file is None and cfg.cluster is None and isinstance(backend, LocalBackend):
-        auto = backend.root / ".s3latent" / "sse-master.key"
+    if isinstance(backend, LocalBackend):
+        made = backend.root / ".s3latent" / "sse-master.key"
+        if settings.key_file is None and cfg.cluster is None:
+            auto = made
+        elif made.exists():
+            # The key this directory's gateway made before a key_file (or a cluster) was
+            # configured: it still opens the objects it wrapped (never wraps new ones).
+            old.append(str(made))
     try:
-        keyring = Keyring.from_files(settings.key_file, settings.old_key_files,
+        keyring = Keyring.from_files(settings.key_file, old,
                                      auto_path=auto, why_not=why_not)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"[encryption]: {exc}") from exc

@@ -524,3 +524,142 @@ def test_tagging_an_encrypted_object_keeps_it_encrypted(s3: Any, bucket: str) ->
     assert _code(err) == (400, "InvalidRequest")
     s3.delete_object_tagging(Bucket=bucket, Key="t")
     assert s3.get_object(Bucket=bucket, Key="t", **ssec())["Body"].read() == data
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+@pytest.mark.parametrize("directive", ["COPY", "REPLACE"])
+async def test_copy_of_a_source_replaced_by_an_encrypted_one_copies_no_ciphertext(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, versioned: bool,
+        directive: str) -> None:
+    """A CopyObject judges its source plain (HEAD), then the source is overwritten with an
+    SSE-C object before the copy is made: the copy must not become the new ciphertext
+    without its key record (served to anyone as if it were plaintext). The copy fails
+    (412, retry) as a changed source does on every other copy path."""
+    from tests.inprocess import serve_gateway
+
+    secret = b"secret image bytes " * 5000
+    replaced: list[bool] = []
+    async with serve_gateway(tmp_path) as gw:
+        original = gw.store.copy_object
+
+        async def replace_then_copy(*args: Any, **kwargs: Any) -> Any:
+            # After the handler's HEAD judged the source plain, before the copy is made.
+            replaced.append(True)
+            await gw.run(lambda s3: s3.put_object(Bucket="copy-race", Key="src", Body=secret,
+                                                  **ssec()))
+            return await original(*args, **kwargs)
+
+        await gw.run(lambda s3: s3.create_bucket(Bucket="copy-race"))
+        if versioned:
+            await gw.run(lambda s3: s3.put_bucket_versioning(
+                Bucket="copy-race", VersioningConfiguration={"Status": "Enabled"}))
+        await gw.run(lambda s3: s3.put_object(Bucket="copy-race", Key="src", Body=b"plain text"))
+        monkeypatch.setattr(gw.store, "copy_object", replace_then_copy)
+        extra = {"ContentType": "text/plain"} if directive == "REPLACE" else {}
+        try:
+            await gw.run(lambda s3: s3.copy_object(
+                Bucket="copy-race", Key="dst", CopySource={"Bucket": "copy-race", "Key": "src"},
+                MetadataDirective=directive, **extra))
+        except ClientError as exc:
+            assert exc.response["ResponseMetadata"]["HTTPStatusCode"] == 412
+            assert exc.response["Error"]["Code"] == "PreconditionFailed"
+        monkeypatch.setattr(gw.store, "copy_object", original)
+        assert replaced
+        try:
+            copied = await gw.run(lambda s3: s3.get_object(Bucket="copy-race",
+                                                           Key="dst")["Body"].read())
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] == "NoSuchKey"  # the copy was refused
+        else:  # a copy made: of the plaintext it judged, never of stored ciphertext
+            assert copied == b"plain text"
+        assert await gw.run(lambda s3: s3.get_object(Bucket="copy-race", Key="src", **ssec())
+                            ["Body"].read()) == secret
+
+
+def test_a_configured_key_still_opens_objects_wrapped_by_the_local_auto_key(
+        tmp_path: Path) -> None:
+    """A lone local gateway made its own key (<directory>/.s3latent/sse-master.key); once
+    the operator configures a key_file (or a [cluster]), that key was no longer loaded and
+    every SSE-S3 object written before answered 500. It stays an unwrap-only key."""
+    from s3latent.backends.local import LocalBackend
+    from s3latent.cli import build_keyring
+    from s3latent.config import load_config
+
+    backend = LocalBackend(tmp_path / "data")
+    auto = build_keyring(load_config(env={}, backend=f"file://{tmp_path / 'data'}"), backend)
+    sealed = enc.new_sse_s3(auto)
+    key = tmp_path / "k"
+    key.write_text(base64.b64encode(os.urandom(32)).decode())
+    cfg = load_config(env={"S3LATENT_SSE_KEY_FILE": str(key)},
+                      backend=f"file://{tmp_path / 'data'}")
+    configured = build_keyring(cfg, backend)
+    assert enc.data_key(sealed.fields, configured, None) == sealed.data_key
+    # New objects are wrapped under the configured key, never the auto one.
+    assert enc.new_sse_s3(configured).fields[enc.F_KEY].split(":")[0] != \
+        sealed.fields[enc.F_KEY].split(":")[0]
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+async def test_conditional_writes_judge_an_sse_s3_object_by_the_etag_clients_see(
+        tmp_path: Path, versioned: bool) -> None:
+    """An SSE-S3 object's ETag is its plaintext's MD5 (what PUT, HEAD and listings say);
+    conditional writes compared the header with the stored ciphertext's: If-Match with that
+    ETag always failed (412), and If-None-Match with it let the write replace the very
+    object the client meant to keep."""
+    from tests.inprocess import serve_gateway
+
+    async with serve_gateway(tmp_path) as gw:
+        await gw.run(lambda s3: s3.create_bucket(Bucket="cond-sse"))
+        if versioned:
+            await gw.run(lambda s3: s3.put_bucket_versioning(
+                Bucket="cond-sse", VersioningConfiguration={"Status": "Enabled"}))
+        await gw.run(lambda s3: s3.put_object(Bucket="cond-sse", Key="k", Body=b"first",
+                                              ServerSideEncryption="AES256"))
+        etag = (await gw.run(lambda s3: s3.head_object(Bucket="cond-sse", Key="k")))["ETag"]
+        assert etag == '"' + hashlib.md5(b"first").hexdigest() + '"'
+        with pytest.raises(ClientError) as exc:
+            await gw.run(lambda s3: s3.put_object(Bucket="cond-sse", Key="k", Body=b"other",
+                                                  IfNoneMatch=etag))
+        assert _code(exc) == (412, "PreconditionFailed")
+        await gw.run(lambda s3: s3.put_object(Bucket="cond-sse", Key="k", Body=b"second",
+                                              IfMatch=etag))
+        got = await gw.run(lambda s3: s3.get_object(Bucket="cond-sse", Key="k")["Body"].read())
+        assert got == b"second"
+
+
+async def test_a_source_encrypted_while_the_backend_copies_it_leaves_no_ciphertext_copy(
+        tmp_path: Path) -> None:
+    """The store's copy HEADs its source (plain), then the backend reads it again to copy
+    it. An SSE-C object written between those two reads was copied with the metadata the
+    gateway had chosen (no key record): ciphertext served as plaintext. The copy is
+    refused (412) and removed instead."""
+    from tests.inprocess import serve_gateway
+
+    secret = b"secret image bytes " * 5000
+    async with serve_gateway(tmp_path) as gw:
+        await gw.run(lambda s3: s3.create_bucket(Bucket="copy-race2"))
+        await gw.run(lambda s3: s3.put_object(Bucket="copy-race2", Key="src", Body=b"plain"))
+        real_get = gw.backend.get_object
+        fired: list[bool] = []
+
+        async def get_object(bucket: str, key: str, *args: Any, **kw: Any) -> Any:
+            if key == "src" and not args and not kw.get("byte_range") and not fired:
+                fired.append(True)  # the backend's copy reads its source
+                await gw.run(lambda s3: s3.put_object(Bucket="copy-race2", Key="src",
+                                                      Body=secret, **ssec()))
+            return await real_get(bucket, key, *args, **kw)
+
+        gw.backend.get_object = get_object
+        try:
+            with pytest.raises(ClientError) as exc:
+                await gw.run(lambda s3: s3.copy_object(
+                    Bucket="copy-race2", Key="dst",
+                    CopySource={"Bucket": "copy-race2", "Key": "src"},
+                    MetadataDirective="REPLACE", ContentType="text/plain"))
+        finally:
+            gw.backend.get_object = real_get
+        assert fired
+        assert _code(exc) == (412, "PreconditionFailed")
+        with pytest.raises(ClientError) as exc:
+            await gw.run(lambda s3: s3.get_object(Bucket="copy-race2", Key="dst"))
+        assert _code(exc) == (404, "NoSuchKey")

@@ -399,3 +399,105 @@ def test_presigned_url_with_zero_expiry_is_expired(s3: Any, bucket: str) -> None
     assert reply.status_code == 403
     assert b"<Code>AccessDenied</Code>" in reply.content
     assert b"Request has expired" in reply.content
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+async def test_worker_expires_sse_s3_objects(gw: InProcessGateway, versioned: bool) -> None:
+    """Listings show an SSE-S3 object's plaintext ETag and size (docs/encryption.md); the
+    expiry was conditional on the stored ciphertext's, so it never matched and encrypted
+    objects were never expired (nor deleted by a DeleteObjects entry with the ETag and
+    Size the client sees)."""
+    worker = gw.store.lifecycle
+    await gw.run(lambda s3: s3.create_bucket(Bucket="encb"))
+    if versioned:
+        await gw.run(lambda s3: s3.put_bucket_versioning(
+            Bucket="encb", VersioningConfiguration={"Status": "Enabled"}))
+    for key in ("old", "cond"):
+        await gw.run(lambda s3, key=key: s3.put_object(  # type: ignore[misc]
+            Bucket="encb", Key=key, Body=b"x" * 1000, ServerSideEncryption="AES256"))
+    head = await gw.run(lambda s3: s3.head_object(Bucket="encb", Key="cond"))
+    result = await gw.run(lambda s3: s3.delete_objects(Bucket="encb", Delete={"Objects": [
+        {"Key": "cond", "ETag": head["ETag"], "Size": head["ContentLength"]}]}))
+    assert "Errors" not in result, result["Errors"]
+    await gw.run(lambda s3: s3.put_bucket_lifecycle_configuration(
+        Bucket="encb", LifecycleConfiguration={"Rules": [
+            {"ID": "r", "Expiration": {"Days": 1}, "Prefix": "", "Status": "Enabled"}]}))
+    worker.now = _later(3)
+    await worker.run_once()
+    assert await gw.run(lambda s3: s3.list_objects_v2(Bucket="encb").get("KeyCount")) == 0
+
+
+async def test_worker_never_removes_a_newer_write_in_a_suspended_bucket(
+        gw: InProcessGateway) -> None:
+    """In a Suspended bucket the expiry's delete marker replaces the `null` version for
+    good. It was judged (HEAD) and then deleted without holding off writes: a client's
+    PUT landing in between (a new `null` version) was removed with it."""
+    import asyncio
+
+    store, worker = gw.store, gw.store.lifecycle
+    await gw.run(lambda s3: s3.create_bucket(Bucket="susp"))
+    await gw.run(lambda s3: s3.put_bucket_versioning(
+        Bucket="susp", VersioningConfiguration={"Status": "Suspended"}))
+    await gw.run(lambda s3: s3.put_object(Bucket="susp", Key="k", Body=b"old"))
+    await gw.run(lambda s3: s3.put_bucket_lifecycle_configuration(
+        Bucket="susp", LifecycleConfiguration={"Rules": [
+            {"ID": "r", "Expiration": {"Days": 1}, "Prefix": "", "Status": "Enabled"}]}))
+    head = store.versioned.head_object
+    writes: list[asyncio.Task[Any]] = []
+
+    async def head_then_overwrite(*args: Any, **kwargs: Any) -> Any:
+        judged = await head(*args, **kwargs)  # the expiry judges this version ...
+        if not writes:  # ... while a client writes the key again
+            writes.append(asyncio.create_task(gw.run(lambda s3: s3.put_object(
+                Bucket="susp", Key="k", Body=b"new"))))
+            await asyncio.sleep(0.5)  # the write lands now unless it waits for the delete
+        return judged
+
+    store.versioned.head_object = head_then_overwrite
+    worker.now = _later(3)
+    try:
+        await worker.run_once()
+    finally:
+        store.versioned.head_object = head
+    assert writes
+    await writes[0]
+    body = await gw.run(lambda s3: s3.get_object(Bucket="susp", Key="k")["Body"].read())
+    assert body == b"new"
+
+
+async def test_a_bucket_created_again_during_a_pass_keeps_its_objects(
+        gw: InProcessGateway) -> None:
+    """A pass reads the bucket's rules once, then lists page after page. The bucket was
+    emptied, deleted and created again meanwhile (without a configuration): its new
+    objects were judged by the old rules, and a past Date expired them."""
+    store, worker = gw.store, gw.store.lifecycle
+    await gw.run(lambda s3: s3.create_bucket(Bucket="again"))
+    for key in ("a", "b"):
+        await gw.run(lambda s3, key=key: s3.put_object(  # type: ignore[misc]
+            Bucket="again", Key=key, Body=b"old"))
+    await gw.run(lambda s3: s3.put_bucket_lifecycle_configuration(
+        Bucket="again", LifecycleConfiguration={"Rules": [
+            {"ID": "r", "Expiration": {"Date": datetime(2020, 1, 1, tzinfo=UTC)},
+             "Prefix": "", "Status": "Enabled"}]}))
+    listed = store.list_objects
+    calls: list[int] = []
+
+    async def one_per_page(bucket: str, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 2:  # between two pages: the bucket is made anew by a client
+            def recreate(s3: Any) -> None:
+                s3.delete_object(Bucket="again", Key="b")
+                s3.delete_bucket(Bucket="again")
+                s3.create_bucket(Bucket="again")
+                s3.put_object(Bucket="again", Key="c", Body=b"new")
+            await gw.run(recreate)
+        return await listed(bucket, **{**kwargs, "max_keys": 1})
+
+    store.list_objects = one_per_page
+    try:
+        await worker.run_once()
+    finally:
+        store.list_objects = listed
+    assert len(calls) >= 2
+    body = await gw.run(lambda s3: s3.get_object(Bucket="again", Key="c")["Body"].read())
+    assert body == b"new"

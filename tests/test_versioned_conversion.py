@@ -525,6 +525,56 @@ def test_c8_a_crash_between_keep_copy_and_delete_loses_nothing(
         survivor.stop()
 
 
+async def test_a_converted_image_named_without_an_image_suffix_keeps_its_stub_readable(
+        gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """A pair converts whatever the image key is called (its content type says image);
+    the keep copy was made only for keys that end like an image file (`.png`), so deleting
+    the converted version of `photo` for good left its sidecar's stub reading nothing: the
+    sidecar's bytes were lost."""
+    await _bucket(gw, VB)
+    vi, vs, _, sidecar = await _put_pair(gw, VB, tiny_model, seed=21, key="photo")
+    await gw.settle()
+    assert _rep(await _head(gw, VB, "photo")) == "latent"
+    served_side = (await _get(gw, VB, "photo" + SIDE))[1]
+    assert len(served_side) == len(sidecar)
+    await gw.run(lambda s3: s3.delete_object(Bucket=VB, Key="photo", VersionId=vi))
+    assert (await _get(gw, VB, "photo" + SIDE, VersionId=vs))[1] == served_side
+    await gw.store.converter.sweep()
+    assert (await _get(gw, VB, "photo" + SIDE))[1] == served_side
+
+
+async def test_two_null_containers_kept_in_turn_keep_both_stubs_readable(
+        gw: InProcessGateway, tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """Suspended and Enabled in turn: the image's `null` version is converted twice, each
+    time with a sidecar version uploaded while Enabled (stubs Va and Vb, both naming the
+    image's `null` version). Each Suspended overwrite keeps the null container at the same
+    name: the second copy replaced the first while Va still read it, and Va's sidecar
+    bytes were lost (500 "The sidecar's container is missing"). Each is now kept by the
+    sidecar it holds."""
+    bucket = "keep-null"
+
+    async def status(value: str) -> None:
+        await gw.run(lambda s3: s3.put_bucket_versioning(
+            Bucket=bucket, VersioningConfiguration={"Status": value}))
+
+    await _bucket(gw, bucket, status="Suspended")
+    images = [make_pair(tiny_model, seed=seed)[:2] for seed in (31, 32, 33)]
+    served: list[tuple[str, bytes]] = []
+    for image, sidecar in images[:2]:
+        await status("Suspended")
+        await _put(gw, bucket, "img.png", image, ContentType="image/png")
+        await status("Enabled")
+        vid = (await _put(gw, bucket, "img.png" + SIDE, sidecar))["VersionId"]
+        await gw.settle()
+        assert _rep(await _head(gw, bucket, "img.png" + SIDE)) == "latent"
+        served.append((vid, (await _get(gw, bucket, "img.png" + SIDE, VersionId=vid))[1]))
+    await status("Suspended")
+    await _put(gw, bucket, "img.png", images[2][0], ContentType="image/png")
+    await gw.settle()
+    for vid, data in served:
+        assert (await _get(gw, bucket, "img.png" + SIDE, VersionId=vid))[1] == data
+
+
 async def test_a_consume_bucket_turned_versioned_keeps_the_sidecar_readable(
         tmp_path: Path, tiny_model: dict[str, str]) -> None:  # noqa: F811
     """`sidecar = "consume"` in a versioned bucket converts as `keep`: the sidecar version

@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ..backends.base import HashedBody, ObjectBody
+from ..backends.base import HashedBody, ObjectBody, ObjectInfo
 
 log = logging.getLogger(__name__)
 
@@ -269,6 +269,25 @@ def data_key(internal: dict[str, str], keyring: Keyring,
             raise WrongKey("not the object's key")
         return _ssec_data_key(customer_key, salt)
     raise EncryptionError(f"unknown encryption mode {mode!r}")
+
+
+def client_views(info: ObjectInfo) -> tuple[set[str], set[int]]:
+    """The ETags and sizes that name this stored object as clients see it, for conditional
+    deletes (DeleteObjects entries, lifecycle expiry), which are judged on what listings and
+    HEAD show: a single-chunk encrypted object's plaintext size and, for SSE-S3, its
+    plaintext MD5 (F_ETAG), besides the stored ones. A multipart object's plaintext size
+    needs its part table: only its stored size is known here."""
+    etags, sizes = {info.etag}, {info.size}
+    internal = info.meta.internal
+    if mode_of(internal) is None or info.parts_count or "-" in info.etag:
+        return etags, sizes
+    if mode_of(internal) == MODE_S3 and internal.get(F_ETAG):
+        etags.add(internal[F_ETAG])
+    try:
+        sizes.add(plaintext_size(info.size))
+    except EncryptionError:
+        pass
+    return etags, sizes
 
 
 # -- segments ----------------------------------------------------------------------------

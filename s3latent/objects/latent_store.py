@@ -34,7 +34,7 @@ from ..backends.base import (
 from ..cache.readpath import ReadCache
 from ..config import Config
 from ..errors import S3Error
-from . import physical
+from . import encryption, physical
 from .context import LatentContext, readable, writable
 from .conversion import Converter, looks_like_image
 from .lifecycle import LifecycleWorker
@@ -42,7 +42,7 @@ from .listing import LatentListing
 from .reads import LatentReads
 from .store import SSE_INDEX, ForwardingStore
 from .versioned import VersionedObjects, VersioningStatus
-from .writes import LATENT_CONTENT_TYPE, LatentWrites
+from .writes import LATENT_CONTENT_TYPE, LatentWrites, refuse_encrypted_source
 
 if TYPE_CHECKING:
     from ..decode.services import DecodeServices
@@ -303,9 +303,10 @@ class LatentStore(ForwardingStore):
             if if_match is not None:
                 raise S3Error("NoSuchKey", Key=key)
             return None, "*" if none_match == "*" else None
-        if none_match == "*" or (none_match and none_match.strip('"') == current.etag):
+        etags, _ = encryption.client_views(current)  # an SSE-S3 object's plaintext MD5 too
+        if none_match == "*" or (none_match and none_match.strip('"') in etags):
             raise S3Error("PreconditionFailed", Condition="If-None-Match")
-        if if_match is not None and if_match.strip('"') not in (current.etag, "*"):
+        if if_match is not None and if_match.strip('"') not in (*etags, "*"):
             raise S3Error("PreconditionFailed", Condition="If-Match")
         plain = physical.REP not in current.meta.internal
         return (current.etag if if_match is not None and plain else None), None
@@ -323,13 +324,14 @@ class LatentStore(ForwardingStore):
         def check(info: ObjectInfo | None) -> None:
             if info is None:
                 raise S3Error("NoSuchKey", Key=key)
-            if etag is not None and etag.strip().strip('"') not in (info.etag, "*"):
+            etags, sizes = encryption.client_views(info)
+            if etag is not None and etag.strip().strip('"') not in (*etags, "*"):
                 raise S3Error("PreconditionFailed", Condition="ETag")
             if last_modified is not None and \
                     info.last_modified.replace(microsecond=0) != \
                     last_modified.astimezone(UTC).replace(microsecond=0):
                 raise S3Error("PreconditionFailed", Condition="LastModifiedTime")
-            if size is not None and info.size != size:
+            if size is not None and size not in sizes:
                 raise S3Error("PreconditionFailed", Condition="Size")
             if current_version is not None and info.version_id != current_version:
                 raise S3Error("PreconditionFailed", Condition="VersionId")
@@ -341,18 +343,29 @@ class LatentStore(ForwardingStore):
             if status is None:
                 await self.writes.delete_object(bucket, key, check=check)
                 return DeleteResult(version_id)
-            try:
-                judged: ObjectInfo | None = await self.versioned.head_object(bucket, key,
-                                                                              version_id)
-            except S3Error as exc:
-                if exc.code not in ("NoSuchKey", "NoSuchVersion", "MethodNotAllowed"):
-                    raise
-                judged = None
-            check(judged)
+            if status == "Suspended" and version_id is None:
+                # This delete replaces the `null` version for good: judged and deleted
+                # under the pair lock, which this gateway's Suspended writes hold too, so
+                # a write landing in between is not removed with it.
+                async with self.converter.pair_lock(bucket, key):
+                    check(await self._judged(bucket, key, None))
+                    await self.versioned.keep_if_needed(bucket, key, "null")
+                    return await super()._delete_object(bucket, key) or DeleteResult()
+            check(await self._judged(bucket, key, version_id))
             return await self._delete_object(bucket, key, version_id=version_id) or \
                 DeleteResult()
         finally:
             self.changed(bucket, key)
+
+    async def _judged(self, bucket: str, key: str, version_id: str | None
+                      ) -> ObjectInfo | None:
+        """The version a conditional delete judges (None: nothing there)."""
+        try:
+            return await self.versioned.head_object(bucket, key, version_id)
+        except S3Error as exc:
+            if exc.code not in ("NoSuchKey", "NoSuchVersion", "MethodNotAllowed"):
+                raise
+            return None
 
     async def _delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
                              bypass_governance: bool = False) -> DeleteResult | None:
@@ -401,6 +414,7 @@ class LatentStore(ForwardingStore):
         """A copy that involves a versioned bucket: the source version as clients read it
         (a latent one as its rendition, a plain one server-side)."""
         stored = await self.backend.head_object(src_bucket, src_key, version_id=src_version_id)
+        refuse_encrypted_source(stored)
         pinned = stored.version_id or src_version_id
         if physical.representation(stored) == "plain" and \
                 physical.REP not in stored.meta.internal:

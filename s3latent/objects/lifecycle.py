@@ -180,6 +180,8 @@ class LifecycleWorker:
         self.day_s = day_s
         self.now = now
         self._task: asyncio.Task[None] | None = None
+        # The record each bucket's pass applies (see _still_applies).
+        self._applying: dict[str, Any] = {}
         self.expired = 0  # objects, versions and markers removed or marked (tests, metrics)
         self.aborted = 0
 
@@ -213,7 +215,11 @@ class LifecycleWorker:
                 config = Lifecycle.from_record(record, self.day_s)
                 if config is None or not config.enabled:
                     continue
-                await self.apply(bucket.name, config)
+                self._applying[bucket.name] = record
+                try:
+                    await self.apply(bucket.name, config)
+                finally:
+                    self._applying.pop(bucket.name, None)
             except S3Error as exc:  # a bucket deleted meanwhile, a backend hiccup
                 if exc.code != "NoSuchBucket":
                     log.warning("lifecycle of %s: %s", bucket.name, exc)
@@ -229,6 +235,22 @@ class LifecycleWorker:
             await self._expire_versions(bucket, config)
         if any(r.abort_days is not None for r in config.enabled):
             await self._abort_uploads(bucket, config)
+
+    async def _still_applies(self, bucket: str) -> bool:
+        """Whether the bucket still has the configuration this pass applies, checked for
+        every page before it is judged: a bucket deleted and created again meanwhile (no
+        configuration, or another) must not lose its new objects to the old rules (a past
+        Date expires everything)."""
+        if bucket not in self._applying:
+            return True  # apply() called directly
+        try:
+            record = await self.store.get_bucket_config(bucket, RECORD)
+        except S3Error:
+            return False
+        if record != self._applying[bucket]:
+            log.info("lifecycle of %s changed during its pass: stopped", bucket)
+            return False
+        return True
 
     async def _tags(self, bucket: str, key: str, config: Lifecycle,
                     version_id: str | None = None) -> dict[str, str] | None:
@@ -246,6 +268,8 @@ class LifecycleWorker:
         now = self.now()
         while True:
             page = await self.store.list_objects(bucket, start_after=start, max_keys=1000)
+            if not await self._still_applies(bucket):
+                return
             for entry in page.entries:
                 tags = await self._tags(bucket, entry.key, config)
                 found = config.current_expiry(entry.key, entry.size, entry.last_modified, tags)
@@ -275,6 +299,8 @@ class LifecycleWorker:
         while True:
             page = await self.store.list_object_versions(
                 bucket, key_marker=key_marker, version_id_marker=vid_marker, max_keys=1000)
+            if not await self._still_applies(bucket):
+                return
             for entry in page.entries:
                 if pending and pending[0].key != entry.key:
                     yield pending[0].key, pending
@@ -359,6 +385,8 @@ class LifecycleWorker:
         while True:
             page = await self.store.list_multipart_uploads(
                 bucket, key_marker=key_marker, upload_id_marker=upload_marker)
+            if not await self._still_applies(bucket):
+                return
             for upload in page.uploads:
                 if any(upload.key.startswith(r.prefix) and r.abort_days is not None and
                        config.after_days(upload.initiated, r.abort_days) <= now

@@ -101,12 +101,35 @@ KEEP_PREFIX = HIDDEN_PREFIX + "keep/"
 KEEPV_PREFIX = HIDDEN_PREFIX + "keepv/"
 
 
-def keep_key(image_key: str, version_id: str | None = None) -> str:
+# The `null` version's keep copies: `keepv/null-<sidecar etag>/<image key>`. The `null`
+# version can hold several containers in turn (Suspended and Enabled in turn), each read by
+# its own stub versions: named by the sidecar a container holds, one never replaces
+# another that a stub still reads. (`keep/<image key>`, the older single name, is still
+# read.) Version IDs of the local backend are hex: never "null-...".
+NULL_KEEP = "null-"
+
+
+def keep_key(image_key: str, version_id: str | None = None,
+             sidecar_etag: str | None = None) -> str:
     """Where the container of `image_key`'s version is kept for stubs that outlive it
-    (docs/versioning.md): the `null` version at the old name, others under keepv/."""
+    (docs/versioning.md): the `null` version's by the sidecar it holds (at the old name
+    without `sidecar_etag`), others under keepv/<version>/."""
     if version_id is None or version_id == "null":
+        if sidecar_etag is not None:
+            return KEEPV_PREFIX + NULL_KEEP + sidecar_etag + "/" + image_key
         return KEEP_PREFIX + image_key
     return KEEPV_PREFIX + version_id + "/" + image_key
+
+
+def null_keep_keys(stub: ObjectInfo, image_key: str) -> list[str]:
+    """The keep copies a stub naming the `null` version (or no version) may read: the
+    one named by its sidecar, then the older single name."""
+    view = logical_view(stub)
+    names = [keep_key(image_key)]
+    if view is not None:
+        names.insert(0, keep_key(image_key, "null", stub.meta.internal.get(S_SOURCE,
+                                                                          view.etag)))
+    return names
 
 
 def is_hidden(key: str) -> bool:
@@ -209,7 +232,9 @@ async def verified(backend: Backend, bucket: str, info: ObjectInfo) -> ObjectInf
         # Where its container may be: the image's current version (unversioned), or the
         # version it names and that version's keep copy (versioned).
         places: list[tuple[str, str | None]] = [(image_key, ivid)]
-        if ivid is not None:
+        if ivid == "null":
+            places += [(name, None) for name in null_keep_keys(info, image_key)]
+        elif ivid is not None:
             places.append((keep_key(image_key, ivid), None))
         for place, vid in places if image_key and not is_hidden(image_key) else []:
             try:

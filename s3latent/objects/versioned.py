@@ -39,7 +39,7 @@ from ..errors import S3Error
 from ..latent.container import ContainerError, ContainerHeader
 from . import physical
 from .context import LatentContext, readable
-from .conversion import crash_point, looks_like_image
+from .conversion import crash_point
 from .reads import BytesBody, LatentReads, _slice
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ def parse_keep_key(key: str) -> tuple[str, str | None] | None:
     """(image key, ivid or None) of a keep copy's name; None for other keys."""
     if key.startswith(KEEPV_PREFIX):
         vid, sep, image_key = key[len(KEEPV_PREFIX):].partition("/")
+        if vid.startswith(physical.NULL_KEEP):
+            vid = "null"  # keepv/null-<sidecar etag>/: a container of the null version
         return (image_key, vid) if sep and image_key else None
     if key.startswith(KEEP_PREFIX) and len(key) > len(KEEP_PREFIX):
         return key[len(KEEP_PREFIX):], None
@@ -207,10 +209,13 @@ class VersionedObjects:
             return None
         ivid = stub.meta.internal.get(physical.L_IVID)
         candidates: tuple[tuple[str, str | None], ...]
-        if ivid is not None:
+        kept = tuple((name, None) for name in physical.null_keep_keys(stub, image_key))
+        if ivid == "null":
+            candidates = ((image_key, ivid), *kept)
+        elif ivid is not None:
             candidates = ((image_key, ivid), (keep_key(image_key, ivid), None))
         else:
-            candidates = ((image_key, None), (image_key, "null"), (keep_key(image_key), None))
+            candidates = ((image_key, None), (image_key, "null"), *kept)
         for key, version_id in candidates:
             try:
                 info, body = await self.ctx.backend.get_object(bucket, key,
@@ -238,10 +243,13 @@ class VersionedObjects:
 
         The caller holds the pair lock of `key` (Converter.pair_lock) from here until its
         delete has landed, so no stub naming this version is written in between. Costs
-        one HEAD for image keys only; for a container, one version listing of the sidecar
-        key and a HEAD per one-part version on it; the copy at most once per version.
+        one HEAD for any key but a sidecar key (a pair converts whatever its image key is
+        called: `photo` with an image content type too); for a container, one version
+        listing of the sidecar key and a HEAD per one-part version on it; the copy at most
+        once per version.
         """
-        if physical.is_hidden(key) or not looks_like_image(key, None):
+        if physical.is_hidden(key) or \
+                key.endswith(self.ctx.config.bucket(bucket).sidecar_suffix):
             return
         backend = self.ctx.backend
         try:
@@ -263,7 +271,10 @@ class VersionedObjects:
             return
         # A server-side copy keeps the one-part multipart ETag and the internal metadata
         # that make it a container (a PUT would make a plain-looking object).
-        target = keep_key(key, vid)
+        # The null version's by the sidecar it holds: an older null container kept for
+        # other stubs stays where it is.
+        target = keep_key(key, vid, header.sidecar.etag if vid == "null" and
+                          header.sidecar is not None else None)
         kept = await backend.copy_object(bucket, key, bucket, target, None,
                                          src_version_id=vid)
         if physical.representation(kept) != physical.REP_LATENT:

@@ -38,6 +38,17 @@ class _SourceChanged(Exception):
     """A copy's source changed after its HEAD: the copy is decided again."""
 
 
+def refuse_encrypted_source(stored: ObjectInfo) -> None:
+    """The store copies only unencrypted sources: the front end copies an encrypted one
+    through itself (decrypt, re-encrypt), having judged it by its HEAD. An encrypted source
+    here was written after that HEAD; copied as it is (its key record dropped, or a metadata
+    REPLACE) the copy would be ciphertext served as plaintext. Refused: a retry decides
+    again."""
+    if encryption.mode_of(stored.meta.internal) is not None:
+        raise S3Error("PreconditionFailed", "The copy source changed while it was copied; "
+                      "retry.", Condition="ETag")
+
+
 class LatentWrites:
     """See the module docstring."""
 
@@ -204,6 +215,7 @@ class LatentWrites:
         """One attempt; _SourceChanged when the source is no longer what its HEAD said (a
         client's write or a conversion landed in between), before anything is written."""
         stored = await self.ctx.backend.head_object(src_bucket, src_key)
+        refuse_encrypted_source(stored)
         source = await self.ctx.trusted(src_bucket, stored)
         rep = physical.representation(source)
         current = await self.ctx.head_or_none(dst_bucket, dst_key)
@@ -246,6 +258,9 @@ class LatentWrites:
                                                     meta)
             if current is not None:
                 await self._unindex(dst_bucket, current)
+            if meta is not None and copied.etag != stored.etag:
+                await self._undo_ciphertext_copy(src_bucket, src_key, dst_bucket, dst_key,
+                                                 copied)
             return copied
         if rep == physical.REP_STUB:
             new_meta = meta or ObjectMeta(
@@ -296,6 +311,25 @@ class LatentWrites:
         await self._index(dst_bucket, dst_key, written.etag,
                           physical.LogicalView(view.size, view.etag, now))
         return ObjectInfo(dst_key, view.size, view.etag, now, new_meta)
+
+    async def _undo_ciphertext_copy(self, src_bucket: str, src_key: str, dst_bucket: str,
+                                    dst_key: str, copied: ObjectInfo) -> None:
+        """The backend copied another source than the one judged (written between the HEAD
+        and the backend's read). If that was an encrypted object, the metadata chosen here
+        dropped its key record: ciphertext would be served as plaintext. Then our copy goes
+        (the destination's pair lock is held; only while it is still ours) and the copy is
+        refused. (A backend whose copies get other ETags than their sources is not judged:
+        the comparison below never matches there.)"""
+        now = await self.ctx.head_or_none(src_bucket, src_key)
+        if now is None or encryption.mode_of(now.meta.internal) is None or \
+                now.etag != copied.etag:
+            return
+        dst = await self.ctx.head_or_none(dst_bucket, dst_key)
+        if dst is not None and dst.etag == copied.etag and \
+                encryption.mode_of(dst.meta.internal) is None:
+            await self.ctx.backend.delete_object(dst_bucket, dst_key)
+        raise S3Error("PreconditionFailed", "The copy source changed while it was copied; "
+                      "retry.", Condition="ETag")
 
     async def _put_latent_only(self, bucket: str, key: str, body: AsyncIterable[bytes],
                                meta: ObjectMeta, *, size: int | None, if_match: str | None,
@@ -452,12 +486,14 @@ def _check_write_conditions(current: ObjectInfo, if_match: str | None,
     """If-Match / If-None-Match of a write, against what the client sees at the key.
 
     If-None-Match holds `*` (create only) or entity tags: as HTTP defines it for a PUT, the
-    write fails when any of them is the current object's ETag."""
+    write fails when any of them is the current object's ETag (an SSE-S3 object's is also
+    its plaintext MD5, the one clients are shown: encryption.client_views)."""
+    etags, _ = encryption.client_views(current)
     if if_none_match is not None and any(
-            tag.strip().removeprefix("W/").strip('"') in ("*", current.etag)
+            tag.strip().removeprefix("W/").strip('"') in ("*", *etags)
             for tag in if_none_match.split(",")):
         raise S3Error("PreconditionFailed", Condition="If-None-Match")
-    if if_match is not None and if_match.strip('"') not in (current.etag, "*"):
+    if if_match is not None and if_match.strip('"') not in (*etags, "*"):
         raise S3Error("PreconditionFailed", Condition="If-Match")
 
 
