@@ -163,8 +163,15 @@ class ForwardingStore:
             self.object_records.forget(bucket, key)
 
     async def _read_acl_record(self, bucket: str, key: str) -> dict[str, Any] | None:
+        return await self._read_record(bucket, physical.acl_record_key(key), "object-acl",
+                                       "key", key)
+
+    async def _read_record(self, bucket: str, record_key: str, kind: str, field: str,
+                           owner: str) -> dict[str, Any] | None:
+        """A hidden JSON record, or None when it is missing, unreadable, or names another
+        kind or owner than the one asked for (a record is never trusted for another)."""
         try:
-            _, body = await self.backend.get_object(bucket, physical.acl_record_key(key))
+            _, body = await self.backend.get_object(bucket, record_key)
         except S3Error as exc:
             if exc.code == "NoSuchKey":
                 return None
@@ -173,8 +180,7 @@ class ForwardingStore:
             doc = json.loads(await read_body(body))
         except ValueError:
             return None
-        if not isinstance(doc, dict) or doc.get("s3latent") != "object-acl" or \
-                doc.get("key") != key:
+        if not isinstance(doc, dict) or doc.get("s3latent") != kind or doc.get(field) != owner:
             return None
         return doc
 
@@ -202,19 +208,9 @@ class ForwardingStore:
                                  data, ObjectMeta(content_type="application/json"))
 
     async def get_upload_record(self, bucket: str, upload_id: str) -> dict[str, str] | None:
-        try:
-            _, body = await self.backend.get_object(bucket,
-                                                    physical.upload_record_key(upload_id))
-        except S3Error as exc:
-            if exc.code == "NoSuchKey":
-                return None
-            raise
-        try:
-            doc = json.loads(await read_body(body))
-        except ValueError:
-            return None
-        if not isinstance(doc, dict) or doc.get("s3latent") != "upload" or \
-                doc.get("upload") != upload_id:
+        doc = await self._read_record(bucket, physical.upload_record_key(upload_id), "upload",
+                                      "upload", upload_id)
+        if doc is None:
             return None
         return {str(k): str(v) for k, v in doc.items() if k not in ("s3latent", "upload")}
 
