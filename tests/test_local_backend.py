@@ -170,3 +170,22 @@ async def test_concurrent_conditional_creates(backend: LocalBackend) -> None:
 
     results = await asyncio.gather(*(attempt(i) for i in range(8)))
     assert results.count(True) == 1
+
+
+async def test_concurrent_deletes_and_puts_of_sibling_keys(backend: LocalBackend) -> None:
+    """Deleting a key prunes the directories it leaves empty; a delete or a PUT of a sibling
+    key in the same directory, running at that moment in another thread, must neither fail
+    nor lose its write. Failed before: a delete fsynced its parent after a sibling's delete
+    had pruned it (FileNotFoundError, a 500 to `aws s3 rb --force`), and a PUT could find its
+    fresh directory pruned before its rename."""
+    for round_ in range(40):
+        keys = [f"deep/er/k{i}" for i in range(6)]
+        await asyncio.gather(*(backend.put_object("bkt", k, chunks(b"x"), ObjectMeta(), size=1)
+                               for k in keys))
+        new = f"deep/er/new{round_}"
+        await asyncio.gather(
+            *(backend.delete_object("bkt", k) for k in keys),
+            backend.put_object("bkt", new, chunks(b"y"), ObjectMeta(), size=1))
+        assert await read(backend, "bkt", new) == b"y"
+        await backend.delete_object("bkt", new)
+        assert (await backend.list_objects("bkt")).entries == []

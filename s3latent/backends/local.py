@@ -142,6 +142,32 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_nearest_dir(path: Path) -> None:
+    """fsync `path`, or, when a sibling's delete has just pruned it (empty directories go),
+    the nearest ancestor still there: the entry is gone with the directory that held it."""
+    while True:
+        try:
+            _fsync_dir(path)
+            return
+        except FileNotFoundError:
+            if path.parent == path:
+                return
+            path = path.parent
+
+
+def _rename_into(source: Path, target: Path) -> None:
+    """os.replace into a directory a sibling key's delete may prune at any moment (empty
+    directories are removed): made again and retried, so a write never fails on it."""
+    for attempt in range(8):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+            return
+        except FileNotFoundError:
+            if attempt == 7 or not source.exists():
+                raise
+
+
 class CorruptObject(Exception):
     """An object (or part) file whose trailer does not describe it: damaged on disk."""
 
@@ -244,11 +270,10 @@ class _Writer:
             self.file.flush()
             os.fsync(self.file.fileno())
             self.file.close()
-            target.parent.mkdir(parents=True, exist_ok=True)
+            _rename_into(self.path, target)
         except OSError as exc:
             _check_space(exc, self.what)
             raise
-        os.replace(self.path, target)
         _fsync_dir(target.parent)
 
     def abort(self) -> None:
@@ -793,7 +818,7 @@ class LocalBackend:
             os.unlink(path)
         except (FileNotFoundError, NotADirectoryError):
             return
-        _fsync_dir(path.parent)
+        _fsync_nearest_dir(path.parent)
         parent, top = path.parent, self._bucket_dir(bucket)
         while parent != top:
             try:
