@@ -25,6 +25,8 @@ import torch
 from s3latent.latent.codec import dtype_name, encode_to_target, get_codec
 from s3latent.latent.sidecar import parse_sidecar
 
+from .host import cpu_model
+
 CODECS = ("lossless", "q8", "q4", "q8p", "q6p", "q4p", "q3p")
 AUTO_TARGET = 40.5  # dB: the 40 dB admission default plus a margin
 
@@ -90,21 +92,11 @@ def run(corpus: Path, names: Sequence[str] | None, model_dir: Path | None) -> di
         rows.append(row)
         print(json.dumps(row), flush=True)
     return {
-        "machine": f"{platform.machine()} {platform.processor() or ''} {_cpu()}".strip(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} {cpu_model()}".strip(),
         "threads": 1,
         "torch": torch.__version__,
         "rows": rows,
     }
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
 
 
 def calibrate(corpus: Path, names: Sequence[str], model_dir: Path | None) -> list[float]:

@@ -40,6 +40,8 @@ os.environ.setdefault("VIPS_CONCURRENCY", "1")  # single thread, before pyvips l
 import numpy as np
 from PIL import Image
 
+from .host import cpu_model
+
 Encode = Callable[[np.ndarray], bytes]
 
 
@@ -457,14 +459,7 @@ def table(summary: list[dict[str, Any]], packages: dict[str, Any]) -> str:
 
 def machine() -> dict[str, Any]:
     """Where the numbers were taken."""
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model() or platform.processor() or ""
     return {"cpu": cpu, "cores": os.cpu_count(), "loadavg": os.getloadavg(),
             "python": platform.python_version(),
             "platform": platform.platform(), "numpy": np.__version__,

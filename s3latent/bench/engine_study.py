@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from .corpus import default_model_dir
+from .host import cpu_model
 
 DEFAULT_WEIGHTS = default_model_dir()  # <repo>/../shared/models/taef2
 TODAY = "eager-cl"
@@ -269,10 +270,8 @@ def machine() -> dict[str, Any]:
         info["onnxruntime"] = onnxruntime.__version__
     except ImportError:
         info["onnxruntime"] = None
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            info["cpu"] = line.split(":", 1)[1].strip()
-            break
+    if cpu := cpu_model():
+        info["cpu"] = cpu
     return info
 
 

@@ -38,6 +38,7 @@ from botocore.credentials import Credentials
 from yarl import URL
 
 from ..executables import find_executable
+from .host import cpu_model
 from .servers import GatewayServer, NginxProxy, RcloneS3, SeaweedServer, find_nginx
 
 KiB = 1024
@@ -440,11 +441,8 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
     }
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu_model"] = line.split(":", 1)[1].strip()
-                    break
+        if cpu := cpu_model():
+            info["cpu_model"] = cpu
         with open("/proc/meminfo") as f:
             for line in f:
                 if line.startswith("MemTotal:"):

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .host import cpu_model
 from .servers import GatewayServer, SeaweedServer
 from .trace_bench import _decode_random, tiny_model
 
@@ -350,14 +351,7 @@ class Bench:
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
             "system": platform.platform()}
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from .host import cpu_model
 from .servers import SeaweedServer
 
 
@@ -156,14 +157,7 @@ def trace_params(
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on (and how busy it was when the report was made)."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model() or platform.processor()
     gpu = None
     try:
         import torch
