@@ -11,7 +11,7 @@ import pytest
 
 from s3latent.backends.local import LocalBackend
 from s3latent.backends.s3 import S3Backend
-from tests.gateway import GatewayProcess
+from tests.gateway import GatewayProcess, on_backend
 from tests.seaweed import SeaweedFS, seaweedfs  # noqa: F401 - session fixture re-exported
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,12 +39,7 @@ def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             ) -> Iterator[GatewayProcess]:
     """The gateway on the embedded local backend, and on a real S3 store (SeaweedFS)."""
     workdir = tmp_path_factory.mktemp(f"gw-{request.param}")
-    if request.param == "local":
-        proc = GatewayProcess(f"file://{workdir / 'data'}", workdir)
-    else:
-        weed = request.getfixturevalue("seaweedfs")
-        proc = GatewayProcess(weed.endpoint, workdir,
-                              backend_keys=(weed.access_key, weed.secret_key))
+    proc = on_backend(request, workdir)
     proc.start()
     yield proc
     proc.stop()

@@ -64,3 +64,13 @@ class GatewayProcess(GatewayServer):
         )
         env.pop("AWS_PROFILE", None)
         return env
+
+
+def on_backend(request: Any, workdir: Path, **kw: Any) -> GatewayProcess:
+    """A gateway (not started) on the backend a fixture's `request.param` names: "local",
+    the embedded directory under `workdir`, or "seaweedfs", the session's SeaweedFS."""
+    if request.param == "local":
+        return GatewayProcess(f"file://{workdir / 'data'}", workdir, **kw)
+    weed = request.getfixturevalue("seaweedfs")
+    return GatewayProcess(weed.endpoint, workdir,
+                          backend_keys=(weed.access_key, weed.secret_key), **kw)

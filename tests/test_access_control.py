@@ -26,7 +26,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError
 
 from s3latent.executables import require_executable
-from tests.gateway import ACCESS_KEY, SECRET_KEY, GatewayProcess
+from tests.gateway import ACCESS_KEY, SECRET_KEY, GatewayProcess, on_backend
 from tests.test_latent_objects import _config as latent_config
 from tests.test_latent_objects import make_pair, tiny_model, wait_latent  # noqa: F401
 
@@ -50,12 +50,7 @@ def acl_gateway(request: pytest.FixtureRequest, tiny_model: dict[str, str],  # n
                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     workdir = tmp_path_factory.mktemp(f"acl-{request.param}")
     config = _users() + latent_config(tiny_model)
-    if request.param == "local":
-        proc = GatewayProcess(f"file://{workdir / 'data'}", workdir, config=config)
-    else:
-        weed = request.getfixturevalue("seaweedfs")
-        proc = GatewayProcess(weed.endpoint, workdir, config=config,
-                              backend_keys=(weed.access_key, weed.secret_key))
+    proc = on_backend(request, workdir, config=config)
     proc.start()
     yield proc
     proc.stop()

@@ -23,7 +23,7 @@ from botocore.exceptions import ClientError
 
 from s3latent.objects.lifecycle import Lifecycle
 from s3latent.s3api.handlers.lifecycle import parse_lifecycle
-from tests.gateway import GatewayProcess
+from tests.gateway import GatewayProcess, on_backend
 from tests.inprocess import InProcessGateway, serve_gateway
 from tests.test_latent_objects import make_pair, tiny_model, wait_latent  # noqa: F401
 
@@ -42,12 +42,7 @@ def _config(model: dict[str, str]) -> str:
 def lc_gateway(request: pytest.FixtureRequest, tiny_model: dict[str, str],  # noqa: F811
                tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     workdir = tmp_path_factory.mktemp(f"lc-{request.param}")
-    if request.param == "local":
-        proc = GatewayProcess(f"file://{workdir / 'data'}", workdir, config=_config(tiny_model))
-    else:
-        weed = request.getfixturevalue("seaweedfs")
-        proc = GatewayProcess(weed.endpoint, workdir, config=_config(tiny_model),
-                              backend_keys=(weed.access_key, weed.secret_key))
+    proc = on_backend(request, workdir, config=_config(tiny_model))
     proc.start()
     yield proc
     proc.stop()

@@ -23,7 +23,7 @@ from s3latent.backends.s3 import S3Backend
 from s3latent.errors import S3Error
 from s3latent.s3api.auth import AuthContext
 from s3latent.s3api.payload import PayloadReader
-from tests.gateway import ACCESS_KEY, SECRET_KEY, GatewayProcess
+from tests.gateway import ACCESS_KEY, SECRET_KEY, GatewayProcess, on_backend
 from tests.seaweed import SeaweedFS
 
 MiB = 1024 * 1024
@@ -456,12 +456,7 @@ def two_user_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.Te
     """A gateway with two users (the test user and alice), on each backend."""
     workdir = tmp_path_factory.mktemp(f"owners-{request.param}")
     config = f'[[users]]\naccess_key = "{ALICE[0]}"\nsecret_key = "{ALICE[1]}"\n'
-    if request.param == "local":
-        proc = GatewayProcess(f"file://{workdir / 'data'}", workdir, config=config)
-    else:
-        weed = request.getfixturevalue("seaweedfs")
-        proc = GatewayProcess(weed.endpoint, workdir, config=config,
-                              backend_keys=(weed.access_key, weed.secret_key))
+    proc = on_backend(request, workdir, config=config)
     proc.start()
     yield proc
     proc.stop()
