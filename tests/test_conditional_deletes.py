@@ -101,10 +101,10 @@ def test_delete_object_if_match(s3: Any, bucket: str) -> None:
     s3.delete_object(Bucket=bucket, Key="k", IfMatch=put["ETag"], IfMatchSize=3,
                      IfMatchLastModifiedTime=head["LastModified"])
     assert not _exists(s3, bucket, "k")
-    # Nothing to judge: 404, for an ETag and for `*`.
-    for value in (put["ETag"], "*"):
-        assert _error(lambda v=value: s3.delete_object(Bucket=bucket, Key="k", IfMatch=v)
-                      )[:2] == (404, "NoSuchKey")
+    # Nothing there: a successful no-op, whatever the condition (S3's API reference).
+    for value in (put["ETag"], "*", '"0123456789abcdef0123456789abcdef"'):
+        reply = s3.delete_object(Bucket=bucket, Key="k", IfMatch=value)
+        assert reply["ResponseMetadata"]["HTTPStatusCode"] == 204
     s3.put_object(Bucket=bucket, Key="k", Body=b"again")
     s3.delete_object(Bucket=bucket, Key="k", IfMatch="*")
     assert not _exists(s3, bucket, "k")
@@ -137,9 +137,12 @@ def test_delete_object_if_match_in_a_versioned_bucket(s3: Any, bucket: str) -> N
                   )[:2] == (412, "PreconditionFailed")
     marker = s3.delete_object(Bucket=bucket, Key="k", IfMatch=second["ETag"])
     assert marker["DeleteMarker"] is True
-    # Current is a marker: nothing to judge.
-    assert _error(lambda: s3.delete_object(Bucket=bucket, Key="k", IfMatch="*")
-                  )[:2] == (404, "NoSuchKey")
+    # Current is a marker: it matches `*` only (a no-op), never an ETag or a size.
+    s3.delete_object(Bucket=bucket, Key="k", IfMatch="*")
+    for wrong in ({"IfMatch": second["ETag"]}, {"IfMatchSize": 2}):
+        assert _error(lambda w=wrong: s3.delete_object(Bucket=bucket, Key="k", **w)
+                      )[:2] == (412, "PreconditionFailed")
+    assert len(s3.list_object_versions(Bucket=bucket)["DeleteMarkers"]) == 1
     # With a version: judged on that version, which then goes for good.
     assert _error(lambda: s3.delete_object(Bucket=bucket, Key="k", VersionId=first["VersionId"],
                                            IfMatch=second["ETag"]))[:2] == \
@@ -147,6 +150,8 @@ def test_delete_object_if_match_in_a_versioned_bucket(s3: Any, bucket: str) -> N
     s3.delete_object(Bucket=bucket, Key="k", VersionId=first["VersionId"], IfMatch=first["ETag"])
     versions = s3.list_object_versions(Bucket=bucket).get("Versions", [])
     assert [v["VersionId"] for v in versions] == [second["VersionId"]]
+    # That version gone: a no-op.
+    s3.delete_object(Bucket=bucket, Key="k", VersionId=first["VersionId"], IfMatch="x")
 
 
 # -- another node's write between a judged delete's check and its delete -------------------

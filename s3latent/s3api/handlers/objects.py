@@ -13,7 +13,14 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from ...backends.base import ObjectBody, ObjectInfo, ObjectMeta, ObjectPart, PartTable
+from ...backends.base import (
+    DeleteResult,
+    ObjectBody,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectPart,
+    PartTable,
+)
 from ...errors import S3Error
 from ...httpdate import format_http_date, parse_http_date
 from ...objects import encryption
@@ -446,10 +453,7 @@ async def delete_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     conditions = _delete_header_conditions(req)
     await gw.store.head_bucket(req.bucket)
     if conditions:
-        # S3's conditional delete: only while the object is still what the client names;
-        # 412 when it differs, 404 when there is nothing to judge.
-        result = await gw.store.delete_if_unchanged(req.bucket, req.key, version_id=version,
-                                                    **conditions)  # type: ignore[arg-type]
+        result = await _delete_if_unchanged(gw, req.bucket, req.key, version, conditions)
     else:
         result = await gw.store.delete_object(req.bucket, req.key, version_id=version,
                                               bypass_governance=bypass_governance(req))
@@ -459,6 +463,27 @@ async def delete_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     if result.delete_marker:
         headers["x-amz-delete-marker"] = "true"
     return web.Response(status=204, headers=headers)
+
+
+async def _delete_if_unchanged(gw: Gateway, bucket: str, key: str, version: str | None,
+                               conditions: dict[str, object]) -> DeleteResult:
+    """S3's conditional delete: only while the object is still what the client names (412
+    when it differs). Nothing there is a successful no-op, as an unconditional delete is;
+    a delete marker that is current matches `If-Match: *` only (it has no ETag, size or
+    time of an object)."""
+    try:
+        return await gw.store.delete_if_unchanged(bucket, key, version_id=version,
+                                                  **conditions)  # type: ignore[arg-type]
+    except S3Error as exc:
+        if exc.code not in ("NoSuchKey", "NoSuchVersion"):
+            raise
+    if version is None and conditions != {"etag": "*"}:
+        try:
+            await gw.store.head_object(bucket, key)
+        except S3Error as exc:
+            if exc.headers.get("x-amz-delete-marker") == "true":
+                raise S3Error("PreconditionFailed", Condition="If-Match") from None
+    return DeleteResult(version)
 
 
 def parse_versioned_copy_source(value: str) -> tuple[str, str, str | None]:
