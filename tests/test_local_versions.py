@@ -276,8 +276,12 @@ async def test_retention_and_legal_hold_stop_deletes_by_version(
     assert err.code == "AccessDenied"
     await backend.delete_object(b, "gov", version_id=gov.version_id, bypass_governance=True)
     # A COMPLIANCE retention cannot be shortened, even with bypass; it can be extended.
+    # (Its own object: `comp`'s two seconds may be over by now on a loaded machine. This one
+    # outlives the test by a minute; its bucket is then left behind, empty of anything else.)
+    long = (await put(backend, b, "comp-long", b"c",
+                      lock=ObjectLock("COMPLIANCE", _soon(60))))
     err = await code(backend.put_object_retention(
-        b, "comp", version_id=comp.version_id, mode="COMPLIANCE", until=_soon(1),
+        b, "comp-long", version_id=long.version_id, mode="COMPLIANCE", until=_soon(30),
         bypass_governance=True))
     assert err.code == "AccessDenied"
     await backend.put_object_legal_hold(b, "held", version_id=held.version_id, on=False)

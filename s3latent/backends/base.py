@@ -330,12 +330,18 @@ class Backend(Protocol):
         """`byte_range` is inclusive (first, last), already validated against size."""
 
     async def delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
-                            bypass_governance: bool = False) -> DeleteResult:
+                            bypass_governance: bool = False,
+                            if_match: str | None = None) -> DeleteResult:
         """Idempotent: deleting a missing key succeeds. Raises NoSuchBucket.
 
         Without `version_id` in a versioned bucket: adds a delete marker. With it: removes
         that version for good (unknown: nothing happens); a locked version raises
         AccessDenied unless it is only under GOVERNANCE retention and `bypass_governance`.
+        `if_match` (a stored ETag; without `version_id` only): PreconditionFailed unless the
+        key's current object has it, checked by the storage itself at the delete, so a write
+        through another gateway node between a caller's check and its delete is never removed
+        (S3 and SeaweedFS honour `If-Match` on DELETE; a backend that ignores it deletes
+        unconditionally, as before).
         """
 
     async def copy_object(

@@ -863,12 +863,22 @@ class LocalBackend:
             return False
 
     async def delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
-                            bypass_governance: bool = False) -> DeleteResult:
+                            bypass_governance: bool = False,
+                            if_match: str | None = None) -> DeleteResult:
         await self.head_bucket(bucket)
         path = self._object_path(bucket, key)
         status = await asyncio.to_thread(self._key_status, bucket, key)
 
         def remove() -> DeleteResult:
+            if if_match is not None and version_id is None:
+                try:
+                    current = self._read_info(bucket, key)
+                except S3Error as exc:
+                    if exc.code not in ("NoSuchKey", "MethodNotAllowed"):
+                        raise
+                    return DeleteResult()  # nothing there: as an unconditional delete
+                if current.etag != if_match.strip().strip('"'):
+                    raise S3Error("PreconditionFailed", Condition="If-Match")
             if version_id is not None and status is None and \
                     not _versions_dir(path).exists():
                 _check_version_id(version_id)

@@ -704,11 +704,14 @@ class S3Backend:
         return info, _Body(resp)
 
     async def delete_object(self, bucket: str, key: str, *, version_id: str | None = None,
-                            bypass_governance: bool = False) -> DeleteResult:
+                            bypass_governance: bool = False,
+                            if_match: str | None = None) -> DeleteResult:
         await self._require_bucket(bucket)
         params: dict[str, Any] = {}
         if version_id is not None:
             params["VersionId"] = version_id
+        elif if_match is not None:
+            params["IfMatch"] = f'"{_unquote_etag(if_match)}"'
         if bypass_governance:
             params["BypassGovernanceRetention"] = True
         result = DeleteResult(version_id)
@@ -724,6 +727,9 @@ class S3Backend:
             if exc.code == "AccessDenied" and version_id is not None:
                 raise S3Error("AccessDenied", "The object version is protected by object "
                               "lock.") from exc
+            if exc.code == "PreconditionFailed" and "IfMatch" in params and \
+                    not await self._has_current(bucket, key):
+                return result  # nothing there (SeaweedFS answers 412 for that): as S3 does
             if exc.code not in ("NoSuchKey", "NoSuchVersion"):
                 raise
         if result.delete_marker and result.version_id is None:
@@ -732,6 +738,16 @@ class S3Backend:
             # Part tables describe versions too: only a never-versioned delete drops them.
             self._cleanup(object_prefix(bucket, key), grace_s=META_GRACE_S)
         return result
+
+    async def _has_current(self, bucket: str, key: str) -> bool:
+        """Whether `key` has a current object (not a delete marker)."""
+        try:
+            await self._call("head_object", bucket, key)
+            return True
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "MethodNotAllowed"):
+                return False
+            raise
 
     async def copy_object(
         self,

@@ -718,7 +718,12 @@ class Converter:
             if now.etag != expected or _when(now.last_modified) != expected_modified:
                 return "sidecar key written since conversion; kept as it is"
             crash_point("before-consume")
-            await self.backend.delete_object(bucket, side_key)
+            try:  # the storage checks the ETag too: a write through another node is kept
+                await self.backend.delete_object(bucket, side_key, if_match=expected)
+            except S3Error as exc:
+                if exc.code != "PreconditionFailed":
+                    raise
+                return "sidecar key written since conversion; kept as it is"
         self._written(bucket, side_key)
         try:
             await physical.drop_view_index(self.backend, bucket, side)

@@ -348,14 +348,25 @@ class LatentStore(ForwardingStore):
                 # under the pair lock, which this gateway's Suspended writes hold too, so
                 # a write landing in between is not removed with it.
                 async with self.converter.pair_lock(bucket, key):
+                    stored = await self._stored_etag(bucket, key)
                     check(await self._judged(bucket, key, None))
                     await self.versioned.keep_if_needed(bucket, key, "null")
-                    return await super()._delete_object(bucket, key) or DeleteResult()
+                    # The storage checks what was judged too (writes through other nodes).
+                    return await self.backend.delete_object(bucket, key, if_match=stored)
             check(await self._judged(bucket, key, version_id))
             return await self._delete_object(bucket, key, version_id=version_id) or \
                 DeleteResult()
         finally:
             self.changed(bucket, key)
+
+    async def _stored_etag(self, bucket: str, key: str) -> str | None:
+        """The ETag of what the key's current object is in storage (None: nothing)."""
+        try:
+            return (await self.backend.head_object(bucket, key)).etag
+        except S3Error as exc:
+            if exc.code not in ("NoSuchKey", "MethodNotAllowed"):
+                raise
+            return None
 
     async def _judged(self, bucket: str, key: str, version_id: str | None
                       ) -> ObjectInfo | None:

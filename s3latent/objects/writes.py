@@ -173,7 +173,10 @@ class LatentWrites:
                 check(physical.logical_info(current) if current is not None else None)
             if current is not None and physical.representation(current) == physical.REP_LATENT:
                 await self.materialize_sidecar(bucket, key, settings.sidecar_suffix)
-            await self.ctx.backend.delete_object(bucket, key)
+            # A judged delete names what it judged: the pair lock orders this node's writes,
+            # the storage's If-Match every other node's.
+            guard = current.etag if check is not None and current is not None else None
+            await self.ctx.backend.delete_object(bucket, key, if_match=guard)
         if current is not None:
             await self._unindex(bucket, current)
         if settings.convert:
@@ -327,7 +330,7 @@ class LatentWrites:
         dst = await self.ctx.head_or_none(dst_bucket, dst_key)
         if dst is not None and dst.etag == copied.etag and \
                 encryption.mode_of(dst.meta.internal) is None:
-            await self.ctx.backend.delete_object(dst_bucket, dst_key)
+            await self.ctx.backend.delete_object(dst_bucket, dst_key, if_match=copied.etag)
         raise S3Error("PreconditionFailed", "The copy source changed while it was copied; "
                       "retry.", Condition="ETag")
 

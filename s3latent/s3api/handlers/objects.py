@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -13,7 +13,14 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from ...backends.base import ObjectBody, ObjectInfo, ObjectMeta, ObjectPart, PartTable
+from ...backends.base import (
+    DeleteResult,
+    ObjectBody,
+    ObjectInfo,
+    ObjectMeta,
+    ObjectPart,
+    PartTable,
+)
 from ...errors import S3Error
 from ...httpdate import format_http_date, parse_http_date
 from ...objects import encryption
@@ -443,15 +450,40 @@ def _unquoted(value: str | None) -> str | None:
 async def delete_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
     assert req.bucket is not None and req.key is not None
     version = version_param(req)
+    conditions = _delete_header_conditions(req)
     await gw.store.head_bucket(req.bucket)
-    result = await gw.store.delete_object(req.bucket, req.key, version_id=version,
-                                          bypass_governance=bypass_governance(req))
+    if conditions:
+        result = await _delete_if_unchanged(gw, req.bucket, req.key, version, conditions)
+    else:
+        result = await gw.store.delete_object(req.bucket, req.key, version_id=version,
+                                              bypass_governance=bypass_governance(req))
     headers = {}
     if result.version_id is not None:
         headers["x-amz-version-id"] = result.version_id
     if result.delete_marker:
         headers["x-amz-delete-marker"] = "true"
     return web.Response(status=204, headers=headers)
+
+
+async def _delete_if_unchanged(gw: Gateway, bucket: str, key: str, version: str | None,
+                               conditions: dict[str, object]) -> DeleteResult:
+    """S3's conditional delete: only while the object is still what the client names (412
+    when it differs). Nothing there is a successful no-op, as an unconditional delete is;
+    a delete marker that is current matches `If-Match: *` only (it has no ETag, size or
+    time of an object)."""
+    try:
+        return await gw.store.delete_if_unchanged(bucket, key, version_id=version,
+                                                  **conditions)  # type: ignore[arg-type]
+    except S3Error as exc:
+        if exc.code not in ("NoSuchKey", "NoSuchVersion"):
+            raise
+    if version is None and conditions != {"etag": "*"}:
+        try:
+            await gw.store.head_object(bucket, key)
+        except S3Error as exc:
+            if exc.headers.get("x-amz-delete-marker") == "true":
+                raise S3Error("PreconditionFailed", Condition="If-Match") from None
+    return DeleteResult(version)
 
 
 def parse_versioned_copy_source(value: str) -> tuple[str, str, str | None]:
@@ -557,23 +589,50 @@ async def copy_object(gw: Gateway, req: S3Request) -> web.StreamResponse:
 def _delete_conditions(entry: dict[str, object]) -> dict[str, object]:
     """A DeleteObjects entry's conditions (ETag, LastModifiedTime, Size): the object is
     deleted only while it still has them (S3's conditional deletes)."""
+    raw = {name: xml.text(entry[name]) for name in ("ETag", "LastModifiedTime", "Size")
+           if entry.get(name) is not None}
+    return _conditions(raw, lambda _name: S3Error("MalformedXML"))
+
+
+_CONDITION_HEADERS = {"If-Match": "ETag",
+                      "x-amz-if-match-last-modified-time": "LastModifiedTime",
+                      "x-amz-if-match-size": "Size"}
+
+
+def _delete_header_conditions(req: S3Request) -> dict[str, object]:
+    """DeleteObject's conditional headers, the same conditions as DeleteObjects entries."""
+    raw = {name: value for header, name in _CONDITION_HEADERS.items()
+           if (value := req.header(header)) is not None}
+
+    def bad(name: str) -> S3Error:
+        header = next(h for h, n in _CONDITION_HEADERS.items() if n == name)
+        return S3Error("InvalidArgument", f"Invalid {header} header.", ArgumentName=header,
+                       ArgumentValue=raw[name])
+    return _conditions(raw, bad)
+
+
+def _conditions(raw: dict[str, str], bad: Callable[[str], S3Error]) -> dict[str, object]:
     conditions: dict[str, object] = {}
-    if entry.get("ETag") is not None:
-        conditions["etag"] = xml.text(entry["ETag"]).strip()
-    if entry.get("LastModifiedTime") is not None:
-        raw = xml.text(entry["LastModifiedTime"]).strip()
-        when = parse_http_date(raw)  # the SDKs send an HTTP date here
+    if "ETag" in raw:
+        if not raw["ETag"].strip():
+            raise bad("ETag")
+        conditions["etag"] = raw["ETag"].strip()
+    if "LastModifiedTime" in raw:
+        text = raw["LastModifiedTime"].strip()
+        when = parse_http_date(text)  # the SDKs send an HTTP date here
         if when is None:
             try:
-                when = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+                when = datetime.fromisoformat(text.replace("Z", "+00:00"))
             except ValueError as exc:
-                raise S3Error("MalformedXML") from exc
+                raise bad("LastModifiedTime") from exc
         conditions["last_modified"] = when if when.tzinfo else when.replace(tzinfo=UTC)
-    if entry.get("Size") is not None:
+    if "Size" in raw:
         try:
-            conditions["size"] = int(xml.text(entry["Size"]).strip())
+            conditions["size"] = int(raw["Size"].strip())
         except ValueError as exc:
-            raise S3Error("MalformedXML") from exc
+            raise bad("Size") from exc
+        if conditions["size"] < 0:  # type: ignore[operator]
+            raise bad("Size")
     return conditions
 
 
