@@ -198,6 +198,10 @@ def gateway_config_text() -> str:
              "[server]",
              f"lifecycle_day_s = {LC_DEBUG_INTERVAL}",
              f"lifecycle_interval_s = {LC_PASS_S}",
+             # The suite sends SSE-C over plain HTTP (RGW: rgw_crypt_require_ssl = false);
+             # S3 and the gateway's default refuse customer keys in cleartext.
+             "[encryption]",
+             "sse_c_require_tls = false",
              ""]
     for user in USERS.values():
         lines += [

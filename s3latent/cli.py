@@ -8,6 +8,7 @@ import json
 import logging
 import resource
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Callable
@@ -182,10 +183,12 @@ async def _serve(cfg: Config) -> None:
                             max_connections=max_connections)
     # Our own listening socket (not TCPSite) so every connection passes the guard.
     assert runner.server is not None
+    tls = _tls_context(cfg)
     server = await loop.create_server(guard.factory(runner.server), host, port, backlog=1024,
-                                      reuse_address=True)
-    log.info("s3latent %s listening on http://%s:%d, backend %s, %d user(s), "
-             "at most %d connections, event loop %s", __version__, host, port, gw.store.name,
+                                      reuse_address=True, ssl=tls)
+    log.info("s3latent %s listening on %s://%s:%d, backend %s, %d user(s), "
+             "at most %d connections, event loop %s", __version__,
+             "https" if tls else "http", host, port, gw.store.name,
              len(cfg.users), max_connections, type(loop).__module__.split(".")[0])
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -196,6 +199,19 @@ async def _serve(cfg: Config) -> None:
     finally:
         server.close()
         await runner.cleanup()
+
+
+def _tls_context(cfg: Config) -> ssl.SSLContext | None:
+    """HTTPS on the gateway's own socket (`[server] tls_cert_file` / `tls_key_file`)."""
+    if cfg.tls_cert_file is None or cfg.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[server] tls_cert_file / tls_key_file: {exc}") from exc
+    return context
 
 
 async def _leave(gw: Any, server: asyncio.Server, log: logging.Logger) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -232,6 +233,9 @@ class EncryptionSettings:
 
     key_file: str | None = None
     old_key_files: list[str] = field(default_factory=list)
+    # SSE-C requests over plain HTTP (the customer key in cleartext) answer 400, as on S3;
+    # HTTPS is the gateway's own TLS or a trusted proxy's X-Forwarded-Proto (docs/transport.md).
+    sse_c_require_tls: bool = True
     # S3LATENT_SSE_KEY_FILE overrides key_file (one config file for several deployments).
 
 
@@ -322,6 +326,12 @@ class Config:
     # is opt-in: on the gateway bench it helped small PUTs but not large GETs
     # (docs/bench-gateway.md, "Cheap speedups").
     event_loop: str = "asyncio"
+    # Load balancers in front (CIDR blocks): their X-Forwarded-For / -Proto are believed for
+    # aws:SourceIp, aws:SecureTransport and SSE-C's TLS rule (docs/transport.md).
+    trusted_proxies: list[str] = field(default_factory=list)
+    # HTTPS on the gateway's own socket (PEM files); neither: plain HTTP.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
     cluster: ClusterSettings | None = None
     encryption: EncryptionSettings = field(default_factory=EncryptionSettings)
 
@@ -434,6 +444,22 @@ def load_config(
     for name in ("backend_max_attempts", "max_connections"):
         if name in server:
             setattr(cfg, name, int(server[name]))
+    if "trusted_proxies" in server:
+        proxies = server["trusted_proxies"]
+        if not isinstance(proxies, list):
+            raise ConfigError("[server] trusted_proxies is a list of CIDR blocks")
+        for value in proxies:
+            try:
+                ipaddress.ip_network(str(value).strip(), strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"[server] trusted_proxies: not an address or CIDR block: "
+                                  f"{value!r}") from exc
+        cfg.trusted_proxies = [str(p) for p in proxies]
+    for name in ("tls_cert_file", "tls_key_file"):
+        if name in server:
+            setattr(cfg, name, str(server[name]))
+    if (cfg.tls_cert_file is None) != (cfg.tls_key_file is None):
+        raise ConfigError("[server] tls_cert_file and tls_key_file go together")
 
     for user in data.get("users", []):
         try:

@@ -24,10 +24,11 @@ class GatewayProcess(GatewayServer):
     def __init__(self, backend: str, workdir: Path, *, config: str | None = None,
                  backend_keys: tuple[str, str] | None = None,
                  extra_args: list[str] | None = None, env: dict[str, str] | None = None,
-                 port: int | None = None, name: str | None = None) -> None:
+                 port: int | None = None, name: str | None = None,
+                 tls_ca: Path | None = None) -> None:
         super().__init__(backend, workdir, backend_keys=backend_keys, access_key=ACCESS_KEY,
                          secret_key=SECRET_KEY, config_text=config, extra_args=extra_args,
-                         env=env, port=port, name=name)
+                         env=env, port=port, name=name, tls_ca=tls_ca)
 
     def start(self, timeout: float = 60.0) -> GatewayProcess:
         super().start(timeout)
@@ -48,6 +49,7 @@ class GatewayProcess(GatewayServer):
             aws_secret_access_key=SECRET_KEY,
             region_name="us-east-1",
             config=cfg,
+            verify=str(self.tls_ca) if self.tls_ca else None,
         )
 
     def cli_env(self, home: Path) -> dict[str, str]:

@@ -119,6 +119,8 @@ def cluster(seaweedfs: Any, tiny_model: dict[str, str],  # noqa: F811
         config = (f'[models.tiny]\nkind = "tae"\narch = "taesd"\n'
                   f'decoder = "{tiny_model["decoder"]}"\n[buckets."*"]\ncodec = "q8"\n'
                   f"[server]\nsweep_interval_s = 1.0\n[decode]\n{decode}"
+                  # SSE-C reads are forwarded in these tests, over plain HTTP on loopback.
+                  "[encryption]\nsse_c_require_tls = false\n"
                   f'[cluster]\nself = "{urls[i]}"\nnodes = {urls!r}\n'.replace("'", '"')
                   + f"health_interval_s = 0.3\nhealth_timeout_s = 0.5\nfail_after = 2\n{spill}")
         nodes.append(GatewayProcess(seaweedfs.endpoint, workdir, config=config,

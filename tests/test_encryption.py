@@ -14,6 +14,7 @@ import json
 import os
 import random
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,28 @@ import pytest
 from botocore.exceptions import ClientError
 
 from s3latent.objects import encryption as enc
-from tests.gateway import GatewayProcess
+from tests.gateway import GatewayProcess, on_backend
+from tests.test_transport import self_signed
 
 KEY_A = base64.b64encode(bytes(range(32))).decode()
 KEY_B = base64.b64encode(bytes(range(1, 33))).decode()
+
+
+# In-process gateways are served over plain HTTP: SSE-C is allowed there by configuration.
+PLAIN_HTTP_SSE_C = "[encryption]\nsse_c_require_tls = false\n"
+
+@pytest.fixture(scope="module", params=["local", "seaweedfs"])
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[GatewayProcess]:
+    """The gateway on both backends, over HTTPS: customer keys never travel in cleartext
+    (SSE-C over plain HTTP answers 400, as on S3; tests/test_transport.py)."""
+    workdir = tmp_path_factory.mktemp(f"sse-{request.param}")
+    cert, key = self_signed(workdir)
+    proc = on_backend(request, workdir, tls_ca=cert,
+                      config=f'[server]\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"\n')
+    proc.start()
+    yield proc
+    proc.stop()
 
 
 def _md5(key_b64: str) -> str:
@@ -481,7 +500,7 @@ async def test_encrypted_images_are_never_converted(tmp_path: Path) -> None:
     from tests.inprocess import serve_gateway
 
     body = b"\x89PNG\r\n\x1a\n" + os.urandom(500)
-    async with serve_gateway(tmp_path) as gw:
+    async with serve_gateway(tmp_path, PLAIN_HTTP_SSE_C) as gw:
         await gw.run(lambda s3: s3.create_bucket(Bucket="enc-bucket"))
         await gw.run(lambda s3: s3.put_object(Bucket="enc-bucket", Key="cat.png", Body=body,
                                               ContentType="image/png", **ssec()))
@@ -539,7 +558,7 @@ async def test_copy_of_a_source_replaced_by_an_encrypted_one_copies_no_ciphertex
 
     secret = b"secret image bytes " * 5000
     replaced: list[bool] = []
-    async with serve_gateway(tmp_path) as gw:
+    async with serve_gateway(tmp_path, PLAIN_HTTP_SSE_C) as gw:
         original = gw.store.copy_object
 
         async def replace_then_copy(*args: Any, **kwargs: Any) -> Any:
@@ -608,7 +627,7 @@ async def test_conditional_writes_judge_an_sse_s3_object_by_the_etag_clients_see
     object the client meant to keep."""
     from tests.inprocess import serve_gateway
 
-    async with serve_gateway(tmp_path) as gw:
+    async with serve_gateway(tmp_path, PLAIN_HTTP_SSE_C) as gw:
         await gw.run(lambda s3: s3.create_bucket(Bucket="cond-sse"))
         if versioned:
             await gw.run(lambda s3: s3.put_bucket_versioning(
@@ -636,7 +655,7 @@ async def test_a_source_encrypted_while_the_backend_copies_it_leaves_no_cipherte
     from tests.inprocess import serve_gateway
 
     secret = b"secret image bytes " * 5000
-    async with serve_gateway(tmp_path) as gw:
+    async with serve_gateway(tmp_path, PLAIN_HTTP_SSE_C) as gw:
         await gw.run(lambda s3: s3.create_bucket(Bucket="copy-race2"))
         await gw.run(lambda s3: s3.put_object(Bucket="copy-race2", Key="src", Body=b"plain"))
         real_get = gw.backend.get_object

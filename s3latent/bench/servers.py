@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -271,8 +272,11 @@ class GatewayServer(_Process):
         log_level: str = "INFO",
         name: str | None = None,
         port: int | None = None,
+        tls_ca: Path | None = None,
     ) -> None:
         self.backend = backend
+        # The CA that signed the config's tls_cert_file: the gateway then speaks HTTPS.
+        self.tls_ca = tls_ca
         self.log_level = log_level
         self.workdir = Path(workdir)
         self.backend_keys = backend_keys
@@ -292,7 +296,7 @@ class GatewayServer(_Process):
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_ca else 'http'}://127.0.0.1:{self.port}"
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -355,8 +359,11 @@ class GatewayServer(_Process):
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited early:\n{self.log()}")
+            context = ssl.create_default_context(cafile=str(self.tls_ca)) if self.tls_ca \
+                else None
             try:
-                with urllib.request.urlopen(self.endpoint + "/health", timeout=2) as r:
+                with urllib.request.urlopen(self.endpoint + "/health", timeout=2,
+                                            context=context) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError):

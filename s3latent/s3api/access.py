@@ -288,12 +288,12 @@ async def _policy_verdict(gw: Gateway, req: S3Request, caller: Caller, action: s
         except S3Error as exc:
             if exc.code not in ("NoSuchKey", "NoSuchBucket"):
                 raise
-    # The connection's own facts only: X-Forwarded-For/-Proto are whatever a client sends
-    # (a gateway behind a TLS-terminating balancer sees aws:SecureTransport false).
+    # The connection's facts, or a trusted proxy's X-Forwarded-For/-Proto (transport.py).
+    client = req.transport
     access = AccessRequest(
         action=action, bucket=req.bucket, key=key, principal_id=caller.id,
-        principal_name=caller.name, source_ip=req.http.remote or "",
-        secure_transport=req.http.secure, conditions=conditions)
+        principal_name=caller.name, source_ip=client.client_ip,
+        secure_transport=client.secure, conditions=conditions)
     verdict = policy.evaluate(access)
     if verdict == "Allow" and restrict_public and policy.is_public():
         return None  # RestrictPublicBuckets: a public policy grants nobody

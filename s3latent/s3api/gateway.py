@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from ..config import Config
 from ..objects.encryption import Keyring
 from ..objects.store import ForwardingStore
+from .transport import TrustedProxies
 
 if TYPE_CHECKING:
     from ..cluster.node import Cluster
@@ -35,6 +36,7 @@ class Gateway:
         # SSE-S3 master keys (objects/encryption.py); none: SSE-S3 writes are refused.
         self.keyring = keyring if keyring is not None else Keyring()
         self.cluster = cluster  # None: a lone gateway
+        self.proxies = TrustedProxies(config.trusted_proxies)  # s3api/transport.py
         self.leaving = False  # shutting down: /health answers 503, connections close
         self.in_flight = 0  # requests being handled (graceful shutdown waits for them)
         self.drained = asyncio.Event()  # set when leaving and the last one finished

@@ -40,6 +40,7 @@ from .handlers import (
 from .names import check_bucket_name
 from .request import S3Request, parse_query, split_target
 from .sigv2 import authenticate_v2, is_sigv2
+from .transport import refuse_insecure_sse_c
 
 log = logging.getLogger("s3latent.access")
 Handler = Callable[["Gateway", S3Request], Awaitable[web.StreamResponse]]
@@ -277,6 +278,8 @@ def make_app(gw: Gateway) -> web.Application:
             else:
                 if bucket is not None:  # before authentication: refusals get Access-Control-*
                     cors.note_bucket(gw, request, bucket)
+                refuse_insecure_sse_c(request.headers, gw.proxies.of(request).secure,
+                                      gw.config.encryption.sse_c_require_tls)
                 raw_query = request.rel_url.raw_query_string
                 skew = timedelta(seconds=gw.config.max_skew_s)
                 names = {unquote(p.partition("=")[0]) for p in raw_query.split("&") if p}
@@ -342,7 +345,8 @@ def make_app(gw: Gateway) -> web.Application:
         gw.latency.labels(operation).observe(elapsed)
         log.info(  # raw_path: percent-encoded, so keys cannot forge log lines
             "%s %s %s %s %d %.1fms",
-            request_id, request.remote, operation, request.method + " " + request.raw_path,
+            request_id, gw.proxies.of(request).client_ip, operation,
+            request.method + " " + request.raw_path,
             response.status, elapsed * 1000,
             extra={"request_id": request_id, "operation": operation,
                    "status": response.status, "ms": round(elapsed * 1000, 2)},

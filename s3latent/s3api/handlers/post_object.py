@@ -28,6 +28,7 @@ from .. import access, sse, xml
 from ..auth import AuthContext
 from ..names import check_new_key
 from ..request import S3Request, check_tags, check_user_metadata
+from ..transport import refuse_insecure_sse_c
 from .objects import refuse_encrypted_latent
 
 if TYPE_CHECKING:
@@ -217,6 +218,8 @@ async def post_object(gw: Gateway, request: web.Request, bucket: str,
             raise S3Error("EntityTooSmall", ProposedSize=str(size),
                           MinSizeAllowed=str(length_range[0]))
 
+    refuse_insecure_sse_c(fields, gw.proxies.of(request).secure,
+                          gw.config.encryption.sse_c_require_tls)
     encrypt = await sse.for_write(gw, bucket, fields)
     stream: AsyncIterable[bytes] = body()
     if encrypt is not None:
