@@ -480,6 +480,9 @@ class LatentStore(ForwardingStore):
                                         if_match: str | None = None,
                                         checksum: str | None = None) -> ObjectInfo:
         writable(key)
+        # If-Match as clients see the current object (404 when there is none); the backend
+        # then guards a plain one's stored ETag atomically.
+        if_match, _ = await self._versioned_conditions(bucket, key, if_match, None)
         status = await self._status(bucket)
         if status is not None:  # a new version: nothing materialised
             self.invalidate(bucket, key)

@@ -360,8 +360,9 @@ async def _check_none_match(gw: Gateway, req: S3Request) -> None:
         if exc.code != "NoSuchKey":
             raise
         return
-    value = none_match.strip()
-    if value == "*" or value.strip('"') == current.etag:
+    etags, _ = encryption.client_views(current)  # an SSE-S3 object's plaintext MD5 too
+    if any(tag.strip().removeprefix("W/").strip('"') in ("*", *etags)
+           for tag in none_match.split(",")):
         raise S3Error("PreconditionFailed", Condition="If-None-Match")
 
 
@@ -382,8 +383,9 @@ async def complete_multipart_upload(gw: Gateway, req: S3Request) -> web.StreamRe
     try:
         checksums = await _object_checksum(gw, req, upload_id, parts, part_checksums)
         stored_checksum = next(iter(checksums.values()), None)
-        info = await gw.store.complete_multipart_upload(req.bucket, req.key, upload_id, parts,
-                                                        checksum=stored_checksum)
+        info = await gw.store.complete_multipart_upload(
+            req.bucket, req.key, upload_id, parts, checksum=stored_checksum,
+            if_match=req.header("If-Match"))
     except S3Error as exc:
         # A retried Complete whose first answer was lost: answer it again (S3 does).
         previous = COMPLETED.get(done_key)
