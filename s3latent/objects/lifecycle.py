@@ -395,6 +395,9 @@ class LifecycleWorker:
                         await self.store.abort_multipart_upload(bucket, upload.key,
                                                                 upload.upload_id)
                         self.aborted += 1
+                        # An encrypted upload's key record goes with it, as on AbortUpload.
+                        if await self.store.get_upload_record(bucket, upload.upload_id):
+                            await self.store.drop_upload_record(bucket, upload.upload_id)
                     except S3Error as exc:
                         log.info("lifecycle: upload %s of %s/%s: %s", upload.upload_id,
                                  bucket, upload.key, exc.code)
