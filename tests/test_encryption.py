@@ -169,6 +169,24 @@ def test_listings_show_plaintext_sizes(s3: Any, bucket: str) -> None:
     assert _listed(s3, bucket) == {"a": 9, "dir/b": 70_000, "c": 10, "d": 5}
 
 
+
+def test_version_listings_show_what_head_shows(s3: Any, bucket: str) -> None:
+    """ListObjectVersions agrees with HEAD ?versionId= on every version's size and ETag:
+    the plaintext size, and an SSE-S3 version's plaintext MD5 (it showed stored ones)."""
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object(Bucket=bucket, Key="k", Body=b"a" * 100, ServerSideEncryption="AES256")
+    s3.put_object(Bucket=bucket, Key="k", Body=b"b" * 70_000, ServerSideEncryption="AES256")
+    s3.put_object(Bucket=bucket, Key="k", Body=b"c" * 300, **ssec())
+    s3.put_object(Bucket=bucket, Key="k", Body=b"plain")
+    listed = s3.list_object_versions(Bucket=bucket, Prefix="k")["Versions"]
+    assert [v["Size"] for v in listed] == [5, 300, 70_000, 100]
+    for version in listed:
+        extra = ssec() if version["Size"] == 300 else {}
+        head = s3.head_object(Bucket=bucket, Key="k", VersionId=version["VersionId"], **extra)
+        assert (version["Size"], version["ETag"]) == (head["ContentLength"], head["ETag"])
+    assert listed[3]["ETag"] == f'"{hashlib.md5(b"a" * 100).hexdigest()}"'
+
+
 # -- SSE-C ----------------------------------------------------------------------------------
 
 def test_sse_c_needs_the_right_key(s3: Any, bucket: str) -> None:

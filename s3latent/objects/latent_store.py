@@ -189,6 +189,8 @@ class LatentStore(ForwardingStore):
             elif physical.may_be_latent(entry.etag) or entry.key in converted:
                 rest.append(entry)
         await asyncio.gather(*(fix(e) for e in rest))
+        if await self._sse_indexed(bucket):
+            await self.listing.plaintext_sizes(bucket, prefix, delimiter, versions)
         return page
 
     async def _indexed_views(self, bucket: str, first: str, last: str

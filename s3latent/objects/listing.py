@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import CollectorRegistry, Counter
 
-from ..backends.base import ListEntry, ListPage
+from ..backends.base import ListEntry, ListPage, VersionEntry
 from ..errors import S3Error
 from . import physical
 from .context import LatentContext
@@ -76,19 +76,25 @@ class LatentListing:
                     entry.size, entry.etag, entry.last_modified = view.size, view.etag, \
                         view.last_modified
         if page.entries and self.sse_indexed is not None and await self.sse_indexed(bucket):
-            await self._plaintext_sizes(bucket, prefix, delimiter, page)
+            await self.plaintext_sizes(bucket, prefix, delimiter, page.entries)
         return page
 
-    async def _plaintext_sizes(self, bucket: str, prefix: str, delimiter: str | None,
-                               page: ListPage) -> None:
-        """Encrypted objects list their plaintext size (physical.sse_index_key): one listing
-        of that index range per page, in buckets that ever held an encrypted object."""
-        entries = {e.key: e for e in page.entries}
+    async def plaintext_sizes(self, bucket: str, prefix: str, delimiter: str | None,
+                              page: Sequence[ListEntry | VersionEntry]) -> None:
+        """Encrypted objects (and versions) list their plaintext size and ETag
+        (physical.sse_index_key, by key and stored ETag): one listing of that index range
+        per page, in buckets that ever held an encrypted object."""
+        entries: dict[tuple[str, str], list[ListEntry | VersionEntry]] = {}
+        for entry in page:
+            entries.setdefault((entry.key, entry.etag), []).append(entry)
+        if not entries:
+            return
+        keys = [key for key, _ in entries]
         index_delimiter = delimiter
         if delimiter and set(delimiter) & physical.VIEW_KEY_CHARS:
             index_delimiter = None
-        after: str | None = physical.SSE_INDEX_PREFIX + min(entries)
-        end = f"{physical.SSE_INDEX_PREFIX}{max(entries)} \U0010ffff"
+        after: str | None = physical.SSE_INDEX_PREFIX + min(keys)
+        end = f"{physical.SSE_INDEX_PREFIX}{max(keys)} \U0010ffff"
         for _ in range(MAX_INDEX_CALLS):
             self.list_backend_calls.labels("index").inc()
             try:
@@ -102,8 +108,7 @@ class LatentListing:
                 parsed = physical.parse_sse_index_key(index_entry.key)
                 if parsed is None:
                     continue
-                entry = entries.get(parsed[0])
-                if entry is not None and entry.etag == parsed[1]:
+                for entry in entries.pop((parsed[0], parsed[1]), []):
                     entry.size, entry.etag = parsed[2], parsed[3]
             after = found.next_start_after
             if not found.is_truncated or after is None or after > end:
