@@ -29,17 +29,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SeaweedFS,
     config = ("[server]\nbackend_connect_timeout_s = 1.0\n"
               f"backend_read_timeout_s = {READ_TIMEOUT}\n[cache]\nmemory = 0\n")
     with SeaweedFS() as weed:
+        gw = GatewayProcess(weed.endpoint, work, config=config,
+                            backend_keys=(weed.access_key, weed.secret_key)).start()
         try:
-            gw = GatewayProcess(weed.endpoint, work, config=config,
-                                backend_keys=(weed.access_key, weed.secret_key)).start()
-            try:
-                yield weed, gw
-            finally:
-                gw.stop()
+            yield weed, gw
         finally:
-            # Once stopped and continued, `weed mini` ignores SIGTERM for the whole 15 s
-            # grace of its stop; its data is thrown away, so a kill loses nothing.
-            weed.stop(signal.SIGKILL)
+            gw.stop()
 
 
 def _timed(call: object) -> tuple[float, ClientError]:
