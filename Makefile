@@ -20,7 +20,7 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check s3latent tests compat_tests
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra --durations=30 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check s3latent tests compat_tests

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import torch
 from botocore.exceptions import ClientError
 from safetensors.torch import load as load_safetensors
@@ -33,6 +34,8 @@ from tests.test_latent_objects import _similar, make_pair, tiny_model  # noqa: F
 pytestmark = pytest.mark.skipif(not avif.available(), reason="Pillow without AVIF/dav1d")
 
 MIN_PSNR = 30.0
+# Sweeps this often: the tests wait for sweeps counted on /metrics, not for a fixed time.
+SWEEP_S = 0.25
 SUFFIX = ".latent.safetensors"
 
 
@@ -43,7 +46,7 @@ def _config(model: dict[str, str], *, convert: bool = True) -> str:
             f'[buckets."cs-*"]\nsidecar = "consume"\n'
             f'[buckets."ca-*"]\nsidecar = "consume"\nrepresentation = "avif"\n'
             f'[buckets."cl-*"]\nsidecar = "consume"\nrepresentation = "latent"\n'
-            f'[server]\nsweep_interval_s = 1.0\n')
+            f'[server]\nsweep_interval_s = {SWEEP_S}\n')
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +101,33 @@ def _wait_gone(s3: Any, bucket: str, key: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"{bucket}/{key} is still there")
+
+
+def _sweeps(gw: GatewayProcess) -> float:
+    """Completed sweeps so far (s3latent_sweeps_total on /metrics)."""
+    text = requests.get(gw.endpoint + "/metrics", timeout=5).text
+    m = re.search(r"^s3latent_sweeps_total (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def _wait_sweeps(gw: GatewayProcess, count: int, timeout: float = 60.0) -> None:
+    """Until `count` more sweeps have completed: the last one began after this call."""
+    want = _sweeps(gw) + count
+    deadline = time.monotonic() + timeout
+    while _sweeps(gw) < want:
+        assert time.monotonic() < deadline, f"fewer than {count} sweeps in {timeout:.0f}s"
+        time.sleep(0.05)
+
+
+def _wait_outcomes(gw: GatewayProcess, bucket: str, key: str, outcome: str, count: int,
+                   timeout: float = 60.0) -> None:
+    """Until the log shows `count` conversions of bucket/key that ended in `outcome`."""
+    line = re.compile(rf"conversion of {re.escape(bucket)}/{re.escape(key)} \(.*\): "
+                      rf"{re.escape(outcome)}")
+    deadline = time.monotonic() + timeout
+    while len(line.findall(gw.log_path.read_text(errors="replace"))) < count:
+        assert time.monotonic() < deadline, f"{bucket}/{key}: fewer than {count} {outcome!r}"
+        time.sleep(0.05)
 
 
 def _assert_no_such_key(s3: Any, bucket: str, key: str) -> None:
@@ -222,7 +252,7 @@ def test_consumed_pair_admitted_as_latent_loses_its_sidecar_key_too(
 
 
 def test_refused_consumed_pair_keeps_both_keys_as_uploaded(
-        s3: Any, tiny_model: dict[str, str],  # noqa: F811
+        s3: Any, gw: GatewayProcess, tiny_model: dict[str, str],  # noqa: F811
 ) -> None:
     bucket = _bucket(s3, "cs")
     image, _, _ = make_pair(tiny_model, seed=6)
@@ -232,7 +262,7 @@ def test_refused_consumed_pair_keeps_both_keys_as_uploaded(
     put_side = s3.put_object(Bucket=bucket, Key="r.png" + SUFFIX, Body=sidecar)
     head = _wait(s3, bucket, "r.png", refused=True)
     assert "channel" in head["ResponseMetadata"]["HTTPHeaders"]["x-s3latent-state"]
-    time.sleep(2.5)  # two sweeps: nothing is consumed later either
+    _wait_sweeps(gw, 2)  # two sweeps: nothing is consumed later either
     got = s3.get_object(Bucket=bucket, Key="r.png")
     assert got["Body"].read() == image and got["ETag"] == put_image["ETag"]
     side = s3.get_object(Bucket=bucket, Key="r.png" + SUFFIX)
@@ -242,7 +272,7 @@ def test_refused_consumed_pair_keeps_both_keys_as_uploaded(
 
 
 def test_keep_bucket_is_unchanged_its_sidecar_stays_readable(
-        s3: Any, workdir: Path, tiny_model: dict[str, str],  # noqa: F811
+        s3: Any, gw: GatewayProcess, workdir: Path, tiny_model: dict[str, str],  # noqa: F811
 ) -> None:
     bucket = _bucket(s3, "keep")
     image, sidecar, _ = make_pair(tiny_model, seed=7)
@@ -252,7 +282,7 @@ def test_keep_bucket_is_unchanged_its_sidecar_stays_readable(
     assert head["ResponseMetadata"]["HTTPHeaders"]["x-s3latent-stored-as"] == "latent"
     header = _header(workdir, bucket, "k.png")
     assert header.kind == "latent" and header.sidecar is not None
-    time.sleep(2.5)  # two sweeps
+    _wait_sweeps(gw, 2)
     side = s3.get_object(Bucket=bucket, Key="k.png" + SUFFIX)["Body"].read()
     assert len(side) == len(sidecar)
     listed = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
@@ -260,7 +290,7 @@ def test_keep_bucket_is_unchanged_its_sidecar_stays_readable(
 
 
 def test_sidecar_uploaded_again_after_consumption_is_kept(
-        s3: Any, tiny_model: dict[str, str],  # noqa: F811
+        s3: Any, gw: GatewayProcess, tiny_model: dict[str, str],  # noqa: F811
 ) -> None:
     """A newer PUT of the sidecar key, even of the very same bytes (same ETag), is a new
     object the client wrote: it is never consumed by the old admission."""
@@ -272,7 +302,10 @@ def test_sidecar_uploaded_again_after_consumption_is_kept(
     _wait_gone(s3, bucket, "again.png" + SUFFIX)
     time.sleep(1.1)  # a later Last-Modified than the admitted upload's
     put = s3.put_object(Bucket=bucket, Key="again.png" + SUFFIX, Body=sidecar)
-    time.sleep(3.0)  # its conversion attempt and two sweeps
+    # Its conversion attempt, then a sweep's (the PUT queues the pair once), both keep it;
+    # and two more sweeps.
+    _wait_outcomes(gw, bucket, "again.png", "sidecar key written since conversion; kept", 2)
+    _wait_sweeps(gw, 2)
     side = s3.get_object(Bucket=bucket, Key="again.png" + SUFFIX)
     assert side["Body"].read() == sidecar and side["ETag"] == put["ETag"]
 
@@ -346,7 +379,7 @@ def test_sidecar_rewritten_after_a_crash_is_never_consumed(
         deadline = time.monotonic() + 30
         while "kept as it is" not in survivor.log() and time.monotonic() < deadline:
             time.sleep(0.3)
-        time.sleep(2.0)  # and more sweeps
+        _wait_sweeps(survivor, 2)  # and more sweeps
         assert "sidecar key written since conversion; kept as it is" in survivor.log()
         side = s3.get_object(Bucket="cl-race", Key="y.png" + SUFFIX)
         assert side["Body"].read() == sidecar and side["ETag"] == put["ETag"]
