@@ -143,6 +143,33 @@ async def test_policies_see_the_client_behind_a_trusted_proxy(tmp_path: Path,
         assert await _code(gw, read, gw.client()) == "AccessDenied"
 
 
+async def test_batch_deletes_and_copies_under_a_policy_see_the_client(tmp_path: Path) -> None:
+    """DeleteObjects entries and copy sources are judged by the policy as requests of their
+    own (access._SourceRequest): they see the same client facts (a 500 once, when they
+    lacked them)."""
+    async with serve_gateway(tmp_path, '[server]\ntrusted_proxies = ["127.0.0.1/32"]\n') as gw:
+        await gw.run(lambda s3: s3.create_bucket(Bucket="pol"))
+        for key in ("a", "b"):
+            await gw.run(lambda s3, k=key: s3.put_object(Bucket="pol", Key=k, Body=b"x"))
+        deny = json.dumps({"Version": "2012-10-17", "Statement": [{
+            "Effect": "Deny", "Principal": "*", "Action": ["s3:GetObject", "s3:DeleteObject"],
+            "Resource": "arn:aws:s3:::pol/*",
+            "Condition": {"NotIpAddress": {"aws:SourceIp": "10.1.0.0/16"}}}]})
+        await gw.run(lambda s3: s3.put_bucket_policy(Bucket="pol", Policy=deny))
+        outside = gw.client()
+        inside = _with_headers(gw.client(), {"X-Forwarded-For": "10.1.2.3"})
+        copy = lambda s3: s3.copy_object(  # noqa: E731
+            Bucket="pol", Key="c", CopySource={"Bucket": "pol", "Key": "a"})
+        assert await _code(gw, copy, outside) == "AccessDenied"
+        assert await _code(gw, copy, inside) is None
+        batch = {"Objects": [{"Key": "a"}, {"Key": "b"}]}
+        refused = await gw.run(lambda s3: s3.delete_objects(Bucket="pol", Delete=batch),
+                               outside)
+        assert [e["Code"] for e in refused["Errors"]] == ["AccessDenied", "AccessDenied"]
+        done = await gw.run(lambda s3: s3.delete_objects(Bucket="pol", Delete=batch), inside)
+        assert sorted(d["Key"] for d in done["Deleted"]) == ["a", "b"]
+
+
 async def test_sse_c_in_cleartext_is_refused(tmp_path: Path) -> None:
     async with serve_gateway(tmp_path, '[server]\ntrusted_proxies = ["127.0.0.1/32"]\n') as gw:
         await gw.run(lambda s3: s3.create_bucket(Bucket="ssec"))

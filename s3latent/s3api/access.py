@@ -38,6 +38,7 @@ from ..config import UserInfo
 from ..errors import S3Error
 from ..objects import physical
 from . import acl as acls
+from . import transport
 from .auth import UNSIGNED_PAYLOAD, AuthContext, is_valid_content_sha256
 from .policy import AccessRequest, BucketPolicy
 
@@ -289,7 +290,7 @@ async def _policy_verdict(gw: Gateway, req: S3Request, caller: Caller, action: s
             if exc.code not in ("NoSuchKey", "NoSuchBucket"):
                 raise
     # The connection's facts, or a trusted proxy's X-Forwarded-For/-Proto (transport.py).
-    client = req.transport
+    client = transport.known(req.http)  # an S3Request, or a copy source's _SourceRequest
     access = AccessRequest(
         action=action, bucket=req.bucket, key=key, principal_id=caller.id,
         principal_name=caller.name, source_ip=client.client_ip,

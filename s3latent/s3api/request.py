@@ -13,8 +13,6 @@ from ..backends.base import STORED_HEADERS, HashedBody, ObjectInfo, ObjectMeta
 from ..errors import S3Error
 from .auth import AuthContext
 from .payload import PayloadReader, stored_content_encoding
-from .transport import Transport
-from .transport import known as transport_known
 
 MAX_SMALL_BODY = 2 * 1024 * 1024
 MAX_USER_METADATA = 2048
@@ -46,11 +44,6 @@ class S3Request:
     @property
     def headers(self) -> CIMultiDictProxy[str]:
         return self.http.headers
-
-    @property
-    def transport(self) -> Transport:
-        """The client's address and whether its connection was encrypted (transport.py)."""
-        return transport_known(self.http)
 
     @property
     def method(self) -> str:
