@@ -33,8 +33,11 @@ def _md5(data: bytes) -> str:
 
 def _gateway(weed: Any, workdir: Path, tiny_model: dict[str, str],
              env: dict[str, str] | None = None) -> GatewayProcess:
+    """A gateway with stand-in conversion switched on (off by default until every crash
+    row passes: S3LATENT_STANDINS)."""
     return GatewayProcess(weed.endpoint, workdir, config=_config(tiny_model),
-                          backend_keys=(weed.access_key, weed.secret_key), env=env)
+                          backend_keys=(weed.access_key, weed.secret_key),
+                          env={"S3LATENT_STANDINS": "1", **(env or {})})
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +57,12 @@ def _bucket(s3: Any, versioned: bool = True) -> str:
     return name
 
 
-def _versions(s3: Any, bucket: str, prefix: str = "") -> list[tuple[str, str, int, str, bool]]:
-    resp = s3.list_object_versions(Bucket=bucket, Prefix=prefix)
+def _versions(s3: Any, bucket: str, key: str) -> list[tuple[str, str, int, str, bool]]:
+    resp = s3.list_object_versions(Bucket=bucket, Prefix=key)
     return [(v["Key"], v["VersionId"], v["Size"], v["ETag"], v["IsLatest"])
-            for v in resp.get("Versions", [])] + \
+            for v in resp.get("Versions", []) if v["Key"] == key] + \
         [(m["Key"], m["VersionId"], -1, "marker", m["IsLatest"])
-         for m in resp.get("DeleteMarkers", [])]
+         for m in resp.get("DeleteMarkers", []) if m["Key"] == key]
 
 
 def _stored(weed: Any, bucket: str) -> list[tuple[str, str, int]]:

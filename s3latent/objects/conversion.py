@@ -396,8 +396,10 @@ class Converter:
 
     @property
     def standins_enabled(self) -> bool:
-        """Whether versioned buckets are converted by stand-ins (the S3 backend)."""
-        return self.standins is not None and bool(self.standins.supported)
+        """Whether versioned buckets are converted by stand-ins (the S3 backend). Off
+        unless S3LATENT_STANDINS=1: its crash rows do not all pass yet (docs/versioning.md)."""
+        return self.standins is not None and bool(self.standins.supported) and \
+            os.environ.get("S3LATENT_STANDINS") == "1"
 
     async def versioned(self, bucket: str) -> bool:
         """Whether the bucket is left plain because it is versioned: its versioning was
@@ -594,8 +596,12 @@ class Converter:
         written = await self._commit(bucket, key, admission.container, meta, image,
                                      admission.header.codec)
         if written is None:
-            await self._standin_done(bucket, key, client, etag)
-            return "superseded by a newer write"
+            # A Complete retried after it had committed answers 412: look before giving up.
+            found = await standins.find_claimed(bucket, key, client, etag)
+            if found is None:
+                await self._standin_done(bucket, key, client, etag)
+                return "superseded by a newer write"
+            written = dataclasses.replace(image, version_id=found, etag=etag)
         backend_vid = written.version_id
         if backend_vid in (None, "null"):  # R5: suspended meanwhile; `P` stays plain
             await self.backend.delete_object(bucket, key, version_id="null")

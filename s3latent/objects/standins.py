@@ -123,7 +123,7 @@ def parse(name: str) -> tuple[str, str, str, list[str]] | None:
 
 
 def _add(records: KeyRecords, client: str, kind: str, fields: list[str]) -> None:
-    if kind == "a" and len(fields) == 6:
+    if kind == "a" and len(fields) == 5:
         try:
             view = physical.LogicalView(
                 int(fields[2], 16), fields[3],

@@ -380,7 +380,7 @@ class VersionedObjects:
                     if await self._keep_needed(bucket, image_key, ivid, entry.key):
                         continue
                     try:
-                        await backend.delete_object(bucket, entry.key)
+                        await self._delete_every_version(bucket, entry.key)
                     except S3Error as exc:
                         if exc.code not in _MISSING:
                             raise
@@ -391,6 +391,21 @@ class VersionedObjects:
             if not page.is_truncated or page.next_start_after is None:
                 return removed
             start = page.next_start_after
+
+    async def _delete_every_version(self, bucket: str, key: str) -> None:
+        """Remove a hidden key for good: by each version ID where the backend versions it
+        (the S3 backend, a versioned bucket: a plain delete would only add a marker)."""
+        backend = self.ctx.backend
+        if getattr(backend, "REPLACES_VERSIONS", False):
+            await backend.delete_object(bucket, key)
+            return
+        page = await backend.list_object_versions(bucket, prefix=key, max_keys=1000)
+        vids = [e.version_id for e in page.entries if e.key == key]
+        for vid in vids or [None]:
+            if vid is None:
+                await backend.delete_object(bucket, key)
+            else:
+                await backend.delete_object(bucket, key, version_id=vid)
 
     async def _keep_needed(self, bucket: str, image_key: str, ivid: str | None,
                            kept_key: str) -> bool:
