@@ -82,7 +82,7 @@ def _upload(s3: Any, bucket: str, tiny_model: dict[str, str], seed: int,
     return vi.get("VersionId", "null"), vs.get("VersionId", "null"), image, sidecar
 
 
-def _wait_done(weed: Any, bucket: str, want: int, timeout: float = 60.0) -> None:
+def _wait_done(weed: Any, bucket: str, want: int, timeout: float = 90.0) -> None:
     """Until SeaweedFS holds exactly `want` client versions and the gateway no records
     in flight (the plain versions deleted)."""
     deadline = time.monotonic() + timeout
@@ -202,7 +202,11 @@ def test_a_crash_during_conversion_heals(seaweedfs: Any, tiny_model: dict[str, s
     vb = _bucket(s3)
     vi, vs, _, sidecar = _upload(s3, vb, tiny_model, seed=74, key="x.png")
     assert crashing.proc is not None
-    crashing.proc.wait(90)  # it dies at the step
+    try:
+        crashing.proc.wait(90)  # it dies at the step
+    except BaseException:
+        crashing.kill()  # never left running: it would convert other tests' buckets
+        raise
     crashing.proc = None
     (tmp_path / "b").mkdir()
     healed = _gateway(seaweedfs, tmp_path / "b", tiny_model)
@@ -222,7 +226,7 @@ def test_a_crash_during_conversion_heals(seaweedfs: Any, tiny_model: dict[str, s
             head = s3.head_object(Bucket=vb, Key=key, VersionId=vid)
             assert listed == [(key, vid, head["ContentLength"], head["ETag"], True)]
         assert len(s3.get_object(Bucket=vb, Key="x.png" + SIDE)["Body"].read()) == len(sidecar)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # the sweep waits for the to-do's lease (30 s)
         while time.monotonic() < deadline:
             left = seaweedfs.client().list_objects_v2(Bucket=healed_meta(seaweedfs),
                                                       Prefix="records/" + vb + "/")

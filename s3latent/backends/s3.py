@@ -965,13 +965,18 @@ class S3Backend:
         truncated = top("IsTruncated") == "true"
         # SeaweedFS lists a key's `null` version below the others even when it is the
         # latest (a Suspended write): S3's order is newest first.
+        # And after its `null` version is deleted while Suspended, it lists the version
+        # below (the current one, as GET/HEAD answer) as not latest: a key's run that
+        # starts on this page (not continued from a version-id-marker) starts with its
+        # latest entry.
+        continued = key_marker if version_id_marker else None
         ordered: list[VersionEntry] = []
         for entry in entries:
             if ordered and ordered[-1].key != entry.key:
-                _newest_first(ordered, ordered_from=_run_start(ordered))
+                _newest_first(ordered, ordered_from=_run_start(ordered), continued=continued)
             ordered.append(entry)
         if ordered:
-            _newest_first(ordered, ordered_from=_run_start(ordered))
+            _newest_first(ordered, ordered_from=_run_start(ordered), continued=continued)
         # SeaweedFS also answers keys outside the prefix ("a.png" for prefix "a.png.").
         entries = [e for e in ordered if e.key.startswith(prefix)]
         prefixes = [p for p in prefixes if p.startswith(prefix)]
@@ -1330,15 +1335,22 @@ def _run_start(entries: list[VersionEntry]) -> int:
     return i
 
 
-def _newest_first(entries: list[VersionEntry], ordered_from: int) -> None:
+def _newest_first(entries: list[VersionEntry], ordered_from: int,
+                  continued: str | None = None) -> None:
     """Move a key's `null` version that SeaweedFS flags latest but lists below the others
     (written while Suspended) to the front; the store's order is kept otherwise (its
-    timestamps are too coarse to order by)."""
+    timestamps are too coarse to order by). A run with no entry flagged latest that is
+    not the rest of key `continued` (a page's first key, after a version-id-marker)
+    gets its first entry flagged: SeaweedFS forgets the flag when the `null` version on
+    top is deleted."""
     run = entries[ordered_from:]
     for i, entry in enumerate(run):
         if i and entry.is_latest and entry.version_id == "null":
             run.insert(0, run.pop(i))
             break
+    if run and not any(e.is_latest for e in run) and \
+            not (ordered_from == 0 and run[0].key == continued):
+        run[0] = dataclasses.replace(run[0], is_latest=True)
     entries[ordered_from:] = run
 
 

@@ -93,6 +93,33 @@ def crash_point(name: str) -> None:
         os._exit(137)
 
 
+async def pause_point(name: str, bucket: str) -> None:
+    """Race tests hold a conversion here: with S3LATENT_PAUSE_DIR set and a file
+    `<bucket>.<name>` there, the file is renamed `<bucket>.<name>.reached` and the conversion
+    waits (at most two minutes) until the test has done its racing request and removed it.
+    Nothing happens, and nothing is read, without the environment variable."""
+    folder = os.environ.get("S3LATENT_PAUSE_DIR")
+    if not folder:
+        return
+    armed = os.path.join(folder, f"{bucket}.{name}")
+    reached = armed + ".reached"
+    try:
+        await asyncio.to_thread(os.rename, armed, reached)
+    except OSError:
+        return  # not armed for this bucket and step
+    log.warning("paused at %s in %s as asked by S3LATENT_PAUSE_DIR", name, bucket)
+    for _ in range(2400):  # two minutes at most
+        if not await asyncio.to_thread(os.path.exists, reached):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def step(name: str, bucket: str) -> None:
+    """A named step of a stand-in conversion: crash-safety and race tests stop here."""
+    crash_point(name)
+    await pause_point(name, bucket)
+
+
 def settings_fingerprint(settings: Any, models: dict[str, Any],
                          max_image_pixels: int | None = None) -> str:
     """What a pair is judged under: a refusal holds only while this stays the same.
@@ -471,6 +498,11 @@ class Converter:
                 client = await self.standins.shown(bucket, key, image)
                 if client == image.version_id or side.version_id in (None, "null"):
                     return "already latent; not a stand-in"  # e.g. converted before versioning
+                if client in (await self.standins.records(bucket, key, fresh=True)).intents:
+                    # Its conversion has not ended (a crash, or in flight on another node):
+                    # the sweeper finishes it after the to-do's lease, then the stub follows
+                    # (the stub's own to-do would replace the image's and lose it).
+                    return "already latent; its conversion is unfinished"
                 outcome = await self._standin_stub(
                     bucket, key, image.etag, image.meta.internal[SIDECAR_ETAG], side_key,
                     side, None, client, image.version_id)
@@ -592,9 +624,10 @@ class Converter:
         await standins.put_todo(bucket, key, client, {"side": side_key,
                                                       "svid": side.version_id})
         await standins.put_intent(bucket, key, client, etag)
-        crash_point("after-intent")
+        await step("after-intent", bucket)
         written = await self._commit(bucket, key, admission.container, meta, image,
                                      admission.header.codec)
+        ours = written is not None
         if written is None:
             # A Complete retried after it had committed answers 412: look before giving up.
             found = await standins.find_claimed(bucket, key, client, etag)
@@ -608,7 +641,15 @@ class Converter:
             await self._standin_done(bucket, key, client, etag)
             self._set_state(bucket, key, "not converted: versioning suspended")
             return "versioning suspended meanwhile; the container was removed"
-        crash_point("after-container")
+        if ours and not await self._right_above(bucket, key, backend_vid, client) and \
+                (await standins.records(bucket, key, fresh=True)).backend_of(client) is None:
+            # R1 with the same bytes: the guard (P's ETag) let `C` land on a re-upload of
+            # P, so `C` standing in for P would hide that newer version below it. (Not
+            # when an alias names it: another node took it over and deleted P.)
+            await self.backend.delete_object(bucket, key, version_id=backend_vid)
+            await self._standin_done(bucket, key, client, etag)
+            return "superseded by a newer write (the same bytes)"
+        await step("after-container", bucket)
         from .standins import Alias  # (standins imports this module's neighbours)
 
         alias = Alias(client, backend_vid, standin_bare(written.etag), view)
@@ -618,7 +659,7 @@ class Converter:
             await self._standin_undo(bucket, key, alias)  # R3: `P` was deleted meanwhile
             await self._standin_done(bucket, key, client, etag)
             return "the version was deleted meanwhile; conversion undone"
-        crash_point("after-alias")
+        await step("after-alias", bucket)
         try:
             await self.backend.delete_object(bucket, key, version_id=client)
         except S3Error as exc:
@@ -630,7 +671,7 @@ class Converter:
                 await self._standin_done(bucket, key, client, etag)
             self._set_state(bucket, key, "pending: object lock")
             return "locked meanwhile; kept plain"
-        crash_point("after-delete-image")
+        await step("after-delete-image", bucket)
         # No listing index entry: in a versioned bucket it would be a versioned hidden key
         # (versions and markers piling up); ListObjects HEADs a stand-in instead.
         if marker_left:
@@ -641,6 +682,29 @@ class Converter:
         await self._standin_done(bucket, key, client, etag)
         return (f"admitted: {admission.header.codec}, {len(admission.container)} bytes for a "
                 f"{image.size}-byte image (stand-in); {outcome}")
+
+    async def _right_above(self, bucket: str, key: str, written: str, client: str) -> bool:
+        """Whether backend version `written` lies right above client version `client` (no
+        version or marker between them): only then may it stand in for it, keeping the
+        order a listing shows. One listing of the key's versions (a few pages at most)."""
+        key_marker: str | None = None
+        vid_marker: str | None = None
+        seen = False
+        for _ in range(10):
+            page = await self.backend.list_object_versions(
+                bucket, prefix=key, key_marker=key_marker, version_id_marker=vid_marker,
+                max_keys=1000)
+            for entry in page.entries:
+                if entry.key != key:
+                    continue
+                if seen:
+                    return entry.version_id == client and not entry.delete_marker
+                seen = entry.version_id == written
+            if not page.is_truncated or page.next_key_marker is None or \
+                    any(e.key > key for e in page.entries):
+                return False
+            key_marker, vid_marker = page.next_key_marker, page.next_version_id_marker
+        return False
 
     async def _standin_undo(self, bucket: str, key: str, alias: Any) -> bool:
         """Remove stand-in `alias.backend` and its alias; False if the backend refused
@@ -730,11 +794,16 @@ class Converter:
                     if exc.code in ("PreconditionFailed", "NoSuchKey", "NoSuchVersion"):
                         return "sidecar changed meanwhile; kept as it is"
                     raise
-            crash_point("after-stub")
+            await step("after-stub", bucket)
             stub_vid = written.version_id
             if stub_vid in (None, "null"):  # R5
                 await self.backend.delete_object(bucket, side_key, version_id="null")
                 return "versioning suspended meanwhile; sidecar kept as it is"
+            if not await self._right_above(bucket, side_key, stub_vid, client) and \
+                    (await standins.records(bucket, side_key, fresh=True)
+                     ).backend_of(client) is None:
+                await self.backend.delete_object(bucket, side_key, version_id=stub_vid)
+                return "sidecar rewritten meanwhile (the same bytes); kept as it is"
             alias = Alias(client, stub_vid, standin_bare(written.etag),
                           physical.LogicalView(side.size, etag, side.last_modified))
             await standins.put_alias(bucket, side_key, alias)
@@ -763,9 +832,14 @@ class Converter:
         are skipped (their worker holds them)."""
         standins = self.standins
         done = 0
+        from .standins import LEASE_S
+
         for image_key, client, body in await standins.todos(bucket):
             if (bucket, image_key) in self._key_locks:
                 continue
+            started = body.get("at")
+            if isinstance(started, (int, float)) and time.time() - started < LEASE_S:
+                continue  # in flight, maybe on another node (design §12 q6)
             lock, users = self._key_locks.setdefault((bucket, image_key),
                                                      (asyncio.Lock(), [0]))
             users[0] += 1

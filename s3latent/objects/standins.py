@@ -30,6 +30,7 @@ around the gateway with a forged `lvid` is shown as the plain version it is.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,6 +49,10 @@ TODO = "todo/"
 L_LVID = physical.L_LVID
 # Record names longer than this are not written: such keys are not converted.
 MAX_NAME = 900
+# A to-do younger than this is a conversion still in flight (on this node or another one
+# of a fleet): the sweeper leaves it alone. Its steps after the to-do are a few backend
+# requests; a crash's leftovers wait this long for the sweep (the view is exact meanwhile).
+LEASE_S = 30.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -204,7 +209,10 @@ class StandIns:
 
     async def put_todo(self, bucket: str, image_key: str, client: str,
                        body: dict[str, Any]) -> None:
-        await self.ctx.backend.put_record(bucket, f"{TODO}{image_key} {client}", body)
+        """The to-do of a conversion starting now: `at` (epoch seconds) is its lease, so
+        another node's sweeper leaves it to its worker for LEASE_S (Converter)."""
+        await self.ctx.backend.put_record(bucket, f"{TODO}{image_key} {client}",
+                                          {**body, "at": time.time()})
 
     async def drop_todo(self, bucket: str, image_key: str, client: str) -> None:
         await self.ctx.backend.delete_record(bucket, f"{TODO}{image_key} {client}")
