@@ -45,7 +45,7 @@ def rgw(seaweedfs: Any, tiny_model: dict[str, str], pauses: Path,
     proc = GatewayProcess(seaweedfs.endpoint, tmp_path_factory.mktemp("races"),
                           config=_config(tiny_model),
                           backend_keys=(seaweedfs.access_key, seaweedfs.secret_key),
-                          env={"S3LATENT_STANDINS": "1", "S3LATENT_PAUSE_DIR": str(pauses)})
+                          env={"S3LATENT_PAUSE_DIR": str(pauses)})
     proc.start()
     yield proc
     proc.stop()

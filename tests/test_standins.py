@@ -33,11 +33,10 @@ def _md5(data: bytes) -> str:
 
 def _gateway(weed: Any, workdir: Path, tiny_model: dict[str, str],
              env: dict[str, str] | None = None) -> GatewayProcess:
-    """A gateway with stand-in conversion switched on (off by default until every crash
-    row passes: S3LATENT_STANDINS)."""
+    """A gateway over the session's SeaweedFS (stand-in conversion is on by default)."""
     return GatewayProcess(weed.endpoint, workdir, config=_config(tiny_model),
                           backend_keys=(weed.access_key, weed.secret_key),
-                          env={"S3LATENT_STANDINS": "1", **(env or {})})
+                          env=env)
 
 
 @pytest.fixture(scope="module")

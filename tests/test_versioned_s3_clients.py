@@ -39,8 +39,7 @@ def gateway(seaweedfs: SeaweedFS, tiny_model: dict[str, str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     workdir = tmp_path_factory.mktemp("vs3")
     proc = GatewayProcess(seaweedfs.endpoint, workdir, config=_latent._config(tiny_model),
-                          backend_keys=(seaweedfs.access_key, seaweedfs.secret_key),
-                          env={"S3LATENT_STANDINS": "1"})
+                          backend_keys=(seaweedfs.access_key, seaweedfs.secret_key))
     proc.start()
     yield proc
     proc.stop()

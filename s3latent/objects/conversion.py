@@ -423,10 +423,10 @@ class Converter:
 
     @property
     def standins_enabled(self) -> bool:
-        """Whether versioned buckets are converted by stand-ins (the S3 backend). Off
-        unless S3LATENT_STANDINS=1: its crash rows do not all pass yet (docs/versioning.md)."""
-        return self.standins is not None and bool(self.standins.supported) and \
-            os.environ.get("S3LATENT_STANDINS") == "1"
+        """Whether versioned buckets are converted by stand-ins: where the backend holds
+        unversioned records and cannot rewrite a version in place (the S3 backend;
+        docs/versioning.md, design §3b)."""
+        return self.standins is not None and bool(self.standins.supported)
 
     async def versioned(self, bucket: str) -> bool:
         """Whether the bucket is left plain because it is versioned: its versioning was
