@@ -39,9 +39,11 @@ def _gateway(weed: Any, workdir: Path, tiny_model: dict[str, str],
                           env=env)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def sgw(seaweedfs: Any, tiny_model: dict[str, str],
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    # Per test: a gateway left running would sweep the crash tests' buckets as a second
+    # node, converting their pair before the crashing one reaches its step.
     proc = _gateway(seaweedfs, tmp_path_factory.mktemp("standins"), tiny_model)
     proc.start()
     yield proc
