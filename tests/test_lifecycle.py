@@ -275,8 +275,8 @@ def test_a_noncurrent_converted_version_expires_whole(
         s3: Any, bucket: str, lc_gateway: GatewayProcess, request: pytest.FixtureRequest,
         tiny_model: dict[str, str]) -> None:  # noqa: F811
     """NoncurrentVersionExpiration of a converted image version: the client's version goes,
-    and with it what holds its bytes on the backend (on SeaweedFS its stand-in: failed to be
-    tested before; no plain copy either); the sidecar version that reads from it stays
+    and with it what holds its bytes on the backend (on SeaweedFS its stand-in: untested
+    before; no plain copy either); the sidecar version that reads from it stays
     readable byte for byte (its keep copy)."""
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     image, sidecar, _ = make_pair(tiny_model, seed=5)
