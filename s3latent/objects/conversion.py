@@ -650,9 +650,7 @@ class Converter:
             await self._standin_done(bucket, key, client, etag)
             return "superseded by a newer write (the same bytes)"
         await step("after-container", bucket)
-        from .standins import Alias  # (standins imports this module's neighbours)
-
-        alias = Alias(client, backend_vid, standin_bare(written.etag), view)
+        alias = standins.alias(client, backend_vid, standin_bare(written.etag), view)
         await standins.put_alias(bucket, key, alias)
         records = await standins.records(bucket, key, fresh=True)
         if client not in records.intents or client in records.tombstones:
@@ -741,8 +739,6 @@ class Converter:
         client = side.version_id
         if expected != side.etag or client in (None, "null") or image_backend is None:
             return "sidecar replaced since conversion; kept as it is"
-        from .standins import Alias
-
         try:
             if converted is None:
                 container = (await read_all(self.backend, bucket, key, 2 * MAX_IMAGE_BYTES,
@@ -804,7 +800,7 @@ class Converter:
                      ).backend_of(client) is None:
                 await self.backend.delete_object(bucket, side_key, version_id=stub_vid)
                 return "sidecar rewritten meanwhile (the same bytes); kept as it is"
-            alias = Alias(client, stub_vid, standin_bare(written.etag),
+            alias = standins.alias(client, stub_vid, standin_bare(written.etag),
                           physical.LogicalView(side.size, etag, side.last_modified))
             await standins.put_alias(bucket, side_key, alias)
             side_records = await standins.records(bucket, side_key, fresh=True)
@@ -832,13 +828,11 @@ class Converter:
         are skipped (their worker holds them)."""
         standins = self.standins
         done = 0
-        from .standins import LEASE_S
-
         for image_key, client, body in await standins.todos(bucket):
             if (bucket, image_key) in self._key_locks:
                 continue
             started = body.get("at")
-            if isinstance(started, (int, float)) and time.time() - started < LEASE_S:
+            if isinstance(started, (int, float)) and time.time() - started < standins.LEASE_S:
                 continue  # in flight, maybe on another node (design §12 q6)
             lock, users = self._key_locks.setdefault((bucket, image_key),
                                                      (asyncio.Lock(), [0]))
@@ -862,8 +856,6 @@ class Converter:
     async def _recover_version(self, bucket: str, key: str, client: str) -> None:
         """One version's leftovers: with a stand-in, its alias is written and the plain
         version deleted; a deleted (tombstoned) version's stand-in goes; then its intent."""
-        from .standins import Alias
-
         standins = self.standins
         records = await standins.records(bucket, key, fresh=True)
         etag = records.intents.get(client)
@@ -885,7 +877,7 @@ class Converter:
                 info = await self.backend.head_object(bucket, key, version_id=backend_vid)
                 view = physical.logical_view(info)
                 if view is not None:
-                    await standins.put_alias(bucket, key, Alias(
+                    await standins.put_alias(bucket, key, standins.alias(
                         client, backend_vid, standin_bare(info.etag), view))
             try:
                 await self.backend.delete_object(bucket, key, version_id=client)

@@ -145,6 +145,10 @@ def _add(records: KeyRecords, client: str, kind: str, fields: list[str]) -> None
 class StandIns:
     """The alias index of versioned buckets on a backend with unversioned records."""
 
+    # For the converter, which cannot import this module (objects.context imports it).
+    LEASE_S = LEASE_S
+    alias = staticmethod(Alias)
+
     def __init__(self, ctx: LatentContext) -> None:
         self.ctx = ctx
         ttl = max(0.001, float(ctx.config.cache.revalidate_after))
