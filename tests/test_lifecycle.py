@@ -271,6 +271,52 @@ def test_worker_in_a_versioned_bucket(s3: Any, bucket: str) -> None:
     assert s3.get_object(Bucket=bucket, Key="old")["Body"].read() == b"2"
 
 
+def test_a_noncurrent_converted_version_expires_whole(
+        s3: Any, bucket: str, lc_gateway: GatewayProcess, request: pytest.FixtureRequest,
+        tiny_model: dict[str, str]) -> None:  # noqa: F811
+    """NoncurrentVersionExpiration of a converted image version: the client's version goes,
+    and with it what holds its bytes on the backend (on SeaweedFS its stand-in: untested
+    before; no plain copy either); the sidecar version that reads from it stays
+    readable byte for byte (its keep copy)."""
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    image, sidecar, _ = make_pair(tiny_model, seed=5)
+    vi = s3.put_object(Bucket=bucket, Key="img.png", Body=image,
+                       ContentType="image/png")["VersionId"]
+    vs = s3.put_object(Bucket=bucket, Key="img.png" + SIDE, Body=sidecar)["VersionId"]
+    wait_latent(s3, bucket, "img.png")
+    wait_latent(s3, bucket, "img.png" + SIDE)
+    direct = None if lc_gateway.backend.startswith("file://") else \
+        request.getfixturevalue("seaweedfs").client()
+
+    def held(key: str) -> list[str]:
+        assert direct is not None
+        resp = direct.list_object_versions(Bucket=bucket, Prefix=key)
+        return [v["VersionId"] for v in resp.get("Versions", []) if v["Key"] == key]
+
+    if direct is not None:  # the plain version is gone once the stand-in took its place
+        _wait(lambda: len(held("img.png")) == 1)
+    served = s3.get_object(Bucket=bucket, Key="img.png" + SIDE)["Body"].read()
+    vn = s3.put_object(Bucket=bucket, Key="img.png", Body=b"not an image",
+                       ContentType="text/plain")["VersionId"]
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [
+        {"ID": "nc", "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+         "Filter": {"Prefix": "img.png"}, "Status": "Enabled"}]})
+
+    def versions(key: str) -> list[str]:
+        resp = s3.list_object_versions(Bucket=bucket, Prefix=key)
+        return [v["VersionId"] for v in resp.get("Versions", []) if v["Key"] == key]
+    _wait(lambda: versions("img.png") == [vn], timeout=40)
+    with pytest.raises(ClientError) as exc:
+        s3.get_object(Bucket=bucket, Key="img.png", VersionId=vi)
+    assert _code(exc) == (404, "NoSuchVersion")
+    assert versions("img.png" + SIDE) == [vs]
+    assert s3.get_object(Bucket=bucket, Key="img.png" + SIDE,
+                         VersionId=vs)["Body"].read() == served
+    if direct is not None:
+        assert held("img.png") == [vn]
+        assert len(held("img.png" + SIDE)) == 1
+
+
 def test_worker_aborts_old_multipart_uploads(s3: Any, bucket: str) -> None:
     old = s3.create_multipart_upload(Bucket=bucket, Key="up/a")["UploadId"]
     s3.create_multipart_upload(Bucket=bucket, Key="other/b")

@@ -136,6 +136,19 @@ def test_suspended_writes_replace_the_null_version(s3: Any, vbucket: str) -> Non
     assert s3.get_object(Bucket=vbucket, Key="k", VersionId="null")["Body"].read() == b"null-2"
 
 
+def test_deleting_the_null_version_makes_the_one_below_latest(s3: Any, vbucket: str) -> None:
+    """SeaweedFS forgets IsLatest there (failed before on it: v1 listed as not latest while
+    GET answered it); a stand-in conversion that meets a Suspended bucket does this too."""
+    s3.put_bucket_versioning(Bucket=vbucket, VersioningConfiguration={"Status": "Enabled"})
+    v1 = s3.put_object(Bucket=vbucket, Key="k", Body=b"one")["VersionId"]
+    s3.put_bucket_versioning(Bucket=vbucket, VersioningConfiguration={"Status": "Suspended"})
+    s3.put_object(Bucket=vbucket, Key="k", Body=b"null")
+    s3.delete_object(Bucket=vbucket, Key="k", VersionId="null")
+    # Listed before any read: a GET makes SeaweedFS remember the flag again.
+    assert _listing(s3, vbucket) == [("k", v1, True, False)]
+    assert s3.get_object(Bucket=vbucket, Key="k")["VersionId"] == v1
+
+
 def test_copy_of_a_version_restores_it(s3: Any, vbucket: str) -> None:
     s3.put_bucket_versioning(Bucket=vbucket, VersioningConfiguration={"Status": "Enabled"})
     v1 = s3.put_object(Bucket=vbucket, Key="k", Body=b"one")["VersionId"]

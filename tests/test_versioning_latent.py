@@ -1,7 +1,7 @@
 """Latent objects and versioning, with real clients (boto3 and the AWS CLI), both backends.
 
 On the local backend versioned buckets are converted in place (a version keeps its ID); on
-the S3 backend they stay plain until stand-ins exist (docs/versioning-design.md). What these
+the S3 backend by stand-ins (docs/versioning-design.md §3b). What these
 tests pin (docs/versioning.md):
 - a pair converted *before* versioning was enabled keeps reading exactly, as the `null`
   versions: after an overwrite, through a restore by copy, and after its container version is
@@ -110,31 +110,23 @@ def test_a_pair_converted_before_versioning_keeps_reading_exactly(
 def test_new_pairs_in_a_versioned_bucket(
         latent_gateway: GatewayProcess, s3l: Any, lbucket: str,
         tiny_model: dict[str, str]) -> None:
-    """Local backend: converted in place, the client's version ID, size and ETag (the
-    unversioned rule) kept, no version added. SeaweedFS: plain (no stand-ins yet)."""
+    """Converted keeping the client's version ID, size and ETag (the unversioned rule), no
+    version added: in place on the local backend, by stand-ins on SeaweedFS."""
     s3l.put_bucket_versioning(Bucket=lbucket, VersioningConfiguration={"Status": "Enabled"})
     image, sidecar, _ = make_pair(tiny_model, seed=63)
     vid = s3l.put_object(Bucket=lbucket, Key="p.png", Body=image,
                          ContentType="image/png")["VersionId"]
     svid = s3l.put_object(Bucket=lbucket, Key="p.png" + SIDE, Body=sidecar)["VersionId"]
-    if latent_gateway.backend.startswith("file://"):
-        head = wait_latent(s3l, lbucket, "p.png")
-        side = wait_latent(s3l, lbucket, "p.png" + SIDE)
-        data, got = _read(s3l, lbucket, "p.png", VersionId=vid)
-        assert head["VersionId"] == got["VersionId"] == vid
-        assert head["ContentLength"] == len(data) == len(image)
-        assert head["ETag"] == got["ETag"] == _md5(data)
-        assert side["VersionId"] == svid and side["ContentLength"] == len(sidecar)
-        assert [(v["VersionId"], v["Size"], v["ETag"])
-                for v in _versions(s3l, lbucket, "p.png")] == [(vid, len(image), _md5(data))]
-        assert [v["VersionId"] for v in _versions(s3l, lbucket, "p.png" + SIDE)] == [svid]
-        return
-    time.sleep(3.0)  # three sweeps of this gateway
-    head = s3l.head_object(Bucket=lbucket, Key="p.png")
-    assert head["ResponseMetadata"]["HTTPHeaders"]["x-s3latent-representation"] == "plain"
-    assert head["VersionId"] == vid and head["ETag"] == _md5(image)
-    assert len(_versions(s3l, lbucket, "p.png")) == 1
-    assert len(_versions(s3l, lbucket, "p.png" + SIDE)) == 1
+    head = wait_latent(s3l, lbucket, "p.png")
+    side = wait_latent(s3l, lbucket, "p.png" + SIDE)
+    data, got = _read(s3l, lbucket, "p.png", VersionId=vid)
+    assert head["VersionId"] == got["VersionId"] == vid
+    assert head["ContentLength"] == len(data) == len(image)
+    assert head["ETag"] == got["ETag"] == _md5(data)
+    assert side["VersionId"] == svid and side["ContentLength"] == len(sidecar)
+    assert [(v["VersionId"], v["Size"], v["ETag"])
+            for v in _versions(s3l, lbucket, "p.png")] == [(vid, len(image), _md5(data))]
+    assert [v["VersionId"] for v in _versions(s3l, lbucket, "p.png" + SIDE)] == [svid]
 
 
 # -- the AWS CLI -------------------------------------------------------------------
@@ -188,10 +180,9 @@ def test_cli_versioned_overwrite_and_restore_of_a_converted_image(
 def test_cli_pair_converted_in_a_versioned_bucket_overwrite_and_restore(
         latent_gateway: GatewayProcess, s3l: Any, lbucket: str, tiny_model: dict[str, str],
         home: Path, tmp_path: Path) -> None:
-    """Versioning Enabled first, then the pair: once converted (local backend) the version
-    the client uploaded lists and reads with its ID; overwrite and restore by copy."""
-    if not latent_gateway.backend.startswith("file://"):
-        pytest.skip("versioned buckets are converted on the local backend only")
+    """Versioning Enabled first, then the pair: once converted (in place on the local
+    backend, by stand-ins on SeaweedFS: skipped there before) the version the client
+    uploaded lists and reads with its ID; overwrite and restore by copy."""
     run = lambda *a, **k: _aws(latent_gateway, home, *a, **k)  # noqa: E731
     run("s3api", "put-bucket-versioning", "--bucket", lbucket,
         "--versioning-configuration", "Status=Enabled")

@@ -307,6 +307,8 @@ class S3Backend:
         # bucket -> (versioning status, when asked): whether a 404 may be a delete marker.
         self._status: TTLCache[str, str | None] = TTLCache(maxsize=10_000, ttl=STATUS_TTL_S)
         self._cleanup_slots = asyncio.Semaphore(8)
+        # bucket -> the generation its records live under (fixed for a bucket's life).
+        self._generations: dict[str, str] = {}
 
     async def start(self) -> None:
         session = get_session()
@@ -453,6 +455,54 @@ class S3Backend:
         assert key is not None
         await self.meta.put(key, {"value": value})
 
+    # -- unversioned records of a bucket (stand-ins, objects/standins.py) ---------------
+    RECORDS = True  # put_record / list_records / delete_record: never versioned
+
+    async def _records_prefix(self, bucket: str) -> str:
+        """`records/<bucket>/<generation>/` in the meta bucket (this life of the bucket)."""
+        generation = self._generations.get(bucket)
+        if generation is None:
+            await self.meta.ensure()
+            key = await self._config_key(bucket, "records", create=True)
+            assert key is not None
+            generation = key.split("/")[2]
+            self._generations[bucket] = generation
+        return f"records/{bucket}/{generation}/"
+
+    async def put_record(self, bucket: str, name: str,
+                         value: dict[str, Any] | None = None) -> None:
+        """Write one record (JSON, or empty) of `bucket` in the meta bucket."""
+        await self.meta.put(await self._records_prefix(bucket) + name, value)
+
+    async def get_record(self, bucket: str, name: str) -> dict[str, Any] | None:
+        return await self.meta.get(await self._records_prefix(bucket) + name)
+
+    async def delete_record(self, bucket: str, name: str) -> None:
+        await self.meta.delete(await self._records_prefix(bucket) + name)
+
+    async def list_records(self, bucket: str, prefix: str, *, start_after: str | None = None,
+                           stop_after: str | None = None, limit: int = 5000) -> list[str]:
+        """Names (relative) of the records under `prefix`, in order, after `start_after`
+        and up to `stop_after`; at most `limit` (pages of 1000)."""
+        base = await self._records_prefix(bucket)
+        names: list[str] = []
+        params: dict[str, Any] = {"Prefix": base + prefix, "MaxKeys": 1000}
+        if start_after is not None:
+            params["StartAfter"] = base + start_after
+        while len(names) < limit:
+            resp = await self._call("list_objects_v2", self.meta_bucket, **params)
+            for obj in resp.get("Contents", []):
+                name = obj["Key"][len(base):]
+                if stop_after is not None and name > stop_after:
+                    return names
+                names.append(name)
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                break
+            params["ContinuationToken"] = token
+            params.pop("StartAfter", None)
+        return names
+
     async def get_bucket_tags(self, bucket: str) -> dict[str, str] | None:
         """The backend's own bucket tagging: tags stay with the bucket's lifecycle."""
         await self.head_bucket(bucket)
@@ -572,7 +622,9 @@ class S3Backend:
         await self._call("delete_bucket", bucket)
         self._deleted[bucket] = time.monotonic()
         self._buckets.pop(bucket, None)
+        self._generations.pop(bucket, None)
         if self.meta.exists:  # best effort: leftovers match nothing that exists
+            await self.meta.delete_prefix(f"records/{bucket}/")
             try:
                 await self.meta.delete(f"buckets/{bucket}.json")
             except S3Error as exc:
@@ -929,13 +981,18 @@ class S3Backend:
         truncated = top("IsTruncated") == "true"
         # SeaweedFS lists a key's `null` version below the others even when it is the
         # latest (a Suspended write): S3's order is newest first.
+        # And after its `null` version is deleted while Suspended, it lists the version
+        # below (the current one, as GET/HEAD answer) as not latest: a key's run that
+        # starts on this page (not continued from a version-id-marker) starts with its
+        # latest entry.
+        continued = key_marker if version_id_marker else None
         ordered: list[VersionEntry] = []
         for entry in entries:
             if ordered and ordered[-1].key != entry.key:
-                _newest_first(ordered, ordered_from=_run_start(ordered))
+                _newest_first(ordered, ordered_from=_run_start(ordered), continued=continued)
             ordered.append(entry)
         if ordered:
-            _newest_first(ordered, ordered_from=_run_start(ordered))
+            _newest_first(ordered, ordered_from=_run_start(ordered), continued=continued)
         # SeaweedFS also answers keys outside the prefix ("a.png" for prefix "a.png.").
         entries = [e for e in ordered if e.key.startswith(prefix)]
         prefixes = [p for p in prefixes if p.startswith(prefix)]
@@ -1294,15 +1351,22 @@ def _run_start(entries: list[VersionEntry]) -> int:
     return i
 
 
-def _newest_first(entries: list[VersionEntry], ordered_from: int) -> None:
+def _newest_first(entries: list[VersionEntry], ordered_from: int,
+                  continued: str | None = None) -> None:
     """Move a key's `null` version that SeaweedFS flags latest but lists below the others
     (written while Suspended) to the front; the store's order is kept otherwise (its
-    timestamps are too coarse to order by)."""
+    timestamps are too coarse to order by). A run with no entry flagged latest that is
+    not the rest of key `continued` (a page's first key, after a version-id-marker)
+    gets its first entry flagged: SeaweedFS forgets the flag when the `null` version on
+    top is deleted."""
     run = entries[ordered_from:]
     for i, entry in enumerate(run):
         if i and entry.is_latest and entry.version_id == "null":
             run.insert(0, run.pop(i))
             break
+    if run and not any(e.is_latest for e in run) and \
+            not (ordered_from == 0 and run[0].key == continued):
+        run[0] = dataclasses.replace(run[0], is_latest=True)
     entries[ordered_from:] = run
 
 

@@ -93,6 +93,33 @@ def crash_point(name: str) -> None:
         os._exit(137)
 
 
+async def pause_point(name: str, bucket: str) -> None:
+    """Race tests hold a conversion here: with S3LATENT_PAUSE_DIR set and a file
+    `<bucket>.<name>` there, the file is renamed `<bucket>.<name>.reached` and the conversion
+    waits (at most two minutes) until the test has done its racing request and removed it.
+    Nothing happens, and nothing is read, without the environment variable."""
+    folder = os.environ.get("S3LATENT_PAUSE_DIR")
+    if not folder:
+        return
+    armed = os.path.join(folder, f"{bucket}.{name}")
+    reached = armed + ".reached"
+    try:
+        await asyncio.to_thread(os.rename, armed, reached)
+    except OSError:
+        return  # not armed for this bucket and step
+    log.warning("paused at %s in %s as asked by S3LATENT_PAUSE_DIR", name, bucket)
+    for _ in range(2400):  # two minutes at most
+        if not await asyncio.to_thread(os.path.exists, reached):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def step(name: str, bucket: str) -> None:
+    """A named step of a stand-in conversion: crash-safety and race tests stop here."""
+    crash_point(name)
+    await pause_point(name, bucket)
+
+
 def settings_fingerprint(settings: Any, models: dict[str, Any],
                          max_image_pixels: int | None = None) -> str:
     """What a pair is judged under: a refusal holds only while this stays the same.
@@ -179,6 +206,17 @@ def _locked(*infos: ObjectInfo) -> str | None:
     return None
 
 
+def physical_one_part_etag(data: bytes) -> str:
+    """The ETag a one-part multipart upload of `data` gets (known before it is written)."""
+    return hashlib.md5(hashlib.md5(data).digest()).hexdigest() + "-1"
+
+
+def standin_bare(etag: str) -> str:
+    """A physical ETag as alias records hold it (no quotes, no one-part "-1")."""
+    etag = etag.strip('"')
+    return etag[:-2] if etag.endswith("-1") else etag
+
+
 class Converter:
     """Bounded background conversion with a queue, a state map and a sweeper."""
 
@@ -234,6 +272,11 @@ class Converter:
                                  registry=registry)
         # Set by the store: removes a versioned bucket's keep copies no stub reads any more.
         self.keep_sweeper: Callable[[str], Awaitable[int]] | None = None
+        # Set by the store: the alias index (objects/standins.py) where the backend cannot
+        # rewrite a version in place; versioned buckets are then converted by stand-ins.
+        self.standins: Any = None
+        # Set by the store: keep copy before a container version goes (keep_if_needed).
+        self.keep_if_needed: Callable[..., Awaitable[None]] | None = None
         self._active = 0
         self.idle = asyncio.Event()
         self.idle.set()
@@ -378,11 +421,19 @@ class Converter:
                 return None
             raise
 
+    @property
+    def standins_enabled(self) -> bool:
+        """Whether versioned buckets are converted by stand-ins: where the backend holds
+        unversioned records and cannot rewrite a version in place (the S3 backend;
+        docs/versioning.md, design §3b)."""
+        return self.standins is not None and bool(self.standins.supported)
+
     async def versioned(self, bucket: str) -> bool:
         """Whether the bucket is left plain because it is versioned: its versioning was
-        ever enabled and the backend cannot rewrite a version in place (the S3 backend,
-        until stand-ins exist: docs/versioning.md)."""
-        return not self.in_place and await self.status(bucket) is not None
+        ever enabled and the backend can neither rewrite a version in place nor hold
+        stand-ins (docs/versioning.md)."""
+        return not self.in_place and not self.standins_enabled and \
+            await self.status(bucket) is not None
 
     async def convert(self, bucket: str, key: str) -> str:
         """Convert K with its sidecar if both are there; returns what happened."""
@@ -391,9 +442,13 @@ class Converter:
             self._set_state(bucket, key, None)
             return "conversion disabled for this bucket"
         status = await self.status(bucket)
-        if status is not None and not self.in_place:
+        standin = status is not None and not self.in_place
+        if standin and not self.standins_enabled:
             self._set_state(bucket, key, "not converted: versioned bucket")
             return "versioned bucket"
+        if standin and status != "Enabled":
+            self._set_state(bucket, key, "not converted: versioning suspended")
+            return "versioning suspended"
         side_key = key + settings.sidecar_suffix
         try:
             image = await self.backend.head_object(bucket, key)
@@ -414,7 +469,8 @@ class Converter:
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket"):
                 if physical.representation(image) == "plain":
-                    if settings.convert_plain and looks_like_image(key, image.meta.content_type):
+                    if settings.convert_plain and not standin and \
+                            looks_like_image(key, image.meta.content_type):
                         held = _locked(image) if status is not None else None
                         if held is not None:  # never rewritten while locked
                             self._set_state(bucket, key, f"pending: {held}")
@@ -435,6 +491,22 @@ class Converter:
                 return "sidecar key holds a stub of another version"
         if rep_image == physical.REP_LATENT:
             self._set_state(bucket, key, None)
+            if standin:
+                if rep_side != "plain" or image.meta.internal.get(SIDECAR_ETAG) is None or \
+                        image.meta.internal.get(SIDECAR_MODE) == CONSUME:
+                    return "already latent"
+                client = await self.standins.shown(bucket, key, image)
+                if client == image.version_id or side.version_id in (None, "null"):
+                    return "already latent; not a stand-in"  # e.g. converted before versioning
+                if client in (await self.standins.records(bucket, key, fresh=True)).intents:
+                    # Its conversion has not ended (a crash, or in flight on another node):
+                    # the sweeper finishes it after the to-do's lease, then the stub follows
+                    # (the stub's own to-do would replace the image's and lose it).
+                    return "already latent; its conversion is unfinished"
+                outcome = await self._standin_stub(
+                    bucket, key, image.etag, image.meta.internal[SIDECAR_ETAG], side_key,
+                    side, None, client, image.version_id)
+                return outcome
             if rep_side == "plain":
                 expected = image.meta.internal.get(SIDECAR_ETAG)
                 if expected is None:  # a latent-only upload or a copy: holds no sidecar
@@ -451,6 +523,11 @@ class Converter:
             return "already latent"
         if rep_side != "plain":
             return "sidecar key holds a stub of another image"
+        if standin:
+            why = await self._standin_scope(bucket, key, image, side)
+            if why is not None:
+                self._set_state(bucket, key, f"not converted: {why}")
+                return f"not converted: {why}"
         held = _locked(image, side) if status is not None else None
         if held is not None:  # never rewritten while locked; swept again, not decoded
             self._set_state(bucket, key, f"pending: {held}")
@@ -471,9 +548,12 @@ class Converter:
             # there would only hide it behind a delete marker, and the container must then
             # hold its latent for the stub. Such pairs convert as under `keep`.
             settings = dataclasses.replace(settings, sidecar="keep")
+        pins = (image.version_id, side.version_id) if standin else (None, None)
         try:
-            image, image_bytes = await read_all(self.backend, bucket, key, MAX_IMAGE_BYTES)
-            side, side_bytes = await read_all(self.backend, bucket, side_key, MAX_SIDECAR_BYTES)
+            image, image_bytes = await read_all(self.backend, bucket, key, MAX_IMAGE_BYTES,
+                                                version_id=pins[0])
+            side, side_bytes = await read_all(self.backend, bucket, side_key, MAX_SIDECAR_BYTES,
+                                              version_id=pins[1])
             admission = await self.admitter().admit_pair(settings, key, image, image_bytes,
                                                          side, side_bytes)
         except Refused as exc:
@@ -484,6 +564,9 @@ class Converter:
         if consume:
             pair |= {SIDECAR_MODE: CONSUME, SIDECAR_MODIFIED: _when(side.last_modified)}
         view, meta = await self._container_meta(bucket, key, image, admission, **pair)
+        if standin:
+            return await self._convert_standin(bucket, key, side_key, image, side, admission,
+                                               side_bytes, view, meta, marker_left)
         crash_point("before-container")
         written = await self._commit(bucket, key, admission.container, meta, image,
                                      admission.header.codec, versioned=status is not None)
@@ -506,6 +589,305 @@ class Converter:
         return (f"admitted: {admission.header.codec}, {len(admission.container)} bytes for a "
                 f"{image.size}-byte image, psnr {admission.header.psnr} dB"
                 + (f" (candidates: {chosen})" if chosen else "") + "; " + outcome)
+
+    # -- stand-ins (versioned buckets on the S3 backend; objects/standins.py) ------------
+    async def _standin_scope(self, bucket: str, key: str, image: ObjectInfo,
+                             side: ObjectInfo) -> str | None:
+        """Why this pair is outside what stand-ins convert (None: inside): current,
+        non-`null` versions of image and sidecar, no `null` version of either key (a
+        Suspended write meanwhile could make the container `null` and replace it, design
+        §5.7), and record names that fit."""
+        if image.version_id in (None, "null") or side.version_id in (None, "null"):
+            return "a null version (written before versioning or while suspended)"
+        if not self.standins.fits(key) or not self.standins.fits(side.key):
+            return "key too long for the alias records"
+        for name in (key, side.key):
+            page = await self.backend.list_object_versions(bucket, prefix=name, max_keys=1000)
+            if page.is_truncated:
+                return "too many versions"
+            if any(e.key == name and e.version_id == "null" for e in page.entries):
+                return "a null version of the key exists"
+        return None
+
+    async def _convert_standin(self, bucket: str, key: str, side_key: str, image: ObjectInfo,
+                               side: ObjectInfo, admission: Any, side_bytes: bytes,
+                               view: physical.LogicalView, meta: ObjectMeta,
+                               marker_left: bool) -> str:
+        """Design §5.7 steps 2-7: intents, the container `C` (guarded by `P`'s ETag) with
+        `lvid=P`, its alias, a look for a tombstone (a client's permanent delete of `P`
+        meanwhile, R3), the delete of `P`; then the same for the sidecar's stub."""
+        standins = self.standins
+        client = image.version_id
+        assert client is not None
+        etag = physical_one_part_etag(admission.container)
+        meta.internal[physical.L_LVID] = client
+        await standins.put_todo(bucket, key, client, {"side": side_key,
+                                                      "svid": side.version_id})
+        await standins.put_intent(bucket, key, client, etag)
+        await step("after-intent", bucket)
+        written = await self._commit(bucket, key, admission.container, meta, image,
+                                     admission.header.codec)
+        ours = written is not None
+        if written is None:
+            # A Complete retried after it had committed answers 412: look before giving up.
+            found = await standins.find_claimed(bucket, key, client, etag)
+            if found is None:
+                await self._standin_done(bucket, key, client, etag)
+                return "superseded by a newer write"
+            written = dataclasses.replace(image, version_id=found, etag=etag)
+        backend_vid = written.version_id
+        if backend_vid in (None, "null"):  # R5: suspended meanwhile; `P` stays plain
+            await self.backend.delete_object(bucket, key, version_id="null")
+            await self._standin_done(bucket, key, client, etag)
+            self._set_state(bucket, key, "not converted: versioning suspended")
+            return "versioning suspended meanwhile; the container was removed"
+        if ours and not await self._right_above(bucket, key, backend_vid, client) and \
+                (await standins.records(bucket, key, fresh=True)).backend_of(client) is None:
+            # R1 with the same bytes: the guard (P's ETag) let `C` land on a re-upload of
+            # P, so `C` standing in for P would hide that newer version below it. (Not
+            # when an alias names it: another node took it over and deleted P.)
+            await self.backend.delete_object(bucket, key, version_id=backend_vid)
+            await self._standin_done(bucket, key, client, etag)
+            return "superseded by a newer write (the same bytes)"
+        await step("after-container", bucket)
+        alias = standins.alias(client, backend_vid, standin_bare(written.etag), view)
+        await standins.put_alias(bucket, key, alias)
+        records = await standins.records(bucket, key, fresh=True)
+        if client not in records.intents or client in records.tombstones:
+            await self._standin_undo(bucket, key, alias)  # R3: `P` was deleted meanwhile
+            await self._standin_done(bucket, key, client, etag)
+            return "the version was deleted meanwhile; conversion undone"
+        await step("after-alias", bucket)
+        try:
+            await self.backend.delete_object(bucket, key, version_id=client)
+        except S3Error as exc:
+            if exc.code != "AccessDenied":
+                raise
+            # R4: a lock landed on `P` meanwhile: it stays plain (and `C` goes, unless a
+            # lock landed on it too: then it keeps standing in and `P` stays hidden).
+            if await self._standin_undo(bucket, key, alias):
+                await self._standin_done(bucket, key, client, etag)
+            self._set_state(bucket, key, "pending: object lock")
+            return "locked meanwhile; kept plain"
+        await step("after-delete-image", bucket)
+        # No listing index entry: in a versioned bucket it would be a versioned hidden key
+        # (versions and markers piling up); ListObjects HEADs a stand-in instead.
+        if marker_left:
+            await self._drop_marker(bucket, key)
+        outcome = await self._standin_stub(bucket, key, written.etag, side.etag, side_key,
+                                           side, (admission, side_bytes), client,
+                                           backend_vid)
+        await self._standin_done(bucket, key, client, etag)
+        return (f"admitted: {admission.header.codec}, {len(admission.container)} bytes for a "
+                f"{image.size}-byte image (stand-in); {outcome}")
+
+    async def _right_above(self, bucket: str, key: str, written: str, client: str) -> bool:
+        """Whether backend version `written` lies right above client version `client` (no
+        version or marker between them): only then may it stand in for it, keeping the
+        order a listing shows. One listing of the key's versions (a few pages at most)."""
+        key_marker: str | None = None
+        vid_marker: str | None = None
+        seen = False
+        for _ in range(10):
+            page = await self.backend.list_object_versions(
+                bucket, prefix=key, key_marker=key_marker, version_id_marker=vid_marker,
+                max_keys=1000)
+            for entry in page.entries:
+                if entry.key != key:
+                    continue
+                if seen:
+                    return entry.version_id == client and not entry.delete_marker
+                seen = entry.version_id == written
+            if not page.is_truncated or page.next_key_marker is None or \
+                    any(e.key > key for e in page.entries):
+                return False
+            key_marker, vid_marker = page.next_key_marker, page.next_version_id_marker
+        return False
+
+    async def _standin_undo(self, bucket: str, key: str, alias: Any) -> bool:
+        """Remove stand-in `alias.backend` and its alias; False if the backend refused
+        (locked): it then keeps standing in."""
+        try:
+            await self.backend.delete_object(bucket, key, version_id=alias.backend)
+        except S3Error as exc:
+            if exc.code != "AccessDenied":
+                raise
+            return False
+        await self.standins.drop_alias(bucket, key, alias)
+        self._written(bucket, key)
+        return True
+
+    async def _standin_done(self, bucket: str, key: str, client: str, etag: str) -> None:
+        """The conversion of `key`'s version `client` ended: its intent, tombstone and
+        to-do record go (in that order: the to-do is how the sweeper finds the others)."""
+        standins = self.standins
+        await standins.drop_intent(bucket, key, client, etag)
+        records = await standins.records(bucket, key, fresh=True)
+        if client in records.tombstones:
+            await standins.drop_tombstone(bucket, key, client)
+        await standins.drop_todo(bucket, key, client)
+
+    async def _standin_stub(self, bucket: str, key: str, container_etag: str, expected: str,
+                            side_key: str, side: ObjectInfo,
+                            converted: tuple[Any, bytes] | None, image_client: str,
+                            image_backend: str | None) -> str:
+        """The sidecar's stub `T` standing in for its version `S` (design §5.7 step 6): it
+        names the image's client version (`ivid`) and the container's backend version
+        (`ibvid`); written under the pair lock while that container exists and its client
+        version is not being deleted, then aliased, then `S` deleted."""
+        standins = self.standins
+        client = side.version_id
+        if expected != side.etag or client in (None, "null") or image_backend is None:
+            return "sidecar replaced since conversion; kept as it is"
+        try:
+            if converted is None:
+                container = (await read_all(self.backend, bucket, key, 2 * MAX_IMAGE_BYTES,
+                                            version_id=image_backend))[1]
+                _, side_bytes = await read_all(self.backend, bucket, side_key,
+                                               MAX_SIDECAR_BYTES, version_id=client)
+            else:
+                container, side_bytes = converted[0].container, converted[1]
+            header, payload = await asyncio.to_thread(unpack, container)
+            served = await asyncio.to_thread(physical.sidecar_file, header, payload)
+        except (Refused, ContainerError) as exc:
+            log.error("sidecar %s/%s not stubbed: %s", bucket, side_key, exc)
+            return "sidecar kept: its container could not be read back"
+        if len(served) != side.size or header.sidecar is None or \
+                header.sidecar.etag != side.etag:
+            return "sidecar kept: the container does not rebuild it"
+        etag = physical.served_etag(side.etag, side_bytes, served)
+        body = physical.stub_body(key, container_etag)
+        names = {physical.L_IMAGE: key, physical.S_SOURCE: side.etag,
+                 physical.L_IVID: image_client, physical.L_IBVID: image_backend,
+                 physical.L_LVID: client}
+        meta = ObjectMeta(
+            content_type=side.meta.content_type, metadata=dict(side.meta.metadata),
+            headers=dict(side.meta.headers),
+            tags=await self.backend.get_tags(bucket, side_key, version_id=client),
+            internal=physical.mirror(physical.REP_STUB, side.size, etag, side.last_modified,
+                                     **names, **physical.access_of(side.meta.internal)))
+        stub_etag = physical_one_part_etag(body)
+        await standins.put_todo(bucket, key, image_client,
+                                {"side": side_key, "svid": client})
+        await standins.put_intent(bucket, side_key, client, stub_etag)
+        try:
+            async with self.pair_lock(bucket, key):
+                try:
+                    current = await self.backend.head_object(bucket, key,
+                                                             version_id=image_backend)
+                except S3Error as exc:
+                    if exc.code not in ("NoSuchKey", "NoSuchVersion", "MethodNotAllowed"):
+                        raise
+                    current = None
+                image_records = await standins.records(bucket, key, fresh=True)
+                if current is None or current.etag != container_etag or \
+                        image_client in image_records.tombstones:
+                    return "image replaced or deleted meanwhile; sidecar kept as it is"
+                try:
+                    written = await self.write_keeping_tags(bucket, side_key, body, meta,
+                                                            if_match=side.etag)
+                except S3Error as exc:
+                    if exc.code in ("PreconditionFailed", "NoSuchKey", "NoSuchVersion"):
+                        return "sidecar changed meanwhile; kept as it is"
+                    raise
+            await step("after-stub", bucket)
+            stub_vid = written.version_id
+            if stub_vid in (None, "null"):  # R5
+                await self.backend.delete_object(bucket, side_key, version_id="null")
+                return "versioning suspended meanwhile; sidecar kept as it is"
+            if not await self._right_above(bucket, side_key, stub_vid, client) and \
+                    (await standins.records(bucket, side_key, fresh=True)
+                     ).backend_of(client) is None:
+                await self.backend.delete_object(bucket, side_key, version_id=stub_vid)
+                return "sidecar rewritten meanwhile (the same bytes); kept as it is"
+            alias = standins.alias(client, stub_vid, standin_bare(written.etag),
+                          physical.LogicalView(side.size, etag, side.last_modified))
+            await standins.put_alias(bucket, side_key, alias)
+            side_records = await standins.records(bucket, side_key, fresh=True)
+            image_records = await standins.records(bucket, key, fresh=True)
+            if client not in side_records.intents or client in side_records.tombstones or \
+                    image_client in image_records.tombstones:
+                await self._standin_undo(bucket, side_key, alias)
+                return "a version was deleted meanwhile; sidecar kept as it is"
+            try:
+                await self.backend.delete_object(bucket, side_key, version_id=client)
+            except S3Error as exc:
+                if exc.code != "AccessDenied":
+                    raise
+                await self._standin_undo(bucket, side_key, alias)
+                return "sidecar locked meanwhile; kept as it is"
+            self._written(bucket, side_key)
+            return "sidecar stubbed"
+        finally:
+            await self._standin_done(bucket, side_key, client, stub_etag)
+            await standins.drop_todo(bucket, key, image_client)
+
+    async def recover_standins(self, bucket: str) -> int:
+        """Finish or undo the stand-in conversions a crash left (design §5.13 step 2, rows
+        C2-C7 of §8); returns how many were looked at. Keys converting in this process
+        are skipped (their worker holds them)."""
+        standins = self.standins
+        done = 0
+        for image_key, client, body in await standins.todos(bucket):
+            if (bucket, image_key) in self._key_locks:
+                continue
+            started = body.get("at")
+            if isinstance(started, (int, float)) and time.time() - started < standins.LEASE_S:
+                continue  # in flight, maybe on another node (design §12 q6)
+            lock, users = self._key_locks.setdefault((bucket, image_key),
+                                                     (asyncio.Lock(), [0]))
+            users[0] += 1
+            try:
+                async with lock:
+                    await self._recover_version(bucket, image_key, client)
+                    side_key, side_client = body.get("side"), body.get("svid")
+                    if isinstance(side_key, str) and isinstance(side_client, str):
+                        await self._recover_version(bucket, side_key, side_client)
+                    await standins.drop_todo(bucket, image_key, client)
+            finally:
+                users[0] -= 1
+                if users[0] == 0:
+                    self._key_locks.pop((bucket, image_key), None)
+            self._written(bucket, image_key)
+            self.schedule(bucket, image_key)  # a stub still to write, or a plain pair
+            done += 1
+        return done
+
+    async def _recover_version(self, bucket: str, key: str, client: str) -> None:
+        """One version's leftovers: with a stand-in, its alias is written and the plain
+        version deleted; a deleted (tombstoned) version's stand-in goes; then its intent."""
+        standins = self.standins
+        records = await standins.records(bucket, key, fresh=True)
+        etag = records.intents.get(client)
+        alias = records.backend_of(client)
+        backend_vid = alias.backend if alias is not None else None
+        if backend_vid is None and etag is not None:
+            backend_vid = await standins.find_claimed(bucket, key, client, etag)
+        if client in records.tombstones:
+            if backend_vid is not None:
+                if self.keep_if_needed is not None:
+                    async with self.pair_lock(bucket, key):
+                        await self.keep_if_needed(bucket, key, client, backend_vid)
+                        await self.backend.delete_object(bucket, key, version_id=backend_vid)
+                if alias is not None:
+                    await standins.drop_alias(bucket, key, alias)
+            await standins.drop_tombstone(bucket, key, client)
+        elif backend_vid is not None:
+            if alias is None:
+                info = await self.backend.head_object(bucket, key, version_id=backend_vid)
+                view = physical.logical_view(info)
+                if view is not None:
+                    await standins.put_alias(bucket, key, standins.alias(
+                        client, backend_vid, standin_bare(info.etag), view))
+            try:
+                await self.backend.delete_object(bucket, key, version_id=client)
+            except S3Error as exc:
+                if exc.code != "AccessDenied":
+                    raise
+                log.warning("%s/%s version %s is locked: kept hidden behind its stand-in",
+                            bucket, key, client)
+        for name_etag in [etag] if etag is not None else []:
+            await standins.drop_intent(bucket, key, client, name_etag)
 
     async def _container_meta(self, bucket: str, key: str, image: ObjectInfo,
                               admission: Admission, **extra: str
@@ -813,6 +1195,9 @@ class Converter:
                 continue
             try:
                 async with self.gate.work(bucket.name):
+                    if self.standins_enabled and not self.in_place and \
+                            await self.status(bucket.name) is not None:
+                        await self.recover_standins(bucket.name)
                     f, r = await self._sweep_bucket(bucket.name, settings.sidecar_suffix,
                                                     plain=settings.convert_plain)
                     if self.keep_sweeper is not None and \

@@ -80,6 +80,8 @@ class LatentStore(ForwardingStore):
         # Each sweep of a versioned bucket removes the keep copies no stub reads any more.
         self.converter.keep_sweeper = lambda bucket: self.versioned.sweep_keep_copies(
             bucket, self.converter.pair_lock)
+        self.converter.standins = self.versioned.standins
+        self.converter.keep_if_needed = self.versioned.keep_if_needed
 
     async def _versioned_access(self, bucket: str, version_id: str | None) -> bool:
         """Whether a request goes the versioned way; in a bucket never versioned only the
@@ -160,10 +162,15 @@ class LatentStore(ForwardingStore):
         takes its view from there (the same bytes, whichever version), any other such
         version costs one HEAD.
         """
+        standins = self.versioned.standins
+        if standins.supported:  # a stand-in's client version as the backend's marker
+            version_id_marker = await standins.translate_marker(bucket, key_marker,
+                                                                version_id_marker)
         page = await super().list_object_versions(
             bucket, prefix=prefix, delimiter=delimiter, key_marker=key_marker,
             version_id_marker=version_id_marker, max_keys=max_keys)
-        versions = [e for e in page.entries if not e.delete_marker]
+        renamed = await standins.rename_page(bucket, page) if standins.supported else set()
+        versions = [e for e in page.entries if not e.delete_marker and id(e) not in renamed]
         if not versions:
             return page
         indexed = await self._indexed_views(bucket, versions[0].key, versions[-1].key)
@@ -279,7 +286,8 @@ class LatentStore(ForwardingStore):
         """A new version in a versioned bucket: its pair is converted (in place, keeping
         version IDs) where the backend can (Converter.in_place), as after any write."""
         settings = self.config.bucket(bucket)
-        if not settings.convert or not self.converter.in_place or physical.is_hidden(key):
+        if not settings.convert or physical.is_hidden(key) or \
+                not (self.converter.in_place or self.converter.standins_enabled):
             return
         if key.endswith(settings.sidecar_suffix):
             self.converter.schedule(bucket, key[: -len(settings.sidecar_suffix)])
@@ -392,12 +400,63 @@ class LatentStore(ForwardingStore):
         # Under the pair lock: no stub naming the version is written between the keep
         # copy and the delete (Converter._finish_stub holds it too).
         async with self.converter.pair_lock(bucket, key):
+            if version_id is not None and self.versioned.standins.supported:
+                return await self._delete_version(bucket, key, version_id, bypass_governance)
             if version_id is not None:
                 await self.versioned.keep_if_needed(bucket, key, version_id)
             elif status == "Suspended":
                 await self.versioned.keep_if_needed(bucket, key, "null")
             return await super()._delete_object(bucket, key, version_id=version_id,
                                                 bypass_governance=bypass_governance)
+
+    async def _delete_version(self, bucket: str, key: str, version_id: str,
+                              bypass_governance: bool) -> DeleteResult:
+        """A permanent delete of client version `version_id` where stand-ins exist (the
+        caller holds the key's pair lock). Design §5.8 and §8 R3: a version an intent names
+        is tombstoned first, so the conversion in flight undoes itself and nothing stands
+        in for the version meanwhile; then its stand-in (found through the records) goes,
+        after a keep copy for stubs that read it, then the version itself (left by a
+        crash, or never converted), then its alias."""
+        standins = self.versioned.standins
+        records = await standins.records(bucket, key, fresh=True)
+        if records.empty:
+            await self.versioned.keep_if_needed(bucket, key, version_id)
+            return await super()._delete_object(bucket, key, version_id=version_id,
+                                                bypass_governance=bypass_governance) \
+                or DeleteResult(version_id)
+        other = records.client_of(version_id)
+        if other is not None and other.client != version_id:
+            return DeleteResult(version_id)  # a stand-in's own ID: no client version
+        tombstoned = version_id in records.intents and version_id not in records.tombstones
+        if tombstoned:
+            await standins.put_tombstone(bucket, key, version_id)
+            records = await standins.records(bucket, key, fresh=True)
+        try:
+            alias = records.backend_of(version_id)
+            target = alias.backend if alias is not None else None
+            if target is None and version_id in records.intents:
+                target = await standins.find_claimed(bucket, key, version_id,
+                                                     records.intents[version_id])
+            if target is not None:
+                await self.versioned.keep_if_needed(bucket, key, version_id, target)
+                await super()._delete_object(bucket, key, version_id=target,
+                                             bypass_governance=bypass_governance)
+                standins.forget_verified(bucket, key, target)
+            else:
+                await self.versioned.keep_if_needed(bucket, key, version_id)
+            result = await super()._delete_object(bucket, key, version_id=version_id,
+                                                  bypass_governance=bypass_governance)
+            if alias is not None:
+                await standins.drop_alias(bucket, key, alias)
+        except S3Error:
+            if tombstoned:
+                await standins.drop_tombstone(bucket, key, version_id)
+            raise
+        if tombstoned and version_id not in \
+                (await standins.records(bucket, key, fresh=True)).intents:
+            await standins.drop_tombstone(bucket, key, version_id)  # its conversion ended
+        done = result or DeleteResult(version_id)
+        return DeleteResult(version_id, done.delete_marker)
 
     async def _copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
                            meta: ObjectMeta | None, *, src_version_id: str | None = None,
@@ -426,16 +485,20 @@ class LatentStore(ForwardingStore):
                             ) -> ObjectInfo:
         """A copy that involves a versioned bucket: the source version as clients read it
         (a latent one as its rendition, a plain one server-side)."""
-        stored = await self.backend.head_object(src_bucket, src_key, version_id=src_version_id)
+        stored = await self.versioned._head(src_bucket, src_key, src_version_id)
         refuse_encrypted_source(stored)
         pinned = stored.version_id or src_version_id
         if physical.representation(stored) == "plain" and \
                 physical.REP not in stored.meta.internal:
             return await super()._copy_object(src_bucket, src_key, dst_bucket, dst_key, meta,
                                               src_version_id=pinned, lock=lock)
-        # A latent version (a pair converted before versioning): the copy is the bytes a
-        # client reads from it, as a plain object with the same logical ETag.
-        logical, body = await self.versioned.get_object(src_bucket, src_key, None, pinned)
+        # A latent version: the copy is the bytes a client reads from it, as a plain object
+        # with the same logical ETag. Read by the version ID clients know it by.
+        client = src_version_id
+        if client is None and pinned is not None and self.versioned.standins.supported:
+            client = await self.versioned.standins.shown(src_bucket, src_key, stored)
+        logical, body = await self.versioned.get_object(src_bucket, src_key, None,
+                                                        client or pinned)
         data = await read_body(body)
         if meta is None:
             meta = ObjectMeta(content_type=logical.meta.content_type,
@@ -451,12 +514,44 @@ class LatentStore(ForwardingStore):
         return await self.backend.put_object(dst_bucket, dst_key, once(), meta,
                                              size=len(data), **extra)
 
+    async def _backend_version(self, bucket: str, key: str, version_id: str | None, *,
+                               fresh: bool = False) -> str | None:
+        """The backend version a request naming client version `version_id` acts on (a
+        stand-in's, where there are stand-ins)."""
+        if version_id is None or not self.versioned.standins.supported:
+            return version_id
+        return await self.versioned.standins.resolve(bucket, key, version_id, fresh=fresh)
+
+    async def get_tags(self, bucket: str, key: str, *,
+                       version_id: str | None = None) -> dict[str, str]:
+        target = await self._backend_version(bucket, key, version_id)
+        return await super().get_tags(bucket, key, version_id=target)
+
     async def put_tags(self, bucket: str, key: str, tags: dict[str, str], *,
                        version_id: str | None = None) -> None:
         """Under the key's tag lock: a conversion or restored sidecar committing meanwhile
         carries these tags, not the ones it read before (Converter.tags_lock)."""
         async with self.converter.tags_lock(bucket, key):
-            await super().put_tags(bucket, key, tags, version_id=version_id)
+            await self.head_object(bucket, key, version_id=version_id)  # NoSuchVersion
+            target = await self._backend_version(bucket, key, version_id, fresh=True)
+            if target is None:
+                await self.backend.put_tags(bucket, key, tags)
+            else:
+                await self.backend.put_tags(bucket, key, tags, version_id=target)
+            self.changed(bucket, key)
+
+    async def put_object_retention(self, bucket: str, key: str, *, version_id: str | None,
+                                   mode: str | None, until: datetime | None,
+                                   bypass_governance: bool = False) -> None:
+        """On the backend version holding the bytes (a stand-in's: design §7.2)."""
+        target = await self._backend_version(bucket, key, version_id, fresh=True)
+        await super().put_object_retention(bucket, key, version_id=target, mode=mode,
+                                           until=until, bypass_governance=bypass_governance)
+
+    async def put_object_legal_hold(self, bucket: str, key: str, *, version_id: str | None,
+                                    on: bool) -> None:
+        target = await self._backend_version(bucket, key, version_id, fresh=True)
+        await super().put_object_legal_hold(bucket, key, version_id=target, on=on)
 
     @asynccontextmanager
     async def _overwriting(self, bucket: str, key: str) -> AsyncIterator[None]:

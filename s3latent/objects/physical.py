@@ -63,6 +63,10 @@ L_SIZE, L_ETAG, L_MODIFIED, L_IMAGE = "lsize", "letag", "lmod", "image"
 S_SOURCE = "setag"
 # On a stub in a versioned bucket: the version of the image key whose container it reads.
 L_IVID = "ivid"
+# On a stand-in (objects/standins.py): the client version it stands in for (a claim, believed
+# only when the gateway's records say so); on a stub stand-in also the backend version of
+# the container it reads (`ivid` is the image's client version).
+L_LVID, L_IBVID = "lvid", "ibvid"
 # First read of a claimed container: nearly always holds the whole header.
 CLAIM_READ = 4096
 # On a container, for people browsing the backend bucket: how it was stored.
@@ -232,6 +236,9 @@ async def verified(backend: Backend, bucket: str, info: ObjectInfo) -> ObjectInf
         # Where its container may be: the image's current version (unversioned), or the
         # version it names and that version's keep copy (versioned).
         places: list[tuple[str, str | None]] = [(image_key, ivid)]
+        ibvid = info.meta.internal.get(L_IBVID)
+        if ibvid is not None and ivid is not None:
+            places.insert(0, (image_key, ibvid))
         if ivid == "null":
             places += [(name, None) for name in null_keep_keys(info, image_key)]
         elif ivid is not None:

@@ -41,6 +41,7 @@ from . import physical
 from .context import LatentContext, readable
 from .conversion import crash_point
 from .reads import BytesBody, LatentReads, _slice
+from .standins import StandIns
 
 log = logging.getLogger(__name__)
 
@@ -102,39 +103,75 @@ class VersionedObjects:
     def __init__(self, ctx: LatentContext, reads: LatentReads) -> None:
         self.ctx = ctx
         self.reads = reads
+        self.standins = StandIns(ctx)
 
     # -- reads -----------------------------------------------------------------
     async def head_object(self, bucket: str, key: str, version_id: str | None) -> ObjectInfo:
         readable(key)
-        info = await self.ctx.backend.head_object(bucket, key, version_id=version_id)
+        info = await self._head(bucket, key, version_id)
         if physical.representation(info) == "plain":
-            return _plain(info)
+            return await self._shown(bucket, key, version_id, _plain(info), info)
         hit = self._cached(bucket, key, info)
         if hit is not None:
-            return hit[0]
+            return await self._shown(bucket, key, version_id, hit[0], info)
         logical, _ = await self._latent(bucket, key, info.version_id or version_id, info,
                                         render=False)
-        return logical
+        return await self._shown(bucket, key, version_id, logical, info)
 
     async def get_object(self, bucket: str, key: str, byte_range: tuple[int, int] | None,
                          version_id: str | None) -> tuple[ObjectInfo, ObjectBody]:
         readable(key)
         backend = self.ctx.backend
         asked = time.monotonic()
-        info = await backend.head_object(bucket, key, version_id=version_id)
+        info = await self._head(bucket, key, version_id)
         pinned = info.version_id or version_id  # read the version that HEAD described
         hit = self._cached(bucket, key, info)
         if hit is not None:
-            return hit[0], BytesBody(_slice(hit[1], byte_range))
+            shown = await self._shown(bucket, key, version_id, hit[0], info)
+            return shown, BytesBody(_slice(hit[1], byte_range))
         if physical.representation(info) == "plain":
             info2, body = await backend.get_object(bucket, key, byte_range, version_id=pinned)
             if physical.representation(info2) == "plain":
-                return _plain(info2), body
+                try:
+                    return await self._shown(bucket, key, version_id, _plain(info2),
+                                             info2), body
+                except BaseException:
+                    await body.close()
+                    raise
             await body.close()  # replaced meanwhile (no version to pin): read it whole
             info = info2
         logical, data = await self._latent(bucket, key, pinned, info, render=True, asked=asked)
         assert data is not None
+        logical = await self._shown(bucket, key, version_id, logical, info)
         return logical, BytesBody(_slice(data, byte_range))
+
+    async def _head(self, bucket: str, key: str, version_id: str | None) -> ObjectInfo:
+        """HEAD of the backend version serving `version_id` (resolved through stand-ins;
+        once more without the cache if the backend no longer has the one resolved)."""
+        if version_id is None or not self.standins.supported:
+            return await self.ctx.backend.head_object(bucket, key, version_id=version_id)
+        target = await self.standins.resolve(bucket, key, version_id)
+        try:
+            return await self.ctx.backend.head_object(bucket, key, version_id=target)
+        except S3Error as exc:
+            if exc.code != "NoSuchVersion":
+                raise
+        target = await self.standins.resolve(bucket, key, version_id, fresh=True)
+        return await self.ctx.backend.head_object(bucket, key, version_id=target)
+
+    async def _shown(self, bucket: str, key: str, asked: str | None, logical: ObjectInfo,
+                     stored: ObjectInfo) -> ObjectInfo:
+        """`logical` with the version ID a client sees (a stand-in's client version);
+        NoSuchVersion when a client named the backend's own ID of a stand-in."""
+        if not self.standins.supported or physical.L_LVID not in stored.meta.internal:
+            return logical
+        shown = await self.standins.shown(bucket, key, stored)
+        if asked is not None and shown != asked:
+            raise S3Error("NoSuchVersion", "The specified version does not exist.", Key=key,
+                          VersionId=asked[:100])
+        if shown == logical.version_id:
+            return logical
+        return dataclasses.replace(logical, version_id=shown)
 
     def _cached(self, bucket: str, key: str, info: ObjectInfo
                 ) -> tuple[ObjectInfo, bytes] | None:
@@ -208,9 +245,12 @@ class VersionedObjects:
         if not image_key or physical.is_hidden(image_key):
             return None
         ivid = stub.meta.internal.get(physical.L_IVID)
+        ibvid = stub.meta.internal.get(physical.L_IBVID)  # a stub stand-in's container
         candidates: tuple[tuple[str, str | None], ...]
         kept = tuple((name, None) for name in physical.null_keep_keys(stub, image_key))
-        if ivid == "null":
+        if ivid is not None and ibvid is not None:
+            candidates = ((image_key, ibvid), (keep_key(image_key, ivid), None))
+        elif ivid == "null":
             candidates = ((image_key, ivid), *kept)
         elif ivid is not None:
             candidates = ((image_key, ivid), (keep_key(image_key, ivid), None))
@@ -237,7 +277,8 @@ class VersionedObjects:
         return None
 
     # -- keep copies -------------------------------------------------------------
-    async def keep_if_needed(self, bucket: str, key: str, version_id: str) -> None:
+    async def keep_if_needed(self, bucket: str, key: str, version_id: str,
+                             backend_vid: str | None = None) -> None:
         """`key`'s version `version_id` is about to go for good: if it is a container that
         a stub version of its sidecar key still reads from, copy it to its keep copy first.
 
@@ -253,15 +294,17 @@ class VersionedObjects:
             return
         backend = self.ctx.backend
         try:
-            info = await backend.head_object(bucket, key, version_id=version_id)
+            info = await backend.head_object(bucket, key, version_id=backend_vid or version_id)
         except S3Error as exc:
             if exc.code in _MISSING:
                 return
             raise
         if physical.representation(info) != physical.REP_LATENT:
             return
-        vid = info.version_id or version_id
-        stubs = await self.stubs_naming(bucket, key, vid)
+        vid = info.version_id or backend_vid or version_id
+        # `backend_vid`: the stand-in of client version `version_id` (stubs name the latter)
+        client = version_id if backend_vid is not None else vid
+        stubs = await self.stubs_naming(bucket, key, client)
         if not stubs:
             return
         info, body = await backend.get_object(bucket, key, version_id=vid)
@@ -273,7 +316,7 @@ class VersionedObjects:
         # that make it a container (a PUT would make a plain-looking object).
         # The null version's by the sidecar it holds: an older null container kept for
         # other stubs stays where it is.
-        target = keep_key(key, vid, header.sidecar.etag if vid == "null" and
+        target = keep_key(key, client, header.sidecar.etag if client == "null" and
                           header.sidecar is not None else None)
         kept = await backend.copy_object(bucket, key, bucket, target, None,
                                          src_version_id=vid)
@@ -337,7 +380,7 @@ class VersionedObjects:
                     if await self._keep_needed(bucket, image_key, ivid, entry.key):
                         continue
                     try:
-                        await backend.delete_object(bucket, entry.key)
+                        await self._delete_every_version(bucket, entry.key)
                     except S3Error as exc:
                         if exc.code not in _MISSING:
                             raise
@@ -348,6 +391,21 @@ class VersionedObjects:
             if not page.is_truncated or page.next_start_after is None:
                 return removed
             start = page.next_start_after
+
+    async def _delete_every_version(self, bucket: str, key: str) -> None:
+        """Remove a hidden key for good: by each version ID where the backend versions it
+        (the S3 backend, a versioned bucket: a plain delete would only add a marker)."""
+        backend = self.ctx.backend
+        if getattr(backend, "REPLACES_VERSIONS", False):
+            await backend.delete_object(bucket, key)
+            return
+        page = await backend.list_object_versions(bucket, prefix=key, max_keys=1000)
+        vids = [e.version_id for e in page.entries if e.key == key]
+        for vid in vids or [None]:
+            if vid is None:
+                await backend.delete_object(bucket, key)
+            else:
+                await backend.delete_object(bucket, key, version_id=vid)
 
     async def _keep_needed(self, bucket: str, image_key: str, ivid: str | None,
                            kept_key: str) -> bool:
