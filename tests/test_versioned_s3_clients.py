@@ -312,6 +312,33 @@ def test_a_locked_converted_version_survives_delete(
     assert _get(s3, name, "img.png" + SIDE, VersionId=svid)[0] == side
 
 
+def test_a_bucket_with_default_retention_stays_plain(
+        s3: Any, direct: Any, tiny_model: dict[str, str]) -> None:
+    """A stand-in is a new backend version, and the default rule would lock it: a version
+    whose own retention has ended would be locked again. Such buckets stay plain."""
+    name = f"vs3-d-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=name, ObjectLockEnabledForBucket=True)
+    s3.put_object_lock_configuration(Bucket=name, ObjectLockConfiguration={
+        "ObjectLockEnabled": "Enabled",
+        "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}}})
+    image, sidecar, _ = make_pair(tiny_model, seed=79)
+    soon = datetime.now(UTC) + timedelta(seconds=2)  # its own retention, ended in 2 s
+    lock = {"ObjectLockMode": "GOVERNANCE", "ObjectLockRetainUntilDate": soon}
+    vid = s3.put_object(Bucket=name, Key="d.png", Body=image, ContentType="image/png",
+                        **lock)["VersionId"]
+    s3.put_object(Bucket=name, Key="d.png" + SIDE, Body=sidecar, **lock)
+
+    def judged() -> None:
+        head = s3.head_object(Bucket=name, Key="d.png")
+        headers = head["ResponseMetadata"]["HTTPHeaders"]
+        assert "default retention" in headers.get("x-s3latent-state", ""), headers
+        assert headers["x-s3latent-representation"] == "plain"
+        assert head["VersionId"] == vid
+    _wait(judged)
+    assert [v["VersionId"] for v in _backend(direct, name, "d.png")] == [vid]
+    assert _get(s3, name, "d.png")[0] == image
+
+
 def test_suspended_null_versions_read_exactly(s3: Any, bucket: str,
                                               tiny_model: dict[str, str]) -> None:
     s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})

@@ -599,6 +599,12 @@ class Converter:
         §5.7), and record names that fit."""
         if image.version_id in (None, "null") or side.version_id in (None, "null"):
             return "a null version (written before versioning or while suspended)"
+        lock_config = await self.backend.get_object_lock_configuration(bucket)
+        if lock_config and lock_config.get("rule"):
+            # The container and stub, new backend versions, would get a retention of their
+            # own from the default rule: a client's version unlocked by then would be locked
+            # again, and a stand-in that must be undone could not be deleted (design §7.4).
+            return "the bucket's object lock has a default retention"
         if not self.standins.fits(key) or not self.standins.fits(side.key):
             return "key too long for the alias records"
         for name in (key, side.key):
