@@ -247,3 +247,19 @@ def healed_meta(weed: Any) -> str:
              if b["Name"].startswith("s3latent-meta-")]
     assert len(names) == 1
     return names[0]
+
+
+def test_record_names_hold_any_version_id() -> None:
+    """AWS version IDs may hold "." (the field separator of record names) and "%"."""
+    from datetime import UTC, datetime
+
+    from s3latent.objects import physical, standins
+
+    view = physical.LogicalView(10, "e" * 32, datetime(2026, 1, 1, tzinfo=UTC))
+    alias = standins.Alias("Ud8F.1Zx%2Ek+/=", "C.v.2", "abc", view)
+    parsed = standins.parse(alias.name("a key.png"))
+    assert parsed is not None
+    records = standins.KeyRecords()
+    standins._add(records, *parsed[1:])
+    assert records.aliases == {"Ud8F.1Zx%2Ek+/=": alias}
+    assert records.backend_of("Ud8F.1Zx%2Ek+/=") == alias

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import unquote
 
 from cachetools import LRUCache, TTLCache
 
@@ -74,7 +75,7 @@ class Alias:
 
     def name(self, key: str) -> str:
         micros = int((self.view.last_modified - _EPOCH) / timedelta(microseconds=1))
-        return (f"{ALIAS}{key} {self.client}.a.{self.backend}.{self.etag}."
+        return (f"{ALIAS}{key} {vid_field(self.client)}.a.{vid_field(self.backend)}.{self.etag}."
                 f"{self.view.size:x}.{self.view.etag}.{micros:x}")
 
 
@@ -110,6 +111,12 @@ class KeyRecords:
         return not (self.aliases or self.intents or self.tombstones)
 
 
+def vid_field(vid: str) -> str:
+    """A version ID as a field of a record name: "." separates the fields and AWS version
+    IDs may hold one (SeaweedFS's are hex), so "%" and "." are escaped."""
+    return vid.replace("%", "%25").replace(".", "%2E")
+
+
 def alias_prefix(key: str) -> str:
     return f"{ALIAS}{key} "
 
@@ -124,7 +131,7 @@ def parse(name: str) -> tuple[str, str, str, list[str]] | None:
     parts = rest.split(".")
     if len(parts) < 2 or not parts[0]:
         return None
-    return key, parts[0], parts[1], parts[2:]
+    return key, unquote(parts[0]), parts[1], parts[2:]
 
 
 def _add(records: KeyRecords, client: str, kind: str, fields: list[str]) -> None:
@@ -135,7 +142,7 @@ def _add(records: KeyRecords, client: str, kind: str, fields: list[str]) -> None
                 _EPOCH + timedelta(microseconds=int(fields[4], 16)))
         except ValueError:
             return
-        records.aliases[client] = Alias(client, fields[0], fields[1], view)
+        records.aliases[client] = Alias(client, unquote(fields[0]), fields[1], view)
     elif kind == "i" and len(fields) == 1:
         records.intents[client] = fields[0]
     elif kind == "x":
@@ -233,16 +240,16 @@ class StandIns:
         return found
 
     async def put_intent(self, bucket: str, key: str, client: str, etag: str) -> None:
-        await self._put(bucket, key, f"{alias_prefix(key)}{client}.i.{bare(etag)}")
+        await self._put(bucket, key, f"{alias_prefix(key)}{vid_field(client)}.i.{bare(etag)}")
 
     async def drop_intent(self, bucket: str, key: str, client: str, etag: str) -> None:
-        await self._delete(bucket, key, f"{alias_prefix(key)}{client}.i.{bare(etag)}")
+        await self._delete(bucket, key, f"{alias_prefix(key)}{vid_field(client)}.i.{bare(etag)}")
 
     async def put_tombstone(self, bucket: str, key: str, client: str) -> None:
-        await self._put(bucket, key, f"{alias_prefix(key)}{client}.x")
+        await self._put(bucket, key, f"{alias_prefix(key)}{vid_field(client)}.x")
 
     async def drop_tombstone(self, bucket: str, key: str, client: str) -> None:
-        await self._delete(bucket, key, f"{alias_prefix(key)}{client}.x")
+        await self._delete(bucket, key, f"{alias_prefix(key)}{vid_field(client)}.x")
 
     async def put_alias(self, bucket: str, key: str, alias: Alias) -> None:
         await self._put(bucket, key, alias.name(key))
