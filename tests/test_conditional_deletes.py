@@ -6,7 +6,7 @@ through another gateway node between the check and the delete."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,6 @@ from botocore.exceptions import ClientError
 
 from s3latent.backends.base import ObjectMeta
 from s3latent.errors import S3Error
-from tests.gateway import GatewayProcess, on_backend
 from tests.inprocess import InProcessGateway, serve_gateway
 
 
@@ -53,25 +52,7 @@ async def test_backend_delete_checks_if_match(backend: Any) -> None:
 
 # -- DeleteObject with conditions, real client -------------------------------------------
 
-@pytest.fixture(scope="module", params=["local", "seaweedfs"])
-def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-            ) -> Iterator[GatewayProcess]:
-    proc = on_backend(request, tmp_path_factory.mktemp("conddel"))
-    proc.start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def s3(gateway: GatewayProcess) -> Any:
-    return gateway.client()
-
-
-@pytest.fixture
-def bucket(s3: Any) -> str:
-    name = f"cd-{uuid.uuid4().hex[:12]}"
-    s3.create_bucket(Bucket=name)
-    return name
+# (the session gateways of conftest, local and SeaweedFS, with its `s3` and `bucket`)
 
 
 def _error(call: Any) -> tuple[int, str, str]:

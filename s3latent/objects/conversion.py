@@ -745,23 +745,10 @@ class Converter:
         client = side.version_id
         if expected != side.etag or client in (None, "null") or image_backend is None:
             return "sidecar replaced since conversion; kept as it is"
-        try:
-            if converted is None:
-                container = (await read_all(self.backend, bucket, key, 2 * MAX_IMAGE_BYTES,
-                                            version_id=image_backend))[1]
-                _, side_bytes = await read_all(self.backend, bucket, side_key,
-                                               MAX_SIDECAR_BYTES, version_id=client)
-            else:
-                container, side_bytes = converted[0].container, converted[1]
-            header, payload = await asyncio.to_thread(unpack, container)
-            served = await asyncio.to_thread(physical.sidecar_file, header, payload)
-        except (Refused, ContainerError) as exc:
-            log.error("sidecar %s/%s not stubbed: %s", bucket, side_key, exc)
-            return "sidecar kept: its container could not be read back"
-        if len(served) != side.size or header.sidecar is None or \
-                header.sidecar.etag != side.etag:
-            return "sidecar kept: the container does not rebuild it"
-        etag = physical.served_etag(side.etag, side_bytes, served)
+        etag, why_not = await self._served_sidecar_etag(bucket, key, side_key, side,
+                                                        converted, image_backend, client)
+        if etag is None:
+            return why_not
         body = physical.stub_body(key, container_etag)
         names = {physical.L_IMAGE: key, physical.S_SOURCE: side.etag,
                  physical.L_IVID: image_client, physical.L_IBVID: image_backend,
@@ -994,6 +981,35 @@ class Converter:
         return (f"admitted as AVIF: {len(admission.container)} bytes for a {image.size}-byte "
                 f"image, psnr {header.psnr} dB")
 
+    async def _served_sidecar_etag(self, bucket: str, key: str, side_key: str,
+                                   side: ObjectInfo, converted: tuple[Any, bytes] | None,
+                                   container_vid: str | None, side_vid: str | None
+                                   ) -> tuple[str | None, str]:
+        """(the ETag the sidecar key will serve once it is a stub, "") or (None, why no
+        stub is written). The ETag is that of the bytes the container rebuilds
+        (physical.served_etag), so HEAD, GET and listings agree after a lossy codec too.
+        `converted` is (admission, sidecar bytes) when just converted; else both are read
+        back (by these versions, when given)."""
+        try:
+            if converted is None:
+                container = (await read_all(self.backend, bucket, key, 2 * MAX_IMAGE_BYTES,
+                                            version_id=container_vid))[1]
+                _, side_bytes = await read_all(self.backend, bucket, side_key,
+                                               MAX_SIDECAR_BYTES, version_id=side_vid)
+            else:
+                container, side_bytes = converted[0].container, converted[1]
+            header, payload = await asyncio.to_thread(unpack, container)
+            served = await asyncio.to_thread(physical.sidecar_file, header, payload)
+        except (Refused, ContainerError) as exc:
+            log.error("sidecar %s/%s not stubbed: %s", bucket, side_key, exc)
+            return None, "sidecar kept: its container could not be read back"
+        if len(served) != side.size or header.sidecar is None or \
+                header.sidecar.etag != side.etag:
+            log.error("sidecar %s/%s not stubbed: the container does not rebuild it",
+                      bucket, side_key)
+            return None, "sidecar kept: the container does not rebuild it"
+        return physical.served_etag(side.etag, side_bytes, served), ""
+
     async def _finish_stub(self, bucket: str, key: str, container_etag: str, expected: str,
                            side_key: str, side: ObjectInfo,
                            converted: tuple[Any, bytes] | None, *,
@@ -1012,25 +1028,11 @@ class Converter:
         """
         if expected != side.etag:
             return "sidecar replaced since conversion; kept as it is"
-        try:
-            if converted is None:
-                container = (await read_all(self.backend, bucket, key, 2 * MAX_IMAGE_BYTES,
-                                            version_id=image_vid if versioned else None))[1]
-                _, side_bytes = await read_all(self.backend, bucket, side_key, MAX_SIDECAR_BYTES,
-                                               version_id=side.version_id if versioned else None)
-            else:
-                container, side_bytes = converted[0].container, converted[1]
-            header, payload = await asyncio.to_thread(unpack, container)
-            served = await asyncio.to_thread(physical.sidecar_file, header, payload)
-        except (Refused, ContainerError) as exc:
-            log.error("sidecar %s/%s not stubbed: %s", bucket, side_key, exc)
-            return "sidecar kept: its container could not be read back"
-        if len(served) != side.size or header.sidecar is None or \
-                header.sidecar.etag != side.etag:
-            log.error("sidecar %s/%s not stubbed: the container does not rebuild it",
-                      bucket, side_key)
-            return "sidecar kept: the container does not rebuild it"
-        etag = physical.served_etag(side.etag, side_bytes, served)
+        etag, why_not = await self._served_sidecar_etag(
+            bucket, key, side_key, side, converted, image_vid if versioned else None,
+            side.version_id if versioned else None)
+        if etag is None:
+            return why_not
         names = {physical.L_IMAGE: key, physical.S_SOURCE: side.etag}
         if versioned:
             names[physical.L_IVID] = image_vid or "null"
