@@ -65,6 +65,8 @@ class GatewayProcess(GatewayServer):
             HOME=str(home),
         )
         env.pop("AWS_PROFILE", None)
+        if self.tls_ca is not None:  # HTTPS with the test's own CA
+            env["AWS_CA_BUNDLE"] = str(self.tls_ca)
         return env
 
 

@@ -79,8 +79,9 @@ def fill(s3: Any, bucket: str, model: dict[str, str]) -> None:
         wait_latent(s3, bucket, key)
 
 
-def wait_stubbed(backend: Store, bucket: str, timeout: float = 60.0) -> dict[str, str]:
-    """Until every conversion finished (sidecar stubbed, both indexed): key -> ETag."""
+def wait_stubbed(backend: Store, bucket: str, timeout: float = 150.0) -> dict[str, str]:
+    """Until every conversion finished (sidecar stubbed, both indexed): key -> ETag.
+    (20 s alone; 64 s was not enough once in a full CI run on a loaded machine.)"""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         keys = backend.keys(bucket)
