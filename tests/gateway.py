@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import os
 import signal
 from pathlib import Path
@@ -9,6 +11,10 @@ from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from s3latent.bench.servers import GatewayServer, free_port
 
@@ -78,3 +84,33 @@ def on_backend(request: Any, workdir: Path, **kw: Any) -> GatewayProcess:
     weed = request.getfixturevalue("seaweedfs")
     return GatewayProcess(weed.endpoint, workdir,
                           backend_keys=(weed.access_key, weed.secret_key), **kw)
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """(certificate, key) for 127.0.0.1, its own CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "s3latent test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def https_on_backend(request: Any, workdir: Path, **kw: Any) -> GatewayProcess:
+    """on_backend, serving HTTPS with a certificate of its own (clients trust its CA):
+    SSE-C keys never travel in cleartext (docs/transport.md)."""
+    cert, key = self_signed(workdir)
+    return on_backend(request, workdir, tls_ca=cert,
+                      config=f'[server]\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"\n',
+                      **kw)

@@ -13,8 +13,7 @@ import pytest
 import requests
 
 from s3latent.executables import require_executable
-from tests.gateway import GatewayProcess, on_backend
-from tests.test_transport import self_signed
+from tests.gateway import GatewayProcess, https_on_backend
 
 AWS = require_executable("aws", "awscli")
 
@@ -116,10 +115,7 @@ def https_gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
                   ) -> Iterator[GatewayProcess]:
     """A gateway serving HTTPS with its own certificate: SSE-C keys never travel in
     cleartext (over plain HTTP they answer 400, as on S3; docs/transport.md)."""
-    workdir = tmp_path_factory.mktemp(f"cli-tls-{request.param}")
-    cert, key = self_signed(workdir)
-    proc = on_backend(request, workdir, tls_ca=cert,
-                      config=f'[server]\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"\n')
+    proc = https_on_backend(request, tmp_path_factory.mktemp(f"cli-tls-{request.param}"))
     proc.start()
     yield proc
     proc.stop()

@@ -23,8 +23,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from s3latent.objects import encryption as enc
-from tests.gateway import GatewayProcess, on_backend
-from tests.test_transport import self_signed
+from tests.gateway import GatewayProcess, https_on_backend
 
 KEY_A = base64.b64encode(bytes(range(32))).decode()
 KEY_B = base64.b64encode(bytes(range(1, 33))).decode()
@@ -38,10 +37,7 @@ def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             ) -> Iterator[GatewayProcess]:
     """The gateway on both backends, over HTTPS: customer keys never travel in cleartext
     (SSE-C over plain HTTP answers 400, as on S3; tests/test_transport.py)."""
-    workdir = tmp_path_factory.mktemp(f"sse-{request.param}")
-    cert, key = self_signed(workdir)
-    proc = on_backend(request, workdir, tls_ca=cert,
-                      config=f'[server]\ntls_cert_file = "{cert}"\ntls_key_file = "{key}"\n')
+    proc = https_on_backend(request, tmp_path_factory.mktemp(f"sse-{request.param}"))
     proc.start()
     yield proc
     proc.stop()

@@ -5,9 +5,7 @@ that a customer key never travels in cleartext, and the gateway's own HTTPS."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
-import ipaddress
 import json
 import os
 from collections.abc import Iterator
@@ -17,14 +15,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import make_mocked_request
 from botocore.exceptions import ClientError
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from s3latent.config import ConfigError, load_config
 from s3latent.s3api.transport import Transport, TrustedProxies
-from tests.gateway import GatewayProcess
+from tests.gateway import GatewayProcess, self_signed
 from tests.inprocess import InProcessGateway, serve_gateway
 
 KEY = os.urandom(32)
@@ -208,27 +202,6 @@ async def test_sse_c_in_cleartext_when_the_operator_allows_it(tmp_path: Path) ->
 
 
 # -- the gateway's own HTTPS -------------------------------------------------------------
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    """(certificate, key) for 127.0.0.1, its own CA."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "s3latent test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
 
 @pytest.fixture(scope="module")
 def tls_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
